@@ -1,0 +1,13 @@
+//! `comer-port demo`.
+
+/// Arguments of `comer-port demo`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Arguments (not available yet).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+    pub rest: Vec<String>,
+}
+
+pub fn run(_args: Args) -> anyhow::Result<i32> {
+    super::not_yet("demo", 5)
+}

@@ -1,0 +1,58 @@
+//! `.safetensors` reader: validated exactly as the reference `safetensors` crate validates
+//! (header length bound, JSON, offsets contiguous and inside the file), tensors as views over
+//! the memory-mapped file.
+//!
+//! Mirrors `safetensors/src/tensor.rs` `SafeTensors::deserialize` + `safe_open`.
+
+use super::{Checkpoint, DType, Format, FormatError, Storage, TensorView, Value};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+/// Header length above which a file is refused (the reference crate's `MAX_HEADER_SIZE`).
+pub const MAX_HEADER: u64 = 100_000_000;
+
+/// A safetensors file starts with a u64 header length followed by `{`.
+pub fn looks_like_safetensors(head: &[u8]) -> bool {
+    head.len() >= 8 && {
+        let n = u64::from_le_bytes([head[0], head[1], head[2], head[3], head[4], head[5], head[6], head[7]]);
+        n > 1 && n <= MAX_HEADER
+    }
+}
+
+pub fn read(path: &Path) -> Result<Checkpoint, FormatError> {
+    let file = std::fs::File::open(path).map_err(|e| FormatError::io(path, e))?;
+    // SAFETY: the map is read-only; a file truncated under us by another process is the
+    // same hazard every mmap-based reader (safetensors, candle) accepts.
+    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| FormatError::io(path, e))?;
+    let map = Arc::new(map);
+    // Full validation first (offsets contiguous, inside the file, sizes match dtype·shape).
+    safetensors::SafeTensors::deserialize(&map[..])
+        .map_err(|e| FormatError::corrupt(path, "safetensors header", e.to_string()))?;
+    let (n, meta) = safetensors::SafeTensors::read_metadata(&map[..])
+        .map_err(|e| FormatError::corrupt(path, "safetensors header", e.to_string()))?;
+    let data_start = 8 + n;
+    let mut items = Vec::new();
+    let mut tensors: Vec<(String, &safetensors::tensor::TensorInfo)> = meta.tensors().into_iter().collect();
+    tensors.sort_by_key(|(_, info)| info.data_offsets.0);
+    for (name, info) in tensors {
+        let dtype = DType::from_safetensors(info.dtype).ok_or_else(|| {
+            FormatError::bad_tensor(path, name.clone(), format!("unsupported dtype {:?}", info.dtype))
+        })?;
+        let (a, b) = info.data_offsets;
+        let storage = Arc::new(Storage::mapped(path, map.clone(), data_start + a, b - a)?);
+        let t = TensorView::contiguous(path, &name, dtype, info.shape.clone(), storage)?;
+        items.push((Value::Str(name.clone()), Value::Tensor(t)));
+    }
+    let metadata: BTreeMap<String, String> = meta
+        .metadata()
+        .as_ref()
+        .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+        .unwrap_or_default();
+    Ok(Checkpoint {
+        path: path.to_path_buf(),
+        format: Format::Safetensors,
+        root: Value::Dict(items),
+        metadata,
+    })
+}

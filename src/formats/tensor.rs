@@ -1,0 +1,284 @@
+//! Lazy tensor views over (usually memory-mapped) storage, and their materialisation.
+//!
+//! Mirrors `torch._utils._rebuild_tensor_v2(storage, storage_offset, size, stride)`: a view
+//! is (dtype, shape, strides in elements, offset in elements) over one storage; several
+//! views may share a storage. Materialising honours strides, so a tensor saved as a
+//! transposed (non-contiguous) view reads with the right values.
+
+use super::{DType, FormatError};
+use std::path::Path;
+use std::sync::Arc;
+
+/// Raw bytes of one storage: a slice of a memory-mapped file, or bytes owned in memory
+/// (decompressed zip members, files too small to be worth mapping).
+#[derive(Debug)]
+pub enum Storage {
+    Mapped {
+        map: Arc<memmap2::Mmap>,
+        start: usize,
+        len: usize,
+    },
+    Owned(Vec<u8>),
+}
+
+impl Storage {
+    pub fn bytes(&self) -> &[u8] {
+        match self {
+            // `start..start+len` was checked against the map when the storage was made.
+            Storage::Mapped { map, start, len } => &map[*start..*start + *len],
+            Storage::Owned(v) => v,
+        }
+    }
+    pub fn len(&self) -> usize {
+        match self {
+            Storage::Mapped { len, .. } => *len,
+            Storage::Owned(v) => v.len(),
+        }
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// A mapped storage over `map[start..start+len]`, checked.
+    pub fn mapped(
+        path: &Path,
+        map: Arc<memmap2::Mmap>,
+        start: usize,
+        len: usize,
+    ) -> Result<Storage, FormatError> {
+        let end = start
+            .checked_add(len)
+            .ok_or_else(|| FormatError::corrupt(path, "storage", "offset overflows"))?;
+        if end > map.len() {
+            return Err(FormatError::corrupt(
+                path,
+                "storage",
+                format!("bytes {start}..{end} lie past the end of the file ({} bytes)", map.len()),
+            ));
+        }
+        Ok(Storage::Mapped { map, start, len })
+    }
+}
+
+/// One tensor: a strided view into a storage.
+#[derive(Debug, Clone)]
+pub struct TensorView {
+    pub dtype: DType,
+    pub shape: Vec<usize>,
+    /// Strides in elements (not bytes), one per dimension.
+    pub strides: Vec<usize>,
+    /// Offset of element 0 into the storage, in elements.
+    pub offset: usize,
+    /// True when the storage bytes are big-endian (zip `byteorder` = big, `.npy` `>f4`).
+    pub big_endian: bool,
+    pub storage: Arc<Storage>,
+}
+
+impl TensorView {
+    /// A contiguous view over a whole storage, validated.
+    pub fn contiguous(
+        path: &Path,
+        name: &str,
+        dtype: DType,
+        shape: Vec<usize>,
+        storage: Arc<Storage>,
+    ) -> Result<TensorView, FormatError> {
+        let strides = contiguous_strides(&shape);
+        TensorView::new(path, name, dtype, shape, strides, 0, false, storage)
+    }
+
+    /// A strided view, validated: rank of shape = rank of strides, no overflow, and the
+    /// last addressed element lies inside the storage.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        path: &Path,
+        name: &str,
+        dtype: DType,
+        shape: Vec<usize>,
+        strides: Vec<usize>,
+        offset: usize,
+        big_endian: bool,
+        storage: Arc<Storage>,
+    ) -> Result<TensorView, FormatError> {
+        if shape.len() != strides.len() {
+            return Err(FormatError::bad_tensor(
+                path,
+                name,
+                format!("shape has {} dims but stride has {}", shape.len(), strides.len()),
+            ));
+        }
+        let numel = checked_numel(&shape).ok_or_else(|| {
+            FormatError::bad_tensor(path, name, format!("shape {shape:?} overflows"))
+        })?;
+        if numel > 0 {
+            // Highest element index addressed: offset + Σ (size − 1)·stride.
+            let mut last = offset;
+            for (&s, &st) in shape.iter().zip(&strides) {
+                last = (s - 1)
+                    .checked_mul(st)
+                    .and_then(|x| x.checked_add(last))
+                    .ok_or_else(|| {
+                        FormatError::bad_tensor(path, name, "offset + strides overflow")
+                    })?;
+            }
+            let end_bytes = last
+                .checked_add(1)
+                .and_then(|n| n.checked_mul(dtype.size()))
+                .ok_or_else(|| FormatError::bad_tensor(path, name, "byte extent overflows"))?;
+            if end_bytes > storage.len() {
+                return Err(FormatError::bad_tensor(
+                    path,
+                    name,
+                    format!(
+                        "view (offset {offset}, shape {shape:?}, stride {strides:?}) reaches byte {end_bytes} but its storage has {} bytes",
+                        storage.len()
+                    ),
+                ));
+            }
+        }
+        Ok(TensorView {
+            dtype,
+            shape,
+            strides,
+            offset,
+            big_endian,
+            storage,
+        })
+    }
+
+    pub fn numel(&self) -> usize {
+        // Checked at construction.
+        self.shape.iter().product()
+    }
+
+    /// Bytes the tensor's elements take (numel × element size).
+    pub fn nbytes(&self) -> usize {
+        self.numel() * self.dtype.size()
+    }
+
+    pub fn is_contiguous(&self) -> bool {
+        self.strides == contiguous_strides(&self.shape) || self.numel() <= 1
+    }
+
+    /// Element indices into the storage, in row-major order of the view.
+    fn for_each_index(&self, mut f: impl FnMut(usize)) {
+        let n = self.numel();
+        if n == 0 {
+            return;
+        }
+        if self.is_contiguous() {
+            for i in 0..n {
+                f(self.offset + i);
+            }
+            return;
+        }
+        let rank = self.shape.len();
+        let mut idx = vec![0usize; rank];
+        let mut pos = self.offset;
+        for _ in 0..n {
+            f(pos);
+            // Odometer increment, last dimension fastest.
+            for d in (0..rank).rev() {
+                idx[d] += 1;
+                pos += self.strides[d];
+                if idx[d] < self.shape[d] {
+                    break;
+                }
+                pos -= self.strides[d] * self.shape[d];
+                idx[d] = 0;
+            }
+        }
+    }
+
+    /// The elements in row-major order, in the tensor's own dtype, as little-endian bytes.
+    pub fn to_le_bytes(&self) -> Vec<u8> {
+        let es = self.dtype.size();
+        let src = self.storage.bytes();
+        if self.is_contiguous() && !self.big_endian {
+            let start = self.offset * es;
+            return src[start..start + self.nbytes()].to_vec();
+        }
+        let mut out = Vec::with_capacity(self.nbytes());
+        self.for_each_index(|i| {
+            let b = &src[i * es..(i + 1) * es];
+            if self.big_endian {
+                out.extend(b.iter().rev());
+            } else {
+                out.extend_from_slice(b);
+            }
+        });
+        out
+    }
+
+    /// The elements converted to f32 (integers and bool cast like `tensor.float()`).
+    pub fn to_f32(&self) -> Vec<f32> {
+        let bytes = self.to_le_bytes();
+        decode_le_f32(self.dtype, &bytes)
+    }
+
+    /// The elements converted to f64.
+    pub fn to_f64(&self) -> Vec<f64> {
+        let bytes = self.to_le_bytes();
+        match self.dtype {
+            DType::F64 => bytes
+                .chunks_exact(8)
+                .map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+                .collect(),
+            DType::I64 => bytes
+                .chunks_exact(8)
+                .map(|c| i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f64)
+                .collect(),
+            _ => decode_le_f32(self.dtype, &bytes).into_iter().map(f64::from).collect(),
+        }
+    }
+}
+
+/// Row-major strides for `shape`.
+pub fn contiguous_strides(shape: &[usize]) -> Vec<usize> {
+    let mut strides = vec![1usize; shape.len()];
+    for d in (0..shape.len().saturating_sub(1)).rev() {
+        strides[d] = strides[d + 1].saturating_mul(shape[d + 1]);
+    }
+    strides
+}
+
+/// Product of dims, or None on overflow.
+pub fn checked_numel(shape: &[usize]) -> Option<usize> {
+    shape.iter().try_fold(1usize, |a, &b| a.checked_mul(b))
+}
+
+/// Little-endian element bytes of `dtype` → f32.
+pub fn decode_le_f32(dtype: DType, bytes: &[u8]) -> Vec<f32> {
+    match dtype {
+        DType::F32 => bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+        DType::F64 => bytes
+            .chunks_exact(8)
+            .map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32)
+            .collect(),
+        DType::F16 => bytes
+            .chunks_exact(2)
+            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        DType::BF16 => bytes
+            .chunks_exact(2)
+            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        DType::I64 => bytes
+            .chunks_exact(8)
+            .map(|c| i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32)
+            .collect(),
+        DType::I32 => bytes
+            .chunks_exact(4)
+            .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f32)
+            .collect(),
+        DType::I16 => bytes
+            .chunks_exact(2)
+            .map(|c| i16::from_le_bytes([c[0], c[1]]) as f32)
+            .collect(),
+        DType::I8 => bytes.iter().map(|&b| b as i8 as f32).collect(),
+        DType::U8 => bytes.iter().map(|&b| b as f32).collect(),
+        DType::Bool => bytes.iter().map(|&b| if b != 0 { 1.0 } else { 0.0 }).collect(),
+    }
+}

@@ -1,0 +1,17 @@
+//! comer-port: turn pretrained plain Vision Transformer checkpoints into ViT-CoMer backbones.
+//!
+//! Stages, one folder each (see `docs/ARCHITECTURE.md`):
+//! `formats/` reads containers without executing code, `families/` detects the source family
+//! and remaps it with the rules in `mappings/`, `model/` is the reference forward in
+//! candle-core, `export/` writes safetensors / `.pth` / ONNX atomically, `verify/` proves
+//! parity, `cli/` is the command line.
+
+pub mod cli;
+pub mod export;
+pub mod families;
+pub mod formats;
+pub mod model;
+pub mod verify;
+
+/// Tool version recorded in every artifact's metadata.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

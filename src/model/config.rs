@@ -1,0 +1,427 @@
+//! One config type for the three upstream ViT-CoMer flavours, read from upstream's own
+//! constructor keyword arguments.
+//!
+//! Mirrors the `__init__` signatures of `detection/.../vit_comer.py` `ViTCoMer` (on
+//! `base/vit.py` `TIMMVisionTransformer`), `segmentation/.../vit_comer.py` `ViTCoMer`, and the
+//! Co-DETR branch's `beit_comer.py` `BEiTComer2` (on `base/beit.py` `BEiT`), with each
+//! flavour's own defaults. JSON in the fixtures' `case.json` shape:
+//! `{"flavor": "vit-comer-det", "constructor_kwargs": {...}}` (other top-level fields ignored).
+//!
+//! Keyword arguments that only affect training (`drop_path_rate`, `with_cp`, `pretrained`, …)
+//! are accepted and ignored; any other unknown keyword is an error, so nothing a user wrote is
+//! dropped silently.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value as Json};
+
+/// The three upstream targets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Flavor {
+    #[serde(rename = "vit-comer-det")]
+    Det,
+    #[serde(rename = "vit-comer-seg")]
+    Seg,
+    #[serde(rename = "beit-comer")]
+    Beit,
+}
+
+impl Flavor {
+    pub fn name(self) -> &'static str {
+        match self {
+            Flavor::Det => "vit-comer-det",
+            Flavor::Seg => "vit-comer-seg",
+            Flavor::Beit => "beit-comer",
+        }
+    }
+    pub fn parse(s: &str) -> Result<Flavor, ConfigError> {
+        match s {
+            "vit-comer-det" => Ok(Flavor::Det),
+            "vit-comer-seg" => Ok(Flavor::Seg),
+            "beit-comer" => Ok(Flavor::Beit),
+            other => Err(ConfigError::UnknownFlavor(other.to_string())),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The JSON did not parse or a field has the wrong type.
+    #[error("config: {0}")]
+    Json(String),
+    /// `flavor` is not one of the three upstream targets.
+    #[error("config: unknown flavor '{0}' (expected vit-comer-det, vit-comer-seg or beit-comer)")]
+    UnknownFlavor(String),
+    /// A constructor keyword upstream's class does not take.
+    #[error("config: keyword '{key}' is not an argument of upstream's {flavor} constructor")]
+    UnknownKwarg { flavor: &'static str, key: String },
+    /// Values that do not fit together (list lengths, divisibility, ranges).
+    #[error("config: {0}")]
+    Invalid(String),
+    /// No preset with that name.
+    #[error("config: unknown preset '{name}' (known: {known})")]
+    UnknownPreset { name: String, known: String },
+}
+
+/// A fully resolved ViT-CoMer configuration: every constructor argument with its flavour's
+/// default applied and per-stage/per-block options expanded to lists.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ComerConfig {
+    pub flavor: Flavor,
+    // --- the ViT part ---
+    pub img_size: usize,
+    pub pretrain_size: usize,
+    pub patch_size: usize,
+    pub in_chans: usize,
+    pub embed_dim: usize,
+    pub depth: usize,
+    pub num_heads: usize,
+    pub mlp_ratio: f64,
+    /// det/seg: `qkv` Linear has a bias. beit: separate `q_bias`/`v_bias` parameters.
+    pub qkv_bias: bool,
+    /// det/seg: `gamma1`/`gamma2` layer scale (`layer_scale`, on by default).
+    pub layer_scale: bool,
+    /// Per block: windowed attention.
+    pub window_attn: Vec<bool>,
+    /// Per block: window size (None where upstream passed None; only read when windowed,
+    /// and for beit also the relative-position table size of a global block).
+    pub window_size: Vec<Option<usize>>,
+    /// beit: absolute position embedding (`use_abs_pos_emb`).
+    pub use_abs_pos_emb: bool,
+    /// beit: per-block relative position bias (`use_rel_pos_bias`).
+    pub use_rel_pos_bias: bool,
+    /// beit: one shared table (`use_shared_rel_pos_bias`).
+    pub use_shared_rel_pos_bias: bool,
+    /// beit: `qk_scale` (None → head_dim^-0.5).
+    pub qk_scale: Option<f64>,
+    /// `init_values`: CTI/injector `gamma` init, and for beit the blocks' layer-scale init
+    /// (layer scale present only when it is set and > 0).
+    pub init_values: Option<f64>,
+    // --- the CNN / interaction part ---
+    pub conv_inplane: usize,
+    pub n_points: usize,
+    pub deform_num_heads: usize,
+    pub interaction_indexes: Vec<[usize; 2]>,
+    pub with_cffn: bool,
+    pub cffn_ratio: f64,
+    pub deform_ratio: f64,
+    pub add_vit_feature: bool,
+    /// det/seg `use_extra_CTI`, beit `use_extra_extractor`.
+    pub use_extra_cti: bool,
+    /// Per interaction: det/seg `use_CTI_toV`, beit `use_injector`.
+    pub use_cti_tov: Vec<bool>,
+    /// Per interaction: det/seg `use_CTI_toC`, beit `use_extractor`.
+    pub use_cti_toc: Vec<bool>,
+    /// Per interaction: `cnn_feature_interaction`.
+    pub cnn_feature_interaction: Vec<bool>,
+    /// det: `extra_num` (default 4); seg and beit always build 4 extra CTIs.
+    pub extra_num: usize,
+    /// seg: MRFP hidden = `dim_ratio`·D (default 6.0). det/beit: hidden = 0.5·D.
+    pub dim_ratio: f64,
+}
+
+/// Arguments that only matter for training or logging: accepted, ignored.
+const IGNORED_KWARGS: &[&str] = &[
+    "drop_rate",
+    "attn_drop_rate",
+    "drop_path_rate",
+    "with_cp",
+    "use_checkpoint",
+    "pretrained",
+    "num_classes",
+    "version",
+    "residual_indices",
+    "norm_layer",
+    "act_layer",
+    "embed_layer",
+    "hybrid_backbone",
+    "out_indices",
+    "init_cfg",
+    "type",
+];
+
+struct Kwargs<'a> {
+    map: &'a Map<String, Json>,
+    used: std::collections::BTreeSet<String>,
+}
+
+impl<'a> Kwargs<'a> {
+    fn raw(&mut self, keys: &[&str]) -> Option<&'a Json> {
+        for k in keys {
+            if let Some(v) = self.map.get(*k) {
+                self.used.insert((*k).to_string());
+                return Some(v);
+            }
+        }
+        None
+    }
+    fn usize(&mut self, keys: &[&str], default: usize) -> Result<usize, ConfigError> {
+        match self.raw(keys) {
+            None => Ok(default),
+            Some(v) => v
+                .as_u64()
+                .map(|x| x as usize)
+                .ok_or_else(|| ConfigError::Json(format!("'{}' must be a non-negative integer, got {v}", keys[0]))),
+        }
+    }
+    fn f64(&mut self, keys: &[&str], default: f64) -> Result<f64, ConfigError> {
+        match self.raw(keys) {
+            None => Ok(default),
+            Some(v) => v
+                .as_f64()
+                .ok_or_else(|| ConfigError::Json(format!("'{}' must be a number, got {v}", keys[0]))),
+        }
+    }
+    fn opt_f64(&mut self, keys: &[&str], default: Option<f64>) -> Result<Option<f64>, ConfigError> {
+        match self.raw(keys) {
+            None => Ok(default),
+            Some(Json::Null) => Ok(None),
+            Some(v) => v
+                .as_f64()
+                .map(Some)
+                .ok_or_else(|| ConfigError::Json(format!("'{}' must be a number or null, got {v}", keys[0]))),
+        }
+    }
+    fn bool(&mut self, keys: &[&str], default: bool) -> Result<bool, ConfigError> {
+        match self.raw(keys) {
+            None => Ok(default),
+            Some(v) => v
+                .as_bool()
+                .ok_or_else(|| ConfigError::Json(format!("'{}' must be true or false, got {v}", keys[0]))),
+        }
+    }
+    /// A bool or a list of bools (upstream's `x if isinstance(x, bool) else x[i]`).
+    fn bool_list(&mut self, keys: &[&str], default: bool, n: usize) -> Result<Vec<bool>, ConfigError> {
+        match self.raw(keys) {
+            None => Ok(vec![default; n]),
+            Some(Json::Bool(b)) => Ok(vec![*b; n]),
+            Some(Json::Array(items)) => {
+                let v: Option<Vec<bool>> = items.iter().map(|x| x.as_bool()).collect();
+                let v = v.ok_or_else(|| ConfigError::Json(format!("'{}' must hold booleans", keys[0])))?;
+                if v.len() < n {
+                    return Err(ConfigError::Invalid(format!(
+                        "'{}' has {} entries but {n} are needed",
+                        keys[0],
+                        v.len()
+                    )));
+                }
+                Ok(v)
+            }
+            Some(v) => Err(ConfigError::Json(format!("'{}' must be a bool or a list of bools, got {v}", keys[0]))),
+        }
+    }
+}
+
+impl ComerConfig {
+    /// Parse the fixtures' `case.json` shape (`flavor` + `constructor_kwargs`).
+    pub fn from_case_json(text: &str) -> Result<ComerConfig, ConfigError> {
+        let v: Json = serde_json::from_str(text).map_err(|e| ConfigError::Json(e.to_string()))?;
+        let flavor = v
+            .get("flavor")
+            .and_then(|f| f.as_str())
+            .ok_or_else(|| ConfigError::Json("missing string field 'flavor'".into()))?;
+        let flavor = Flavor::parse(flavor)?;
+        let empty = Map::new();
+        let kwargs = match v.get("constructor_kwargs") {
+            None => &empty,
+            Some(Json::Object(m)) => m,
+            Some(_) => return Err(ConfigError::Json("'constructor_kwargs' must be an object".into())),
+        };
+        ComerConfig::from_kwargs(flavor, kwargs)
+    }
+
+    /// Resolve upstream constructor keyword arguments with the flavour's defaults.
+    pub fn from_kwargs(flavor: Flavor, map: &Map<String, Json>) -> Result<ComerConfig, ConfigError> {
+        let mut k = Kwargs { map, used: Default::default() };
+        let beit = flavor == Flavor::Beit;
+        let depth = k.usize(&["depth"], 12)?;
+        let img_size = k.usize(&["img_size"], if beit { 512 } else { 224 })?;
+        let pretrain_size = k.usize(&["pretrain_size"], 224)?;
+        let window_attn = k.bool_list(&["window_attn"], false, depth)?;
+        let window_size = match k.raw(&["window_size"]) {
+            None => vec![Some(14); depth],
+            Some(Json::Null) => vec![None; depth],
+            Some(Json::Array(items)) => items
+                .iter()
+                .map(|x| match x {
+                    Json::Null => Ok(None),
+                    other => other
+                        .as_u64()
+                        .map(|w| Some(w as usize))
+                        .ok_or_else(|| ConfigError::Json(format!("window_size entry {other} is not an integer"))),
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+            Some(v) => vec![Some(v.as_u64().ok_or_else(|| ConfigError::Json(format!("window_size {v} is not an integer")))? as usize); depth],
+        };
+        let interaction_indexes: Vec<[usize; 2]> = match k.raw(&["interaction_indexes"]) {
+            None => return Err(ConfigError::Invalid("'interaction_indexes' is required (upstream has no default)".into())),
+            Some(v) => serde_json::from_value(v.clone())
+                .map_err(|e| ConfigError::Json(format!("interaction_indexes: {e}")))?,
+        };
+        let n_int = interaction_indexes.len();
+        let cfg = ComerConfig {
+            flavor,
+            img_size,
+            pretrain_size,
+            patch_size: k.usize(&["patch_size"], 16)?,
+            in_chans: k.usize(&["in_chans"], 3)?,
+            embed_dim: k.usize(&["embed_dim"], 768)?,
+            depth,
+            num_heads: k.usize(&["num_heads"], 12)?,
+            mlp_ratio: k.f64(&["mlp_ratio"], 4.0)?,
+            qkv_bias: k.bool(&["qkv_bias"], !beit)?,
+            layer_scale: if beit { false } else { k.bool(&["layer_scale"], true)? },
+            window_attn,
+            window_size,
+            use_abs_pos_emb: if beit { k.bool(&["use_abs_pos_emb"], false)? } else { true },
+            use_rel_pos_bias: if beit { k.bool(&["use_rel_pos_bias"], true)? } else { false },
+            use_shared_rel_pos_bias: if beit { k.bool(&["use_shared_rel_pos_bias"], false)? } else { false },
+            qk_scale: if beit { k.opt_f64(&["qk_scale"], None)? } else { None },
+            init_values: k.opt_f64(&["init_values"], Some(0.0))?,
+            conv_inplane: k.usize(&["conv_inplane"], 64)?,
+            n_points: k.usize(&["n_points"], 4)?,
+            deform_num_heads: k.usize(&["deform_num_heads"], 6)?,
+            interaction_indexes,
+            with_cffn: k.bool(&["with_cffn"], true)?,
+            cffn_ratio: k.f64(&["cffn_ratio"], 0.25)?,
+            deform_ratio: k.f64(&["deform_ratio"], 1.0)?,
+            add_vit_feature: k.bool(&["add_vit_feature"], true)?,
+            use_extra_cti: k.bool(if beit { &["use_extra_extractor"] } else { &["use_extra_CTI"] }, true)?,
+            use_cti_tov: k.bool_list(if beit { &["use_injector"] } else { &["use_CTI_toV"] }, true, n_int)?,
+            use_cti_toc: k.bool_list(if beit { &["use_extractor"] } else { &["use_CTI_toC"] }, true, n_int)?,
+            cnn_feature_interaction: k.bool_list(&["cnn_feature_interaction"], flavor == Flavor::Seg, n_int)?,
+            extra_num: if flavor == Flavor::Det { k.usize(&["extra_num"], 4)? } else { 4 },
+            dim_ratio: if flavor == Flavor::Seg { k.f64(&["dim_ratio"], 6.0)? } else { 0.5 },
+        };
+        for key in map.keys() {
+            if !k.used.contains(key) && !IGNORED_KWARGS.contains(&key.as_str()) {
+                return Err(ConfigError::UnknownKwarg { flavor: flavor.name(), key: key.clone() });
+            }
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks that upstream would fail on later, made early and named.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if self.embed_dim == 0 || self.num_heads == 0 || self.embed_dim % self.num_heads != 0 {
+            return bad(format!("embed_dim {} must be a positive multiple of num_heads {}", self.embed_dim, self.num_heads));
+        }
+        if self.deform_num_heads == 0 || self.embed_dim % self.deform_num_heads != 0 {
+            return bad(format!("embed_dim {} must be a multiple of deform_num_heads {}", self.embed_dim, self.deform_num_heads));
+        }
+        let value_dim = (self.embed_dim as f64 * self.deform_ratio) as usize;
+        if value_dim == 0 || value_dim % self.deform_num_heads != 0 {
+            return bad(format!("embed_dim·deform_ratio = {value_dim} must be a multiple of deform_num_heads {}", self.deform_num_heads));
+        }
+        if self.window_attn.len() < self.depth || self.window_size.len() < self.depth {
+            return bad(format!("window_attn/window_size need {} entries", self.depth));
+        }
+        for (i, (&w, ws)) in self.window_attn.iter().zip(&self.window_size).enumerate().take(self.depth) {
+            if w && ws.is_none_or(|s| s == 0) {
+                return bad(format!("block {i} is windowed but its window_size is {ws:?}"));
+            }
+        }
+        for (i, r) in self.interaction_indexes.iter().enumerate() {
+            if r[0] > r[1] || r[1] >= self.depth {
+                return bad(format!("interaction_indexes[{i}] = {r:?} is outside 0..{}", self.depth));
+            }
+        }
+        if self.interaction_indexes.is_empty() {
+            return bad("interaction_indexes is empty".into());
+        }
+        if self.flavor == Flavor::Seg && self.interaction_indexes.len() != 4 {
+            return bad("vit-comer-seg adds the ViT map after each interaction: exactly four interactions are needed".into());
+        }
+        if self.patch_size != 16 {
+            return bad(format!("patch_size {} unsupported: upstream's pyramid assumes stride 16 patches", self.patch_size));
+        }
+        Ok(())
+    }
+
+    pub fn head_dim(&self) -> usize {
+        self.embed_dim / self.num_heads
+    }
+
+    /// Upstream constructor keyword arguments that rebuild this config (in upstream names).
+    pub fn to_kwargs(&self) -> Map<String, Json> {
+        use serde_json::json;
+        let beit = self.flavor == Flavor::Beit;
+        let mut m = Map::new();
+        let mut put = |k: &str, v: Json| {
+            m.insert(k.to_string(), v);
+        };
+        put("img_size", json!(self.img_size));
+        put("pretrain_size", json!(self.pretrain_size));
+        put("patch_size", json!(self.patch_size));
+        put("in_chans", json!(self.in_chans));
+        put("embed_dim", json!(self.embed_dim));
+        put("depth", json!(self.depth));
+        put("num_heads", json!(self.num_heads));
+        put("mlp_ratio", json!(self.mlp_ratio));
+        put("qkv_bias", json!(self.qkv_bias));
+        put("window_attn", json!(self.window_attn));
+        put("window_size", json!(self.window_size));
+        put("init_values", json!(self.init_values));
+        put("conv_inplane", json!(self.conv_inplane));
+        put("n_points", json!(self.n_points));
+        put("deform_num_heads", json!(self.deform_num_heads));
+        put("interaction_indexes", json!(self.interaction_indexes));
+        put("with_cffn", json!(self.with_cffn));
+        put("cffn_ratio", json!(self.cffn_ratio));
+        put("deform_ratio", json!(self.deform_ratio));
+        put("add_vit_feature", json!(self.add_vit_feature));
+        put("cnn_feature_interaction", json!(self.cnn_feature_interaction));
+        if beit {
+            put("use_abs_pos_emb", json!(self.use_abs_pos_emb));
+            put("use_rel_pos_bias", json!(self.use_rel_pos_bias));
+            put("use_shared_rel_pos_bias", json!(self.use_shared_rel_pos_bias));
+            put("qk_scale", json!(self.qk_scale));
+            put("use_extra_extractor", json!(self.use_extra_cti));
+            put("use_injector", json!(self.use_cti_tov));
+            put("use_extractor", json!(self.use_cti_toc));
+        } else {
+            put("layer_scale", json!(self.layer_scale));
+            put("use_extra_CTI", json!(self.use_extra_cti));
+            put("use_CTI_toV", json!(self.use_cti_tov));
+            put("use_CTI_toC", json!(self.use_cti_toc));
+        }
+        if self.flavor == Flavor::Det {
+            put("extra_num", json!(self.extra_num));
+        }
+        if self.flavor == Flavor::Seg {
+            put("dim_ratio", json!(self.dim_ratio));
+        }
+        m
+    }
+
+    /// The `case.json`-shaped JSON (`flavor` + `constructor_kwargs`) for this config.
+    pub fn to_case_json(&self) -> Json {
+        serde_json::json!({ "flavor": self.flavor.name(), "constructor_kwargs": self.to_kwargs() })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fixture_cases_parse_and_round_trip() {
+        for case in ["det_tiny", "det_tiny_cfi_window", "seg_tiny", "beit_tiny"] {
+            let p = format!("{}/fixtures/forward/{case}/case.json", env!("CARGO_MANIFEST_DIR"));
+            let text = std::fs::read_to_string(&p).expect("fixture present");
+            let cfg = ComerConfig::from_case_json(&text).expect(case);
+            let again = ComerConfig::from_case_json(&cfg.to_case_json().to_string()).expect(case);
+            assert_eq!(cfg, again, "{case}");
+        }
+    }
+
+    #[test]
+    fn unknown_kwarg_is_refused() {
+        let err = ComerConfig::from_case_json(
+            r#"{"flavor":"vit-comer-det","constructor_kwargs":{"interaction_indexes":[[0,2],[3,5],[6,8],[9,11]],"emb_dim":3}}"#,
+        )
+        .unwrap_err();
+        assert!(matches!(err, ConfigError::UnknownKwarg { .. }));
+    }
+}

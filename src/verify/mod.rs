@@ -1,0 +1,1 @@
+//! `verify/`: numerical proof that an import lost nothing (parity reports, round trips).

@@ -1,0 +1,3 @@
+//! Integration tests, built as one binary (ripgrep's layout). Each module is one concern.
+
+mod util;
