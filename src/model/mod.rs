@@ -2,5 +2,6 @@
 //! flavours and, for parity, the source families' own ViT forwards.
 
 pub mod config;
+pub mod presets;
 
 pub use config::{ComerConfig, ConfigError, Flavor};
