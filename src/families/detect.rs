@@ -224,10 +224,15 @@ pub fn detect(state_dict: &[(String, &TensorView)], metadata: &BTreeMap<String, 
     if k.has("embedding/kernel") && k.has("Transformer/encoderblock_0/MlpBlock_3/Dense_0/kernel") {
         return detect_augreg(&k);
     }
-    if let Some(p) = k.prefix_of("transformer.resblocks.0.attn.in_proj_weight") {
-        if k.has(&format!("{p}conv1.weight")) {
-            return detect_clip(&k, &p, metadata);
-        }
+    // CLIP: the visual tower is the `transformer.resblocks` beside a `conv1` (the text
+    // tower has its own resblocks without one).
+    let clip = k
+        .map
+        .keys()
+        .filter_map(|key| key.strip_suffix("transformer.resblocks.0.attn.in_proj_weight"))
+        .find(|p| k.has(&format!("{p}conv1.weight")));
+    if let Some(p) = clip {
+        return detect_clip(&k, p, metadata);
     }
     if let Some(p) = k.prefix_of("fused_encoder.layers.0.self_attn.in_proj_weight") {
         return detect_uniperceiver(&k, &format!("{p}fused_encoder."));
