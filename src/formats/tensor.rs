@@ -211,6 +211,12 @@ impl TensorView {
 
     /// The elements converted to f32 (integers and bool cast like `tensor.float()`).
     pub fn to_f32(&self) -> Vec<f32> {
+        if self.is_contiguous() && !self.big_endian {
+            // Fast path: decode straight from the (mapped) storage, no intermediate copy.
+            let es = self.dtype.size();
+            let start = self.offset * es;
+            return decode_le_f32(self.dtype, &self.storage.bytes()[start..start + self.nbytes()]);
+        }
         let bytes = self.to_le_bytes();
         decode_le_f32(self.dtype, &bytes)
     }
