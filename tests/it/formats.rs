@@ -322,3 +322,36 @@ fn hf_folder_reads_config_and_sharded_index() {
     }
     assert_eq!(detect::detect_checkpoint(&sharded).family, Family::HfVit);
 }
+
+#[test]
+fn hf_folder_with_pytorch_model_bin() {
+    let dir = crate::util::tmpdir();
+    std::fs::copy(fixture("sources/deit/deit_tiny.pth"), dir.join("pytorch_model.bin")).expect("copy");
+    std::fs::write(dir.join("config.json"), r#"{"model_type": "vit", "layer_norm_eps": 1e-6}"#).expect("config");
+    let ck = formats::open(&dir).expect("folder with a .bin");
+    assert_eq!(ck.format, Format::HfFolder);
+    assert_eq!(ck.tensors().len(), 56);
+    assert_eq!(ck.metadata.get("config.model_type").map(String::as_str), Some("vit"));
+}
+
+#[test]
+fn raw_pickle_without_container() {
+    use comer_port::formats::testkit::Pickle;
+    let p = crate::util::temp_file("meta.bin", &Pickle::new().empty_dict().str("epoch").int(3).setitem().stop().0);
+    let ck = formats::open(&p).expect("plain-data pickle");
+    assert_eq!(ck.format, Format::RawPickle);
+    assert!(ck.tensors().is_empty());
+    assert!(matches!(ck.root.get("epoch"), Some(comer_port::formats::Value::Int(3))));
+}
+
+#[test]
+fn torchscript_archive_metadata() {
+    let ck = open("sources/clip/clip_tiny_quickgelu_visual_jit.pt");
+    assert_eq!(ck.metadata.get("torchscript.constants").map(String::as_str), Some("2"));
+    assert_eq!(ck.metadata.get("activation").map(String::as_str), Some("quick-gelu"));
+    // Module objects are inert data under their class names.
+    match &ck.root {
+        comer_port::formats::Value::Object { class, .. } => assert!(class.starts_with("__torch__.open_clip"), "{class}"),
+        other => panic!("root is a {}", other.kind()),
+    }
+}
