@@ -355,3 +355,74 @@ fn torchscript_archive_metadata() {
         other => panic!("root is a {}", other.kind()),
     }
 }
+
+#[test]
+fn namespace_numpy_scalar_and_codecs_are_inert_metadata() {
+    use comer_port::formats::testkit::{torch_zip, Pickle};
+    use comer_port::formats::Value;
+    // {"args": argparse.Namespace(lr=0.1), "acc": numpy scalar(dtype('f8'), b'..'), "w": tensor}
+    let p = Pickle::new()
+        .empty_dict()
+        .mark()
+        .str("args")
+        .global("argparse", "Namespace")
+        .empty_tuple()
+        .op(0x81)
+        .empty_dict()
+        .str("lr")
+        .op(b'G')
+        .raw(&0.1f64.to_be_bytes())
+        .setitem()
+        .op(b'b')
+        .str("acc")
+        .global("numpy.core.multiarray", "scalar")
+        .global("numpy", "dtype")
+        .mark()
+        .str("f8")
+        .newfalse()
+        .op(0x88)
+        .tuple()
+        .reduce()
+        .mark()
+        .int(3)
+        .str("<")
+        .none()
+        .none()
+        .none()
+        .int(-1)
+        .int(-1)
+        .int(0)
+        .tuple()
+        .op(b'b')
+        .global("_codecs", "encode")
+        .mark()
+        .str("\u{0}\u{0}\u{0}\u{0}\u{0}\u{0}\u{e0}?")
+        .str("latin1")
+        .tuple()
+        .reduce()
+        .op(0x86)
+        .reduce()
+        .str("w")
+        .tensor("FloatStorage", "0", 2, 0, &[2], &[1])
+        .setitems()
+        .stop();
+    let data: Vec<u8> = [1.5f32, 2.5].iter().flat_map(|x| x.to_le_bytes()).collect();
+    let f = crate::util::temp_file("meta.pth", &torch_zip("meta", &p.0, "little", &[("0", &data)]));
+    let ck = formats::open(&f).expect("metadata objects are data");
+    match ck.root.get("args") {
+        Some(Value::Object { class, state, .. }) => {
+            assert_eq!(class, "argparse.Namespace");
+            assert!(matches!(state.get("lr"), Some(Value::Float(x)) if (*x - 0.1).abs() < 1e-12));
+        }
+        other => panic!("args: {other:?}"),
+    }
+    match ck.root.get("acc") {
+        Some(Value::Object { class, args, .. }) => {
+            assert_eq!(class, "numpy.core.multiarray.scalar");
+            let Value::Tuple(a) = args.as_ref() else { panic!("scalar args") };
+            assert!(matches!(&a[1], Value::Bytes(b) if b == &0.5f64.to_le_bytes()[..]));
+        }
+        other => panic!("acc: {other:?}"),
+    }
+    assert_eq!(ck.tensors().len(), 1);
+}
