@@ -15,6 +15,7 @@ pub mod inspect;
 pub mod presets;
 pub mod run;
 pub mod verify;
+pub mod viz;
 
 pub const EXIT_OK: i32 = 0;
 pub const EXIT_CHECK_FAILED: i32 = 1;
