@@ -2,6 +2,7 @@
 //! flavours and, for parity, the source families' own ViT forwards.
 
 pub mod config;
+pub mod layout;
 pub mod presets;
 
 pub use config::{ComerConfig, ConfigError, Flavor};
