@@ -41,3 +41,16 @@ pub enum ImportError {
     #[error("{path}: {reason}")]
     Input { path: PathBuf, reason: String },
 }
+
+/// Errors from the other stages, carried through `import`.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error(transparent)]
+    Import(#[from] ImportError),
+    #[error(transparent)]
+    Format(#[from] crate::formats::FormatError),
+    #[error(transparent)]
+    Config(#[from] crate::model::ConfigError),
+    #[error(transparent)]
+    Write(#[from] crate::export::atomic::WriteError),
+}

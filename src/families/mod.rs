@@ -14,6 +14,7 @@ pub mod hf_vit;
 pub mod init;
 pub mod mae;
 pub mod mapping;
+pub mod pipeline;
 pub mod timm_vit;
 pub mod transforms;
 pub mod uniperceiver;
