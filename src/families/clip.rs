@@ -8,5 +8,5 @@ pub fn looks_like(keys: &[&str]) -> bool {
     let has = |k: &str| keys.contains(&k);
     let any = |p: &str| keys.iter().any(|k| k.starts_with(p));
     let _ = (&has, &any);
-    has("visual.conv1.weight")
+    has("visual.conv1.weight") || (has("conv1.weight") && any("transformer.resblocks."))
 }

@@ -133,9 +133,20 @@ struct RawMapping {
     #[serde(default)]
     infer: InferSpec,
     #[serde(default)]
+    prefix_if: Option<PrefixIf>,
+    #[serde(default)]
     map: Vec<RawMap>,
     #[serde(default)]
     drop: Vec<RawDrop>,
+}
+
+/// Source keys stored without a prefix the rules expect (a TorchScript visual tower saved
+/// on its own): when `key` is present and `prefix + key` is not, every key gets `prefix`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrefixIf {
+    pub key: String,
+    pub prefix: String,
 }
 
 /// A compiled mapping rule.
@@ -163,6 +174,7 @@ pub struct Mapping {
     pub family: String,
     pub description: String,
     pub infer: InferSpec,
+    pub prefix_if: Option<PrefixIf>,
     pub map: Vec<MapRule>,
     pub drop: Vec<DropRule>,
 }
@@ -193,7 +205,19 @@ impl Mapping {
         for d in raw.drop {
             drop.push(DropRule { source: re(&d.source)?, reason: d.reason, lossy: d.lossy });
         }
-        Ok(Mapping { family: raw.family, description: raw.description, infer: raw.infer, map, drop })
+        Ok(Mapping { family: raw.family, description: raw.description, infer: raw.infer, prefix_if: raw.prefix_if, map, drop })
+    }
+}
+
+impl Mapping {
+    /// Source key names as the rules expect them (see [`PrefixIf`]).
+    pub fn normalise_keys<'a>(&self, sd: Vec<(String, &'a TensorView)>) -> Vec<(String, &'a TensorView)> {
+        let Some(p) = &self.prefix_if else { return sd };
+        let has = |k: &str| sd.iter().any(|(n, _)| n == k);
+        if has(&p.key) && !has(&format!("{}{}", p.prefix, p.key)) {
+            return sd.into_iter().map(|(k, v)| (format!("{}{k}", p.prefix), v)).collect();
+        }
+        sd
     }
 }
 

@@ -234,6 +234,7 @@ pub fn run(source: &Path, bytes: Option<&[u8]>, opts: &ImportOptions) -> Result<
     let (_wrapper, sd) = ck.state_dict();
     let keys: Vec<&str> = sd.iter().map(|(k, _)| k.as_str()).collect();
     let family = pick_family(opts.family.as_deref(), &keys)?;
+    let sd = super::mapping_for(&family)?.normalise_keys(sd);
     let (cfg, dims, plan) = plan_state_dict(&family, &sd, &opts.target, &opts.plan)?;
     let lookup: HashMap<&str, &TensorView> = sd.iter().map(|(k, v)| (k.as_str(), *v)).collect();
     let mut warnings = Vec::new();
@@ -243,6 +244,11 @@ pub fn run(source: &Path, bytes: Option<&[u8]>, opts: &ImportOptions) -> Result<
         warnings.push(format!(
             "the source's LayerNorm eps is {eps}; upstream's blocks use 1e-6 (a tiny, documented numerical difference)"
         ));
+    }
+    if family == "clip" {
+        warnings.push(
+            "CLIP: OpenAI weights use QuickGELU, upstream's blocks use exact GELU; the activation is not recorded in the checkpoint, so the ViT branch deviates for QuickGELU models".into(),
+        );
     }
     let transforms = serde_json::json!({
         "relpos_resize": if opts.plan.relpos_geometric { "geometric" } else { "bicubic" },
