@@ -3,3 +3,5 @@
 //! complete, never overwriting without `force`.
 
 pub mod atomic;
+pub mod pth;
+pub mod safetensors;

@@ -7,6 +7,7 @@ pub mod config;
 pub mod error;
 pub mod nn;
 pub mod ops;
+pub mod layout;
 pub mod presets;
 pub mod vit;
 pub mod weights;

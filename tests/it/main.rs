@@ -14,3 +14,5 @@ mod formats;
 mod bad_inputs;
 /// `comer-port inspect`: table, JSON, exit codes, one-line errors.
 mod inspect;
+/// `comer-port import`: layouts, mappings, transforms, init, writers (issue 4).
+mod import;
