@@ -3,3 +3,4 @@
 //! complete, never overwriting without `force`.
 
 pub mod atomic;
+pub mod onnx;
