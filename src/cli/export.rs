@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 
 use crate::export::onnx::{self, Deform, ExportOptions};
+
 use crate::model::{ComerConfig, presets};
 
 /// Arguments of `comer-port export`.
@@ -97,10 +98,14 @@ fn run_onnx(a: OnnxArgs) -> anyhow::Result<i32> {
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let (_, tensors) = ck.state_dict();
-    let written = onnx::export(tensors, &cfg, &opts, &a.output, a.force)
-        .with_context(|| format!("exporting {} to ONNX", a.artifact.display()))?;
+    let written = match onnx::export(tensors, &cfg, &opts, &a.output, a.force) {
+        Ok(w) => w,
+        // Keep WriteError at the top of the chain so the exit code says "output not written".
+        Err(onnx::OnnxError::Write(e)) => return Err(e.into()),
+        Err(e) => return Err(anyhow::Error::new(e).context(format!("exporting {} to ONNX", a.artifact.display()))),
+    };
     println!(
-        "wrote {} ({} bytes, {} nodes, {} initializers, opset {}, {} deformable sampling, input {}x{}{} batch {})",
+        "wrote {} ({} bytes, {} nodes, {} initializers, opset {}, {} deformable sampling, input {}x{}, batch {})",
         a.output.display(),
         written.model_bytes,
         written.nodes,
@@ -109,7 +114,6 @@ fn run_onnx(a: OnnxArgs) -> anyhow::Result<i32> {
         a.deform.name(),
         h,
         w,
-        ",",
         a.batch
     );
     if let Some((p, n)) = written.external {
