@@ -114,7 +114,7 @@ pub fn build(g: &mut Graph, cx: &Ctx) -> Result<Vec<String>, OnnxError> {
             &[&c2, &upw, &upb],
             vec![attr_ints("kernel_shape", &[2, 2]), attr_ints("strides", &[2, 2])],
         );
-        let mut fs = vec![g.add(&up, &c1), c2, c3, c4];
+        let mut fs = [g.add(&up, &c1), c2, c3, c4];
         let mut x_out = None;
         if cfg.add_vit_feature {
             let src: Vec<String> = if cfg.flavor == Flavor::Seg {
@@ -309,10 +309,23 @@ fn block(g: &mut Graph, x: &str, i: usize, cx: &Ctx) -> Result<String, OnnxError
     Ok(g.add(&x, &m))
 }
 
-/// Scaled dot-product attention over (B', N', 3C) packed q/k/v; `bias` is added to the
-/// logits (BEiT relative position bias); `prescale` scales q before the product (BEiT),
-/// otherwise the logits are scaled (timm).
-fn sdpa(g: &mut Graph, qkv: &str, bn: usize, n: usize, heads: usize, hd: usize, scale: f32, prescale: bool, bias: Option<&str>) -> String {
+/// Shape and scaling of one multi-head attention over (B', N', 3C) packed q/k/v.
+#[derive(Clone, Copy)]
+struct Sdpa<'s> {
+    bn: usize,
+    n: usize,
+    heads: usize,
+    hd: usize,
+    scale: f32,
+    /// Scale q before the product (BEiT) instead of the logits (timm).
+    prescale: bool,
+    /// Added to the logits (BEiT relative position bias).
+    bias: Option<&'s str>,
+}
+
+/// Scaled dot-product attention; returns (B', N', C).
+fn sdpa(g: &mut Graph, qkv: &str, a: &Sdpa) -> String {
+    let Sdpa { bn, n, heads, hd, scale, prescale, bias } = *a;
     let t = g.reshape(qkv, &[bn, n, 3, heads, hd]); // (B', N', 3, h, hd)
     let t = g.transpose(&t, &[2, 0, 3, 1, 4]); // (3, B', h, N', hd)
     let q = g.pick(&t, 0, 0);
@@ -341,8 +354,29 @@ fn partition(g: &mut Graph, x: &str, b: usize, h: usize, w: usize, c: usize, ws:
     g.reshape(&t, &[b * (h / ws) * (w / ws), ws * ws, c])
 }
 
+/// A window layout: batch, unpadded grid (h, w), padded grid (hp, wp), window size.
+#[derive(Clone, Copy)]
+struct Win {
+    b: usize,
+    h: usize,
+    w: usize,
+    hp: usize,
+    wp: usize,
+    ws: usize,
+}
+
+impl Win {
+    fn new(b: usize, h: usize, w: usize, ws: usize) -> Win {
+        Win { b, h, w, hp: h.div_ceil(ws) * ws, wp: w.div_ceil(ws) * ws, ws }
+    }
+    fn count(&self) -> usize {
+        (self.hp / self.ws) * (self.wp / self.ws)
+    }
+}
+
 /// Inverse of [`partition`], cropped back to the unpadded (B, H·W, C) tokens.
-fn unpartition(g: &mut Graph, x: &str, b: usize, hp: usize, wp: usize, c: usize, ws: usize, h: usize, w: usize) -> String {
+fn unpartition(g: &mut Graph, x: &str, win: Win, c: usize) -> String {
+    let Win { b, h, w, hp, wp, ws } = win;
     let t = g.reshape(x, &[b, hp / ws, wp / ws, ws, ws, c]); // (B, h/ws, w/ws, ws, ws, C)
     let t = g.transpose(&t, &[0, 1, 3, 2, 4, 5]); // (B, h/ws, ws, w/ws, ws, C)
     let t = g.reshape(&t, &[b, hp, wp, c]); // (B, H_, W_, C)
@@ -369,16 +403,15 @@ fn vit_attention(g: &mut Graph, x: &str, i: usize, cx: &Ctx) -> Result<String, O
     let scale = (hd as f64).powf(-0.5) as f32;
     let qkv = g.linear(x, &format!("{key}.qkv"))?; // (B, N, 3C)
     let out = if cfg.window_attn[i] {
-        let ws = cfg.window_size[i].unwrap_or(14);
-        let (hp, wp) = (h.div_ceil(ws) * ws, w.div_ceil(ws) * ws);
+        let wl = Win::new(b, h, w, cfg.window_size[i].unwrap_or(14));
         let m = g.reshape(&qkv, &[b, h, w, 3 * c]); // (B, H, W, 3C)
-        let m = pad_hw(g, &m, h, w, hp, wp); // (B, H_, W_, 3C), zero q/k/v in the padding
-        let win = partition(g, &m, b, hp, wp, 3 * c, ws);
-        let nw = (hp / ws) * (wp / ws);
-        let o = sdpa(g, &win, b * nw, ws * ws, heads, hd, scale, false, None);
-        unpartition(g, &o, b, hp, wp, c, ws, h, w)
+        let m = pad_hw(g, &m, h, w, wl.hp, wl.wp); // (B, H_, W_, 3C), zero q/k/v in the padding
+        let win = partition(g, &m, b, wl.hp, wl.wp, 3 * c, wl.ws);
+        let a = Sdpa { bn: b * wl.count(), n: wl.ws * wl.ws, heads, hd, scale, prescale: false, bias: None };
+        let o = sdpa(g, &win, &a);
+        unpartition(g, &o, wl, c)
     } else {
-        sdpa(g, &qkv, b, h * w, heads, hd, scale, false, None)
+        sdpa(g, &qkv, &Sdpa { bn: b, n: h * w, heads, hd, scale, prescale: false, bias: None })
     };
     g.linear(&out, &format!("{key}.proj"))
 }
@@ -424,15 +457,15 @@ fn beit_attention(g: &mut Graph, x: &str, i: usize, cx: &Ctx) -> Result<String, 
     let ws = cfg.window_size[i].unwrap_or(14);
     let relb = rel_pos_bias(g, &key, ws, heads)?;
     let out = if cfg.window_attn[i] {
-        let (hp, wp) = (h.div_ceil(ws) * ws, w.div_ceil(ws) * ws);
+        let wl = Win::new(b, h, w, ws);
         let m = g.reshape(x, &[b, h, w, c]); // (B, H, W, C)
-        let m = pad_hw(g, &m, h, w, hp, wp); // zero tokens before qkv
-        let win = partition(g, &m, b, hp, wp, c, ws);
-        let nw = (hp / ws) * (wp / ws);
+        let m = pad_hw(g, &m, h, w, wl.hp, wl.wp); // zero tokens before qkv
+        let win = partition(g, &m, b, wl.hp, wl.wp, c, ws);
         let qkv = g.linear_with(&win, &format!("{key}.qkv"), &wshape, &wq, bias.as_deref())?;
-        let o = sdpa(g, &qkv, b * nw, ws * ws, heads, hd, scale, true, Some(&relb));
+        let a = Sdpa { bn: b * wl.count(), n: ws * ws, heads, hd, scale, prescale: true, bias: Some(&relb) };
+        let o = sdpa(g, &qkv, &a);
         let o = g.linear(&o, &format!("{key}.proj"))?;
-        unpartition(g, &o, b, hp, wp, c, ws, h, w)
+        unpartition(g, &o, wl, c)
     } else {
         if ws * ws != h * w {
             return Err(g.node_error(
@@ -441,7 +474,7 @@ fn beit_attention(g: &mut Graph, x: &str, i: usize, cx: &Ctx) -> Result<String, 
             ));
         }
         let qkv = g.linear_with(x, &format!("{key}.qkv"), &wshape, &wq, bias.as_deref())?;
-        let o = sdpa(g, &qkv, b, h * w, heads, hd, scale, true, Some(&relb));
+        let o = sdpa(g, &qkv, &Sdpa { bn: b, n: h * w, heads, hd, scale, prescale: true, bias: Some(&relb) });
         g.linear(&o, &format!("{key}.proj"))?
     };
     Ok(out)

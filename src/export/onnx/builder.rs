@@ -27,14 +27,10 @@ impl<'a> Weights<'a> {
     /// Shape and float32 values of `key`; `expected` (when given) must match the shape.
     pub fn get(&self, key: &str, expected: Option<&[usize]>) -> Result<(Vec<usize>, Vec<f32>), OnnxError> {
         let t = self.map.get(key).ok_or_else(|| OnnxError::MissingWeight { key: key.to_string() })?;
-        if let Some(e) = expected {
-            if t.shape != e {
-                return Err(OnnxError::WeightShape {
-                    key: key.to_string(),
-                    expected: e.to_vec(),
-                    got: t.shape.clone(),
-                });
-            }
+        if let Some(e) = expected
+            && t.shape != e
+        {
+            return Err(OnnxError::WeightShape { key: key.to_string(), expected: e.to_vec(), got: t.shape.clone() });
         }
         Ok((t.shape.clone(), t.to_f32()))
     }

@@ -97,7 +97,7 @@ impl ExportOptions {
 
 /// Check an input size: positive and a multiple of 32.
 pub fn check_input_size(h: usize, w: usize) -> Result<(), OnnxError> {
-    if h == 0 || w == 0 || h % 32 != 0 || w % 32 != 0 {
+    if h == 0 || w == 0 || !h.is_multiple_of(32) || !w.is_multiple_of(32) {
         return Err(OnnxError::InputSize {
             h,
             w,
