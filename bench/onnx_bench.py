@@ -3,7 +3,8 @@
 Usage: onnx_bench.py ARTIFACT --preset NAME [--size 512x512] [--runs 5] [--threads 2]
 Exports both formulations with target/release/comer-port into bench/out/, then runs each in
 ONNX Runtime (CPU, intra_op_num_threads=THREADS, inter_op 1, sequential) on one random image:
-one warm-up run, then RUNS timed runs; prints median/min per formulation and their ratio.
+one warm-up run each, then RUNS rounds that alternate the formulations (so load changes on a
+shared machine hit both alike); prints median/min per formulation and their ratio.
 """
 import argparse
 import os
@@ -32,26 +33,28 @@ def main():
     img = np.random.default_rng(0).standard_normal((1, 3, h, w), dtype=np.float32)
     results = {}
     outputs = {}
+    sessions = {}
     for deform in a.deform:
         out = os.path.join(ROOT, "bench", "out", f"model-{deform}-{a.size}.onnx")
         cmd = [BIN, "export", "onnx", a.artifact, "-o", out, "--input-size", a.size, "--deform", deform, "--force"]
         if a.preset:
             cmd += ["--preset", a.preset]
         t0 = time.perf_counter()
-        subprocess.run(cmd, check=True)
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
         print(f"export {deform}: {time.perf_counter() - t0:.2f} s, {os.path.getsize(out) / 1e6:.1f} MB")
         so = ort.SessionOptions()
         so.intra_op_num_threads = a.threads
         so.inter_op_num_threads = 1
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        sess = ort.InferenceSession(out, so, providers=["CPUExecutionProvider"])
-        outputs[deform] = sess.run(None, {"image": img})
-        times = []
-        for _ in range(a.runs):
+        sessions[deform] = ort.InferenceSession(out, so, providers=["CPUExecutionProvider"])
+        outputs[deform] = sessions[deform].run(None, {"image": img})  # warm-up
+        results[deform] = []
+    for _ in range(a.runs):
+        for deform, sess in sessions.items():
             t0 = time.perf_counter()
             sess.run(None, {"image": img})
-            times.append(time.perf_counter() - t0)
-        results[deform] = times
+            results[deform].append(time.perf_counter() - t0)
+    for deform, times in results.items():
         print(f"{deform}: median {statistics.median(times):.3f} s, min {min(times):.3f} s, runs {[round(t, 3) for t in times]}")
     if len(outputs) == 2:
         x, y = outputs.values()

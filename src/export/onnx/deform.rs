@@ -108,7 +108,11 @@ impl Graph<'_> {
         let lv = s.levels;
         let (b, m, p) = (lv.b, s.heads, s.points);
         let lq = lv.total();
-        let mut sampled = Vec::new();
+        // Per level: sample, weight by that level's attention and reduce over points, so the
+        // (B·M, D, Lq, L·P) stack of upstream's torch.stack never has to be materialised.
+        let a = self.transpose(aw, &[0, 2, 1, 3, 4]); // (B, M, Lq, L, P)
+        let axes = self.const_i64(&[-1]);
+        let mut per_level = Vec::new();
         for l in 0..3 {
             let (h, w) = lv.grid(l);
             let v = self.slice(value, 1, lv.start(l), lv.start(l) + lv.len(l)); // (B, HW, M·D)
@@ -117,19 +121,18 @@ impl Graph<'_> {
             let g = self.pick(grid, 3, l as i64); // (B, Lq, M, P, 2)
             let g = self.transpose(&g, &[0, 2, 1, 3, 4]); // (B, M, Lq, P, 2)
             let g = self.reshape(&g, &[b * m, lq, p, 2]); // (B·M, Lq, P, 2)
-            sampled.push(self.op(
+            let sampled = self.op(
                 "GridSample",
                 &[&v, &g],
                 vec![attr_s("mode", "bilinear"), attr_s("padding_mode", "zeros"), attr_i("align_corners", 0)],
-            )); // (B·M, D, Lq, P)
+            ); // (B·M, D, Lq, P)
+            let al = self.pick(&a, 3, l as i64); // (B, M, Lq, P)
+            let al = self.reshape(&al, &[b * m, 1, lq, p]); // (B·M, 1, Lq, P)
+            let prod = self.mul(&sampled, &al);
+            per_level.push(self.op("ReduceSum", &[&prod, &axes], vec![attr_i("keepdims", 0)])); // (B·M, D, Lq)
         }
-        let refs: Vec<&str> = sampled.iter().map(|x| x.as_str()).collect();
-        let stacked = self.concat(&refs, 3); // (B·M, D, Lq, L·P)
-        let a = self.transpose(aw, &[0, 2, 1, 3, 4]); // (B, M, Lq, L, P)
-        let a = self.reshape(&a, &[b * m, 1, lq, 3 * p]); // (B·M, 1, Lq, L·P)
-        let prod = self.mul(&stacked, &a);
-        let axes = self.const_i64(&[-1]);
-        let summed = self.op("ReduceSum", &[&prod, &axes], vec![attr_i("keepdims", 0)]); // (B·M, D, Lq)
+        let refs: Vec<&str> = per_level.iter().map(|x| x.as_str()).collect();
+        let summed = self.op("Sum", &refs, vec![]); // (B·M, D, Lq)
         let o = self.reshape(&summed, &[b, m * d, lq]); // (B, M·D, Lq)
         self.transpose(&o, &[0, 2, 1]) // (B, Lq, M·D)
     }
