@@ -5,3 +5,4 @@
 pub mod atomic;
 pub mod pth;
 pub mod safetensors;
+pub mod onnx;

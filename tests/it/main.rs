@@ -16,3 +16,5 @@ mod bad_inputs;
 mod inspect;
 /// `comer-port import`: layouts, mappings, transforms, init, writers (issue 4).
 mod import;
+/// `comer-port export onnx`: decode, outputs, determinism, refusals (issue 6).
+mod onnx_export;
