@@ -1,1 +1,12 @@
 //! `verify/`: numerical proof that an import lost nothing (parity reports, round trips).
+
+pub mod compare;
+pub mod error;
+pub mod resize;
+pub mod source_vit;
+pub mod vit;
+
+pub use compare::{Check, Comparison, Report, compare};
+pub use error::VerifyError;
+pub use source_vit::{SourceFamily, source_vit, source_vit_tokens};
+pub use vit::{Activation, PlainVit, Weights};
