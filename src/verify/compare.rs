@@ -39,7 +39,11 @@ pub fn compare(got: &[f32], expected: &[f32], bound: f64) -> Comparison {
         if bad && first_parted.is_none() {
             first_parted = Some(i);
         }
-        max_abs = if d.is_finite() { max_abs.max(d) } else { f64::INFINITY };
+        max_abs = if d.is_finite() {
+            max_abs.max(d)
+        } else {
+            f64::INFINITY
+        };
         dot += g * e;
         gg += g * g;
         ee += e * e;
@@ -85,6 +89,8 @@ pub struct Check {
     pub figures: Comparison,
     /// Multi-index of `figures.first_parted` in `shape`.
     pub first_parted_at: Option<Vec<usize>>,
+    /// Where the sides part beyond the element (e.g. the first block), when known.
+    pub note: Option<String>,
     pub passed: bool,
 }
 
@@ -105,6 +111,7 @@ impl Check {
             shape: shape.to_vec(),
             first_parted_at: figures.first_parted.map(|i| unravel(i, shape)),
             figures,
+            note: None,
             passed,
         }
     }
@@ -138,7 +145,13 @@ impl Report {
 
     /// A fixed-width table, one line per check, and a verdict line.
     pub fn render_table(&self) -> String {
-        let width = self.checks.iter().map(|c| c.name.len()).max().unwrap_or(5).max(5);
+        let width = self
+            .checks
+            .iter()
+            .map(|c| c.name.len())
+            .max()
+            .unwrap_or(5)
+            .max(5);
         let mut out = format!(
             "{:<width$}  {:>10}  {:>10}  {:>10}  {:>9}  {:>8}  result\n",
             "check", "max abs", "max rel", "cosine", "bound", "parts at"
@@ -159,8 +172,15 @@ impl Report {
                 at,
                 if c.passed { "ok" } else { "FAILED" }
             ));
+            if let Some(note) = &c.note {
+                out.push_str(&format!("    {note}\n"));
+            }
         }
-        out.push_str(if self.passed() { "verdict: passed\n" } else { "verdict: FAILED\n" });
+        out.push_str(if self.passed() {
+            "verdict: passed\n"
+        } else {
+            "verdict: FAILED\n"
+        });
         out
     }
 }
@@ -216,7 +236,13 @@ mod tests {
         let mut r = Report::default();
         r.push(Check::new("exact", &[2], &[1.0, 2.0], &[1.0, 2.0], 1e-5));
         assert!(r.passed());
-        r.push(Check::new("tampered", &[2, 1], &[1.0, 2.1], &[1.0, 2.0], 1e-5));
+        r.push(Check::new(
+            "tampered",
+            &[2, 1],
+            &[1.0, 2.1],
+            &[1.0, 2.0],
+            1e-5,
+        ));
         assert!(!r.passed());
         assert_eq!(r.first_failure().map(|c| c.name.as_str()), Some("tampered"));
         let t = r.render_table();

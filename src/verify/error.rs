@@ -73,26 +73,42 @@ mod tests {
 
     #[test]
     fn missing_tensor_names_key() {
-        let e = VerifyError::MissingTensor { key: "blocks.0.attn.qkv.weight".into() };
-        assert!(matches!(e, VerifyError::MissingTensor { ref key } if key == "blocks.0.attn.qkv.weight"));
+        let e = VerifyError::MissingTensor {
+            key: "blocks.0.attn.qkv.weight".into(),
+        };
+        assert!(
+            matches!(e, VerifyError::MissingTensor { ref key } if key == "blocks.0.attn.qkv.weight")
+        );
         assert!(e.to_string().contains("blocks.0.attn.qkv.weight"));
     }
 
     #[test]
     fn shape_names_key() {
-        let e = VerifyError::Shape { key: "pos_embed".into(), got: vec![1, 17, 48], expected: "(1, 10, 48)".into() };
+        let e = VerifyError::Shape {
+            key: "pos_embed".into(),
+            got: vec![1, 17, 48],
+            expected: "(1, 10, 48)".into(),
+        };
         assert!(matches!(e, VerifyError::Shape { ref key, .. } if key == "pos_embed"));
     }
 
     #[test]
     fn grid_names_key() {
-        let e = VerifyError::Grid { key: "image".into(), reason: "smaller than one patch".into() };
+        let e = VerifyError::Grid {
+            key: "image".into(),
+            reason: "smaller than one patch".into(),
+        };
         assert!(matches!(e, VerifyError::Grid { ref key, .. } if key == "image"));
     }
 
     #[test]
     fn parted_names_key_and_index() {
-        let e = VerifyError::Parted { key: "vit_tokens".into(), index: vec![0, 3, 7], max_rel: 1e-3, bound: 1e-5 };
+        let e = VerifyError::Parted {
+            key: "vit_tokens".into(),
+            index: vec![0, 3, 7],
+            max_rel: 1e-3,
+            bound: 1e-5,
+        };
         assert!(matches!(e, VerifyError::Parted { ref index, .. } if index == &[0, 3, 7]));
         assert!(e.to_string().contains("vit_tokens"));
     }
@@ -101,7 +117,10 @@ mod tests {
     fn tensor_error_names_block() {
         let a = Tensor::zeros((2, 3), candle_core::DType::F32, &Device::Cpu).unwrap();
         let b = Tensor::zeros((4, 5), candle_core::DType::F32, &Device::Cpu).unwrap();
-        let e = a.matmul(&b).map_err(VerifyError::tensor("blocks.2.attn")).unwrap_err();
+        let e = a
+            .matmul(&b)
+            .map_err(VerifyError::tensor("blocks.2.attn"))
+            .unwrap_err();
         assert!(matches!(e, VerifyError::Tensor { ref block, .. } if block == "blocks.2.attn"));
     }
 

@@ -94,7 +94,9 @@ mod tests {
         // mode="bicubic", align_corners=False)
         let src = [0.0f32, 1.0, 2.0, 3.0];
         let out = bicubic_resize(&src, 1, (1, 4), (1, 8));
-        let exp = [-0.105469, 0.191406, 0.667969, 1.296875, 1.703125, 2.332031, 2.808594, 3.105469];
+        let exp = [
+            -0.105469, 0.191406, 0.667969, 1.296875, 1.703125, 2.332031, 2.808594, 3.105469,
+        ];
         for (o, e) in out.iter().zip(exp) {
             assert!((o - e).abs() < 1e-5, "{out:?}");
         }

@@ -43,7 +43,11 @@ pub enum SourceFamily {
 /// state dicts; AugReg kernels carry it and are checked against it.
 pub fn source_vit(family: SourceFamily, w: &Weights, num_heads: usize) -> Result<PlainVit> {
     match family {
-        SourceFamily::Timm | SourceFamily::Dinov2 => load_timm(w, num_heads),
+        SourceFamily::Timm | SourceFamily::Dinov2 => {
+            let prefix =
+                usize::from(w.contains("cls_token")) + usize::from(w.contains("dist_token"));
+            load_timm(w, num_heads, prefix, ["ls1.gamma", "ls2.gamma"])
+        }
         SourceFamily::Beit => load_beit(w, num_heads),
         SourceFamily::Clip { activation } => load_clip(w, num_heads, activation),
         SourceFamily::HfVit { layer_norm_eps } => load_hf(w, num_heads, layer_norm_eps),
@@ -72,14 +76,22 @@ pub fn hf_layer_norm_eps(config_json: &str) -> f64 {
 
 /// `prefix` when `probe` exists under it, else the empty prefix.
 fn pick_prefix(w: &Weights, prefix: &str, probe: &str) -> String {
-    if w.contains(&format!("{prefix}{probe}")) { prefix.to_string() } else { String::new() }
+    if w.contains(&format!("{prefix}{probe}")) {
+        prefix.to_string()
+    } else {
+        String::new()
+    }
 }
 
 /// Embed width from a patch kernel `(C, 3, p, p)`, checked against the head count.
 fn embed_dim(key: &str, kernel: &Tensor, num_heads: usize) -> Result<usize> {
     let dims = kernel.dims();
-    if dims.len() != 4 || num_heads == 0 || dims[0] % num_heads != 0 {
-        return Err(shape_err(key, kernel, &format!("(C, 3, p, p) with C divisible by {num_heads} heads")));
+    if dims.len() != 4 || num_heads == 0 || !dims[0].is_multiple_of(num_heads) {
+        return Err(shape_err(
+            key,
+            kernel,
+            &format!("(C, 3, p, p) with C divisible by {num_heads} heads"),
+        ));
     }
     Ok(dims[0])
 }
@@ -96,23 +108,33 @@ fn rows2(key: &str, t: Tensor) -> Result<Tensor> {
 /// Hidden width of an MLP from its first weight `(hidden, C)`.
 fn hidden_of(w: &Weights, key: &str) -> Result<usize> {
     let t = w.get(key)?;
-    Ok(t.dims().first().copied().ok_or_else(|| shape_err(key, &t, "(hidden, C)"))?)
+    t.dims()
+        .first()
+        .copied()
+        .ok_or_else(|| shape_err(key, &t, "(hidden, C)"))
 }
 
 fn mlp_depth(w: &Weights, prefix: &str, probe: &str) -> Result<usize> {
     match w.count_blocks(prefix, probe) {
-        0 => Err(VerifyError::MissingTensor { key: format!("{prefix}.0.{probe}") }),
+        0 => Err(VerifyError::MissingTensor {
+            key: format!("{prefix}.0.{probe}"),
+        }),
         n => Ok(n),
     }
 }
 
 /// timm / DeiT / MAE / DINOv2: `blocks.N.{norm1, attn.qkv, attn.proj, norm2, mlp.fc1, mlp.fc2}`
-/// with optional `ls1.gamma`/`ls2.gamma`; pos_embed prefix rows = cls + dist tokens present.
-fn load_timm(w: &Weights, heads: usize) -> Result<PlainVit> {
+/// with optional layer scale `blocks.N.{gammas[0], gammas[1]}` (DINOv2 `ls1.gamma`, ViT-CoMer
+/// `gamma1`); `prefix` leading `pos_embed` rows (cls, dist) are dropped.
+pub(crate) fn load_timm(
+    w: &Weights,
+    heads: usize,
+    prefix: usize,
+    gammas: [&str; 2],
+) -> Result<PlainVit> {
     let eps = 1e-6;
     let kernel = w.get("patch_embed.proj.weight")?;
     let c = embed_dim("patch_embed.proj.weight", &kernel, heads)?;
-    let prefix = usize::from(w.contains("cls_token")) + usize::from(w.contains("dist_token"));
     let pos = rows2("pos_embed", w.get("pos_embed")?)?;
     let pos = PosEmbed::from_rows("pos_embed", &pos, prefix)?;
     let depth = mlp_depth(w, "blocks", "norm1.weight")?;
@@ -121,6 +143,7 @@ fn load_timm(w: &Weights, heads: usize) -> Result<PlainVit> {
         let p = format!("blocks.{i}");
         let hidden = hidden_of(w, &format!("{p}.mlp.fc1.weight"))?;
         blocks.push(Block {
+            name: p.clone(),
             norm1: LayerNorm::load(w, &format!("{p}.norm1"), ("weight", "bias"), c, eps)?,
             attn: Attention {
                 qkv: Linear::load(w, &format!("{p}.attn.qkv"), 3 * c, c)?,
@@ -132,12 +155,15 @@ fn load_timm(w: &Weights, heads: usize) -> Result<PlainVit> {
             fc1: Linear::load(w, &format!("{p}.mlp.fc1"), hidden, c)?,
             fc2: Linear::load(w, &format!("{p}.mlp.fc2"), c, hidden)?,
             act: Activation::Gelu,
-            gamma1: w.opt(&format!("{p}.ls1.gamma")),
-            gamma2: w.opt(&format!("{p}.ls2.gamma")),
+            gamma1: w.opt(&format!("{p}.{}", gammas[0])),
+            gamma2: w.opt(&format!("{p}.{}", gammas[1])),
         });
     }
     Ok(PlainVit {
-        patch_embed: PatchEmbed { weight: kernel, bias: w.opt("patch_embed.proj.bias") },
+        patch_embed: PatchEmbed {
+            weight: kernel,
+            bias: w.opt("patch_embed.proj.bias"),
+        },
         pos_embed: Some(pos),
         pre_norm: None,
         blocks,
@@ -146,18 +172,23 @@ fn load_timm(w: &Weights, heads: usize) -> Result<PlainVit> {
 
 /// BEiT / BEiTv2 (unilm): qkv without bias plus `q_bias`/`v_bias` (k bias zero), a per-block
 /// `attn.relative_position_bias_table` or the shared `rel_pos_bias.relative_position_bias_table`
-/// (minus its 3 cls rows), `gamma_1/gamma_2`; an absolute `pos_embed` only when stored.
-fn load_beit(w: &Weights, heads: usize) -> Result<PlainVit> {
+/// (minus its 3 cls rows; ViT-CoMer `beit-comer` tables have none), `gamma_1/gamma_2`; an
+/// absolute `pos_embed` (with its cls row) only when stored.
+pub(crate) fn load_beit(w: &Weights, heads: usize) -> Result<PlainVit> {
     let eps = 1e-6;
     let kernel = w.get("patch_embed.proj.weight")?;
     let c = embed_dim("patch_embed.proj.weight", &kernel, heads)?;
     let pos_embed = match w.opt("pos_embed") {
-        Some(t) => Some(PosEmbed::from_rows("pos_embed", &rows2("pos_embed", t)?, 1)?),
+        Some(t) => Some(PosEmbed::from_rows(
+            "pos_embed",
+            &rows2("pos_embed", t)?,
+            1,
+        )?),
         None => None,
     };
     let shared_key = "rel_pos_bias.relative_position_bias_table";
     let shared = match w.opt(shared_key) {
-        Some(t) => Some(RelPosTable::from_unilm(shared_key, &t)?),
+        Some(t) => Some(RelPosTable::from_table(shared_key, &t)?),
         None => None,
     };
     let depth = mlp_depth(w, "blocks", "norm1.weight")?;
@@ -170,11 +201,12 @@ fn load_beit(w: &Weights, heads: usize) -> Result<PlainVit> {
         let qkv_bias = Tensor::cat(&[&q_bias, &q_bias.zeros_like()?, &v_bias], 0)?;
         let table_key = format!("{p}.attn.relative_position_bias_table");
         let rel_pos = match (w.opt(&table_key), &shared) {
-            (Some(t), _) => Some(RelPosTable::from_unilm(&table_key, &t)?),
+            (Some(t), _) => Some(RelPosTable::from_table(&table_key, &t)?),
             (None, Some(s)) => Some(s.clone()),
             (None, None) => None,
         };
         blocks.push(Block {
+            name: p.clone(),
             norm1: LayerNorm::load(w, &format!("{p}.norm1"), ("weight", "bias"), c, eps)?,
             attn: Attention {
                 qkv: Linear {
@@ -194,7 +226,10 @@ fn load_beit(w: &Weights, heads: usize) -> Result<PlainVit> {
         });
     }
     Ok(PlainVit {
-        patch_embed: PatchEmbed { weight: kernel, bias: w.opt("patch_embed.proj.bias") },
+        patch_embed: PatchEmbed {
+            weight: kernel,
+            bias: w.opt("patch_embed.proj.bias"),
+        },
         pos_embed,
         pre_norm: None,
         blocks,
@@ -219,6 +254,7 @@ fn load_clip(w: &Weights, heads: usize, act: Activation) -> Result<PlainVit> {
         let p = format!("{rb}.{i}");
         let hidden = hidden_of(w, &format!("{p}.mlp.c_fc.weight"))?;
         blocks.push(Block {
+            name: p.clone(),
             norm1: LayerNorm::load(w, &format!("{p}.ln_1"), ("weight", "bias"), c, eps)?,
             attn: Attention {
                 qkv: Linear {
@@ -238,9 +274,18 @@ fn load_clip(w: &Weights, heads: usize, act: Activation) -> Result<PlainVit> {
         });
     }
     Ok(PlainVit {
-        patch_embed: PatchEmbed { weight: kernel, bias: None },
+        patch_embed: PatchEmbed {
+            weight: kernel,
+            bias: None,
+        },
         pos_embed: Some(pos),
-        pre_norm: Some(LayerNorm::load(w, &format!("{v}ln_pre"), ("weight", "bias"), c, eps)?),
+        pre_norm: Some(LayerNorm::load(
+            w,
+            &format!("{v}ln_pre"),
+            ("weight", "bias"),
+            c,
+            eps,
+        )?),
         blocks,
     })
 }
@@ -260,18 +305,48 @@ fn load_hf(w: &Weights, heads: usize, eps: f64) -> Result<PlainVit> {
         let p = format!("{layers}.{i}");
         let a = format!("{p}.attention.attention");
         let get = |n: &str, s: &[usize]| w.get_shaped(&format!("{a}.{n}"), s);
-        let weight = Tensor::cat(&[get("query.weight", &[c, c])?, get("key.weight", &[c, c])?, get("value.weight", &[c, c])?], 0)?;
-        let bias = Tensor::cat(&[get("query.bias", &[c])?, get("key.bias", &[c])?, get("value.bias", &[c])?], 0)?;
+        let weight = Tensor::cat(
+            &[
+                get("query.weight", &[c, c])?,
+                get("key.weight", &[c, c])?,
+                get("value.weight", &[c, c])?,
+            ],
+            0,
+        )?;
+        let bias = Tensor::cat(
+            &[
+                get("query.bias", &[c])?,
+                get("key.bias", &[c])?,
+                get("value.bias", &[c])?,
+            ],
+            0,
+        )?;
         let hidden = hidden_of(w, &format!("{p}.intermediate.dense.weight"))?;
         blocks.push(Block {
-            norm1: LayerNorm::load(w, &format!("{p}.layernorm_before"), ("weight", "bias"), c, eps)?,
+            name: p.clone(),
+            norm1: LayerNorm::load(
+                w,
+                &format!("{p}.layernorm_before"),
+                ("weight", "bias"),
+                c,
+                eps,
+            )?,
             attn: Attention {
-                qkv: Linear { weight, bias: Some(bias) },
+                qkv: Linear {
+                    weight,
+                    bias: Some(bias),
+                },
                 proj: Linear::load(w, &format!("{p}.attention.output.dense"), c, c)?,
                 num_heads: heads,
                 rel_pos: None,
             },
-            norm2: LayerNorm::load(w, &format!("{p}.layernorm_after"), ("weight", "bias"), c, eps)?,
+            norm2: LayerNorm::load(
+                w,
+                &format!("{p}.layernorm_after"),
+                ("weight", "bias"),
+                c,
+                eps,
+            )?,
             fc1: Linear::load(w, &format!("{p}.intermediate.dense"), hidden, c)?,
             fc2: Linear::load(w, &format!("{p}.output.dense"), c, hidden)?,
             act: Activation::Gelu,
@@ -304,7 +379,9 @@ fn load_uniperceiver(w: &Weights, heads: usize) -> Result<PlainVit> {
     let spatial = rows2(&spatial_key, w.get(&spatial_key)?)?;
     let temporal_key = format!("{st}.temporal_pos_embed.weight");
     let temporal = rows2(&temporal_key, w.get(&temporal_key)?)?;
-    let t0 = temporal.narrow(0, 0, 1).map_err(|_| shape_err(&temporal_key, &temporal, "(T >= 1, C)"))?;
+    let t0 = temporal
+        .narrow(0, 0, 1)
+        .map_err(|_| shape_err(&temporal_key, &temporal, "(T >= 1, C)"))?;
     let pos = PosEmbed::from_rows(&spatial_key, &spatial.broadcast_add(&t0)?, 0)?;
     let layers = format!("{f}layers");
     let depth = mlp_depth(w, &layers, "norm1.weight")?;
@@ -313,6 +390,7 @@ fn load_uniperceiver(w: &Weights, heads: usize) -> Result<PlainVit> {
         let p = format!("{layers}.{i}");
         let hidden = hidden_of(w, &format!("{p}.linear1.weight"))?;
         blocks.push(Block {
+            name: p.clone(),
             norm1: LayerNorm::load(w, &format!("{p}.norm1"), ("weight", "bias"), c, eps)?,
             attn: Attention {
                 qkv: Linear {
@@ -337,7 +415,13 @@ fn load_uniperceiver(w: &Weights, heads: usize) -> Result<PlainVit> {
             bias: w.opt(&format!("{f}video_embed.embeddings.bias")),
         },
         pos_embed: Some(pos),
-        pre_norm: Some(LayerNorm::load(w, &format!("{f}video_embed.embeddings_norm"), ("weight", "bias"), c, eps)?),
+        pre_norm: Some(LayerNorm::load(
+            w,
+            &format!("{f}video_embed.embeddings_norm"),
+            ("weight", "bias"),
+            c,
+            eps,
+        )?),
         blocks,
     })
 }
@@ -357,15 +441,22 @@ fn load_augreg(w: &Weights, heads: usize) -> Result<PlainVit> {
     let pos_key = "Transformer/posembed_input/pos_embedding";
     let prefix = usize::from(w.contains("cls"));
     let pos = PosEmbed::from_rows(pos_key, &rows2(pos_key, w.get(pos_key)?)?, prefix)?;
-    let depth = (0..).take_while(|i| w.contains(&format!("Transformer/encoderblock_{i}/LayerNorm_0/scale"))).count();
+    let depth = (0..)
+        .take_while(|i| w.contains(&format!("Transformer/encoderblock_{i}/LayerNorm_0/scale")))
+        .count();
     if depth == 0 {
-        return Err(VerifyError::MissingTensor { key: "Transformer/encoderblock_0/LayerNorm_0/scale".into() });
+        return Err(VerifyError::MissingTensor {
+            key: "Transformer/encoderblock_0/LayerNorm_0/scale".into(),
+        });
     }
     let d = c / heads;
     // Flax Dense kernel (in, out) → torch (out, in).
     let dense = |key: String| -> Result<Linear> {
         let k = w.get(&format!("{key}/kernel"))?;
-        Ok(Linear { weight: k.t()?.contiguous()?, bias: Some(w.get(&format!("{key}/bias"))?) })
+        Ok(Linear {
+            weight: k.t()?.contiguous()?,
+            bias: Some(w.get(&format!("{key}/bias"))?),
+        })
     };
     let mut blocks = Vec::with_capacity(depth);
     for i in 0..depth {
@@ -376,14 +467,24 @@ fn load_augreg(w: &Weights, heads: usize) -> Result<PlainVit> {
         for n in ["query", "key", "value"] {
             let k = w.get_shaped(&format!("{mha}/{n}/kernel"), &[c, heads, d])?;
             ws.push(k.reshape((c, c))?.t()?); // (C_out, C_in)
-            bs.push(w.get_shaped(&format!("{mha}/{n}/bias"), &[heads, d])?.flatten_all()?);
+            bs.push(
+                w.get_shaped(&format!("{mha}/{n}/bias"), &[heads, d])?
+                    .flatten_all()?,
+            );
         }
         let out = w.get_shaped(&format!("{mha}/out/kernel"), &[heads, d, c])?;
         let mlp = format!("{p}/MlpBlock_3");
         let fc1 = dense(format!("{mlp}/Dense_0"))?;
         let hidden = fc1.weight.dim(0)?;
         blocks.push(Block {
-            norm1: LayerNorm::load_keys(w, &format!("{p}/LayerNorm_0/scale"), &format!("{p}/LayerNorm_0/bias"), c, eps)?,
+            name: p.clone(),
+            norm1: LayerNorm::load_keys(
+                w,
+                &format!("{p}/LayerNorm_0/scale"),
+                &format!("{p}/LayerNorm_0/bias"),
+                c,
+                eps,
+            )?,
             attn: Attention {
                 qkv: Linear {
                     weight: Tensor::cat(&ws, 0)?.contiguous()?,
@@ -396,11 +497,21 @@ fn load_augreg(w: &Weights, heads: usize) -> Result<PlainVit> {
                 num_heads: heads,
                 rel_pos: None,
             },
-            norm2: LayerNorm::load_keys(w, &format!("{p}/LayerNorm_2/scale"), &format!("{p}/LayerNorm_2/bias"), c, eps)?,
+            norm2: LayerNorm::load_keys(
+                w,
+                &format!("{p}/LayerNorm_2/scale"),
+                &format!("{p}/LayerNorm_2/bias"),
+                c,
+                eps,
+            )?,
             fc2: {
                 let l = dense(format!("{mlp}/Dense_1"))?;
                 if l.weight.dims() != [c, hidden] {
-                    return Err(shape_err(&format!("{mlp}/Dense_1/kernel"), &l.weight, "(hidden, C)"));
+                    return Err(shape_err(
+                        &format!("{mlp}/Dense_1/kernel"),
+                        &l.weight,
+                        "(hidden, C)",
+                    ));
                 }
                 l
             },
@@ -411,7 +522,10 @@ fn load_augreg(w: &Weights, heads: usize) -> Result<PlainVit> {
         });
     }
     Ok(PlainVit {
-        patch_embed: PatchEmbed { weight: kernel, bias: w.opt("embedding/bias") },
+        patch_embed: PatchEmbed {
+            weight: kernel,
+            bias: w.opt("embedding/bias"),
+        },
         pos_embed: Some(pos),
         pre_norm: None,
         blocks,

@@ -58,7 +58,9 @@ impl Weights {
         self.map
             .get(name)
             .cloned()
-            .ok_or_else(|| VerifyError::MissingTensor { key: name.to_string() })
+            .ok_or_else(|| VerifyError::MissingTensor {
+                key: name.to_string(),
+            })
     }
 
     /// The tensor called `name`, if present.
@@ -81,13 +83,19 @@ impl Weights {
 
     /// Number of blocks `prefix.0.`, `prefix.1.`, … for which `prefix.N.<probe>` exists.
     pub fn count_blocks(&self, prefix: &str, probe: &str) -> usize {
-        (0..).take_while(|i| self.contains(&format!("{prefix}.{i}.{probe}"))).count()
+        (0..)
+            .take_while(|i| self.contains(&format!("{prefix}.{i}.{probe}")))
+            .count()
     }
 }
 
 /// Shape error for `key` when it is not what a loader can use.
 pub fn shape_err(key: &str, t: &Tensor, expected: &str) -> VerifyError {
-    VerifyError::Shape { key: key.to_string(), got: t.dims().to_vec(), expected: expected.into() }
+    VerifyError::Shape {
+        key: key.to_string(),
+        got: t.dims().to_vec(),
+        expected: expected.into(),
+    }
 }
 
 /// MLP activation.
@@ -122,13 +130,29 @@ pub struct LayerNorm {
 
 impl LayerNorm {
     /// `{prefix}.{weight_name}` / `{prefix}.{bias_name}` of width `dim`.
-    pub fn load(w: &Weights, prefix: &str, names: (&str, &str), dim: usize, eps: f64) -> Result<Self> {
-        Self::load_keys(w, &format!("{prefix}.{}", names.0), &format!("{prefix}.{}", names.1), dim, eps)
+    pub fn load(
+        w: &Weights,
+        prefix: &str,
+        names: (&str, &str),
+        dim: usize,
+        eps: f64,
+    ) -> Result<Self> {
+        Self::load_keys(
+            w,
+            &format!("{prefix}.{}", names.0),
+            &format!("{prefix}.{}", names.1),
+            dim,
+            eps,
+        )
     }
 
     /// From two full keys (names not joined by a dot, e.g. Flax `LayerNorm_0/scale`).
     pub fn load_keys(w: &Weights, weight: &str, bias: &str, dim: usize, eps: f64) -> Result<Self> {
-        Ok(LayerNorm { weight: w.get_shaped(weight, &[dim])?, bias: w.get_shaped(bias, &[dim])?, eps })
+        Ok(LayerNorm {
+            weight: w.get_shaped(weight, &[dim])?,
+            bias: w.get_shaped(bias, &[dim])?,
+            eps,
+        })
     }
 
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
@@ -183,15 +207,27 @@ pub struct RelPosTable {
 }
 
 impl RelPosTable {
-    /// From a unilm table of `(2w-1)^2 + 3` rows (the last three are cls rows, dropped).
-    pub fn from_unilm(key: &str, table: &Tensor) -> Result<Self> {
-        let (rows, _) = table.dims2().map_err(|_| shape_err(key, table, "(rows, heads)"))?;
-        let side = (rows.saturating_sub(3) as f64).sqrt().round() as usize;
-        if rows < 4 || side * side + 3 != rows || side % 2 == 0 {
-            return Err(shape_err(key, table, "((2w-1)^2 + 3, heads)"));
-        }
-        let table = table.narrow(0, 0, side * side).map_err(VerifyError::tensor(key))?;
-        Ok(RelPosTable { table, window: side.div_ceil(2) })
+    /// From a table of `(2w-1)^2` rows (ViT-CoMer `beit-comer` layout) or of `(2w-1)^2 + 3`
+    /// rows (unilm layout: the last three are cls rows, dropped). The two row counts never
+    /// coincide for odd `2w-1`.
+    pub fn from_table(key: &str, table: &Tensor) -> Result<Self> {
+        let (rows, _) = table
+            .dims2()
+            .map_err(|_| shape_err(key, table, "(rows, heads)"))?;
+        let odd_side = |n: usize| {
+            let s = (n as f64).sqrt().round() as usize;
+            (s * s == n && s % 2 == 1).then_some(s)
+        };
+        let side = odd_side(rows)
+            .or_else(|| rows.checked_sub(3).and_then(odd_side))
+            .ok_or_else(|| shape_err(key, table, "((2w-1)^2 [+ 3], heads)"))?;
+        let table = table
+            .narrow(0, 0, side * side)
+            .map_err(VerifyError::tensor(key))?;
+        Ok(RelPosTable {
+            table,
+            window: side.div_ceil(2),
+        })
     }
 
     /// The bias `(1, heads, N, N)` for an `(gh, gw)` grid equal to the window.
@@ -253,6 +289,8 @@ impl Attention {
 /// Pre-norm transformer block with optional layer scale.
 #[derive(Debug, Clone)]
 pub struct Block {
+    /// `blocks.N` (or the family's own block name), for errors.
+    pub name: String,
     pub norm1: LayerNorm,
     pub attn: Attention,
     pub norm2: LayerNorm,
@@ -293,13 +331,20 @@ pub struct PosEmbed {
 impl PosEmbed {
     /// From `(rows, C)` with `prefix` leading rows to drop and a square remainder.
     pub fn from_rows(key: &str, rows: &Tensor, prefix: usize) -> Result<Self> {
-        let (n, _) = rows.dims2().map_err(|_| shape_err(key, rows, "(rows, C)"))?;
+        let (n, _) = rows
+            .dims2()
+            .map_err(|_| shape_err(key, rows, "(rows, C)"))?;
         let side = (n.saturating_sub(prefix) as f64).sqrt().round() as usize;
         if n < prefix || side * side + prefix != n || side == 0 {
             return Err(shape_err(key, rows, &format!("({prefix} + g^2, C)")));
         }
-        let table = rows.narrow(0, prefix, side * side).map_err(VerifyError::tensor(key))?;
-        Ok(PosEmbed { table, grid: (side, side) })
+        let table = rows
+            .narrow(0, prefix, side * side)
+            .map_err(VerifyError::tensor(key))?;
+        Ok(PosEmbed {
+            table,
+            grid: (side, side),
+        })
     }
 
     /// The embedding for an `(gh, gw)` grid, bicubically resized when it differs: `(1, N, C)`.
@@ -308,7 +353,12 @@ impl PosEmbed {
         if grid == self.grid {
             return Ok(self.table.unsqueeze(0)?); // (1, N, C)
         }
-        let chw = self.table.t()?.contiguous()?.flatten_all()?.to_vec1::<f32>()?; // (C, N)
+        let chw = self
+            .table
+            .t()?
+            .contiguous()?
+            .flatten_all()?
+            .to_vec1::<f32>()?; // (C, N)
         debug_assert_eq!(chw.len(), n * c);
         let out = bicubic_resize(&chw, c, self.grid, grid);
         let t = Tensor::from_vec(out, (c, grid.0 * grid.1), &Device::Cpu)?; // (C, N')
@@ -375,8 +425,10 @@ impl PlainVit {
         if let Some(norm) = &self.pre_norm {
             x = norm.forward(&x)?;
         }
-        for (i, block) in self.blocks.iter().enumerate() {
-            x = block.forward(&x, grid).map_err(|e| in_block(e, i))?;
+        for block in &self.blocks {
+            x = block
+                .forward(&x, grid)
+                .map_err(|e| in_block(e, &block.name))?;
         }
         Ok(x)
     }
@@ -391,8 +443,10 @@ impl PlainVit {
             x = norm.forward(&x)?;
         }
         let mut taps = vec![x.clone()];
-        for (i, block) in self.blocks.iter().enumerate() {
-            x = block.forward(&x, grid).map_err(|e| in_block(e, i))?;
+        for block in &self.blocks {
+            x = block
+                .forward(&x, grid)
+                .map_err(|e| in_block(e, &block.name))?;
             taps.push(x.clone());
         }
         Ok(taps)
@@ -400,11 +454,12 @@ impl PlainVit {
 }
 
 /// Name the block in an anonymous tensor error.
-fn in_block(e: VerifyError, i: usize) -> VerifyError {
+fn in_block(e: VerifyError, name: &str) -> VerifyError {
     match e {
-        VerifyError::Tensor { block, source } if block.is_empty() => {
-            VerifyError::Tensor { block: format!("blocks.{i}"), source }
-        }
+        VerifyError::Tensor { block, source } if block.is_empty() => VerifyError::Tensor {
+            block: name.to_string(),
+            source,
+        },
         other => other,
     }
 }
