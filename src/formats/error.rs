@@ -47,9 +47,92 @@ pub enum FormatError {
         offset: usize,
         reason: String,
     },
+    /// A zip entry name that could escape a folder (`../`, absolute, drive letter, backslash).
+    #[error("{path}: {entry}: unsafe entry name (path traversal refused)")]
+    UnsafeEntryName { path: PathBuf, entry: String },
+    /// A zip member whose CRC-32 does not match its bytes.
+    #[error("{path}: {entry}: CRC mismatch (stored {expected:08x}, computed {found:08x})")]
+    CrcMismatch {
+        path: PathBuf,
+        entry: String,
+        expected: u32,
+        found: u32,
+    },
+    /// A declared size over a named limit (deflate bomb, absurd header length): refused
+    /// before anything of that size is allocated.
+    #[error("{path}: {entry}: declares {claimed} bytes, over the limit of {limit}")]
+    TooLarge {
+        path: PathBuf,
+        entry: String,
+        claimed: u64,
+        limit: u64,
+    },
+    /// A declared length larger than the bytes present (a length lie or a truncated file).
+    #[error("{path}: {entry}: needs {needed} bytes but only {available} are present (truncated or lying)")]
+    Truncated {
+        path: PathBuf,
+        entry: String,
+        needed: u64,
+        available: u64,
+    },
+    /// A record the container must have is missing (`data.pkl`, `data/N`, a shard).
+    #[error("{path}: missing {entry}")]
+    MissingEntry { path: PathBuf, entry: String },
+    /// The file is empty.
+    #[error("{path}: empty file")]
+    Empty { path: PathBuf },
+    /// A `.npy` array of Python objects (would need pickle execution): refused.
+    #[error("{path}: {entry}: numpy object arrays are refused (they hold pickled Python objects)")]
+    ObjectArray { path: PathBuf, entry: String },
+    /// Two tensors stored under one key.
+    #[error("{path}: {entry}: duplicate key '{key}' names two tensors")]
+    DuplicateKey {
+        path: PathBuf,
+        entry: String,
+        key: String,
+    },
 }
 
 impl FormatError {
+    /// The path the error names.
+    pub fn path(&self) -> &Path {
+        match self {
+            FormatError::Io { path, .. }
+            | FormatError::Unsupported { path, .. }
+            | FormatError::Corrupt { path, .. }
+            | FormatError::BadTensor { path, .. }
+            | FormatError::ForbiddenGlobal { path, .. }
+            | FormatError::Pickle { path, .. }
+            | FormatError::UnsafeEntryName { path, .. }
+            | FormatError::CrcMismatch { path, .. }
+            | FormatError::TooLarge { path, .. }
+            | FormatError::Truncated { path, .. }
+            | FormatError::MissingEntry { path, .. }
+            | FormatError::Empty { path }
+            | FormatError::ObjectArray { path, .. }
+            | FormatError::DuplicateKey { path, .. } => path,
+        }
+    }
+    pub fn unsupported(path: &Path, reason: impl Into<String>) -> Self {
+        FormatError::Unsupported {
+            path: path.to_path_buf(),
+            reason: reason.into(),
+        }
+    }
+    pub fn missing(path: &Path, entry: impl Into<String>) -> Self {
+        FormatError::MissingEntry {
+            path: path.to_path_buf(),
+            entry: entry.into(),
+        }
+    }
+    pub fn truncated(path: &Path, entry: impl Into<String>, needed: u64, available: u64) -> Self {
+        FormatError::Truncated {
+            path: path.to_path_buf(),
+            entry: entry.into(),
+            needed,
+            available,
+        }
+    }
     pub fn io(path: &Path, source: std::io::Error) -> Self {
         FormatError::Io {
             path: path.to_path_buf(),

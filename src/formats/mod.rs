@@ -11,9 +11,16 @@
 
 pub mod dtype;
 pub mod error;
+pub mod hf;
+pub mod legacy;
+pub mod npy;
+pub mod pickle;
 pub mod safetensors_reader;
 pub mod tensor;
+pub mod torch_zip;
+pub mod testkit;
 pub mod value;
+pub mod zip;
 
 pub use dtype::DType;
 pub use error::FormatError;
@@ -91,30 +98,92 @@ impl Checkpoint {
 }
 
 /// Open any supported container by sniffing its bytes (never trusting the extension alone).
+/// A folder is read as a Hugging Face model folder.
 pub fn open(path: &Path) -> Result<Checkpoint, FormatError> {
     if path.is_dir() {
-        return Err(FormatError::Unsupported {
+        return hf::read(path);
+    }
+    let file = std::fs::File::open(path).map_err(|e| FormatError::io(path, e))?;
+    let len = file.metadata().map_err(|e| FormatError::io(path, e))?.len();
+    if len == 0 {
+        return Err(FormatError::Empty {
             path: path.to_path_buf(),
-            reason: "folders (Hugging Face layout) are not read yet".into(),
         });
     }
-    let bytes_head = read_head(path, 8)?;
-    if safetensors_reader::looks_like_safetensors(&bytes_head) {
-        return safetensors_reader::read(path);
-    }
-    Err(FormatError::Unsupported {
-        path: path.to_path_buf(),
-        reason: "container not recognised".into(),
-    })
+    // SAFETY: the map is read-only; a file truncated under us by another process is the
+    // same hazard every mmap-based reader (safetensors, candle) accepts.
+    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| FormatError::io(path, e))?;
+    let map = std::sync::Arc::new(map);
+    open_mapped(path, map)
 }
 
-/// First `n` bytes of a file (fewer when the file is shorter).
-pub(crate) fn read_head(path: &Path, n: usize) -> Result<Vec<u8>, FormatError> {
-    use std::io::Read;
-    let f = std::fs::File::open(path).map_err(|e| FormatError::io(path, e))?;
-    let mut buf = Vec::with_capacity(n);
-    f.take(n as u64)
-        .read_to_end(&mut buf)
-        .map_err(|e| FormatError::io(path, e))?;
-    Ok(buf)
+/// Dispatch on the first bytes of a mapped file.
+fn open_mapped(path: &Path, map: std::sync::Arc<memmap2::Mmap>) -> Result<Checkpoint, FormatError> {
+    let head = &map[..map.len().min(16)];
+    if zip::looks_like_zip(head) {
+        let bytes: &[u8] = &map;
+        let archive = zip::Archive::parse(path, bytes)?;
+        let npz = !archive.members.is_empty() && archive.members.iter().all(|m| m.name.ends_with(".npy"));
+        if npz {
+            return npy::read_npz(path, Some(map.clone()), bytes);
+        }
+        return torch_zip::read(path, map.clone());
+    }
+    if npy::looks_like_npy(head) {
+        return npy::read_npy(path, map);
+    }
+    if legacy::looks_like_legacy(head) {
+        return legacy::read(path, map);
+    }
+    if legacy::looks_like_pickle(head) {
+        return legacy::read_raw_pickle(path, &map);
+    }
+    if safetensors_reader::looks_like_safetensors(head) {
+        return safetensors_reader::read(path);
+    }
+    Err(FormatError::unsupported(path, format!("container not recognised (starts with {})", describe_head(head))))
+}
+
+/// Read any container held in memory (used by the fuzz targets and tests): the same
+/// dispatch as [`open`] without a file.
+pub fn open_bytes(path: &Path, bytes: Vec<u8>) -> Result<Checkpoint, FormatError> {
+    if bytes.is_empty() {
+        return Err(FormatError::Empty {
+            path: path.to_path_buf(),
+        });
+    }
+    let head = &bytes[..bytes.len().min(16)];
+    if zip::looks_like_zip(head) {
+        let archive = zip::Archive::parse(path, &bytes)?;
+        let npz = !archive.members.is_empty() && archive.members.iter().all(|m| m.name.ends_with(".npy"));
+        if npz {
+            return npy::read_npz(path, None, &bytes);
+        }
+        return torch_zip::read_slice(path, bytes);
+    }
+    if npy::looks_like_npy(head) {
+        return npy::read_npy_slice(path, bytes);
+    }
+    if legacy::looks_like_legacy(head) {
+        return legacy::read_slice(path, &bytes);
+    }
+    if legacy::looks_like_pickle(head) {
+        return legacy::read_raw_pickle(path, &bytes);
+    }
+    if safetensors_reader::looks_like_safetensors(head) {
+        return safetensors_reader::read_slice(path, bytes);
+    }
+    Err(FormatError::unsupported(path, format!("container not recognised (starts with {})", describe_head(head))))
+}
+
+/// Name well-known non-checkpoint files by their magic, else show the first bytes.
+fn describe_head(head: &[u8]) -> String {
+    if head.starts_with(b"\x89PNG") {
+        return "a PNG image signature".into();
+    }
+    if head.starts_with(b"\xff\xd8\xff") {
+        return "a JPEG signature".into();
+    }
+    let hex: Vec<String> = head.iter().take(8).map(|b| format!("{b:02x}")).collect();
+    format!("bytes {}", hex.join(" "))
 }

@@ -14,10 +14,7 @@ pub const MAX_HEADER: u64 = 100_000_000;
 
 /// A safetensors file starts with a u64 header length followed by `{`.
 pub fn looks_like_safetensors(head: &[u8]) -> bool {
-    head.len() >= 8 && {
-        let n = u64::from_le_bytes([head[0], head[1], head[2], head[3], head[4], head[5], head[6], head[7]]);
-        n > 1 && n <= MAX_HEADER
-    }
+    head.len() >= 9 && head[8] == b'{'
 }
 
 pub fn read(path: &Path) -> Result<Checkpoint, FormatError> {
@@ -26,10 +23,39 @@ pub fn read(path: &Path) -> Result<Checkpoint, FormatError> {
     // same hazard every mmap-based reader (safetensors, candle) accepts.
     let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| FormatError::io(path, e))?;
     let map = Arc::new(map);
+    read_with(path, &map[..], |start, len| Storage::mapped(path, map.clone(), start, len))
+}
+
+/// Read a safetensors file held in memory (fuzzing, tests).
+pub fn read_slice(path: &Path, bytes: Vec<u8>) -> Result<Checkpoint, FormatError> {
+    read_with(path, &bytes, |start, len| Ok(Storage::Owned(bytes[start..start + len].to_vec())))
+}
+
+fn read_with(
+    path: &Path,
+    bytes: &[u8],
+    mut make: impl FnMut(usize, usize) -> Result<Storage, FormatError>,
+) -> Result<Checkpoint, FormatError> {
+    if bytes.len() >= 8 {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(&bytes[..8]);
+        let n = u64::from_le_bytes(a);
+        if n > MAX_HEADER {
+            return Err(FormatError::TooLarge {
+                path: path.to_path_buf(),
+                entry: "safetensors header".into(),
+                claimed: n,
+                limit: MAX_HEADER,
+            });
+        }
+        if n > bytes.len() as u64 - 8 {
+            return Err(FormatError::truncated(path, "safetensors header", n, bytes.len() as u64 - 8));
+        }
+    }
     // Full validation first (offsets contiguous, inside the file, sizes match dtype·shape).
-    safetensors::SafeTensors::deserialize(&map[..])
+    safetensors::SafeTensors::deserialize(bytes)
         .map_err(|e| FormatError::corrupt(path, "safetensors header", e.to_string()))?;
-    let (n, meta) = safetensors::SafeTensors::read_metadata(&map[..])
+    let (n, meta) = safetensors::SafeTensors::read_metadata(bytes)
         .map_err(|e| FormatError::corrupt(path, "safetensors header", e.to_string()))?;
     let data_start = 8 + n;
     let mut items = Vec::new();
@@ -40,7 +66,7 @@ pub fn read(path: &Path) -> Result<Checkpoint, FormatError> {
             FormatError::bad_tensor(path, name.clone(), format!("unsupported dtype {:?}", info.dtype))
         })?;
         let (a, b) = info.data_offsets;
-        let storage = Arc::new(Storage::mapped(path, map.clone(), data_start + a, b - a)?);
+        let storage = Arc::new(make(data_start + a, b - a)?);
         let t = TensorView::contiguous(path, &name, dtype, info.shape.clone(), storage)?;
         items.push((Value::Str(name.clone()), Value::Tensor(t)));
     }

@@ -1,5 +1,12 @@
 //! Integration tests, built as one binary (ripgrep's layout). Each module is one concern.
 
-// Source-family ViT forwards against the sources goldens; mapping parity (issue 5).
-mod source_forward;
+/// Shared helpers: fixture paths, temp files, running the binary.
 mod util;
+/// Every fixture reads and is detected right; values against independent ground truth.
+mod formats;
+/// Hostile and broken inputs from BAD_INPUTS.md: each refused with its typed error.
+mod bad_inputs;
+/// `comer-port inspect`: table, JSON, exit codes, one-line errors.
+mod inspect;
+/// Source-family ViT forwards against the sources goldens; mapping parity (issue 5).
+mod source_forward;

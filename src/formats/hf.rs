@@ -1,0 +1,125 @@
+//! Hugging Face model folders: `model.safetensors`, `pytorch_model.bin`, or sharded
+//! checkpoints with a `*.index.json` weight map; `config.json` read as metadata.
+//!
+//! Mirrors `transformers/modeling_utils.py` (`PreTrainedModel.from_pretrained`: safetensors
+//! preferred over `.bin`, `load_sharded_checkpoint` reading `weight_map`). Shard names from
+//! an index must be plain file names inside the folder (no `/`, no `..`).
+
+use super::{Checkpoint, Format, FormatError, Value};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// Largest `config.json` / index file read.
+pub const MAX_JSON: u64 = 16 << 20;
+/// Most shards an index may name.
+pub const MAX_SHARDS: usize = 4096;
+
+fn read_json(path: &Path) -> Result<serde_json::Value, FormatError> {
+    let len = std::fs::metadata(path).map_err(|e| FormatError::io(path, e))?.len();
+    if len > MAX_JSON {
+        return Err(FormatError::TooLarge {
+            path: path.to_path_buf(),
+            entry: "json".into(),
+            claimed: len,
+            limit: MAX_JSON,
+        });
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| FormatError::io(path, e))?;
+    serde_json::from_str(&text).map_err(|e| FormatError::corrupt(path, "json", e.to_string()))
+}
+
+/// Flatten `config.json`'s top-level scalars as `config.<key>` = text.
+fn config_metadata(cfg: &serde_json::Value, out: &mut BTreeMap<String, String>) {
+    if let serde_json::Value::Object(m) = cfg {
+        for (k, v) in m {
+            let text = match v {
+                serde_json::Value::String(s) => s.clone(),
+                serde_json::Value::Number(n) => n.to_string(),
+                serde_json::Value::Bool(b) => b.to_string(),
+                serde_json::Value::Null => "null".into(),
+                other => other.to_string(),
+            };
+            out.insert(format!("config.{k}"), text);
+        }
+    }
+}
+
+/// Read a Hugging Face model folder.
+pub fn read(dir: &Path) -> Result<Checkpoint, FormatError> {
+    let mut metadata = BTreeMap::new();
+    let cfg = dir.join("config.json");
+    if cfg.is_file() {
+        config_metadata(&read_json(&cfg)?, &mut metadata);
+    }
+    let candidates = [
+        "model.safetensors",
+        "model.safetensors.index.json",
+        "pytorch_model.bin",
+        "pytorch_model.bin.index.json",
+    ];
+    let found = candidates
+        .iter()
+        .find(|c| dir.join(c).is_file())
+        .ok_or_else(|| FormatError::missing(dir, "model.safetensors / pytorch_model.bin (or a sharded index)"))?;
+    let files: Vec<String> = if found.ends_with(".index.json") {
+        let idx_path = dir.join(found);
+        let idx = read_json(&idx_path)?;
+        let map = idx
+            .get("weight_map")
+            .and_then(|m| m.as_object())
+            .ok_or_else(|| FormatError::corrupt(&idx_path, "weight_map", "missing or not an object"))?;
+        let mut shards: Vec<String> = Vec::new();
+        for v in map.values() {
+            let s = v
+                .as_str()
+                .ok_or_else(|| FormatError::corrupt(&idx_path, "weight_map", "a shard name is not a string"))?;
+            if s.is_empty() || s.contains('/') || s.contains('\\') || s == "." || s == ".." {
+                return Err(FormatError::UnsafeEntryName {
+                    path: idx_path.clone(),
+                    entry: s.to_string(),
+                });
+            }
+            if !shards.iter().any(|x| x == s) {
+                shards.push(s.to_string());
+            }
+            if shards.len() > MAX_SHARDS {
+                return Err(FormatError::corrupt(&idx_path, "weight_map", format!("more than {MAX_SHARDS} shards")));
+            }
+        }
+        shards.sort();
+        metadata.insert("index".into(), found.to_string());
+        shards
+    } else {
+        vec![found.to_string()]
+    };
+    let mut items: Vec<(Value, Value)> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for f in &files {
+        let p = dir.join(f);
+        if !p.is_file() {
+            return Err(FormatError::missing(dir, f.clone()));
+        }
+        let ck = super::open(&p)?;
+        for (k, v) in &ck.metadata {
+            metadata.entry(format!("{f}:{k}")).or_insert_with(|| v.clone());
+        }
+        let (_, tensors) = ck.state_dict();
+        for (name, t) in tensors {
+            if !seen.insert(name.clone()) {
+                return Err(FormatError::DuplicateKey {
+                    path: dir.to_path_buf(),
+                    entry: f.clone(),
+                    key: name,
+                });
+            }
+            items.push((Value::Str(name), Value::Tensor(t.clone())));
+        }
+    }
+    metadata.insert("files".into(), files.join(","));
+    Ok(Checkpoint {
+        path: dir.to_path_buf(),
+        format: Format::HfFolder,
+        root: Value::Dict(items),
+        metadata,
+    })
+}
