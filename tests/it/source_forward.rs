@@ -1,10 +1,7 @@
 //! Source-family forwards (`verify::source_vit`) against the `vit_tokens.*` goldens of
 //! `fixtures/sources/*/golden.safetensors` (issue 5), and mapping parity on target names.
 //!
-//! Bound: max|got - exp| <= 1e-5 * max(1, max|exp|). Tests of checkpoints in containers the
-//! `formats` stage cannot read yet (`.pth` zip, legacy, TorchScript, `.npz`) are ignored until
-//! those readers land; the numbers they reach when the same tensors are fed in are in the
-//! branch's report.
+//! Bound: max|got - exp| <= 1e-5 * max(1, max|exp|), the same for every family and container.
 
 use candle_core::Tensor;
 use comer_port::formats;
@@ -64,7 +61,6 @@ fn hf_vit_matches_golden() {
 }
 
 #[test]
-#[ignore = "needs the formats zip reader"]
 fn deit_matches_golden_at_pretrain_and_resized() {
     for image in ["image64", "image96x128"] {
         let key = format!("vit_tokens.{image}");
@@ -79,7 +75,6 @@ fn deit_matches_golden_at_pretrain_and_resized() {
 }
 
 #[test]
-#[ignore = "needs the formats zip reader"]
 fn deit_distilled_drops_two_prefix_rows() {
     let (ckpt, key) = (
         "sources/deit/deit_tiny_distilled.pth",
@@ -89,7 +84,6 @@ fn deit_distilled_drops_two_prefix_rows() {
 }
 
 #[test]
-#[ignore = "needs the formats legacy and zip readers"]
 fn deit_other_containers_match_golden() {
     for ckpt in [
         "sources/deit/deit_tiny_legacy.pth",
@@ -106,7 +100,6 @@ fn deit_other_containers_match_golden() {
 }
 
 #[test]
-#[ignore = "needs the formats zip reader"]
 fn beitv2_finetuned_matches_golden() {
     let ckpt = "sources/beitv2/beitv2_tiny_ft.pth";
     assert_golden(
@@ -119,7 +112,6 @@ fn beitv2_finetuned_matches_golden() {
 }
 
 #[test]
-#[ignore = "needs the formats zip reader"]
 fn clip_both_activations_match_golden() {
     let cases = [
         (
@@ -145,7 +137,6 @@ fn clip_both_activations_match_golden() {
 }
 
 #[test]
-#[ignore = "needs the formats TorchScript reader"]
 fn clip_torchscript_matches_golden() {
     let (ckpt, key) = (
         "sources/clip/clip_tiny_quickgelu_visual_jit.pt",
@@ -158,7 +149,6 @@ fn clip_torchscript_matches_golden() {
 }
 
 #[test]
-#[ignore = "needs the formats zip reader"]
 fn uniperceiver_matches_golden() {
     let ckpt = "sources/uniperceiver/uniperceiver_tiny_pretrained.pth";
     assert_golden(
@@ -171,7 +161,6 @@ fn uniperceiver_matches_golden() {
 }
 
 #[test]
-#[ignore = "needs the formats npz reader"]
 fn augreg_npz_matches_golden() {
     let ckpt = "sources/augreg/augreg_tiny.npz";
     assert_golden(
@@ -184,7 +173,6 @@ fn augreg_npz_matches_golden() {
 }
 
 #[test]
-#[ignore = "needs the formats zip reader"]
 fn dinov2_and_mae_run_finite() {
     // No vit_tokens golden for these two: shape and finiteness only.
     let cases = [
