@@ -454,7 +454,7 @@ fn load_augreg(w: &Weights, heads: usize) -> Result<PlainVit> {
     let dense = |key: String| -> Result<Linear> {
         let k = w.get(&format!("{key}/kernel"))?;
         Ok(Linear {
-            weight: k.t()?.contiguous()?,
+            weight: k.t()?.contiguous()?, // (out, in)
             bias: Some(w.get(&format!("{key}/bias"))?),
         })
     };
@@ -467,10 +467,8 @@ fn load_augreg(w: &Weights, heads: usize) -> Result<PlainVit> {
         for n in ["query", "key", "value"] {
             let k = w.get_shaped(&format!("{mha}/{n}/kernel"), &[c, heads, d])?;
             ws.push(k.reshape((c, c))?.t()?); // (C_out, C_in)
-            bs.push(
-                w.get_shaped(&format!("{mha}/{n}/bias"), &[heads, d])?
-                    .flatten_all()?,
-            );
+            let b = w.get_shaped(&format!("{mha}/{n}/bias"), &[heads, d])?;
+            bs.push(b.flatten_all()?); // (H*D,)
         }
         let out = w.get_shaped(&format!("{mha}/out/kernel"), &[heads, d, c])?;
         let mlp = format!("{p}/MlpBlock_3");

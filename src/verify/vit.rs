@@ -240,20 +240,28 @@ impl RelPosTable {
             });
         }
         let n = gh * gw;
-        let mut idx = Vec::with_capacity(n * n);
-        for i in 0..n {
-            for j in 0..n {
-                let dy = (i / gw) as i64 - (j / gw) as i64 + w as i64 - 1;
-                let dx = (i % gw) as i64 - (j % gw) as i64 + w as i64 - 1;
-                idx.push((dy * (2 * w as i64 - 1) + dx) as u32);
-            }
-        }
+        let idx = patch_index(w);
         let idx = Tensor::from_vec(idx, n * n, &Device::Cpu)?;
         let heads = self.table.dim(1)?;
         let bias = self.table.index_select(&idx, 0)?; // (N*N, H)
         let bias = bias.reshape((n, n, heads))?.permute((2, 0, 1))?; // (H, N, N)
         Ok(bias.unsqueeze(0)?.contiguous()?) // (1, H, N, N)
     }
+}
+
+/// unilm `relative_position_index` of a `w x w` window without its cls row and column:
+/// `(w^2) * (w^2)` row-major entries `(dy + w - 1) * (2w - 1) + (dx + w - 1)`.
+pub fn patch_index(w: usize) -> Vec<u32> {
+    let n = w * w;
+    let mut idx = Vec::with_capacity(n * n);
+    for i in 0..n {
+        for j in 0..n {
+            let dy = i / w + w - 1 - j / w;
+            let dx = i % w + w - 1 - j % w;
+            idx.push((dy * (2 * w - 1) + dx) as u32);
+        }
+    }
+    idx
 }
 
 /// Multi-head self-attention with a fused `(3C, C)` q/k/v projection (timm layout).

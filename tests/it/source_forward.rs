@@ -299,3 +299,42 @@ fn target_vit_runs_on_a_vit_comer_fixture() {
         assert!(flat(&out).iter().all(|v| v.is_finite()), "{name}");
     }
 }
+
+#[test]
+fn relative_index_matches_the_stored_unilm_index() {
+    let w = weights("sources/beitv2/beitv2_tiny_ft.pth");
+    let stored = w.get("blocks.0.attn.relative_position_index").unwrap(); // (17, 17)
+    let stored = stored
+        .narrow(0, 1, 16)
+        .and_then(|t| t.narrow(1, 1, 16))
+        .unwrap(); // (16, 16)
+    let ours: Vec<f32> = comer_port::verify::vit::patch_index(4)
+        .iter()
+        .map(|&i| i as f32)
+        .collect();
+    assert_eq!(flat(&stored), ours);
+}
+
+#[test]
+fn shared_table_equals_the_same_table_per_block() {
+    let shared = weights("sources/beitv2/beitv2_tiny_pt_shared_relpos.pth");
+    let mut per_block = shared.clone();
+    let table = shared
+        .get("rel_pos_bias.relative_position_bias_table")
+        .unwrap();
+    for i in 0..4 {
+        per_block.insert(
+            &format!("blocks.{i}.attn.relative_position_bias_table"),
+            table.clone(),
+        );
+    }
+    // A per-block table wins over the shared one: zero the shared one to prove it is unused.
+    per_block.insert(
+        "rel_pos_bias.relative_position_bias_table",
+        table.zeros_like().unwrap(),
+    );
+    let img = &seeded_images(9, (64, 64), 16).unwrap()[0].1;
+    let a = source_vit_tokens(SourceFamily::Beit, &shared, HEADS, img).unwrap();
+    let b = source_vit_tokens(SourceFamily::Beit, &per_block, HEADS, img).unwrap();
+    assert_eq!(flat(&a), flat(&b));
+}
