@@ -74,6 +74,15 @@ pub fn hf_layer_norm_eps(config_json: &str) -> f64 {
         .unwrap_or(1e-12)
 }
 
+/// `layer_norm_eps` of a Hugging Face folder read by `formats::open` (its `config.json`
+/// flattened as `config.layer_norm_eps`), 1e-12 when absent.
+pub fn hf_checkpoint_eps(ckpt: &crate::formats::Checkpoint) -> f64 {
+    ckpt.metadata
+        .get("config.layer_norm_eps")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1e-12)
+}
+
 /// `prefix` when `probe` exists under it, else the empty prefix.
 fn pick_prefix(w: &Weights, prefix: &str, probe: &str) -> String {
     if w.contains(&format!("{prefix}{probe}")) {

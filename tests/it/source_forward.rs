@@ -6,7 +6,7 @@
 use candle_core::Tensor;
 use comer_port::formats;
 use comer_port::verify::parity::{EXACT_BOUND, SourceSide, TargetSide};
-use comer_port::verify::source_vit::hf_layer_norm_eps;
+use comer_port::verify::source_vit::{hf_checkpoint_eps, hf_layer_norm_eps};
 use comer_port::verify::{
     Activation, Check, SourceFamily, TargetFlavour, Weights, mapping_parity, seeded_images,
     source_vit_tokens,
@@ -337,4 +337,20 @@ fn shared_table_equals_the_same_table_per_block() {
     let a = source_vit_tokens(SourceFamily::Beit, &shared, HEADS, img).unwrap();
     let b = source_vit_tokens(SourceFamily::Beit, &per_block, HEADS, img).unwrap();
     assert_eq!(flat(&a), flat(&b));
+}
+
+#[test]
+fn hf_vit_folder_matches_golden_with_eps_from_config() {
+    let ckpt = formats::open(&fixture("sources/hf_vit/vit-tiny-in21k")).unwrap();
+    let eps = hf_checkpoint_eps(&ckpt);
+    assert_eq!(eps, 1e-12);
+    let w = Weights::from_checkpoint(&ckpt).unwrap();
+    let golden = weights("sources/hf_vit/golden.safetensors");
+    let family = SourceFamily::HfVit {
+        layer_norm_eps: eps,
+    };
+    let got = source_vit_tokens(family, &w, HEADS, &golden.get("image64").unwrap()).unwrap();
+    let exp = golden.get("vit_tokens.image64").unwrap();
+    let check = Check::new("hf folder", exp.dims(), &flat(&got), &flat(&exp), 1e-5);
+    assert!(check.passed, "{check:#?}");
 }
