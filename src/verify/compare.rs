@@ -7,6 +7,8 @@
 
 use serde::Serialize;
 
+use super::error::VerifyError;
+
 /// Figures of one comparison of `got` against `expected` (same number of elements).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Comparison {
@@ -138,6 +140,23 @@ impl Report {
         self.checks.iter().find(|c| !c.passed)
     }
 
+    /// `Ok` when no check failed; otherwise [`VerifyError::Parted`] naming the first failing
+    /// check (with its note, e.g. the first block where the sides part) and element index.
+    pub fn ensure_passed(&self) -> Result<(), VerifyError> {
+        match self.first_failure() {
+            None => Ok(()),
+            Some(c) => Err(VerifyError::Parted {
+                key: match &c.note {
+                    Some(note) => format!("{} ({note})", c.name),
+                    None => c.name.clone(),
+                },
+                index: c.first_parted_at.clone().unwrap_or_default(),
+                max_rel: c.figures.max_rel,
+                bound: c.bound,
+            }),
+        }
+    }
+
     /// JSON with the checks and the overall verdict.
     pub fn to_json(&self) -> serde_json::Value {
         serde_json::json!({ "passed": self.passed(), "checks": self.checks })
@@ -251,5 +270,18 @@ mod tests {
         assert_eq!(j["passed"], false);
         assert_eq!(j["checks"][1]["first_parted_at"][0], 1);
         assert_eq!(j["checks"][0]["passed"], true);
+    }
+
+    #[test]
+    fn ensure_passed_names_first_failure() {
+        let mut r = Report::default();
+        r.push(Check::new("ok", &[1], &[1.0], &[1.0], 1e-5));
+        assert!(r.ensure_passed().is_ok());
+        let mut bad = Check::new("parity image64x64", &[1, 2], &[0.0, 1.0], &[0.0, 0.0], 1e-5);
+        bad.note = Some("first parts after blocks.2".into());
+        r.push(bad);
+        let e = r.ensure_passed().unwrap_err();
+        assert!(matches!(e, VerifyError::Parted { ref key, ref index, .. }
+            if key == "parity image64x64 (first parts after blocks.2)" && index == &[0, 1]));
     }
 }
