@@ -29,7 +29,17 @@ pub struct Args {
     /// Read every float tensor and report NaN/Inf values (exit 1 when any).
     #[arg(long)]
     pub check_finite: bool,
+    /// Always compute the sha256 (by default it is skipped for inputs over 256 MiB, where
+    /// hashing every byte would dominate an otherwise instant inspect).
+    #[arg(long, conflicts_with = "no_sha256")]
+    pub sha256: bool,
+    /// Never compute the sha256.
+    #[arg(long)]
+    pub no_sha256: bool,
 }
+
+/// Inputs up to this size are hashed by default; larger ones only with `--sha256`.
+pub const AUTO_SHA256_MAX: u64 = 256 << 20;
 
 /// Streamed sha256 of a file (or of a folder's weight files, in order).
 fn sha256_of(paths: &[PathBuf]) -> std::io::Result<String> {
@@ -186,7 +196,12 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     let files = weight_files(&ck);
     let size = size_of(&files);
     let t1 = Instant::now();
-    let sha = sha256_of(&files).map_err(|e| formats::FormatError::io(&args.file, e))?;
+    let want_sha = !args.no_sha256 && (args.sha256 || size <= AUTO_SHA256_MAX);
+    let sha = if want_sha {
+        Some(sha256_of(&files).map_err(|e| formats::FormatError::io(&args.file, e))?)
+    } else {
+        None
+    };
     let sha_s = t1.elapsed().as_secs_f64();
     let tensors = ck.tensors();
     let det: Detection = detect::detect_checkpoint(&ck);
@@ -232,7 +247,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         }
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
-        print_table(&args, &ck, &sha, size, &tensors, &wrapper, &det, read_s, sha_s);
+        print_table(&args, &ck, sha.as_deref(), size, &tensors, &wrapper, &det, read_s, sha_s);
         if args.check_finite {
             if bad.is_empty() {
                 println!("check-finite: every value is finite");
@@ -250,7 +265,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
 fn print_table(
     args: &Args,
     ck: &Checkpoint,
-    sha: &str,
+    sha: Option<&str>,
     size: u64,
     tensors: &[(String, &TensorView)],
     wrapper: &str,
@@ -262,7 +277,13 @@ fn print_table(
     println!("file       {}", p.display());
     println!("format     {}", ck.format.name());
     println!("size       {} ({size} bytes)", human(size));
-    println!("sha256     {sha}  ({sha_s:.3} s; object tree read in {read_s:.3} s)");
+    match sha {
+        Some(sha) => println!("sha256     {sha}  ({sha_s:.3} s; object tree read in {read_s:.3} s)"),
+        None => println!(
+            "sha256     (skipped: input over {} MiB; pass --sha256 to hash it; object tree read in {read_s:.3} s)",
+            AUTO_SHA256_MAX >> 20
+        ),
+    }
     println!("structure  {}", structure(&ck.root, 0));
     println!("wrapper    {}", if wrapper.is_empty() { "(none: the root is the state dict)" } else { wrapper });
     for (k, v) in &ck.metadata {
