@@ -18,3 +18,5 @@ mod inspect;
 mod import;
 /// `comer-port export onnx`: decode, outputs, determinism, refusals (issue 6).
 mod onnx_export;
+/// Source-family ViT forwards against the sources goldens; mapping parity (issue 5).
+mod source_forward;
