@@ -8,6 +8,7 @@ pub mod error;
 pub mod nn;
 pub mod ops;
 pub mod presets;
+pub mod profile;
 pub mod vit;
 pub mod weights;
 

@@ -425,3 +425,61 @@ mod tests {
         assert_eq!(refs, vec![[0.25, 0.5], [0.75, 0.5]]);
     }
 }
+
+/// im2col rows `r0..r1` of a `k×k`, stride `s`, padding `p` convolution on a channels-last
+/// map (B, H, W, C): each row is (ky, kx, c) for one output pixel, zeros outside.
+#[allow(clippy::too_many_arguments)]
+pub fn im2col_nhwc(
+    x: &[f32],
+    dims: (usize, usize, usize, usize),
+    k: usize,
+    s: usize,
+    p: usize,
+    out_hw: (usize, usize),
+    rows: std::ops::Range<usize>,
+    dst: &mut [f32],
+) {
+    let (_b, h, w, c) = dims;
+    let (oh, ow) = out_hw;
+    let kc = k * k * c;
+    dst.par_chunks_mut(kc).zip(rows).for_each(|(row, r)| {
+        let bi = r / (oh * ow);
+        let oy = (r / ow) % oh;
+        let ox = r % ow;
+        for ky in 0..k {
+            let iy = (oy * s + ky) as isize - p as isize;
+            for kx in 0..k {
+                let ix = (ox * s + kx) as isize - p as isize;
+                let d = &mut row[(ky * k + kx) * c..][..c];
+                if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize {
+                    d.fill(0.0);
+                } else {
+                    d.copy_from_slice(&x[((bi * h + iy as usize) * w + ix as usize) * c..][..c]);
+                }
+            }
+        }
+    });
+}
+
+/// `nn.MaxPool2d(3, 2, 1)` on a channels-last map; returns the map and its (H, W).
+pub fn max_pool_3s2p1_nhwc(x: &[f32], b: usize, h: usize, w: usize, c: usize) -> (Vec<f32>, usize, usize) {
+    let oh = (h + 2 - 3) / 2 + 1;
+    let ow = (w + 2 - 3) / 2 + 1;
+    let mut out = vec![f32::NEG_INFINITY; b * oh * ow * c];
+    out.par_chunks_mut(ow * c).enumerate().for_each(|(row, dst)| {
+        let bi = row / oh;
+        let oy = row % oh;
+        for ox in 0..ow {
+            let o = &mut dst[ox * c..(ox + 1) * c];
+            for iy in (2 * oy).saturating_sub(1)..(2 * oy + 2).min(h) {
+                for ix in (2 * ox).saturating_sub(1)..(2 * ox + 2).min(w) {
+                    let src = &x[((bi * h + iy) * w + ix) * c..][..c];
+                    for ch in 0..c {
+                        o[ch] = o[ch].max(src[ch]);
+                    }
+                }
+            }
+        }
+    });
+    (out, oh, ow)
+}

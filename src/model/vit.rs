@@ -128,7 +128,7 @@ impl Attention {
         if let Some((_, rb)) = &self.rel_bias {
             attn = attn.broadcast_add(rb)?;
         }
-        let attn = softmax_last(&attn)?;
+        let attn = super::profile::timed("softmax", || softmax_last(&attn))?;
         // (Bw, heads, n, head_dim) → (Bw, n, heads, head_dim) → (Bw, n, C)
         Ok(attn.matmul(&v)?.transpose(1, 2)?.reshape((bw, n, c))?)
     }
@@ -230,12 +230,14 @@ impl Block {
 
     /// (B, N, C) → (B, N, C)
     pub fn forward(&self, x: &Tensor, h: usize, w: usize) -> Result<Tensor> {
-        let a = self.attn.forward(&self.norm1.forward(x)?, h, w)?;
+        let a = super::profile::timed("attention", || self.attn.forward(&self.norm1.forward(x)?, h, w))?;
         let x = match &self.gamma1 {
             Some(g) => add_scaled(x, g, &a)?,
             None => (x + a)?,
         };
-        let m = self.fc2.forward(&gelu(&self.fc1.forward(&self.norm2.forward(&x)?)?)?)?;
+        let h1 = super::profile::timed("mlp fc1", || self.fc1.forward(&self.norm2.forward(&x)?))?;
+        let h1 = super::profile::timed("gelu", || gelu(&h1))?;
+        let m = super::profile::timed("mlp fc2", || self.fc2.forward(&h1))?;
         Ok(match &self.gamma2 {
             Some(g) => add_scaled(&x, g, &m)?,
             None => (x + m)?,
