@@ -202,10 +202,11 @@ pub fn layer_norm_rows(x: &[f32], c: usize, weight: &[f32], bias: &[f32], eps: f
 
 /// Softmax in place over each contiguous row of length `n`.
 pub fn softmax_rows(x: &mut [f32], n: usize) {
-    x.par_chunks_mut(n).for_each(softmax_one);
+    x.par_chunks_mut(n).for_each(softmax_row);
 }
 
-fn softmax_one(r: &mut [f32]) {
+/// Softmax in place over one row.
+pub fn softmax_row(r: &mut [f32]) {
     let m = r.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let mut s = 0f32;
     for v in r.iter_mut() {
@@ -290,7 +291,7 @@ pub fn ms_deform_attn(
         for m in 0..s.heads {
             let ab = (row * s.heads + m) * lp;
             weights.copy_from_slice(&logits[ab..ab + lp]);
-            softmax_one(&mut weights);
+            softmax_row(&mut weights);
             let acc = &mut dst[m * s.head_dim..(m + 1) * s.head_dim];
             for (li, l) in levels.iter().enumerate() {
                 let (wf, hf) = (l.w as f32, l.h as f32);

@@ -16,7 +16,7 @@ use candle_core::{DType, Device, Tensor};
 
 use super::config::{ComerConfig, Flavor};
 use super::error::ModelError;
-use super::nn::{LayerNorm, Linear, Result, add_scaled, gelu, softmax_last, tensor, values};
+use super::nn::{LayerNorm, Linear, Result, add_scaled, gelu, tensor, values};
 use super::weights::Vb;
 
 /// Upstream's `relative_position_index` for a `w×w` window: (w², w²).
@@ -119,16 +119,22 @@ impl Attention {
         // (3, Bw, heads, n, head_dim)
         let qkv = qkv.reshape((bw, n, 3, self.heads, self.head_dim))?.permute((2, 0, 3, 1, 4))?.contiguous()?;
         let (q, k, v) = (qkv.get(0)?, qkv.get(1)?, qkv.get(2)?);
-        // (Bw, heads, n, n)
-        let mut attn = if self.scale_q_first {
-            (q * self.scale)?.matmul(&k.t()?)?
+        // (Bw, heads, n, n); scale, bias and softmax in one pass over the logits
+        let scale = self.scale as f32;
+        let (logits, scale_after) = if self.scale_q_first {
+            ((q * self.scale)?.matmul(&k.t()?)?, None)
         } else {
-            (q.matmul(&k.t()?)? * self.scale)?
+            (q.matmul(&k.t()?)?, Some(scale))
         };
-        if let Some((_, rb)) = &self.rel_bias {
-            attn = attn.broadcast_add(rb)?;
-        }
-        let attn = super::profile::timed("softmax", || softmax_last(&attn))?;
+        let mut a = values(&logits)?;
+        let rb = match &self.rel_bias {
+            Some((_, t)) => Some(values(t)?),
+            None => None,
+        };
+        super::profile::timed("softmax", || {
+            softmax_scaled(&mut a, n, self.heads, scale_after, rb.as_deref())
+        });
+        let attn = tensor(a, &[bw, self.heads, n, n])?;
         // (Bw, heads, n, head_dim) → (Bw, n, heads, head_dim) → (Bw, n, C)
         Ok(attn.matmul(&v)?.transpose(1, 2)?.reshape((bw, n, c))?)
     }
@@ -158,6 +164,22 @@ impl Attention {
         };
         self.proj.forward(&out)
     }
+}
+
+/// In place over (Bw, heads, n, n) logits: optional scale, optional per-head bias
+/// (heads, n, n), softmax over the last axis.
+fn softmax_scaled(a: &mut [f32], n: usize, heads: usize, scale: Option<f32>, bias: Option<&[f32]>) {
+    use rayon::prelude::*;
+    a.par_chunks_mut(n).enumerate().for_each(|(row, r)| {
+        if let Some(s) = scale {
+            r.iter_mut().for_each(|v| *v *= s);
+        }
+        if let Some(b) = bias {
+            let hr = row % (heads * n);
+            r.iter_mut().zip(&b[hr * n..(hr + 1) * n]).for_each(|(v, b)| *v += b);
+        }
+        super::ops::softmax_row(r);
+    });
 }
 
 /// Partition a channels-last (B, H, W, C) map into `win×win` windows after padding bottom
