@@ -6,7 +6,7 @@
 //! `base/beit.py` build (`nn.Linear`, `nn.LayerNorm(eps=1e-6)`, `nn.SyncBatchNorm` /
 //! `nn.BatchNorm2d` with running statistics, eps 1e-5, `nn.Conv2d`).
 
-use candle_core::{D, Device, Tensor};
+use candle_core::{Device, Tensor};
 
 use super::error::ModelError;
 use super::ops;
@@ -113,8 +113,8 @@ impl BatchNorm {
     pub fn apply_nhwc(&self, x: &mut [f32]) {
         let c = self.scale.len();
         for row in x.chunks_mut(c) {
-            for i in 0..c {
-                row[i] = row[i] * self.scale[i] + self.shift[i];
+            for ((v, s), t) in row.iter_mut().zip(&self.scale).zip(&self.shift) {
+                *v = *v * s + t;
             }
         }
     }
@@ -294,12 +294,4 @@ pub fn gelu(x: &Tensor) -> Result<Tensor> {
 /// `x + gamma·y` with `gamma` broadcast over the last axis.
 pub fn add_scaled(x: &Tensor, gamma: &Tensor, y: &Tensor) -> Result<Tensor> {
     Ok(x.add(&y.broadcast_mul(gamma)?)?)
-}
-
-/// Row-wise softmax of a contiguous tensor over its last axis.
-pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
-    let n = x.dim(D::Minus1)?;
-    let mut v = values(x)?;
-    ops::softmax_rows(&mut v, n);
-    tensor(v, x.dims())
 }

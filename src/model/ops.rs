@@ -9,6 +9,9 @@
 //! Feature maps here are channels-last (`(B, H, W, C)`, the token layout), so every kernel
 //! runs innermost over contiguous channels.
 
+// Index loops below mirror the kernels' arithmetic over several arrays at once.
+#![allow(clippy::needless_range_loop)]
+
 use rayon::prelude::*;
 
 /// Bicubic coefficient A of PyTorch's `upsample_bicubic2d`.
@@ -331,102 +334,6 @@ pub fn ms_deform_attn(
     out
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn close(a: &[f32], b: &[f32]) {
-        assert_eq!(a.len(), b.len());
-        for (x, y) in a.iter().zip(b) {
-            assert!((x - y).abs() < 1e-5, "{a:?} vs {b:?}");
-        }
-    }
-
-    #[test]
-    fn bilinear_half_averages_pairs() {
-        // 1×2×2×1 map → ×0.5: PyTorch gives the mean of the four.
-        let out = resize_bilinear_nhwc(&[1.0, 2.0, 3.0, 4.0], 1, 2, 2, 1, 1, 1, Some(0.5));
-        close(&out, &[2.5]);
-    }
-
-    #[test]
-    fn bilinear_double_matches_torch() {
-        // torch: F.interpolate([[0,1]], scale_factor=2, bilinear) = [0, .25, .75, 1] per row
-        let out = resize_bilinear_nhwc(&[0.0, 1.0], 1, 1, 2, 1, 1, 4, Some(2.0));
-        close(&out, &[0.0, 0.25, 0.75, 1.0]);
-    }
-
-    #[test]
-    fn bicubic_same_size_is_identity_and_upsample_matches_hand_values() {
-        let src = [0.0, 1.0, 2.0, 3.0];
-        close(&resize_bicubic_nhwc(&src, 1, 2, 2, 1, 2, 2), &src);
-        // 1×2 → 1×4 along x: src x = 0.5·(dst+0.5) − 0.5 = -0.25, 0.25, 0.75, 1.25
-        // t = 0.75 at x0 = -1: coeffs c2(1.75), c1(.75), c1(.25), c2(1.25) over
-        // clamped [0, 0, 1, 1] → c1(.25) + c2(1.25) = 0.8554688 + (-0.0732422)... computed:
-        let out = resize_bicubic_nhwc(&[0.0, 1.0], 1, 1, 2, 1, 1, 4);
-        let c = cubic_coeffs(0.75);
-        let first = c[2] + c[3];
-        let c = cubic_coeffs(0.25);
-        let second = c[2] + c[3];
-        close(&out, &[first, second, 1.0 - second, 1.0 - first]);
-        // hand values: cubic1(0.25) = 0.890625-ish family; check the symmetric sum is 1
-        assert!((out[0] + out[3] - 1.0).abs() < 1e-6);
-        assert!((cubic1(0.0) - 1.0).abs() < 1e-7 && cubic2(1.0).abs() < 1e-7);
-        // A = -0.75, t = 0.5: weights [-0.09375, 0.59375, 0.59375, -0.09375]
-        close(&cubic_coeffs(0.5), &[-0.09375, 0.59375, 0.59375, -0.09375]);
-    }
-
-    #[test]
-    fn dwconv_3x3_sums_neighbourhood() {
-        let x = vec![1.0f32; 9];
-        let mut out = vec![0f32; 9];
-        dwconv_nhwc(&x, &mut out, (1, 3, 3, 1), 0, 1, &[1.0; 9], &[0.5], 3);
-        close(&out, &[4.5, 6.5, 4.5, 6.5, 9.5, 6.5, 4.5, 6.5, 4.5]);
-    }
-
-    #[test]
-    fn max_pool_pads_with_minus_infinity() {
-        let x: Vec<f32> = (0..16).map(|v| -(v as f32)).collect();
-        let (out, oh, ow) = max_pool_3s2p1_nchw(&x, 1, 1, 4, 4);
-        assert_eq!((oh, ow), (2, 2));
-        close(&out, &[0.0, -1.0, -4.0, -5.0]);
-    }
-
-    #[test]
-    fn layer_norm_and_softmax() {
-        let out = layer_norm_rows(&[1.0, 3.0], 2, &[1.0, 1.0], &[0.0, 0.0], 0.0);
-        close(&out, &[-1.0, 1.0]);
-        let mut s = [0.0f32, 0.0, (3f32).ln()];
-        softmax_rows(&mut s, 3);
-        close(&s, &[0.2, 0.2, 0.6]);
-    }
-
-    #[test]
-    fn deform_attn_samples_bilinearly_with_zero_padding() {
-        // one 2×2 level, one head of 1 channel, one point; value = [1, 2, 3, 4]
-        let levels = [Level { h: 2, w: 2, start: 0 }];
-        let value = [1.0, 2.0, 3.0, 4.0];
-        let s = DeformShape { batch: 1, len_in: 4, heads: 1, head_dim: 1, points: 1 };
-        // reference at the centre (0.5, 0.5) → pixel (0.5, 0.5): mean of all four = 2.5
-        let out = ms_deform_attn(&value, &levels, &[[0.5, 0.5]], &[0.0, 0.0], &[0.0], s);
-        close(&out, &[2.5]);
-        // offset −1 px in x from the centre of token (0,0): pixel (-0.5, 0): half the weight
-        // falls outside (zero padding) → 0.5·v(0,0) = 0.5
-        let out = ms_deform_attn(&value, &levels, &[[0.25, 0.25]], &[-1.0, 0.0], &[0.0], s);
-        close(&out, &[0.5]);
-        // two points, logits equal: average of v(0,0) = 1 and v(1,1) = 4
-        let s2 = DeformShape { points: 2, ..s };
-        let out = ms_deform_attn(&value, &levels, &[[0.25, 0.25]], &[0.0, 0.0, 1.0, 1.0], &[0.0, 0.0], s2);
-        close(&out, &[2.5]);
-    }
-
-    #[test]
-    fn reference_points_are_token_centres() {
-        let refs = reference_points(&[Level { h: 1, w: 2, start: 0 }]);
-        assert_eq!(refs, vec![[0.25, 0.5], [0.75, 0.5]]);
-    }
-}
-
 /// im2col rows `r0..r1` of a `k×k`, stride `s`, padding `p` convolution on a channels-last
 /// map (B, H, W, C): each row is (ky, kx, c) for one output pixel, zeros outside.
 #[allow(clippy::too_many_arguments)]
@@ -484,3 +391,94 @@ pub fn max_pool_3s2p1_nhwc(x: &[f32], b: usize, h: usize, w: usize, c: usize) ->
     });
     (out, oh, ow)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn close(a: &[f32], b: &[f32]) {
+        assert_eq!(a.len(), b.len());
+        for (x, y) in a.iter().zip(b) {
+            assert!((x - y).abs() < 1e-5, "{a:?} vs {b:?}");
+        }
+    }
+
+    #[test]
+    fn bilinear_half_averages_pairs() {
+        // 1×2×2×1 map → ×0.5: PyTorch gives the mean of the four.
+        let out = resize_bilinear_nhwc(&[1.0, 2.0, 3.0, 4.0], 1, 2, 2, 1, 1, 1, Some(0.5));
+        close(&out, &[2.5]);
+    }
+
+    #[test]
+    fn bilinear_double_matches_torch() {
+        // torch: F.interpolate([[0,1]], scale_factor=2, bilinear) = [0, .25, .75, 1] per row
+        let out = resize_bilinear_nhwc(&[0.0, 1.0], 1, 1, 2, 1, 1, 4, Some(2.0));
+        close(&out, &[0.0, 0.25, 0.75, 1.0]);
+    }
+
+    #[test]
+    fn bicubic_same_size_is_identity_and_upsample_matches_hand_values() {
+        let src = [0.0, 1.0, 2.0, 3.0];
+        close(&resize_bicubic_nhwc(&src, 1, 2, 2, 1, 2, 2), &src);
+        // 1×2 → 1×4 along x: source x = 0.5·(dst+0.5) − 0.5 = −0.25, 0.25, 0.75, 1.25.
+        // dst 0: t = 0.75 at x0 = −1, taps clamp to [0, 0, 0, 1] → cubic2(1.25) = −0.10546875;
+        // dst 1: t = 0.25 at x0 = 0, taps [0, 0, 1, 1] → cubic1(0.75) + cubic2(1.75)
+        //        = 0.26171875 − 0.03515625 = 0.2265625; the rest by symmetry.
+        let out = resize_bicubic_nhwc(&[0.0, 1.0], 1, 1, 2, 1, 1, 4);
+        close(&out, &[-0.10546875, 0.2265625, 0.7734375, 1.10546875]);
+        // A = -0.75, t = 0.5: weights [-0.09375, 0.59375, 0.59375, -0.09375]
+        close(&cubic_coeffs(0.5), &[-0.09375, 0.59375, 0.59375, -0.09375]);
+    }
+
+    #[test]
+    fn dwconv_3x3_sums_neighbourhood() {
+        let x = vec![1.0f32; 9];
+        let mut out = vec![0f32; 9];
+        dwconv_nhwc(&x, &mut out, (1, 3, 3, 1), 0, 1, &[1.0; 9], &[0.5], 3);
+        close(&out, &[4.5, 6.5, 4.5, 6.5, 9.5, 6.5, 4.5, 6.5, 4.5]);
+    }
+
+    #[test]
+    fn max_pool_pads_with_minus_infinity() {
+        let x: Vec<f32> = (0..16).map(|v| -(v as f32)).collect();
+        let (out, oh, ow) = max_pool_3s2p1_nchw(&x, 1, 1, 4, 4);
+        assert_eq!((oh, ow), (2, 2));
+        close(&out, &[0.0, -1.0, -4.0, -5.0]);
+    }
+
+    #[test]
+    fn layer_norm_and_softmax() {
+        let out = layer_norm_rows(&[1.0, 3.0], 2, &[1.0, 1.0], &[0.0, 0.0], 0.0);
+        close(&out, &[-1.0, 1.0]);
+        let mut s = [0.0f32, 0.0, (3f32).ln()];
+        softmax_rows(&mut s, 3);
+        close(&s, &[0.2, 0.2, 0.6]);
+    }
+
+    #[test]
+    fn deform_attn_samples_bilinearly_with_zero_padding() {
+        // one 2×2 level, one head of 1 channel, one point; value = [1, 2, 3, 4]
+        let levels = [Level { h: 2, w: 2, start: 0 }];
+        let value = [1.0, 2.0, 3.0, 4.0];
+        let s = DeformShape { batch: 1, len_in: 4, heads: 1, head_dim: 1, points: 1 };
+        // reference at the centre (0.5, 0.5) → pixel (0.5, 0.5): mean of all four = 2.5
+        let out = ms_deform_attn(&value, &levels, &[[0.5, 0.5]], &[0.0, 0.0], &[0.0], s);
+        close(&out, &[2.5]);
+        // offset −0.5 px in x from the centre of token (0,0): pixel (−0.5, 0): half the
+        // weight falls outside (zero padding) → 0.5·v(0,0) = 0.5
+        let out = ms_deform_attn(&value, &levels, &[[0.25, 0.25]], &[-0.5, 0.0], &[0.0], s);
+        close(&out, &[0.5]);
+        // two points, logits equal: average of v(0,0) = 1 and v(1,1) = 4
+        let s2 = DeformShape { points: 2, ..s };
+        let out = ms_deform_attn(&value, &levels, &[[0.25, 0.25]], &[0.0, 0.0, 1.0, 1.0], &[0.0, 0.0], s2);
+        close(&out, &[2.5]);
+    }
+
+    #[test]
+    fn reference_points_are_token_centres() {
+        let refs = reference_points(&[Level { h: 1, w: 2, start: 0 }]);
+        assert_eq!(refs, vec![[0.25, 0.5], [0.75, 0.5]]);
+    }
+}
+

@@ -12,7 +12,7 @@
 //! tokens get q = `q_bias`, k = 0, v = `v_bias`). Padded tokens take part in the softmax
 //! in both.
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::Tensor;
 
 use super::config::{ComerConfig, Flavor};
 use super::error::ModelError;
@@ -86,10 +86,9 @@ impl Attention {
         let nrel = (2 * ws - 1) * (2 * ws - 1);
         let table = vb.vec("relative_position_bias_table", &[nrel, heads])?;
         let index = relative_position_index(ws);
-        if let Some(stored) = vb.buffer_i64("relative_position_index", &[ws * ws, ws * ws])? {
-            if stored != index {
-                return Err(ModelError::RelativePositionIndex { name: vb.name("relative_position_index") });
-            }
+        let stored = vb.buffer_i64("relative_position_index", &[ws * ws, ws * ws])?;
+        if stored.is_some_and(|s| s != index) {
+            return Err(ModelError::RelativePositionIndex { name: vb.name("relative_position_index") });
         }
         let n = ws * ws;
         let mut rb = vec![0f32; heads * n * n];
@@ -145,10 +144,8 @@ impl Attention {
         let qkv = self.qkv.forward(x)?;
         let out = match self.window {
             None => {
-                if let Some((ws, _)) = &self.rel_bias {
-                    if ws * ws != n {
-                        return Err(ModelError::GlobalWindow { block: self.block, window: *ws, h, w });
-                    }
+                if let Some((ws, _)) = self.rel_bias.as_ref().filter(|(ws, _)| ws * ws != n) {
+                    return Err(ModelError::GlobalWindow { block: self.block, window: *ws, h, w });
                 }
                 self.core(&qkv)?
             }
@@ -265,11 +262,6 @@ impl Block {
             None => (x + m)?,
         })
     }
-}
-
-/// A zero f32 tensor (helper for optional paths).
-pub fn zeros(shape: &[usize]) -> Result<Tensor> {
-    Ok(Tensor::zeros(shape, DType::F32, &Device::Cpu)?)
 }
 
 #[cfg(test)]
