@@ -11,7 +11,7 @@
 
 use candle_core::Tensor;
 
-use super::config::{ComerConfig, Flavor};
+use super::config::{ComerConfig, ConfigError, Flavor};
 use super::error::ModelError;
 use super::nn::{BatchNorm, Conv2d, ConvNhwc, DwConv, LayerNorm, Linear, Result, gelu, tensor, values};
 use super::ops::{self, DeformShape, Level};
@@ -425,11 +425,20 @@ pub struct Comer {
 impl Comer {
     /// Build from weights by target name (call [`super::weights::Store::finish`] after).
     pub fn new(vb: &Vb, cfg: &ComerConfig) -> Result<Comer> {
-        cfg.validate().map_err(|e| ModelError::Read { path: "config".into(), message: e.to_string() })?;
+        cfg.validate()?;
         let d = cfg.embed_dim;
         let ps = cfg.patch_size;
         let grid = cfg.pretrain_size / 16;
         let beit = cfg.flavor == Flavor::Beit;
+        // The parameter has (img_size/16)² rows; upstream reshapes it to the pretrain grid at
+        // run time, which only works when the two grids agree.
+        if (cfg.use_abs_pos_emb || !beit) && cfg.img_size / ps != grid {
+            return Err(ConfigError::Invalid(format!(
+                "img_size {} and pretrain_size {} give different position grids; upstream's _get_pos_embed cannot reshape that",
+                cfg.img_size, cfg.pretrain_size
+            ))
+            .into());
+        }
         let pos_embed = if !beit {
             let v = vb.vec("pos_embed", &[1, grid * grid + 1, d])?;
             Some(v[d..].to_vec())
@@ -449,6 +458,7 @@ impl Comer {
             .map(|i| Interaction::new(&vb.pp("interactions").pp(i), cfg, i))
             .collect::<Result<Vec<_>>>()?;
         let up_w = vb.pp("up").get("weight", &[d, d, 2, 2])?;
+        // (D_in, D_out, 2, 2) → (D_in, D_out·4) → transposed to (D_out·4, D_in) for Linear
         let up = Linear::from_parts(up_w.reshape((d, d * 4))?.t()?.contiguous()?, None)?;
         Ok(Comer {
             cfg: cfg.clone(),
