@@ -26,6 +26,9 @@ pub struct Args {
     /// Seed of the random weights and image.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Print where the time of the timed runs goes, per forward stage.
+    #[arg(long)]
+    pub profile: bool,
     /// One JSON object on stdout.
     #[arg(long)]
     pub json: bool,
@@ -89,6 +92,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     let img: Vec<f32> = (0..cfg.in_chans * s * s).map(|_| rng.uniform(2.0)).collect();
     let img = Tensor::from_vec(img, (1, cfg.in_chans, s, s), &Device::Cpu)?;
     model.forward(&img, "bench")?;
+    crate::model::profile::enable(args.profile);
     let mut times = Vec::new();
     for _ in 0..args.runs.max(1) {
         let t = Instant::now();
@@ -98,6 +102,11 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     times.sort_by(f64::total_cmp);
     let median = times[times.len() / 2];
     let rss = peak_rss_bytes();
+    if args.profile {
+        for (stage, secs, calls) in crate::model::profile::report() {
+            eprintln!("  {stage:<14} {:>8.3} s/run  ({calls} calls)", secs / times.len() as f64);
+        }
+    }
     if args.json {
         let v = serde_json::json!({
             "preset": args.preset, "size": s, "threads": threads, "runs": times.len(),

@@ -94,7 +94,10 @@ pub fn exit_code_for(err: &anyhow::Error) -> i32 {
         if cause.is::<crate::export::atomic::WriteError>() {
             return EXIT_OUTPUT;
         }
-        if cause.is::<crate::formats::FormatError>() || cause.is::<crate::model::ConfigError>() {
+        if cause.is::<crate::formats::FormatError>()
+            || cause.is::<crate::model::ConfigError>()
+            || cause.is::<crate::model::ModelError>()
+        {
             return EXIT_BAD_INPUT;
         }
     }

@@ -11,9 +11,9 @@
 
 use candle_core::Tensor;
 
-use super::config::{ComerConfig, Flavor};
+use super::config::{ComerConfig, ConfigError, Flavor};
 use super::error::ModelError;
-use super::nn::{BatchNorm, Conv2d, DwConv, LayerNorm, Linear, Result, gelu, tensor, values};
+use super::nn::{BatchNorm, Conv2d, ConvNhwc, DwConv, LayerNorm, Linear, Result, gelu, tensor, values};
 use super::ops::{self, DeformShape, Level};
 use super::vit::Block;
 use super::weights::Vb;
@@ -55,7 +55,7 @@ impl MsDeformAttn {
         let offsets = values(&self.sampling_offsets.forward(query)?)?;
         let logits = values(&self.attention_weights.forward(query)?)?;
         let s = DeformShape { batch: b, len_in, heads: self.heads, head_dim: self.head_dim, points: self.points };
-        let out = ops::ms_deform_attn(&value, levels, refs, &offsets, &logits, s);
+        let out = super::profile::timed("msdeform core", || ops::ms_deform_attn(&value, levels, refs, &offsets, &logits, s));
         // (B, Lq, heads·head_dim)
         self.output_proj.forward(&tensor(out, &[b, lq, self.heads * self.head_dim])?)
     }
@@ -310,39 +310,45 @@ impl Interaction {
         let (mut x, mut c) = (x, c);
         if let Some(tov) = &self.cti_tov {
             if let Some(m) = &self.mrfp {
-                c = m.forward(&c, g.h, g.w)?;
+                c = super::profile::timed("mrfp", || m.forward(&c, g.h, g.w))?;
             }
             let [c1, c2, c3] = g.split(&c)?;
             c = Tensor::cat(&[c1, (c2 + &x)?, c3], 1)?;
-            x = tov.forward(&x, &c, g)?;
+            x = super::profile::timed("cti_tov", || tov.forward(&x, &c, g))?;
         }
         for blk in &blocks[self.blocks.clone()] {
-            x = blk.forward(&x, g.h, g.w)?;
+            x = super::profile::timed("vit blocks", || blk.forward(&x, g.h, g.w))?;
         }
         if let Some(toc) = &self.cti_toc {
-            c = toc.forward(&c, &x, g)?;
+            c = super::profile::timed("cti_toc", || toc.forward(&c, &x, g))?;
         }
         for e in &self.extra {
-            c = e.forward(&c, &x, g)?;
+            c = super::profile::timed("extra cti", || e.forward(&c, &x, g))?;
         }
         Ok((x, c))
     }
 }
 
-/// Spatial prior module (`CNN` / `SpatialPriorModule`), BatchNorm folded into the convs.
+/// Spatial prior module (`CNN` / `SpatialPriorModule`), run channels-last with the
+/// BatchNorms folded into the convs and the 1×1 `fc1..fc4` as Linear layers.
 pub struct Spm {
-    stem: [Conv2d; 3],
-    convs: [Conv2d; 3],
-    fcs: [Conv2d; 4],
+    stem: [ConvNhwc; 3],
+    convs: [ConvNhwc; 3],
+    fcs: [Linear; 4],
 }
 
 impl Spm {
     fn new(vb: &Vb, cfg: &ComerConfig) -> Result<Spm> {
         let p = cfg.conv_inplane;
         let d = cfg.embed_dim;
-        let conv_bn = |vb: &Vb, conv: &str, bn: &str, cin: usize, cout: usize, stride: usize| -> Result<Conv2d> {
+        let conv_bn = |vb: &Vb, conv: &str, bn: &str, cin: usize, cout: usize, stride: usize| -> Result<ConvNhwc> {
             let bn = BatchNorm::new(&vb.pp(bn), cout)?;
-            Conv2d::new(&vb.pp(conv), cin, cout, 3, stride, 1, false, Some(&bn))
+            ConvNhwc::new(&vb.pp(conv), cin, cout, 3, stride, 1, Some(&bn), true)
+        };
+        let fc = |name: &str, cin: usize| -> Result<Linear> {
+            let v = vb.pp(name);
+            // (D, C_in, 1, 1) → (D, C_in)
+            Linear::from_parts(v.get("weight", &[d, cin, 1, 1])?.reshape((d, cin))?, Some(v.get("bias", &[d])?))
         };
         let st = vb.pp("stem");
         Ok(Spm {
@@ -356,37 +362,37 @@ impl Spm {
                 conv_bn(&vb.pp("conv3"), "0", "1", 2 * p, 4 * p, 2)?,
                 conv_bn(&vb.pp("conv4"), "0", "1", 4 * p, 4 * p, 2)?,
             ],
-            fcs: [
-                Conv2d::new(&vb.pp("fc1"), p, d, 1, 1, 0, true, None)?,
-                Conv2d::new(&vb.pp("fc2"), 2 * p, d, 1, 1, 0, true, None)?,
-                Conv2d::new(&vb.pp("fc3"), 4 * p, d, 1, 1, 0, true, None)?,
-                Conv2d::new(&vb.pp("fc4"), 4 * p, d, 1, 1, 0, true, None)?,
-            ],
+            fcs: [fc("fc1", p)?, fc("fc2", 2 * p)?, fc("fc3", 4 * p)?, fc("fc4", 4 * p)?],
         })
     }
 
-    /// (B, 3, H, W) → c1 (B, D, H/4, W/4) and c2..c4 as tokens (B, HW, D).
-    fn forward(&self, x: &Tensor) -> Result<[Tensor; 4]> {
-        let mut y = x.clone();
+    /// (B, 3, H, W) → c1..c4 as channels-last tokens (B, HW, D) and c1's (H, W).
+    fn forward(&self, x: &Tensor) -> Result<([Tensor; 4], (usize, usize))> {
+        let (b, cin, h, w) = x.dims4()?;
+        // (B, C, H, W) → (B, H, W, C)
+        let mut y = values(&x.permute((0, 2, 3, 1))?.contiguous()?)?;
+        let (mut hh, mut ww, mut c) = (h, w, cin);
         for conv in &self.stem {
-            y = conv.forward(&y)?.relu()?;
+            let (v, oh, ow) = conv.forward(&y, (b, hh, ww, c))?;
+            (y, hh, ww, c) = (v, oh, ow, conv.out_channels());
         }
-        let (b, c, h, w) = y.dims4()?;
-        let (p, oh, ow) = ops::max_pool_3s2p1_nchw(&values(&y)?, b, c, h, w);
-        let c1 = tensor(p, &[b, c, oh, ow])?;
-        let c2 = self.convs[0].forward(&c1)?.relu()?;
-        let c3 = self.convs[1].forward(&c2)?.relu()?;
-        let c4 = self.convs[2].forward(&c3)?.relu()?;
-        let tokens = |t: Tensor| -> Result<Tensor> {
-            // (B, D, H, W) → (B, HW, D)
-            Ok(t.flatten_from(2)?.transpose(1, 2)?.contiguous()?)
+        let (p, oh, ow) = ops::max_pool_3s2p1_nhwc(&y, b, hh, ww, c);
+        let mut levels = vec![(p, oh, ow, c)];
+        for conv in &self.convs {
+            let (v, ph, pw, pc) = levels[levels.len() - 1].clone();
+            let (o, nh, nw) = conv.forward(&v, (b, ph, pw, pc))?;
+            levels.push((o, nh, nw, conv.out_channels()));
+        }
+        let mut outs = Vec::new();
+        for (fc, (v, lh, lw, lc)) in self.fcs.iter().zip(levels) {
+            // (B, HW, C)
+            outs.push(fc.forward(&tensor(v, &[b, lh * lw, lc])?)?);
+        }
+        let [c1, c2, c3, c4]: [Tensor; 4] = match outs.try_into() {
+            Ok(a) => a,
+            Err(_) => unreachable!("four levels"),
         };
-        Ok([
-            self.fcs[0].forward(&c1)?,
-            tokens(self.fcs[1].forward(&c2)?)?,
-            tokens(self.fcs[2].forward(&c3)?)?,
-            tokens(self.fcs[3].forward(&c4)?)?,
-        ])
+        Ok(([c1, c2, c3, c4], (oh, ow)))
     }
 }
 
@@ -419,11 +425,20 @@ pub struct Comer {
 impl Comer {
     /// Build from weights by target name (call [`super::weights::Store::finish`] after).
     pub fn new(vb: &Vb, cfg: &ComerConfig) -> Result<Comer> {
-        cfg.validate().map_err(|e| ModelError::Read { path: "config".into(), message: e.to_string() })?;
+        cfg.validate()?;
         let d = cfg.embed_dim;
         let ps = cfg.patch_size;
         let grid = cfg.pretrain_size / 16;
         let beit = cfg.flavor == Flavor::Beit;
+        // The parameter has (img_size/16)² rows; upstream reshapes it to the pretrain grid at
+        // run time, which only works when the two grids agree.
+        if (cfg.use_abs_pos_emb || !beit) && cfg.img_size / ps != grid {
+            return Err(ConfigError::Invalid(format!(
+                "img_size {} and pretrain_size {} give different position grids; upstream's _get_pos_embed cannot reshape that",
+                cfg.img_size, cfg.pretrain_size
+            ))
+            .into());
+        }
         let pos_embed = if !beit {
             let v = vb.vec("pos_embed", &[1, grid * grid + 1, d])?;
             Some(v[d..].to_vec())
@@ -443,6 +458,7 @@ impl Comer {
             .map(|i| Interaction::new(&vb.pp("interactions").pp(i), cfg, i))
             .collect::<Result<Vec<_>>>()?;
         let up_w = vb.pp("up").get("weight", &[d, d, 2, 2])?;
+        // (D_in, D_out, 2, 2) → (D_in, D_out·4) → transposed to (D_out·4, D_in) for Linear
         let up = Linear::from_parts(up_w.reshape((d, d * 4))?.t()?.contiguous()?, None)?;
         Ok(Comer {
             cfg: cfg.clone(),
@@ -475,8 +491,10 @@ impl Comer {
         }
         let d = self.cfg.embed_dim;
         let mut taps = Vec::new();
-        let [c1, c2, c3, c4] = self.spm.forward(img)?;
-        taps.push(("spm.c1".to_string(), c1.clone()));
+        let ([c1, c2, c3, c4], (h1, w1)) = super::profile::timed("spm", || self.spm.forward(img))?;
+        // (B, H·W, D) → (B, D, H, W)
+        let c1_nchw = c1.transpose(1, 2)?.reshape((b, d, h1, w1))?.contiguous()?;
+        taps.push(("spm.c1".to_string(), c1_nchw));
         taps.push(("spm.c2".to_string(), c2.clone()));
         taps.push(("spm.c3".to_string(), c3.clone()));
         taps.push(("spm.c4".to_string(), c4.clone()));
@@ -508,9 +526,7 @@ impl Comer {
         // pyramid, channels-last
         let [t2, t3, t4] = g.split(&c)?;
         let up = values(&self.up.forward(&t2)?)?; // (B, 2H·2W, D·4) as (o, dy, dx)
-        let (h1, w1) = (4 * h, 4 * w);
-        let c1v = values(&c1.permute((0, 2, 3, 1))?.contiguous()?)?; // (B, 4H, 4W, D)
-        let mut f1 = c1v;
+        let mut f1 = values(&c1)?; // (B, 4H, 4W, D)
         for bi in 0..b {
             for y in 0..2 * h {
                 for xx in 0..2 * w {

@@ -94,7 +94,7 @@ pub struct ComerConfig {
     /// beit: `qk_scale` (None → head_dim^-0.5).
     pub qk_scale: Option<f64>,
     /// `init_values`: CTI/injector `gamma` init, and for beit the blocks' layer-scale init
-    /// (layer scale present only when it is set and > 0).
+    /// (beit blocks have `gamma_1/gamma_2` whenever it is not None, 0.0 included).
     pub init_values: Option<f64>,
     // --- the CNN / interaction part ---
     pub conv_inplane: usize,
@@ -292,6 +292,11 @@ impl ComerConfig {
             extra_num: if flavor == Flavor::Det { k.usize(&["extra_num"], 4)? } else { 4 },
             dim_ratio: if flavor == Flavor::Seg { k.f64(&["dim_ratio"], 6.0)? } else { 0.5 },
         };
+        if beit && map.get("version").is_some_and(|v| v.as_str() != Some("new")) {
+            return Err(ConfigError::Invalid(
+                "BEiTComer2 version other than 'new' (per-interaction ViT maps) is not supported".into(),
+            ));
+        }
         for key in map.keys() {
             if !k.used.contains(key) && !IGNORED_KWARGS.contains(&key.as_str()) {
                 return Err(ConfigError::UnknownKwarg { flavor: flavor.name(), key: key.clone() });

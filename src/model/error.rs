@@ -55,6 +55,9 @@ pub enum ModelError {
     /// Reading a weights or input file failed.
     #[error("{path}: {message}")]
     Read { path: PathBuf, message: String },
+    /// The config cannot describe a working model.
+    #[error(transparent)]
+    Config(#[from] super::config::ConfigError),
     /// A tensor operation failed.
     #[error("tensor op: {0}")]
     Candle(#[from] candle_core::Error),

@@ -9,6 +9,7 @@ pub mod nn;
 pub mod ops;
 pub mod layout;
 pub mod presets;
+pub mod profile;
 pub mod vit;
 pub mod weights;
 

@@ -6,7 +6,7 @@
 //! `base/beit.py` build (`nn.Linear`, `nn.LayerNorm(eps=1e-6)`, `nn.SyncBatchNorm` /
 //! `nn.BatchNorm2d` with running statistics, eps 1e-5, `nn.Conv2d`).
 
-use candle_core::{D, Device, Tensor};
+use candle_core::{Device, Tensor};
 
 use super::error::ModelError;
 use super::ops;
@@ -113,8 +113,8 @@ impl BatchNorm {
     pub fn apply_nhwc(&self, x: &mut [f32]) {
         let c = self.scale.len();
         for row in x.chunks_mut(c) {
-            for i in 0..c {
-                row[i] = row[i] * self.scale[i] + self.shift[i];
+            for ((v, s), t) in row.iter_mut().zip(&self.scale).zip(&self.shift) {
+                *v = *v * s + t;
             }
         }
     }
@@ -168,6 +168,84 @@ impl Conv2d {
     }
 }
 
+/// A dense `k×k` `nn.Conv2d` run channels-last as im2col + GEMM over row chunks, with
+/// an optional BatchNorm folded in and an optional fused ReLU.
+pub struct ConvNhwc {
+    /// (k·k·C_in, C_out), rows ordered (ky, kx, c_in).
+    weight: Tensor,
+    bias: Vec<f32>,
+    k: usize,
+    stride: usize,
+    padding: usize,
+    relu: bool,
+}
+
+/// im2col rows per GEMM call (bounds the scratch memory).
+const IM2COL_ROWS: usize = 4096;
+
+impl ConvNhwc {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        vb: &Vb,
+        cin: usize,
+        cout: usize,
+        k: usize,
+        stride: usize,
+        padding: usize,
+        bn: Option<&BatchNorm>,
+        relu: bool,
+    ) -> Result<ConvNhwc> {
+        let w = vb.vec("weight", &[cout, cin, k, k])?;
+        let mut bias = if bn.is_none() { vb.vec("bias", &[cout])? } else { vec![0.0; cout] };
+        let mut m = vec![0f32; k * k * cin * cout];
+        for o in 0..cout {
+            let s = bn.map_or(1.0, |bn| bn.scale[o]);
+            for ci in 0..cin {
+                for t in 0..k * k {
+                    m[(t * cin + ci) * cout + o] = w[(o * cin + ci) * k * k + t] * s;
+                }
+            }
+            if let Some(bn) = bn {
+                bias[o] = bn.shift[o];
+            }
+        }
+        Ok(ConvNhwc { weight: tensor(m, &[k * k * cin, cout])?, bias, k, stride, padding, relu })
+    }
+
+    pub fn out_channels(&self) -> usize {
+        self.bias.len()
+    }
+
+    /// (B, H, W, C_in) values → (B, H', W', C_out) values and (H', W').
+    pub fn forward(&self, x: &[f32], dims: (usize, usize, usize, usize)) -> Result<(Vec<f32>, usize, usize)> {
+        let (b, h, w, c) = dims;
+        let oh = (h + 2 * self.padding - self.k) / self.stride + 1;
+        let ow = (w + 2 * self.padding - self.k) / self.stride + 1;
+        let cout = self.bias.len();
+        let kc = self.k * self.k * c;
+        let total = b * oh * ow;
+        let mut out = Vec::with_capacity(total * cout);
+        let mut scratch = vec![0f32; IM2COL_ROWS.min(total) * kc];
+        let mut r0 = 0;
+        while r0 < total {
+            let r1 = (r0 + IM2COL_ROWS).min(total);
+            let rows = r1 - r0;
+            ops::im2col_nhwc(x, dims, self.k, self.stride, self.padding, (oh, ow), r0..r1, &mut scratch[..rows * kc]);
+            // (rows, k·k·C_in)
+            let cols = Tensor::from_slice(&scratch[..rows * kc], (rows, kc), &Device::Cpu)?;
+            let y = values(&cols.matmul(&self.weight)?)?;
+            for row in y.chunks(cout) {
+                for (o, v) in row.iter().enumerate() {
+                    let v = v + self.bias[o];
+                    out.push(if self.relu { v.max(0.0) } else { v });
+                }
+            }
+            r0 = r1;
+        }
+        Ok((out, oh, ow))
+    }
+}
+
 /// A depthwise `nn.Conv2d(C, C, k, 1, k//2, groups=C)` run channels-last, optionally with a
 /// BatchNorm folded in.
 pub struct DwConv {
@@ -216,12 +294,4 @@ pub fn gelu(x: &Tensor) -> Result<Tensor> {
 /// `x + gamma·y` with `gamma` broadcast over the last axis.
 pub fn add_scaled(x: &Tensor, gamma: &Tensor, y: &Tensor) -> Result<Tensor> {
     Ok(x.add(&y.broadcast_mul(gamma)?)?)
-}
-
-/// Row-wise softmax of a contiguous tensor over its last axis.
-pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
-    let n = x.dim(D::Minus1)?;
-    let mut v = values(x)?;
-    ops::softmax_rows(&mut v, n);
-    tensor(v, x.dims())
 }

@@ -9,6 +9,9 @@
 //! Feature maps here are channels-last (`(B, H, W, C)`, the token layout), so every kernel
 //! runs innermost over contiguous channels.
 
+// Index loops below mirror the kernels' arithmetic over several arrays at once.
+#![allow(clippy::needless_range_loop)]
+
 use rayon::prelude::*;
 
 /// Bicubic coefficient A of PyTorch's `upsample_bicubic2d`.
@@ -202,10 +205,11 @@ pub fn layer_norm_rows(x: &[f32], c: usize, weight: &[f32], bias: &[f32], eps: f
 
 /// Softmax in place over each contiguous row of length `n`.
 pub fn softmax_rows(x: &mut [f32], n: usize) {
-    x.par_chunks_mut(n).for_each(softmax_one);
+    x.par_chunks_mut(n).for_each(softmax_row);
 }
 
-fn softmax_one(r: &mut [f32]) {
+/// Softmax in place over one row.
+pub fn softmax_row(r: &mut [f32]) {
     let m = r.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let mut s = 0f32;
     for v in r.iter_mut() {
@@ -290,7 +294,7 @@ pub fn ms_deform_attn(
         for m in 0..s.heads {
             let ab = (row * s.heads + m) * lp;
             weights.copy_from_slice(&logits[ab..ab + lp]);
-            softmax_one(&mut weights);
+            softmax_row(&mut weights);
             let acc = &mut dst[m * s.head_dim..(m + 1) * s.head_dim];
             for (li, l) in levels.iter().enumerate() {
                 let (wf, hf) = (l.w as f32, l.h as f32);
@@ -330,6 +334,64 @@ pub fn ms_deform_attn(
     out
 }
 
+/// im2col rows `r0..r1` of a `k×k`, stride `s`, padding `p` convolution on a channels-last
+/// map (B, H, W, C): each row is (ky, kx, c) for one output pixel, zeros outside.
+#[allow(clippy::too_many_arguments)]
+pub fn im2col_nhwc(
+    x: &[f32],
+    dims: (usize, usize, usize, usize),
+    k: usize,
+    s: usize,
+    p: usize,
+    out_hw: (usize, usize),
+    rows: std::ops::Range<usize>,
+    dst: &mut [f32],
+) {
+    let (_b, h, w, c) = dims;
+    let (oh, ow) = out_hw;
+    let kc = k * k * c;
+    dst.par_chunks_mut(kc).zip(rows).for_each(|(row, r)| {
+        let bi = r / (oh * ow);
+        let oy = (r / ow) % oh;
+        let ox = r % ow;
+        for ky in 0..k {
+            let iy = (oy * s + ky) as isize - p as isize;
+            for kx in 0..k {
+                let ix = (ox * s + kx) as isize - p as isize;
+                let d = &mut row[(ky * k + kx) * c..][..c];
+                if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize {
+                    d.fill(0.0);
+                } else {
+                    d.copy_from_slice(&x[((bi * h + iy as usize) * w + ix as usize) * c..][..c]);
+                }
+            }
+        }
+    });
+}
+
+/// `nn.MaxPool2d(3, 2, 1)` on a channels-last map; returns the map and its (H, W).
+pub fn max_pool_3s2p1_nhwc(x: &[f32], b: usize, h: usize, w: usize, c: usize) -> (Vec<f32>, usize, usize) {
+    let oh = (h + 2 - 3) / 2 + 1;
+    let ow = (w + 2 - 3) / 2 + 1;
+    let mut out = vec![f32::NEG_INFINITY; b * oh * ow * c];
+    out.par_chunks_mut(ow * c).enumerate().for_each(|(row, dst)| {
+        let bi = row / oh;
+        let oy = row % oh;
+        for ox in 0..ow {
+            let o = &mut dst[ox * c..(ox + 1) * c];
+            for iy in (2 * oy).saturating_sub(1)..(2 * oy + 2).min(h) {
+                for ix in (2 * ox).saturating_sub(1)..(2 * ox + 2).min(w) {
+                    let src = &x[((bi * h + iy) * w + ix) * c..][..c];
+                    for ch in 0..c {
+                        o[ch] = o[ch].max(src[ch]);
+                    }
+                }
+            }
+        }
+    });
+    (out, oh, ow)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -359,18 +421,12 @@ mod tests {
     fn bicubic_same_size_is_identity_and_upsample_matches_hand_values() {
         let src = [0.0, 1.0, 2.0, 3.0];
         close(&resize_bicubic_nhwc(&src, 1, 2, 2, 1, 2, 2), &src);
-        // 1×2 → 1×4 along x: src x = 0.5·(dst+0.5) − 0.5 = -0.25, 0.25, 0.75, 1.25
-        // t = 0.75 at x0 = -1: coeffs c2(1.75), c1(.75), c1(.25), c2(1.25) over
-        // clamped [0, 0, 1, 1] → c1(.25) + c2(1.25) = 0.8554688 + (-0.0732422)... computed:
+        // 1×2 → 1×4 along x: source x = 0.5·(dst+0.5) − 0.5 = −0.25, 0.25, 0.75, 1.25.
+        // dst 0: t = 0.75 at x0 = −1, taps clamp to [0, 0, 0, 1] → cubic2(1.25) = −0.10546875;
+        // dst 1: t = 0.25 at x0 = 0, taps [0, 0, 1, 1] → cubic1(0.75) + cubic2(1.75)
+        //        = 0.26171875 − 0.03515625 = 0.2265625; the rest by symmetry.
         let out = resize_bicubic_nhwc(&[0.0, 1.0], 1, 1, 2, 1, 1, 4);
-        let c = cubic_coeffs(0.75);
-        let first = c[2] + c[3];
-        let c = cubic_coeffs(0.25);
-        let second = c[2] + c[3];
-        close(&out, &[first, second, 1.0 - second, 1.0 - first]);
-        // hand values: cubic1(0.25) = 0.890625-ish family; check the symmetric sum is 1
-        assert!((out[0] + out[3] - 1.0).abs() < 1e-6);
-        assert!((cubic1(0.0) - 1.0).abs() < 1e-7 && cubic2(1.0).abs() < 1e-7);
+        close(&out, &[-0.10546875, 0.2265625, 0.7734375, 1.105_468_8]);
         // A = -0.75, t = 0.5: weights [-0.09375, 0.59375, 0.59375, -0.09375]
         close(&cubic_coeffs(0.5), &[-0.09375, 0.59375, 0.59375, -0.09375]);
     }
@@ -409,9 +465,9 @@ mod tests {
         // reference at the centre (0.5, 0.5) → pixel (0.5, 0.5): mean of all four = 2.5
         let out = ms_deform_attn(&value, &levels, &[[0.5, 0.5]], &[0.0, 0.0], &[0.0], s);
         close(&out, &[2.5]);
-        // offset −1 px in x from the centre of token (0,0): pixel (-0.5, 0): half the weight
-        // falls outside (zero padding) → 0.5·v(0,0) = 0.5
-        let out = ms_deform_attn(&value, &levels, &[[0.25, 0.25]], &[-1.0, 0.0], &[0.0], s);
+        // offset −0.5 px in x from the centre of token (0,0): pixel (−0.5, 0): half the
+        // weight falls outside (zero padding) → 0.5·v(0,0) = 0.5
+        let out = ms_deform_attn(&value, &levels, &[[0.25, 0.25]], &[-0.5, 0.0], &[0.0], s);
         close(&out, &[0.5]);
         // two points, logits equal: average of v(0,0) = 1 and v(1,1) = 4
         let s2 = DeformShape { points: 2, ..s };
@@ -425,3 +481,4 @@ mod tests {
         assert_eq!(refs, vec![[0.25, 0.5], [0.75, 0.5]]);
     }
 }
+

@@ -12,11 +12,11 @@
 //! tokens get q = `q_bias`, k = 0, v = `v_bias`). Padded tokens take part in the softmax
 //! in both.
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::Tensor;
 
 use super::config::{ComerConfig, Flavor};
 use super::error::ModelError;
-use super::nn::{LayerNorm, Linear, Result, add_scaled, gelu, softmax_last, tensor, values};
+use super::nn::{LayerNorm, Linear, Result, add_scaled, gelu, tensor, values};
 use super::weights::Vb;
 
 /// Upstream's `relative_position_index` for a `w×w` window: (w², w²).
@@ -86,10 +86,9 @@ impl Attention {
         let nrel = (2 * ws - 1) * (2 * ws - 1);
         let table = vb.vec("relative_position_bias_table", &[nrel, heads])?;
         let index = relative_position_index(ws);
-        if let Some(stored) = vb.buffer_i64("relative_position_index", &[ws * ws, ws * ws])? {
-            if stored != index {
-                return Err(ModelError::RelativePositionIndex { name: vb.name("relative_position_index") });
-            }
+        let stored = vb.buffer_i64("relative_position_index", &[ws * ws, ws * ws])?;
+        if stored.is_some_and(|s| s != index) {
+            return Err(ModelError::RelativePositionIndex { name: vb.name("relative_position_index") });
         }
         let n = ws * ws;
         let mut rb = vec![0f32; heads * n * n];
@@ -119,16 +118,22 @@ impl Attention {
         // (3, Bw, heads, n, head_dim)
         let qkv = qkv.reshape((bw, n, 3, self.heads, self.head_dim))?.permute((2, 0, 3, 1, 4))?.contiguous()?;
         let (q, k, v) = (qkv.get(0)?, qkv.get(1)?, qkv.get(2)?);
-        // (Bw, heads, n, n)
-        let mut attn = if self.scale_q_first {
-            (q * self.scale)?.matmul(&k.t()?)?
+        // (Bw, heads, n, n); scale, bias and softmax in one pass over the logits
+        let scale = self.scale as f32;
+        let (logits, scale_after) = if self.scale_q_first {
+            ((q * self.scale)?.matmul(&k.t()?)?, None)
         } else {
-            (q.matmul(&k.t()?)? * self.scale)?
+            (q.matmul(&k.t()?)?, Some(scale))
         };
-        if let Some((_, rb)) = &self.rel_bias {
-            attn = attn.broadcast_add(rb)?;
-        }
-        let attn = softmax_last(&attn)?;
+        let mut a = values(&logits)?;
+        let rb = match &self.rel_bias {
+            Some((_, t)) => Some(values(t)?),
+            None => None,
+        };
+        super::profile::timed("softmax", || {
+            softmax_scaled(&mut a, n, self.heads, scale_after, rb.as_deref())
+        });
+        let attn = tensor(a, &[bw, self.heads, n, n])?;
         // (Bw, heads, n, head_dim) → (Bw, n, heads, head_dim) → (Bw, n, C)
         Ok(attn.matmul(&v)?.transpose(1, 2)?.reshape((bw, n, c))?)
     }
@@ -139,10 +144,8 @@ impl Attention {
         let qkv = self.qkv.forward(x)?;
         let out = match self.window {
             None => {
-                if let Some((ws, _)) = &self.rel_bias {
-                    if ws * ws != n {
-                        return Err(ModelError::GlobalWindow { block: self.block, window: *ws, h, w });
-                    }
+                if let Some((ws, _)) = self.rel_bias.as_ref().filter(|(ws, _)| ws * ws != n) {
+                    return Err(ModelError::GlobalWindow { block: self.block, window: *ws, h, w });
                 }
                 self.core(&qkv)?
             }
@@ -158,6 +161,22 @@ impl Attention {
         };
         self.proj.forward(&out)
     }
+}
+
+/// In place over (Bw, heads, n, n) logits: optional scale, optional per-head bias
+/// (heads, n, n), softmax over the last axis.
+fn softmax_scaled(a: &mut [f32], n: usize, heads: usize, scale: Option<f32>, bias: Option<&[f32]>) {
+    use rayon::prelude::*;
+    a.par_chunks_mut(n).enumerate().for_each(|(row, r)| {
+        if let Some(s) = scale {
+            r.iter_mut().for_each(|v| *v *= s);
+        }
+        if let Some(b) = bias {
+            let hr = row % (heads * n);
+            r.iter_mut().zip(&b[hr * n..(hr + 1) * n]).for_each(|(v, b)| *v += b);
+        }
+        super::ops::softmax_row(r);
+    });
 }
 
 /// Partition a channels-last (B, H, W, C) map into `win×win` windows after padding bottom
@@ -230,22 +249,19 @@ impl Block {
 
     /// (B, N, C) → (B, N, C)
     pub fn forward(&self, x: &Tensor, h: usize, w: usize) -> Result<Tensor> {
-        let a = self.attn.forward(&self.norm1.forward(x)?, h, w)?;
+        let a = super::profile::timed("attention", || self.attn.forward(&self.norm1.forward(x)?, h, w))?;
         let x = match &self.gamma1 {
             Some(g) => add_scaled(x, g, &a)?,
             None => (x + a)?,
         };
-        let m = self.fc2.forward(&gelu(&self.fc1.forward(&self.norm2.forward(&x)?)?)?)?;
+        let h1 = super::profile::timed("mlp fc1", || self.fc1.forward(&self.norm2.forward(&x)?))?;
+        let h1 = super::profile::timed("gelu", || gelu(&h1))?;
+        let m = super::profile::timed("mlp fc2", || self.fc2.forward(&h1))?;
         Ok(match &self.gamma2 {
             Some(g) => add_scaled(&x, g, &m)?,
             None => (x + m)?,
         })
     }
-}
-
-/// A zero f32 tensor (helper for optional paths).
-pub fn zeros(shape: &[usize]) -> Result<Tensor> {
-    Ok(Tensor::zeros(shape, DType::F32, &Device::Cpu)?)
 }
 
 #[cfg(test)]

@@ -108,3 +108,10 @@ fn tensor_op_errors_convert() {
     let e = Tensor::zeros((2, 3), DType::F32, &Device::Cpu).unwrap().reshape((4, 2)).unwrap_err();
     assert!(matches!(ModelError::from(e), ModelError::Candle(_)));
 }
+
+#[test]
+fn config_that_upstream_cannot_run_is_refused() {
+    let (mut cfg, w) = case("det_tiny");
+    cfg.img_size = 96;
+    assert!(matches!(build(&cfg, w), Err(ModelError::Config(_))));
+}

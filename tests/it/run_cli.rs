@@ -91,3 +91,50 @@ fn bench_json_reports_median() {
     let v: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
     assert!(v["median_s"].as_f64().unwrap() > 0.0);
 }
+
+#[test]
+fn run_takes_an_image_and_config_from_metadata_and_renders_viz() {
+    let dir = fixture("forward/det_tiny");
+    let tmp = scratch("image");
+    // weights re-written with the config in metadata (float tensors only: buffers optional)
+    let w = candle_core::safetensors::load(dir.join("weights.safetensors"), &Device::Cpu).unwrap();
+    let mut owned: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+    for (k, t) in &w {
+        if t.dtype() == candle_core::DType::F32 {
+            let v = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            owned.push((k.clone(), t.dims().to_vec(), v.iter().flat_map(|x| x.to_le_bytes()).collect()));
+        }
+    }
+    let views: Vec<_> = owned
+        .iter()
+        .map(|(k, s, b)| (k.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b).unwrap()))
+        .collect();
+    let case = std::fs::read_to_string(dir.join("case.json")).unwrap();
+    let meta = std::collections::HashMap::from([("comer_port.config".to_string(), case)]);
+    let weights = tmp.join("w.safetensors");
+    std::fs::write(&weights, safetensors::serialize(views, Some(meta)).unwrap()).unwrap();
+    // a 70×50 image → resized to 64×64
+    let img = image::RgbImage::from_fn(70, 50, |x, y| image::Rgb([(x * 3) as u8, (y * 5) as u8, 128]));
+    let png = tmp.join("in.png");
+    img.save(&png).unwrap();
+    let out = tmp.join("o.safetensors");
+    let viz = tmp.join("viz.png");
+    let st = bin()
+        .arg("run")
+        .arg("--weights")
+        .arg(&weights)
+        .arg("--input")
+        .arg(&png)
+        .arg("-o")
+        .arg(&out)
+        .arg("--viz")
+        .arg(&viz)
+        .output()
+        .unwrap();
+    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+    let got = candle_core::safetensors::load(&out, &Device::Cpu).unwrap();
+    assert_eq!(got["image.out.f1"].dims(), &[1, 48, 16, 16]);
+    assert_eq!(got["image.out.f4"].dims(), &[1, 48, 2, 2]);
+    let v = image::open(&viz).unwrap();
+    assert_eq!((v.width(), v.height()), (64, 16));
+}
