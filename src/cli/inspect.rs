@@ -1,34 +1,332 @@
 //! `comer-port inspect FILE`: container, size, sha256, wrapper structure, tensor table,
 //! detected family and inferred config.
+//!
+//! Mirrors what one would piece together in Python from `torch.load(weights_only=True)`,
+//! `hashlib.sha256` and `timm`'s key conventions, without executing anything. Only the
+//! object tree is read; tensor bytes are touched only by `--check-finite` (and by sha256,
+//! which streams the file once).
 
-use std::path::PathBuf;
+use crate::families::detect::{self, Detection};
+use crate::formats::{self, Checkpoint, TensorView, Value};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 /// Arguments of `comer-port inspect`.
 #[derive(clap::Args, Debug)]
-#[command(after_help = "Examples:\n  comer-port inspect deit_tiny.pth\n  comer-port inspect beitv2.pth --json")]
+#[command(after_help = "Examples:\n  comer-port inspect deit_tiny.pth\n  comer-port inspect beitv2.pth --json\n  comer-port inspect ViT-B-16.pt --all\n  comer-port inspect augreg.npz --check-finite\n  comer-port inspect ./vit-base-patch16-224-in21k/   (a Hugging Face folder)\n\nExit codes: 0 ok, 1 non-finite values found (--check-finite), 3 the file was refused.")]
 pub struct Args {
-    /// Checkpoint file or Hugging Face folder.
+    /// Checkpoint file (.pth/.pt/.bin/.safetensors/.npz/.npy) or Hugging Face folder.
     pub file: PathBuf,
-    /// Print one JSON object instead of the table.
+    /// Print one JSON object (format, sha256, family, config, tensors, …) instead of the table.
     #[arg(long)]
     pub json: bool,
+    /// List every tensor instead of collapsing `blocks.{0..11}.…` rows.
+    #[arg(long)]
+    pub all: bool,
+    /// Read every float tensor and report NaN/Inf values (exit 1 when any).
+    #[arg(long)]
+    pub check_finite: bool,
+    /// Always compute the sha256 (by default it is skipped for inputs over 256 MiB, where
+    /// hashing every byte would dominate an otherwise instant inspect).
+    #[arg(long, conflicts_with = "no_sha256")]
+    pub sha256: bool,
+    /// Never compute the sha256.
+    #[arg(long)]
+    pub no_sha256: bool,
+}
+
+/// Inputs up to this size are hashed by default; larger ones only with `--sha256`.
+pub const AUTO_SHA256_MAX: u64 = 256 << 20;
+
+/// Streamed sha256 of a file (or of a folder's weight files, in order).
+fn sha256_of(paths: &[PathBuf]) -> std::io::Result<String> {
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    for p in paths {
+        let mut f = std::fs::File::open(p)?;
+        loop {
+            let n = f.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            h.update(&buf[..n]);
+        }
+    }
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Files whose bytes make up the checkpoint (the file, or a folder's weight files).
+fn weight_files(ck: &Checkpoint) -> Vec<PathBuf> {
+    if ck.path.is_dir() {
+        ck.metadata
+            .get("files")
+            .map(|f| f.split(',').map(|n| ck.path.join(n)).collect())
+            .unwrap_or_default()
+    } else {
+        vec![ck.path.clone()]
+    }
+}
+
+/// One row of the tensor table: a name pattern and the block indices it covers.
+struct Row {
+    pattern: String,
+    indices: Vec<usize>,
+    dtype: &'static str,
+    shape: Vec<usize>,
+    numel: usize,
+    bytes: usize,
+}
+
+/// Replace the first all-digit path component by `{}`; returns the pattern and the index.
+fn split_index(name: &str) -> Option<(String, usize)> {
+    let parts: Vec<&str> = name.split('.').collect();
+    let i = parts.iter().position(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()))?;
+    let idx = parts[i].parse().ok()?;
+    let mut out = parts.clone();
+    out[i] = "{}";
+    Some((out.join("."), idx))
+}
+
+fn rows(tensors: &[(String, &TensorView)], all: bool) -> Vec<Row> {
+    let mut out: Vec<Row> = Vec::new();
+    let mut at: BTreeMap<(String, &'static str, Vec<usize>), usize> = BTreeMap::new();
+    for (name, t) in tensors {
+        let (pattern, idx) = match (all, split_index(name)) {
+            (false, Some((p, i))) => (p, Some(i)),
+            _ => (name.clone(), None),
+        };
+        let key = (pattern.clone(), t.dtype.name(), t.shape.clone());
+        if let (Some(i), Some(&r)) = (idx, at.get(&key)) {
+            out[r].indices.push(i);
+            out[r].numel += t.numel();
+            out[r].bytes += t.nbytes();
+            continue;
+        }
+        if idx.is_some() {
+            at.insert(key, out.len());
+        }
+        out.push(Row {
+            pattern,
+            indices: idx.into_iter().collect(),
+            dtype: t.dtype.name(),
+            shape: t.shape.clone(),
+            numel: t.numel(),
+            bytes: t.nbytes(),
+        });
+    }
+    out
+}
+
+impl Row {
+    fn name(&self) -> String {
+        if self.indices.is_empty() {
+            return self.pattern.clone();
+        }
+        let (lo, hi) = (self.indices[0], self.indices[self.indices.len() - 1]);
+        let contiguous = self.indices.windows(2).all(|w| w[1] == w[0] + 1);
+        let set = if self.indices.len() == 1 {
+            lo.to_string()
+        } else if contiguous {
+            format!("{{{lo}..{hi}}}")
+        } else {
+            format!("{{{}}}", self.indices.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(","))
+        };
+        self.pattern.replacen("{}", &set, 1)
+    }
+}
+
+/// The top-level structure: `dict{model: dict(152 tensors), epoch: int, …}`.
+fn structure(v: &Value, depth: usize) -> String {
+    let mut n = Vec::new();
+    v.collect_tensors("", &mut n);
+    match v {
+        Value::Dict(items) if depth < 2 && items.iter().any(|(_, x)| !matches!(x, Value::Tensor(_))) => {
+            let inner: Vec<String> = items
+                .iter()
+                .take(12)
+                .map(|(k, x)| {
+                    let k = k.as_str().map(str::to_string).unwrap_or_else(|| format!("<{}>", k.kind()));
+                    format!("{k}: {}", structure(x, depth + 1))
+                })
+                .collect();
+            let more = if items.len() > 12 { format!(", … {} more", items.len() - 12) } else { String::new() };
+            format!("dict{{{}{more}}}", inner.join(", "))
+        }
+        Value::Dict(items) => format!("dict({} entries, {} tensors)", items.len(), n.len()),
+        Value::Object { class, .. } => format!("{class}({} tensors)", n.len()),
+        Value::Int(i) => format!("int {i}"),
+        Value::Str(s) if s.len() <= 40 => format!("str {s:?}"),
+        other if n.is_empty() => other.kind().to_string(),
+        other => format!("{}({} tensors)", other.kind(), n.len()),
+    }
+}
+
+/// Non-finite counts of one tensor (integers are always finite).
+fn non_finite(t: &TensorView) -> (usize, usize) {
+    if !t.dtype.is_float() {
+        return (0, 0);
+    }
+    t.to_f32().iter().fold((0, 0), |(n, i), v| (n + v.is_nan() as usize, i + v.is_infinite() as usize))
+}
+
+fn human(bytes: u64) -> String {
+    let b = bytes as f64;
+    if b >= 1e9 {
+        format!("{:.2} GB", b / 1e9)
+    } else if b >= 1e6 {
+        format!("{:.2} MB", b / 1e6)
+    } else if b >= 1e3 {
+        format!("{:.1} kB", b / 1e3)
+    } else {
+        format!("{bytes} B")
+    }
+}
+
+fn size_of(paths: &[PathBuf]) -> u64 {
+    paths.iter().filter_map(|p| std::fs::metadata(p).ok()).map(|m| m.len()).sum()
 }
 
 pub fn run(args: Args) -> anyhow::Result<i32> {
-    let ckpt = crate::formats::open(&args.file)?;
-    let tensors = ckpt.tensors();
+    let t0 = Instant::now();
+    let ck = formats::open(&args.file)?;
+    let read_s = t0.elapsed().as_secs_f64();
+    let files = weight_files(&ck);
+    let size = size_of(&files);
+    let t1 = Instant::now();
+    let want_sha = !args.no_sha256 && (args.sha256 || size <= AUTO_SHA256_MAX);
+    let sha = if want_sha {
+        Some(sha256_of(&files).map_err(|e| formats::FormatError::io(&args.file, e))?)
+    } else {
+        None
+    };
+    let sha_s = t1.elapsed().as_secs_f64();
+    let tensors = ck.tensors();
+    let det: Detection = detect::detect_checkpoint(&ck);
+    let (wrapper, sd) = ck.state_dict();
+    let total_numel: usize = tensors.iter().map(|(_, t)| t.numel()).sum();
+    let total_bytes: usize = tensors.iter().map(|(_, t)| t.nbytes()).sum();
+
+    let mut bad: Vec<(String, usize, usize)> = Vec::new();
+    if args.check_finite {
+        for (n, t) in &tensors {
+            let (nan, inf) = non_finite(t);
+            if nan + inf > 0 {
+                bad.push((n.clone(), nan, inf));
+            }
+        }
+    }
+
     if args.json {
         let list: Vec<_> = tensors
             .iter()
             .map(|(n, t)| serde_json::json!({"name": n, "dtype": t.dtype.name(), "shape": t.shape}))
             .collect();
-        let v = serde_json::json!({"format": ckpt.format.name(), "tensors": list});
+        let mut v = serde_json::json!({
+            "path": ck.path,
+            "format": ck.format.name(),
+            "size": size,
+            "sha256": sha,
+            "structure": structure(&ck.root, 0),
+            "wrapper": wrapper,
+            "metadata": ck.metadata,
+            "family": det.family.name(),
+            "reason": det.reason,
+            "config": det.config,
+            "tensors": list,
+            "totals": {"tensors": tensors.len(), "state_dict_tensors": sd.len(), "numel": total_numel, "bytes": total_bytes},
+            "timing_s": {"read": read_s, "sha256": sha_s},
+        });
+        if args.check_finite {
+            v["non_finite"] = serde_json::json!(bad
+                .iter()
+                .map(|(n, nan, inf)| serde_json::json!({"name": n, "nan": nan, "inf": inf}))
+                .collect::<Vec<_>>());
+        }
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
-        println!("{}: {} ({} tensors)", args.file.display(), ckpt.format.name(), tensors.len());
-        for (n, t) in tensors {
-            println!("  {n:<60} {:<5} {:?}", t.dtype.name(), t.shape);
+        print_table(&args, &ck, sha.as_deref(), size, &tensors, &wrapper, &det, read_s, sha_s);
+        if args.check_finite {
+            if bad.is_empty() {
+                println!("check-finite: every value is finite");
+            } else {
+                for (n, nan, inf) in &bad {
+                    println!("check-finite: {n}: {nan} NaN, {inf} Inf");
+                }
+            }
         }
     }
-    Ok(super::EXIT_OK)
+    Ok(if bad.is_empty() { super::EXIT_OK } else { super::EXIT_CHECK_FAILED })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn print_table(
+    args: &Args,
+    ck: &Checkpoint,
+    sha: Option<&str>,
+    size: u64,
+    tensors: &[(String, &TensorView)],
+    wrapper: &str,
+    det: &Detection,
+    read_s: f64,
+    sha_s: f64,
+) {
+    let p: &Path = &ck.path;
+    println!("file       {}", p.display());
+    println!("format     {}", ck.format.name());
+    println!("size       {} ({size} bytes)", human(size));
+    match sha {
+        Some(sha) => println!("sha256     {sha}  ({sha_s:.3} s; object tree read in {read_s:.3} s)"),
+        None => println!(
+            "sha256     (skipped: input over {} MiB; pass --sha256 to hash it; object tree read in {read_s:.3} s)",
+            AUTO_SHA256_MAX >> 20
+        ),
+    }
+    println!("structure  {}", structure(&ck.root, 0));
+    println!("wrapper    {}", if wrapper.is_empty() { "(none: the root is the state dict)" } else { wrapper });
+    for (k, v) in &ck.metadata {
+        if !k.starts_with("config.") || args.all {
+            println!("meta       {k} = {v}");
+        }
+    }
+    println!();
+    let rows = rows(tensors, args.all);
+    let w = rows.iter().map(|r| r.name().len()).max().unwrap_or(4).clamp(4, 80);
+    println!("{:<w$}  {:<5}  {:<18}  {:>12}  {:>12}", "name", "dtype", "shape", "numel", "bytes");
+    for r in &rows {
+        let shape = format!("{:?}", r.shape);
+        let mult = if r.indices.len() > 1 { format!(" ×{}", r.indices.len()) } else { String::new() };
+        println!("{:<w$}  {:<5}  {:<18}  {:>12}  {:>12}{mult}", r.name(), r.dtype, shape, r.numel, r.bytes);
+    }
+    let numel: usize = tensors.iter().map(|(_, t)| t.numel()).sum();
+    let bytes: usize = tensors.iter().map(|(_, t)| t.nbytes()).sum();
+    println!("total      {} tensors, {numel} values, {}", tensors.len(), human(bytes as u64));
+    println!();
+    println!("family     {}", det.family.name());
+    println!("reason     {}", det.reason);
+    if let Some(c) = &det.config {
+        println!(
+            "config     embed {} depth {} heads {} patch {} grid {} prefix {} registers {} mlp {}",
+            c.embed_dim,
+            c.depth,
+            c.num_heads,
+            c.patch_size,
+            c.pretrain_grid.map_or("-".to_string(), |(a, b)| format!("{a}x{b}")),
+            c.prefix_tokens,
+            c.num_registers,
+            c.mlp_hidden
+        );
+        println!(
+            "           qkv {:?} layer-scale {} rel-pos {:?} activation {:?} ln-eps {:e} pre-norm {}{}",
+            c.qkv,
+            c.layer_scale.as_deref().unwrap_or("-"),
+            c.rel_pos,
+            c.activation,
+            c.layernorm_eps,
+            c.pre_norm.as_deref().unwrap_or("-"),
+            if c.assumed.is_empty() { String::new() } else { format!(" (assumed: {})", c.assumed.join(", ")) }
+        );
+    }
 }

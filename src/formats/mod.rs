@@ -18,6 +18,7 @@ pub mod pickle;
 pub mod safetensors_reader;
 pub mod tensor;
 pub mod torch_zip;
+pub mod testkit;
 pub mod value;
 pub mod zip;
 

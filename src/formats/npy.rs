@@ -75,7 +75,10 @@ pub fn parse_header(path: &Path, entry: &str, b: &[u8]) -> Result<Header, Format
             entry: entry.to_string(),
         });
     }
-    let (order, code) = descr.split_at(descr.len().min(1));
+    let mut chars = descr.chars();
+    let order = chars.next().map(String::from).unwrap_or_default();
+    let code = chars.as_str();
+    let order = order.as_str();
     let big_endian = match order {
         "<" | "|" | "=" => false,
         ">" => true,
@@ -194,6 +197,7 @@ fn npy_checkpoint(path: &Path, storage: Arc<Storage>) -> Result<Checkpoint, Form
 pub fn read_npz(path: &Path, map: Option<Arc<memmap2::Mmap>>, bytes: &[u8]) -> Result<Checkpoint, FormatError> {
     let archive = Archive::parse(path, bytes)?;
     let mut items = Vec::new();
+    let mut seen = std::collections::HashSet::new();
     for m in &archive.members {
         let Some(name) = m.name.strip_suffix(".npy") else {
             continue;
@@ -208,7 +212,7 @@ pub fn read_npz(path: &Path, map: Option<Arc<memmap2::Mmap>>, bytes: &[u8]) -> R
             _ => Storage::Owned(archive.read(m)?.into_owned()),
         };
         let t = tensor(path, &m.name, Arc::new(storage))?;
-        if items.iter().any(|(k, _): &(Value, Value)| k.as_str() == Some(name)) {
+        if !seen.insert(name.to_string()) {
             return Err(FormatError::DuplicateKey {
                 path: path.to_path_buf(),
                 entry: m.name.clone(),

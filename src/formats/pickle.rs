@@ -14,7 +14,7 @@
 
 use super::tensor::checked_numel;
 use super::{DType, FormatError, Storage, TensorView, Value};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -89,8 +89,8 @@ struct Entry {
     size: usize,
     /// Memo slots that alias this (mutable) value; refreshed when it leaves the stack.
     memo: Vec<u32>,
-    /// String/int keys already in a dict (built lazily), for duplicate detection.
-    keys: Option<HashSet<String>>,
+    /// String/int keys already in a dict → their position (built lazily), for duplicates.
+    keys: Option<HashMap<String, usize>>,
 }
 
 impl Entry {
@@ -116,6 +116,8 @@ struct Vm<'a, 'b> {
     stack: Vec<Entry>,
     marks: Vec<usize>,
     memo: HashMap<u32, (Value, usize, usize)>,
+    /// Memo slots aliased by a container still on the stack (slot → entries).
+    open: HashMap<u32, usize>,
     nodes: usize,
     max_nodes: usize,
     load: &'b mut PersistentLoad<'b>,
@@ -141,6 +143,7 @@ pub fn unpickle(
         stack: Vec::new(),
         marks: Vec::new(),
         memo: HashMap::new(),
+        open: HashMap::new(),
         nodes: 0,
         max_nodes,
         load,
@@ -267,9 +270,7 @@ impl<'a, 'b> Vm<'a, 'b> {
         if self.marks.last().is_some_and(|&m| m > self.stack.len()) {
             return Err(self.err("stack underflow past a MARK"));
         }
-        for &k in &e.memo {
-            self.memo.insert(k, (e.v.clone(), e.depth, e.size));
-        }
+        self.close(&e);
         Ok(e)
     }
     fn top(&mut self) -> Result<&mut Entry, FormatError> {
@@ -288,12 +289,23 @@ impl<'a, 'b> Vm<'a, 'b> {
         }
         let items = self.stack.split_off(m);
         for e in &items {
-            for &k in &e.memo {
-                self.memo.insert(k, (e.v.clone(), e.depth, e.size));
-            }
+            self.close(e);
         }
         Ok(items)
     }
+    /// An entry leaves the stack: refresh the memo slots aliasing it, which are now closed.
+    fn close(&mut self, e: &Entry) {
+        for &k in &e.memo {
+            self.memo.insert(k, (e.v.clone(), e.depth, e.size));
+            if let Some(n) = self.open.get_mut(&k) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    self.open.remove(&k);
+                }
+            }
+        }
+    }
+
     fn pop_n(&mut self, n: usize) -> Result<Vec<Entry>, FormatError> {
         let mut out = Vec::with_capacity(n);
         for _ in 0..n {
@@ -331,12 +343,13 @@ impl<'a, 'b> Vm<'a, 'b> {
         };
         if mutable {
             e.memo.push(key);
+            *self.open.entry(key).or_insert(0) += 1;
         }
         self.memo.insert(key, snapshot);
         Ok(())
     }
     fn memo_get(&mut self, key: u32) -> Result<(), FormatError> {
-        if self.stack.iter().any(|e| e.memo.contains(&key)) {
+        if self.open.contains_key(&key) {
             return Err(self.err(format!(
                 "memo slot {key} refers to a container still being built (cyclic container)"
             )));
@@ -651,7 +664,7 @@ impl<'a, 'b> Vm<'a, 'b> {
     }
 
     fn setitems(&mut self, items: Vec<Entry>) -> Result<(), FormatError> {
-        if items.len() % 2 != 0 {
+        if !items.len().is_multiple_of(2) {
             return Err(self.err("odd number of items for SETITEMS"));
         }
         let op_pos = self.op_pos;
@@ -667,15 +680,17 @@ impl<'a, 'b> Vm<'a, 'b> {
         let Value::Dict(dict) = &mut top.v else {
             return Err(mk_err(format!("SETITEM on a {}", top.v.kind())));
         };
-        let keys = top.keys.get_or_insert_with(|| dict.iter().filter_map(|(k, _)| key_repr(k)).collect());
+        let keys = top
+            .keys
+            .get_or_insert_with(|| dict.iter().enumerate().filter_map(|(i, (k, _))| key_repr(k).map(|r| (r, i))).collect());
         let mut it = items.into_iter();
         while let (Some(k), Some(v)) = (it.next(), it.next()) {
             top.depth = top.depth.max(k.depth + 1).max(v.depth + 1);
             top.size = top.size.saturating_add(k.size).saturating_add(v.size);
             match key_repr(&k.v) {
-                Some(r) if keys.contains(&r) => {
+                Some(r) if keys.contains_key(&r) => {
                     // Python keeps the last value; two tensors under one name is a lie.
-                    let slot = dict.iter_mut().find(|(ek, _)| key_repr(ek).as_deref() == Some(&r));
+                    let slot = keys.get(&r).and_then(|&i| dict.get_mut(i));
                     if let Some((_, old)) = slot {
                         if matches!(old, Value::Tensor(_)) && matches!(v.v, Value::Tensor(_)) {
                             return Err(FormatError::DuplicateKey {
@@ -688,7 +703,7 @@ impl<'a, 'b> Vm<'a, 'b> {
                     }
                 }
                 Some(r) => {
-                    keys.insert(r);
+                    keys.insert(r, dict.len());
                     dict.push((k.v, v.v));
                 }
                 None => dict.push((k.v, v.v)),
@@ -708,7 +723,7 @@ impl<'a, 'b> Vm<'a, 'b> {
             Value::Object { class, state: s, .. } if class != GLOBAL_CLASS && class != STORAGE_CLASS => {
                 top.depth = top.depth.max(state.depth + 1);
                 top.size = top.size.saturating_add(state.size);
-                *s = Box::new(state.v);
+                **s = state.v;
                 if top.depth > MAX_NESTING {
                     return Err(self.err(format!("containers nested deeper than {MAX_NESTING}")));
                 }

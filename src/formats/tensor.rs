@@ -9,6 +9,10 @@ use super::{DType, FormatError};
 use std::path::Path;
 use std::sync::Arc;
 
+/// A view may address at most this many times its storage's bytes (plus 1 MiB) when
+/// materialised: stride-0 (broadcast) views are legal, unbounded ones are a memory attack.
+pub const MAX_VIEW_EXPANSION: usize = 16;
+
 /// Raw bytes of one storage: a slice of a memory-mapped file, or bytes owned in memory
 /// (decompressed zip members, files too small to be worth mapping).
 #[derive(Debug)]
@@ -124,6 +128,19 @@ impl TensorView {
                 .checked_add(1)
                 .and_then(|n| n.checked_mul(dtype.size()))
                 .ok_or_else(|| FormatError::bad_tensor(path, name, "byte extent overflows"))?;
+            // A view may repeat elements (stride 0), but materialising it must stay within a
+            // small multiple of its storage: a broadcast "lie" cannot claim terabytes.
+            let nbytes = numel
+                .checked_mul(dtype.size())
+                .ok_or_else(|| FormatError::bad_tensor(path, name, "byte size overflows"))?;
+            let cap = storage.len().saturating_mul(MAX_VIEW_EXPANSION).saturating_add(1 << 20);
+            if nbytes > cap {
+                return Err(FormatError::bad_tensor(
+                    path,
+                    name,
+                    format!("view of {nbytes} bytes over a storage of {} bytes (repeats elements more than {MAX_VIEW_EXPANSION}x)", storage.len()),
+                ));
+            }
             if end_bytes > storage.len() {
                 return Err(FormatError::bad_tensor(
                     path,
@@ -178,12 +195,14 @@ impl TensorView {
             f(pos);
             // Odometer increment, last dimension fastest.
             for d in (0..rank).rev() {
+                // Wrapping: a size-1 dimension may carry any stride; the final positions were
+                // validated against the storage when the view was made.
                 idx[d] += 1;
-                pos += self.strides[d];
+                pos = pos.wrapping_add(self.strides[d]);
                 if idx[d] < self.shape[d] {
                     break;
                 }
-                pos -= self.strides[d] * self.shape[d];
+                pos = pos.wrapping_sub(self.strides[d].wrapping_mul(self.shape[d]));
                 idx[d] = 0;
             }
         }
@@ -211,6 +230,12 @@ impl TensorView {
 
     /// The elements converted to f32 (integers and bool cast like `tensor.float()`).
     pub fn to_f32(&self) -> Vec<f32> {
+        if self.is_contiguous() && !self.big_endian {
+            // Fast path: decode straight from the (mapped) storage, no intermediate copy.
+            let es = self.dtype.size();
+            let start = self.offset * es;
+            return decode_le_f32(self.dtype, &self.storage.bytes()[start..start + self.nbytes()]);
+        }
         let bytes = self.to_le_bytes();
         decode_le_f32(self.dtype, &bytes)
     }

@@ -77,11 +77,11 @@ fn read_bytes(path: &Path, src: Source) -> Result<Checkpoint, FormatError> {
     };
     metadata.insert("byteorder".into(), if big_endian { "big" } else { "little" }.into());
     for rec in [".format_version", "version", ".storage_alignment"] {
-        if let Some(m) = archive.find(&format!("{root}{rec}")) {
-            if m.size <= 64 {
-                let b = archive.read(m)?;
-                metadata.insert(rec.trim_start_matches('.').into(), String::from_utf8_lossy(&b).trim().to_string());
-            }
+        if let Some(m) = archive.find(&format!("{root}{rec}"))
+            && m.size <= 64
+        {
+            let b = archive.read(m)?;
+            metadata.insert(rec.trim_start_matches('.').into(), String::from_utf8_lossy(&b).trim().to_string());
         }
     }
     let eager_crc = (bytes.len() as u64) <= MAX_EAGER_CRC;
@@ -90,6 +90,14 @@ fn read_bytes(path: &Path, src: Source) -> Result<Checkpoint, FormatError> {
     let data = archive.read(m)?;
     let root_value = load_pickle(path, &archive, &src, root, "data/", &pkl, &data, torchscript, big_endian, eager_crc)?;
     if torchscript {
+        // The module classes name the activation (open_clip's `QuickGELU` vs `nn.GELU`).
+        let mut classes = Vec::new();
+        class_names(&root_value, &mut classes, 0);
+        if classes.iter().any(|c| c.ends_with(".QuickGELU")) {
+            metadata.insert("activation".into(), "quick-gelu".into());
+        } else if classes.iter().any(|c| c.ends_with(".GELU")) {
+            metadata.insert("activation".into(), "gelu".into());
+        }
         if let Some(m) = archive.find(&format!("{root}constants.pkl")) {
             let name = m.name.clone();
             let data = archive.read(m)?;
@@ -184,4 +192,29 @@ fn load_pickle(
 
 fn dname(d: Option<DType>) -> &'static str {
     d.map_or("untyped", DType::name)
+}
+
+/// Class names of the inert objects in a TorchScript tree (depth-bounded like the VM).
+fn class_names(v: &Value, out: &mut Vec<String>, depth: usize) {
+    if depth > pickle::MAX_NESTING {
+        return;
+    }
+    match v {
+        Value::Object { class, args, state } => {
+            out.push(class.clone());
+            class_names(args, out, depth + 1);
+            class_names(state, out, depth + 1);
+        }
+        Value::Dict(items) => {
+            for (_, x) in items {
+                class_names(x, out, depth + 1);
+            }
+        }
+        Value::List(items) | Value::Tuple(items) => {
+            for x in items {
+                class_names(x, out, depth + 1);
+            }
+        }
+        _ => {}
+    }
 }

@@ -1,7 +1,8 @@
-//! Shared helpers for the integration tests: fixture paths, running the binary.
+//! Shared helpers for the integration tests: fixture paths, temp files, running the binary.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Path under the project's own `fixtures/` folder.
 #[allow(dead_code)]
@@ -13,4 +14,33 @@ pub fn fixture(rel: &str) -> PathBuf {
 #[allow(dead_code)]
 pub fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_comer-port"))
+}
+
+static N: AtomicUsize = AtomicUsize::new(0);
+
+/// A fresh empty folder under the system temp dir, unique per call.
+#[allow(dead_code)]
+pub fn tmpdir() -> PathBuf {
+    let d = std::env::temp_dir().join(format!(
+        "comer-port-it-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    ));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).expect("create temp dir");
+    d
+}
+
+/// Write `bytes` to a fresh temp file named `name`; returns its path.
+#[allow(dead_code)]
+pub fn temp_file(name: &str, bytes: &[u8]) -> PathBuf {
+    let p = tmpdir().join(name);
+    std::fs::write(&p, bytes).expect("write temp file");
+    p
+}
+
+/// Files in the folder holding `p` (to assert nothing was written beside an input).
+#[allow(dead_code)]
+pub fn siblings(p: &Path) -> usize {
+    std::fs::read_dir(p.parent().expect("parent")).map(|d| d.count()).unwrap_or(0)
 }

@@ -1,0 +1,265 @@
+//! Minimal writers for building checkpoints in tests, fuzz seeds and the synthetic
+//! benchmark input: a pickle byte builder and a stored-only zip writer in the layout
+//! `torch.save` produces.
+//!
+//! Mirrors the byte layouts of `torch/serialization.py` `_save` (records `<root>/data.pkl`,
+//! `<root>/byteorder`, `<root>/data/<key>`, 64-byte aligned, stored) and Python's `pickle`
+//! protocol 2 opcodes. It is not the project's exporter (that lives in `export/pth.rs`): it
+//! writes exactly the bytes a test asks for, hostile ones included.
+
+use std::io::{Seek, SeekFrom, Write};
+
+/// A pickle under construction; every method appends opcodes.
+#[derive(Default, Clone)]
+pub struct Pickle(pub Vec<u8>);
+
+impl Pickle {
+    /// `PROTO 2`.
+    pub fn new() -> Self {
+        Pickle(vec![0x80, 2])
+    }
+    pub fn raw(mut self, b: &[u8]) -> Self {
+        self.0.extend_from_slice(b);
+        self
+    }
+    pub fn op(self, op: u8) -> Self {
+        self.raw(&[op])
+    }
+    pub fn mark(self) -> Self {
+        self.op(b'(')
+    }
+    pub fn stop(self) -> Self {
+        self.op(b'.')
+    }
+    pub fn tuple(self) -> Self {
+        self.op(b't')
+    }
+    pub fn reduce(self) -> Self {
+        self.op(b'R')
+    }
+    pub fn empty_dict(self) -> Self {
+        self.op(b'}')
+    }
+    pub fn empty_tuple(self) -> Self {
+        self.op(b')')
+    }
+    pub fn setitem(self) -> Self {
+        self.op(b's')
+    }
+    pub fn setitems(self) -> Self {
+        self.op(b'u')
+    }
+    pub fn binpersid(self) -> Self {
+        self.op(b'Q')
+    }
+    pub fn none(self) -> Self {
+        self.op(b'N')
+    }
+    pub fn newfalse(self) -> Self {
+        self.op(0x89)
+    }
+    /// `GLOBAL module\nname\n`.
+    pub fn global(self, module: &str, name: &str) -> Self {
+        self.op(b'c').raw(format!("{module}\n{name}\n").as_bytes())
+    }
+    /// `BINUNICODE`.
+    pub fn str(self, s: &str) -> Self {
+        let n = (s.len() as u32).to_le_bytes();
+        self.op(b'X').raw(&n).raw(s.as_bytes())
+    }
+    /// `BININT` (or LONG1 for values outside i32).
+    pub fn int(self, i: i64) -> Self {
+        if let Ok(v) = i32::try_from(i) {
+            self.op(b'J').raw(&v.to_le_bytes())
+        } else {
+            self.op(0x8a).raw(&[8]).raw(&i.to_le_bytes())
+        }
+    }
+    pub fn binput(self, k: u8) -> Self {
+        self.op(b'q').raw(&[k])
+    }
+    pub fn binget(self, k: u8) -> Self {
+        self.op(b'h').raw(&[k])
+    }
+    /// A tuple of ints (`MARK ints… TUPLE`).
+    pub fn ints(self, v: &[i64]) -> Self {
+        let mut p = self.mark();
+        for &i in v {
+            p = p.int(i);
+        }
+        p.tuple()
+    }
+    /// `('storage', torch.<class>, key, 'cpu', numel)` BINPERSID.
+    pub fn storage(self, class: &str, key: &str, numel: i64) -> Self {
+        self.mark()
+            .str("storage")
+            .global("torch", class)
+            .str(key)
+            .str("cpu")
+            .int(numel)
+            .tuple()
+            .binpersid()
+    }
+    /// `_rebuild_tensor_v2(storage, offset, size, stride, False, OrderedDict())`.
+    pub fn tensor(self, class: &str, key: &str, numel: i64, offset: i64, size: &[i64], stride: &[i64]) -> Self {
+        self.global("torch._utils", "_rebuild_tensor_v2")
+            .mark()
+            .storage(class, key, numel)
+            .int(offset)
+            .ints(size)
+            .ints(stride)
+            .newfalse()
+            .global("collections", "OrderedDict")
+            .empty_tuple()
+            .reduce()
+            .tuple()
+            .reduce()
+    }
+}
+
+/// Row-major strides of `size`.
+pub fn strides(size: &[i64]) -> Vec<i64> {
+    let mut st = vec![1i64; size.len()];
+    for d in (0..size.len().saturating_sub(1)).rev() {
+        st[d] = st[d + 1] * size[d + 1];
+    }
+    st
+}
+
+struct Entry {
+    name: String,
+    crc: u32,
+    size: u64,
+    offset: u64,
+}
+
+/// A stored-only zip writer (zip64 not written: archives must stay under 4 GiB).
+pub struct ZipWriter<W: Write + Seek> {
+    w: W,
+    entries: Vec<Entry>,
+    /// Align each record's data to this many bytes (torch uses 64).
+    pub align: u64,
+}
+
+impl<W: Write + Seek> ZipWriter<W> {
+    pub fn new(w: W) -> Self {
+        ZipWriter {
+            w,
+            entries: Vec::new(),
+            align: 64,
+        }
+    }
+
+    /// Add a stored member, producing its bytes in chunks through `fill` (CRC patched after).
+    pub fn add_with(
+        &mut self,
+        name: &str,
+        size: u64,
+        mut fill: impl FnMut(&mut dyn FnMut(&[u8]) -> std::io::Result<()>) -> std::io::Result<()>,
+    ) -> std::io::Result<()> {
+        let offset = self.w.stream_position()?;
+        // Padding in the extra field so the data starts aligned.
+        let base = offset + 30 + name.len() as u64 + 4;
+        let pad = (self.align - base % self.align) % self.align;
+        let mut h = Vec::new();
+        h.extend_from_slice(&0x0403_4b50u32.to_le_bytes());
+        h.extend_from_slice(&20u16.to_le_bytes()); // version
+        h.extend_from_slice(&0u16.to_le_bytes()); // flags
+        h.extend_from_slice(&0u16.to_le_bytes()); // stored
+        h.extend_from_slice(&[0, 0, 0, 0]); // time, date
+        h.extend_from_slice(&0u32.to_le_bytes()); // crc, patched below
+        h.extend_from_slice(&(size as u32).to_le_bytes());
+        h.extend_from_slice(&(size as u32).to_le_bytes());
+        h.extend_from_slice(&(name.len() as u16).to_le_bytes());
+        h.extend_from_slice(&((4 + pad) as u16).to_le_bytes());
+        h.extend_from_slice(name.as_bytes());
+        h.extend_from_slice(&0xcafeu16.to_le_bytes());
+        h.extend_from_slice(&(pad as u16).to_le_bytes());
+        h.extend(std::iter::repeat_n(0u8, pad as usize));
+        self.w.write_all(&h)?;
+        let mut hasher = crc32fast::Hasher::new();
+        let mut written = 0u64;
+        {
+            let w = &mut self.w;
+            let mut sink = |b: &[u8]| -> std::io::Result<()> {
+                hasher.update(b);
+                written += b.len() as u64;
+                w.write_all(b)
+            };
+            fill(&mut sink)?;
+        }
+        if written != size {
+            return Err(std::io::Error::other(format!("{name}: wrote {written} of {size} bytes")));
+        }
+        let crc = hasher.finalize();
+        let end = self.w.stream_position()?;
+        self.w.seek(SeekFrom::Start(offset + 14))?;
+        self.w.write_all(&crc.to_le_bytes())?;
+        self.w.seek(SeekFrom::Start(end))?;
+        self.entries.push(Entry {
+            name: name.to_string(),
+            crc,
+            size,
+            offset,
+        });
+        Ok(())
+    }
+
+    pub fn add(&mut self, name: &str, data: &[u8]) -> std::io::Result<()> {
+        self.add_with(name, data.len() as u64, |sink| sink(data))
+    }
+
+    /// Write the central directory and end record; returns the writer.
+    pub fn finish(mut self) -> std::io::Result<W> {
+        let cd_start = self.w.stream_position()?;
+        for e in &self.entries {
+            let mut h = Vec::new();
+            h.extend_from_slice(&0x0201_4b50u32.to_le_bytes());
+            h.extend_from_slice(&20u16.to_le_bytes());
+            h.extend_from_slice(&20u16.to_le_bytes());
+            h.extend_from_slice(&0u16.to_le_bytes());
+            h.extend_from_slice(&0u16.to_le_bytes());
+            h.extend_from_slice(&[0, 0, 0, 0]);
+            h.extend_from_slice(&e.crc.to_le_bytes());
+            h.extend_from_slice(&(e.size as u32).to_le_bytes());
+            h.extend_from_slice(&(e.size as u32).to_le_bytes());
+            h.extend_from_slice(&(e.name.len() as u16).to_le_bytes());
+            h.extend_from_slice(&0u16.to_le_bytes()); // extra
+            h.extend_from_slice(&0u16.to_le_bytes()); // comment
+            h.extend_from_slice(&0u16.to_le_bytes()); // disk
+            h.extend_from_slice(&0u16.to_le_bytes()); // internal attrs
+            h.extend_from_slice(&0u32.to_le_bytes()); // external attrs
+            h.extend_from_slice(&(e.offset as u32).to_le_bytes());
+            h.extend_from_slice(e.name.as_bytes());
+            self.w.write_all(&h)?;
+        }
+        let cd_end = self.w.stream_position()?;
+        let n = self.entries.len() as u16;
+        let mut h = Vec::new();
+        h.extend_from_slice(&0x0605_4b50u32.to_le_bytes());
+        h.extend_from_slice(&[0, 0, 0, 0]);
+        h.extend_from_slice(&n.to_le_bytes());
+        h.extend_from_slice(&n.to_le_bytes());
+        h.extend_from_slice(&((cd_end - cd_start) as u32).to_le_bytes());
+        h.extend_from_slice(&(cd_start as u32).to_le_bytes());
+        h.extend_from_slice(&0u16.to_le_bytes());
+        self.w.write_all(&h)?;
+        Ok(self.w)
+    }
+}
+
+/// A whole torch zip archive in memory: `root/data.pkl`, `root/byteorder`, `root/data/<k>`.
+pub fn torch_zip(root: &str, pkl: &[u8], byteorder: &str, records: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut z = ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    // Writing to a Vec cannot fail.
+    let mut go = || -> std::io::Result<Vec<u8>> {
+        z.add(&format!("{root}/data.pkl"), pkl)?;
+        z.add(&format!("{root}/byteorder"), byteorder.as_bytes())?;
+        for (k, b) in records {
+            z.add(&format!("{root}/data/{k}"), b)?;
+        }
+        Ok(Vec::new())
+    };
+    let _ = go();
+    z.finish().map(|c| c.into_inner()).unwrap_or_default()
+}
