@@ -304,14 +304,14 @@ impl ComerConfig {
     /// Checks that upstream would fail on later, made early and named.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
-        if self.embed_dim == 0 || self.num_heads == 0 || self.embed_dim % self.num_heads != 0 {
+        if self.embed_dim == 0 || self.num_heads == 0 || !self.embed_dim.is_multiple_of(self.num_heads) {
             return bad(format!("embed_dim {} must be a positive multiple of num_heads {}", self.embed_dim, self.num_heads));
         }
-        if self.deform_num_heads == 0 || self.embed_dim % self.deform_num_heads != 0 {
+        if self.deform_num_heads == 0 || !self.embed_dim.is_multiple_of(self.deform_num_heads) {
             return bad(format!("embed_dim {} must be a multiple of deform_num_heads {}", self.embed_dim, self.deform_num_heads));
         }
         let value_dim = (self.embed_dim as f64 * self.deform_ratio) as usize;
-        if value_dim == 0 || value_dim % self.deform_num_heads != 0 {
+        if value_dim == 0 || !value_dim.is_multiple_of(self.deform_num_heads) {
             return bad(format!("embed_dim·deform_ratio = {value_dim} must be a multiple of deform_num_heads {}", self.deform_num_heads));
         }
         if self.window_attn.len() < self.depth || self.window_size.len() < self.depth {
