@@ -442,14 +442,15 @@ pub fn produce(
             (tf::qv_bias_concat(&q, &v), vec![3 * n])
         }
         Transform::ResizeRelposTable => {
-            if opts.relpos_geometric {
-                return Err(ImportError::Unsupported("--relpos-resize geometric".into()));
-            }
             let v = views[0];
             let heads = v.shape.get(1).copied().unwrap_or(1);
             let side = ((e.shape[0] as f64).sqrt().round() as usize).max(1);
             let window = side.div_ceil(2);
-            let out = tf::resize_relpos_bicubic(&v.to_f32(), heads, window).map_err(fail)?;
+            let out = if opts.relpos_geometric {
+                tf::resize_relpos_geometric(&v.to_f32(), heads, window).map_err(fail)?
+            } else {
+                tf::resize_relpos_bicubic(&v.to_f32(), heads, window).map_err(fail)?
+            };
             (out, vec![side * side, heads])
         }
         Transform::ResizePosGrid | Transform::FoldTemporal | Transform::PadClsRow => {

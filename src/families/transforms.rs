@@ -161,6 +161,139 @@ pub fn relpos_side(rows: usize) -> Option<usize> {
     None
 }
 
+/// Weights (n_out × n_in, row-major) of the not-a-knot cubic interpolating spline through
+/// knots `x` evaluated at `xs` (clamped to [x₀, xₙ₋₁] as FITPACK's `fpbisp` does). The spline
+/// is linear in the data, so row r holds the weights of every data value for `xs[r]`.
+/// Equal to scipy `RectBivariateSpline(kx=3, ky=3, s=0)` along one axis.
+pub fn not_a_knot_weights(x: &[f64], xs: &[f64]) -> Vec<f64> {
+    let n = x.len();
+    let mut w = vec![0.0; xs.len() * n];
+    if n < 4 {
+        // Too few knots for a cubic: linear interpolation.
+        for (r, &v) in xs.iter().enumerate() {
+            let v = v.clamp(x[0], x[n - 1]);
+            let i = (0..n - 1).find(|&i| v <= x[i + 1]).unwrap_or(n.saturating_sub(2));
+            let h = x[i + 1] - x[i];
+            let t = if h > 0.0 { (v - x[i]) / h } else { 0.0 };
+            w[r * n + i] += 1.0 - t;
+            w[r * n + i + 1] += t;
+        }
+        return w;
+    }
+    let h: Vec<f64> = (0..n - 1).map(|i| x[i + 1] - x[i]).collect();
+    // Second derivatives M = A⁻¹ B y; solve A M = B e_j for every unit vector e_j.
+    let mut a = vec![0.0; n * n];
+    let mut b = vec![0.0; n * n];
+    a[0] = h[1];
+    a[1] = -(h[0] + h[1]);
+    a[2] = h[0];
+    for i in 1..n - 1 {
+        a[i * n + i - 1] = h[i - 1];
+        a[i * n + i] = 2.0 * (h[i - 1] + h[i]);
+        a[i * n + i + 1] = h[i];
+        b[i * n + i + 1] = 6.0 / h[i];
+        b[i * n + i] = -6.0 / h[i] - 6.0 / h[i - 1];
+        b[i * n + i - 1] = 6.0 / h[i - 1];
+    }
+    let l = (n - 1) * n;
+    a[l + n - 3] = h[n - 2];
+    a[l + n - 2] = -(h[n - 3] + h[n - 2]);
+    a[l + n - 1] = h[n - 3];
+    // Gaussian elimination with partial pivoting on [A | B].
+    for c in 0..n {
+        let p = (c..n).max_by(|&i, &j| a[i * n + c].abs().total_cmp(&a[j * n + c].abs())).unwrap_or(c);
+        if p != c {
+            for k in 0..n {
+                a.swap(c * n + k, p * n + k);
+                b.swap(c * n + k, p * n + k);
+            }
+        }
+        let d = a[c * n + c];
+        for r in 0..n {
+            if r == c || a[r * n + c] == 0.0 {
+                continue;
+            }
+            let f = a[r * n + c] / d;
+            for k in 0..n {
+                a[r * n + k] -= f * a[c * n + k];
+                b[r * n + k] -= f * b[c * n + k];
+            }
+        }
+    }
+    for r in 0..n {
+        let d = a[r * n + r];
+        for k in 0..n {
+            b[r * n + k] /= d;
+        }
+    }
+    // b now maps data → second derivatives.
+    for (r, &v) in xs.iter().enumerate() {
+        let v = v.clamp(x[0], x[n - 1]);
+        let i = (0..n - 1).find(|&i| v <= x[i + 1]).unwrap_or(n - 2);
+        let hi = h[i];
+        let (p, q) = (x[i + 1] - v, v - x[i]);
+        let row = &mut w[r * n..(r + 1) * n];
+        row[i] += p / hi;
+        row[i + 1] += q / hi;
+        let (ci, cj) = ((p * p * p / hi - hi * p) / 6.0, (q * q * q / hi - hi * q) / 6.0);
+        for k in 0..n {
+            row[k] += ci * b[i * n + k] + cj * b[(i + 1) * n + k];
+        }
+    }
+    w
+}
+
+/// unilm BEiT's geometric relative-position resize: the source table's (2w−1)² grid (cls rows
+/// dropped) sits on a geometric progression of offsets whose half-width reaches the target's
+/// w'−1 (ratio found by bisection on [1.01, 1.5] to 1e-6, as unilm does), and a cubic
+/// interpolating spline is evaluated on the target's integer offsets. Returns (2w'−1)² rows.
+pub fn resize_relpos_geometric(table: &[f32], heads: usize, dst_window: usize) -> Result<Vec<f32>, String> {
+    let rows = table.len() / heads.max(1);
+    let src = relpos_side(rows).ok_or_else(|| format!("{rows} rows is neither (2w-1)^2 nor (2w-1)^2+3"))?;
+    let dst = 2 * dst_window - 1;
+    let gp = |r: f64, n: usize| (1.0 - r.powi(n as i32)) / (1.0 - r);
+    let (mut lo, mut hi) = (1.01f64, 1.5f64);
+    let mut q = 1.01;
+    while hi - lo > 1e-6 {
+        q = (lo + hi) / 2.0;
+        if gp(q, src / 2) > (dst / 2) as f64 {
+            hi = q;
+        } else {
+            lo = q;
+        }
+    }
+    let mut dis = Vec::new();
+    let mut cur = 1.0;
+    for i in 0..src / 2 {
+        dis.push(cur);
+        cur += q.powi(i as i32 + 1);
+    }
+    let mut x: Vec<f64> = dis.iter().rev().map(|d| -d).collect();
+    x.push(0.0);
+    x.extend(&dis);
+    let t = (dst / 2) as f64;
+    let xs: Vec<f64> = (0..dst).map(|i| -t + i as f64).collect();
+    let w = not_a_knot_weights(&x, &xs);
+    let mut out = vec![0.0f32; dst * dst * heads];
+    for hd in 0..heads {
+        let z: Vec<f64> = (0..src * src).map(|i| table[i * heads + hd] as f64).collect();
+        // Along x (columns) for every source row, then along y (rows).
+        let mut tmp = vec![0.0; src * dst];
+        for r in 0..src {
+            for c in 0..dst {
+                tmp[r * dst + c] = (0..src).map(|k| w[c * src + k] * z[r * src + k]).sum();
+            }
+        }
+        for r in 0..dst {
+            for c in 0..dst {
+                let v: f64 = (0..src).map(|k| w[r * src + k] * tmp[k * dst + c]).sum();
+                out[(r * dst + c) * heads + hd] = v as f32;
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Patch-embedding kernel `(O, C, k, k)` resized to `(O, C, k', k')` with plain bilinear
 /// interpolation (upstream's `convert_14to16`: `F.interpolate(w, size=16, mode="bilinear")`).
 pub fn resize_patch_bilinear(w: &[f32], o: usize, c: usize, k: usize, k2: usize) -> Vec<f32> {

@@ -212,6 +212,7 @@ fn assert_close(got: &[f32], want: &[f32], rel: f32, what: &str) {
     assert_eq!(got.len(), want.len(), "{what}");
     let scale = want.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-12);
     let err = got.iter().zip(want).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    eprintln!("golden {what}: max abs error {err:e}, relative to max {:e}", err / scale);
     assert!(err / scale <= rel, "{what}: max error {err} (scale {scale})");
 }
 
@@ -226,6 +227,21 @@ fn relpos_bicubic_matches_golden() {
         let (_, want) = &g[&format!("relpos_bicubic.block0.{name}")];
         let got = resize_relpos_bicubic(&table, 3, w).expect("resize");
         assert_close(&got, want, 1e-5, name);
+    }
+}
+
+#[test]
+fn relpos_geometric_matches_golden() {
+    use comer_port::families::transforms::resize_relpos_geometric;
+    let g = golden("sources/beitv2/golden.safetensors");
+    let src = formats::open(&fixture("sources/beitv2/beitv2_tiny_ft.pth")).expect("source");
+    let (_, sd) = src.state_dict();
+    let table = sd.iter().find(|(k, _)| k == "blocks.0.attn.relative_position_bias_table").expect("table").1.to_f32();
+    for (name, w) in [("4to6", 6), ("4to14", 14)] {
+        let (_, want) = &g[&format!("relpos_geometric.block0.{name}")];
+        let mut got = resize_relpos_geometric(&table, 3, w).expect("resize");
+        got.extend_from_slice(&table[table.len() - 9..]);
+        assert_close(&got, want, 1e-4, name);
     }
 }
 
