@@ -498,7 +498,7 @@ pub fn produce(
             if k == dst {
                 (v.to_f32(), v.shape.clone())
             } else if opts.patch_pinv {
-                return Err(ImportError::Unsupported("--patch-resize pinv".into()));
+                (tf::resize_patch_pinv(&v.to_f32(), o, c, k, dst).map_err(fail)?, vec![o, c, dst, dst])
             } else {
                 (tf::resize_patch_bilinear(&v.to_f32(), o, c, k, dst), vec![o, c, dst, dst])
             }

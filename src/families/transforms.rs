@@ -300,6 +300,122 @@ pub fn resize_patch_bilinear(w: &[f32], o: usize, c: usize, k: usize, k2: usize)
     bilinear(w, o * c, k, k, k2, k2)
 }
 
+/// Patch-embedding kernel resized by timm's FlexiViT pseudo-inverse method
+/// (`timm.layers.resample_patch_embed`): with M the (k'², k²) bicubic resize matrix (antialiased
+/// bicubic, as timm builds it), the new kernel is pinv(Mᵀ)·k = M (MᵀM)⁻¹ k, so that
+/// ⟨resized patch, new kernel⟩ = ⟨patch, old kernel⟩. Only upsampling (k' ≥ k) is supported.
+pub fn resize_patch_pinv(w: &[f32], o: usize, c: usize, k: usize, k2: usize) -> Result<Vec<f32>, String> {
+    if k2 < k {
+        return Err(format!("pinv resize {k} -> {k2} downsamples (needs an antialiased matrix)"));
+    }
+    let (n, m) = (k * k, k2 * k2);
+    // Column j of M: the bicubic resize of basis image e_j.
+    let mut mat = vec![0.0f64; m * n];
+    for j in 0..n {
+        let mut e = vec![0.0f32; n];
+        e[j] = 1.0;
+        for (i, v) in bicubic_f64(&e, k, k2).into_iter().enumerate() {
+            mat[i * n + j] = v;
+        }
+    }
+    // G = MᵀM (n × n), inverted once by Gauss–Jordan.
+    let mut g = vec![0.0f64; n * n];
+    for a in 0..n {
+        for b in 0..n {
+            g[a * n + b] = (0..m).map(|i| mat[i * n + a] * mat[i * n + b]).sum();
+        }
+    }
+    let mut inv = vec![0.0f64; n * n];
+    for i in 0..n {
+        inv[i * n + i] = 1.0;
+    }
+    for col in 0..n {
+        let p = (col..n).max_by(|&i, &j| g[i * n + col].abs().total_cmp(&g[j * n + col].abs())).unwrap_or(col);
+        for kk in 0..n {
+            g.swap(col * n + kk, p * n + kk);
+            inv.swap(col * n + kk, p * n + kk);
+        }
+        let d = g[col * n + col];
+        if d.abs() < 1e-300 {
+            return Err("resize matrix is singular".into());
+        }
+        for kk in 0..n {
+            g[col * n + kk] /= d;
+            inv[col * n + kk] /= d;
+        }
+        for r in 0..n {
+            let f = g[r * n + col];
+            if r == col || f == 0.0 {
+                continue;
+            }
+            for kk in 0..n {
+                g[r * n + kk] -= f * g[col * n + kk];
+                inv[r * n + kk] -= f * inv[col * n + kk];
+            }
+        }
+    }
+    let mut out = Vec::with_capacity(o * c * m);
+    for plane in w.chunks_exact(n).take(o * c) {
+        let a: Vec<f64> = (0..n).map(|r| (0..n).map(|kk| inv[r * n + kk] * plane[kk] as f64).sum()).collect();
+        for i in 0..m {
+            out.push((0..n).map(|j| mat[i * n + j] * a[j]).sum::<f64>() as f32);
+        }
+    }
+    Ok(out)
+}
+
+/// Taps and normalised weights of PyTorch's antialiased bicubic (`antialias=True`,
+/// `_upsample_bicubic2d_aa`: PIL's kernel with A = −0.5, support widened by the scale when
+/// downsampling, out-of-range taps left out and the rest renormalised).
+pub fn bicubic_aa_axis(n_in: usize, n_out: usize) -> Vec<(usize, Vec<f64>)> {
+    const A: f64 = -0.5;
+    let filter = |x: f64| {
+        let x = x.abs();
+        if x < 1.0 {
+            ((A + 2.0) * x - (A + 3.0)) * x * x + 1.0
+        } else if x < 2.0 {
+            (((x - 5.0) * x + 8.0) * x - 4.0) * A
+        } else {
+            0.0
+        }
+    };
+    let scale = n_in as f64 / n_out as f64;
+    let (support, inv) = if scale >= 1.0 { (2.0 * scale, 1.0 / scale) } else { (2.0, 1.0) };
+    (0..n_out)
+        .map(|i| {
+            let center = scale * (i as f64 + 0.5);
+            let xmin = ((center - support + 0.5).floor().max(0.0)) as usize;
+            let xmax = ((center + support + 0.5).floor() as usize).min(n_in);
+            let mut w: Vec<f64> = (xmin..xmax).map(|j| filter((j as f64 - center + 0.5) * inv)).collect();
+            let total: f64 = w.iter().sum();
+            if total != 0.0 {
+                for v in &mut w {
+                    *v /= total;
+                }
+            }
+            (xmin, w)
+        })
+        .collect()
+}
+
+/// One k×k plane resized to k2×k2 with antialiased bicubic, kept in f64.
+fn bicubic_f64(src: &[f32], k: usize, k2: usize) -> Vec<f64> {
+    let ax = bicubic_aa_axis(k, k2);
+    let mut out = Vec::with_capacity(k2 * k2);
+    for (y0, wy) in &ax {
+        for (x0, wx) in &ax {
+            let mut acc = 0.0;
+            for (a, wa) in wy.iter().enumerate() {
+                for (b, wb) in wx.iter().enumerate() {
+                    acc += wa * wb * src[(y0 + a) * k + x0 + b] as f64;
+                }
+            }
+            out.push(acc);
+        }
+    }
+    out
+}
+
 /// `cat(q_bias, zeros, v_bias)`: BEiT's q/v biases as the fused `qkv.bias` (k has none).
 pub fn qv_bias_concat(q: &[f32], v: &[f32]) -> Vec<f32> {
     let mut out = Vec::with_capacity(q.len() * 3);

@@ -254,6 +254,8 @@ fn dinov2_resizes_match_golden() {
     let get = |k: &str| sd.iter().find(|(n, _)| n == k).expect(k).1.to_f32();
     let w = get("patch_embed.proj.weight");
     assert_close(&resize_patch_bilinear(&w, 48, 3, 14, 16), &g["patch_embed.proj.weight.bilinear_16"].1, 1e-5, "bilinear_16");
+    let pinv = comer_port::families::transforms::resize_patch_pinv(&w, 48, 3, 14, 16).expect("pinv");
+    assert_close(&pinv, &g["patch_embed.proj.weight.pi_resize_16"].1, 1e-5, "pi_resize_16");
     let pe = get("pos_embed");
     assert_close(&resize_pos_embed(&pe, 48, 1, 1, (4, 4), (6, 6)), &g["pos_embed.resize_4to6"].1, 1e-5, "4to6");
 }
