@@ -576,11 +576,13 @@ pub struct SourceDims {
 
 /// Read the source dimensions named by `spec`.
 pub fn infer_dims(spec: &InferSpec, sd: &[(String, &TensorView)]) -> SourceDims {
+    // `"key:dim"`, or alternatives `"a:1|b:1"` (the first present wins).
     let look = |s: &Option<String>| -> Option<usize> {
-        let s = s.as_ref()?;
-        let (key, dim) = s.rsplit_once(':')?;
-        let dim: usize = dim.parse().ok()?;
-        sd.iter().find(|(k, _)| k == key).and_then(|(_, v)| v.shape.get(dim).copied())
+        s.as_ref()?.split('|').find_map(|alt| {
+            let (key, dim) = alt.rsplit_once(':')?;
+            let dim: usize = dim.parse().ok()?;
+            sd.iter().find(|(k, _)| k == key).and_then(|(_, v)| v.shape.get(dim).copied())
+        })
     };
     let depth = spec.block.as_ref().and_then(|b| Regex::new(b).ok()).and_then(|re| {
         sd.iter()
@@ -589,8 +591,8 @@ pub fn infer_dims(spec: &InferSpec, sd: &[(String, &TensorView)]) -> SourceDims 
             .map(|m| m + 1)
     });
     let embed_dim = look(&spec.embed_dim);
-    let grid = spec.pos_embed.as_ref().and_then(|key| {
-        let v = sd.iter().find(|(k, _)| k == key)?.1;
+    let grid = spec.pos_embed.as_ref().and_then(|keys| {
+        let v = keys.split('|').find_map(|key| sd.iter().find(|(k, _)| k == key))?.1;
         let rows = if v.shape.len() == 3 { v.shape[1] } else { v.shape[0] };
         Some(square_below(rows))
     });

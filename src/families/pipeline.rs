@@ -121,6 +121,7 @@ pub fn config_from_dims(f: Flavor, d: &SourceDims) -> Result<ComerConfig, Pipeli
         "window_size": vec![serde_json::Value::Null; depth],
     });
     if f == Flavor::Beit {
+        kw["qkv_bias"] = serde_json::json!(true);
         kw["window_size"] = serde_json::json!(vec![grid; depth]);
         kw["init_values"] = serde_json::json!(1e-6);
     }

@@ -360,3 +360,38 @@ fn dinov2_b14_into_vit_comer_b_det_dinov2() {
 fn beitv2_large_into_beit_comer_l_codetr() {
     check_preset("beit", "beit-comer-l-codetr", vit_keys(1024, 24, 16, 14, Some(16), false));
 }
+
+#[test]
+fn flavor_alone_infers_the_dimensions_from_the_source() {
+    let d = tmp("flavor");
+    for (src, flavor, extra) in [
+        ("deit/deit_tiny.pth", "vit-comer-det", "--relpos-resize=bicubic"),
+        ("beitv2/beitv2_tiny_pt_shared_relpos.pth", "beit-comer", "--relpos-resize=geometric"),
+        ("dinov2/dinov2_tiny_vits14.pth", "vit-comer-seg", "--patch-resize=pinv"),
+    ] {
+        let out = d.join(format!("{flavor}.safetensors"));
+        let st = bin()
+            .arg("import")
+            .arg(fixture(&format!("sources/{src}")))
+            .args(["--flavor", flavor, extra, "--force", "-o"])
+            .arg(&out)
+            .output()
+            .expect("runs");
+        assert!(st.status.success(), "{src}: {}", String::from_utf8_lossy(&st.stderr));
+        let ck = formats::open(&out).expect("artifact");
+        let cfg: serde_json::Value = serde_json::from_str(&ck.metadata["comer_port.config"]).expect("config json");
+        assert_eq!(cfg["flavor"], flavor);
+        assert_eq!(cfg["constructor_kwargs"]["embed_dim"], 48);
+        assert_eq!(cfg["constructor_kwargs"]["depth"], 4);
+    }
+    // A preset whose dimensions differ from the source is refused, naming the dimension.
+    let st = bin()
+        .arg("import")
+        .arg(fixture("sources/deit/deit_tiny.pth"))
+        .args(["--preset", "vit-comer-s-seg", "-o"])
+        .arg(d.join("x.safetensors"))
+        .output()
+        .expect("runs");
+    assert_eq!(st.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&st.stderr).contains("embed dim"));
+}
