@@ -12,6 +12,35 @@ use std::path::PathBuf;
 const BUNDLED: &[u8] = include_bytes!("../../fixtures/sources/deit/deit_tiny.pth");
 const BUNDLED_CONFIG: &str = include_str!("../../fixtures/forward/det_tiny/case.json");
 
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FlavorArg {
+    #[value(name = "vit-comer-det")]
+    Det,
+    #[value(name = "vit-comer-seg")]
+    Seg,
+    #[value(name = "beit-comer")]
+    Beit,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DtypeArg {
+    F32,
+    F16,
+    Bf16,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RelposArg {
+    Bicubic,
+    Geometric,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PatchArg {
+    Bilinear,
+    Pinv,
+}
+
 /// Arguments of `comer-port import`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -31,8 +60,8 @@ pub struct Args {
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// Target flavour with dimensions inferred from the source.
-    #[arg(long, value_parser = ["vit-comer-det", "vit-comer-seg", "beit-comer"])]
-    pub flavor: Option<String>,
+    #[arg(long, value_enum)]
+    pub flavor: Option<FlavorArg>,
     /// Source family (default: guessed from key patterns).
     #[arg(long)]
     pub family: Option<String>,
@@ -40,14 +69,14 @@ pub struct Args {
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Output float dtype.
-    #[arg(long, default_value = "f32", value_parser = ["f32", "f16", "bf16"])]
-    pub dtype: String,
+    #[arg(long, value_enum, default_value_t = DtypeArg::F32)]
+    pub dtype: DtypeArg,
     /// Relative-position table resize.
-    #[arg(long, default_value = "bicubic", value_parser = ["bicubic", "geometric"])]
-    pub relpos_resize: String,
+    #[arg(long, value_enum, default_value_t = RelposArg::Bicubic)]
+    pub relpos_resize: RelposArg,
     /// Patch-kernel resize (14 -> 16).
-    #[arg(long, default_value = "bilinear", value_parser = ["bilinear", "pinv"])]
-    pub patch_resize: String,
+    #[arg(long, value_enum, default_value_t = PatchArg::Bilinear)]
+    pub patch_resize: PatchArg,
     /// Drop what the target cannot express (recorded in the report) instead of refusing.
     #[arg(long)]
     pub lossy: bool,
@@ -76,8 +105,12 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         TargetSpec::Preset(p.clone())
     } else if let Some(c) = &a.config {
         TargetSpec::ConfigFile(c.clone())
-    } else if let Some(f) = &a.flavor {
-        TargetSpec::Flavor(Flavor::parse(f)?)
+    } else if let Some(f) = a.flavor {
+        TargetSpec::Flavor(match f {
+            FlavorArg::Det => Flavor::Det,
+            FlavorArg::Seg => Flavor::Seg,
+            FlavorArg::Beit => Flavor::Beit,
+        })
     } else if bundled {
         TargetSpec::Config(Box::new(crate::model::ComerConfig::from_case_json(BUNDLED_CONFIG)?))
     } else {
@@ -91,15 +124,15 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         family: a.family.clone(),
         target,
         seed: a.seed,
-        dtype: match a.dtype.as_str() {
-            "f16" => DType::F16,
-            "bf16" => DType::BF16,
-            _ => DType::F32,
+        dtype: match a.dtype {
+            DtypeArg::F16 => DType::F16,
+            DtypeArg::Bf16 => DType::BF16,
+            DtypeArg::F32 => DType::F32,
         },
         plan: PlanOptions {
             lossy: a.lossy,
-            relpos_geometric: a.relpos_resize == "geometric",
-            patch_pinv: a.patch_resize == "pinv",
+            relpos_geometric: a.relpos_resize == RelposArg::Geometric,
+            patch_pinv: a.patch_resize == PatchArg::Pinv,
         },
         strict_finite: a.strict_finite,
         no_buffers: a.no_buffers,

@@ -77,12 +77,12 @@ fn storage_name(d: DType) -> &'static str {
     }
 }
 
-/// The `data.pkl` bytes for `{"state_dict": OrderedDict(tensors), "meta": meta}`.
-pub fn data_pkl(tensors: &[OutTensor], meta: &[(String, String)]) -> Vec<u8> {
+/// The `data.pkl` bytes for `{root_key: OrderedDict(tensors), "meta": meta}`.
+pub fn data_pkl(root_key: &str, tensors: &[OutTensor], meta: &[(String, String)]) -> Vec<u8> {
     let mut p = Pickle(vec![0x80, 2]);
     p.op(b'}');
     p.op(b'(');
-    p.str("state_dict");
+    p.str(root_key);
     p.empty_ordered_dict();
     p.op(b'(');
     for (i, t) in tensors.iter().enumerate() {
@@ -120,10 +120,23 @@ pub fn data_pkl(tensors: &[OutTensor], meta: &[(String, String)]) -> Vec<u8> {
     p.0
 }
 
-/// Write a `.pth` to `dest` atomically; `produce(i)` returns tensor i's little-endian bytes.
+/// Write `{"state_dict": ..., "meta": ...}` to `dest` atomically; `produce(i)` returns
+/// tensor i's little-endian bytes.
 pub fn write<E: From<WriteError>>(
     dest: &Path,
     force: bool,
+    tensors: &[OutTensor],
+    meta: &[(String, String)],
+    produce: impl FnMut(usize) -> Result<Vec<u8>, E>,
+) -> Result<(), E> {
+    write_with_root(dest, force, "state_dict", tensors, meta, produce)
+}
+
+/// As [`write`], with the state dict under `root_key` (`"model"` for unilm/deit-style files).
+pub fn write_with_root<E: From<WriteError>>(
+    dest: &Path,
+    force: bool,
+    root_key: &str,
     tensors: &[OutTensor],
     meta: &[(String, String)],
     mut produce: impl FnMut(usize) -> Result<Vec<u8>, E>,
@@ -142,7 +155,7 @@ pub fn write<E: From<WriteError>>(
             .unix_permissions(0o644)
             .with_alignment(64);
         z.start_file("archive/data.pkl", base).map_err(zerr)?;
-        z.write_all(&data_pkl(tensors, meta)).map_err(ioerr)?;
+        z.write_all(&data_pkl(root_key, tensors, meta)).map_err(ioerr)?;
         z.start_file("archive/byteorder", base).map_err(zerr)?;
         z.write_all(b"little").map_err(ioerr)?;
         for (i, t) in tensors.iter().enumerate() {

@@ -76,15 +76,49 @@ pub fn write<E: From<WriteError>>(
     force: bool,
     tensors: &[OutTensor],
     metadata: &BTreeMap<String, String>,
+    produce: impl FnMut(usize) -> Result<Vec<u8>, E>,
+) -> Result<(), E> {
+    write_late(dest, force, tensors, metadata, None, produce)
+}
+
+/// A metadata value known only after the tensors are written (the source hash, computed
+/// beside the write): the header holds `placeholder`, which `value()` — the same length —
+/// replaces in place before the file is committed.
+pub struct LateValue<'a> {
+    pub placeholder: String,
+    pub value: Box<dyn FnOnce() -> String + 'a>,
+}
+
+/// [`write`] with an optional [`LateValue`].
+pub fn write_late<E: From<WriteError>>(
+    dest: &Path,
+    force: bool,
+    tensors: &[OutTensor],
+    metadata: &BTreeMap<String, String>,
+    late: Option<LateValue>,
     mut produce: impl FnMut(usize) -> Result<Vec<u8>, E>,
 ) -> Result<(), E> {
+    use std::io::{Seek, SeekFrom};
     let mut f = AtomicFile::create(dest, force)?;
     let io = |e| WriteError::Io { path: dest.to_path_buf(), source: e };
-    f.writer().write_all(&header(tensors, metadata)).map_err(io)?;
+    let head = header(tensors, metadata);
+    f.writer().write_all(&head).map_err(io)?;
     for (i, t) in tensors.iter().enumerate() {
         let bytes = produce(i)?;
         debug_assert_eq!(bytes.len(), t.nbytes(), "{}", t.name);
         f.writer().write_all(&bytes).map_err(io)?;
+    }
+    if let Some(l) = late {
+        let value = (l.value)();
+        let at = head.windows(l.placeholder.len()).position(|w| w == l.placeholder.as_bytes());
+        if let Some(at) = at
+            && value.len() == l.placeholder.len()
+        {
+            let w = f.writer();
+            w.seek(SeekFrom::Start(at as u64)).map_err(io)?;
+            w.write_all(value.as_bytes()).map_err(io)?;
+            w.seek(SeekFrom::End(0)).map_err(io)?;
+        }
     }
     f.commit()?;
     Ok(())

@@ -442,14 +442,15 @@ pub fn produce(
             (tf::qv_bias_concat(&q, &v), vec![3 * n])
         }
         Transform::ResizeRelposTable => {
-            if opts.relpos_geometric {
-                return Err(ImportError::Unsupported("--relpos-resize geometric".into()));
-            }
             let v = views[0];
             let heads = v.shape.get(1).copied().unwrap_or(1);
             let side = ((e.shape[0] as f64).sqrt().round() as usize).max(1);
             let window = side.div_ceil(2);
-            let out = tf::resize_relpos_bicubic(&v.to_f32(), heads, window).map_err(fail)?;
+            let out = if opts.relpos_geometric {
+                tf::resize_relpos_geometric(&v.to_f32(), heads, window).map_err(fail)?
+            } else {
+                tf::resize_relpos_bicubic(&v.to_f32(), heads, window).map_err(fail)?
+            };
             (out, vec![side * side, heads])
         }
         Transform::ResizePosGrid | Transform::FoldTemporal | Transform::PadClsRow => {
@@ -497,7 +498,7 @@ pub fn produce(
             if k == dst {
                 (v.to_f32(), v.shape.clone())
             } else if opts.patch_pinv {
-                return Err(ImportError::Unsupported("--patch-resize pinv".into()));
+                (tf::resize_patch_pinv(&v.to_f32(), o, c, k, dst).map_err(fail)?, vec![o, c, dst, dst])
             } else {
                 (tf::resize_patch_bilinear(&v.to_f32(), o, c, k, dst), vec![o, c, dst, dst])
             }
@@ -575,11 +576,13 @@ pub struct SourceDims {
 
 /// Read the source dimensions named by `spec`.
 pub fn infer_dims(spec: &InferSpec, sd: &[(String, &TensorView)]) -> SourceDims {
+    // `"key:dim"`, or alternatives `"a:1|b:1"` (the first present wins).
     let look = |s: &Option<String>| -> Option<usize> {
-        let s = s.as_ref()?;
-        let (key, dim) = s.rsplit_once(':')?;
-        let dim: usize = dim.parse().ok()?;
-        sd.iter().find(|(k, _)| k == key).and_then(|(_, v)| v.shape.get(dim).copied())
+        s.as_ref()?.split('|').find_map(|alt| {
+            let (key, dim) = alt.rsplit_once(':')?;
+            let dim: usize = dim.parse().ok()?;
+            sd.iter().find(|(k, _)| k == key).and_then(|(_, v)| v.shape.get(dim).copied())
+        })
     };
     let depth = spec.block.as_ref().and_then(|b| Regex::new(b).ok()).and_then(|re| {
         sd.iter()
@@ -588,8 +591,8 @@ pub fn infer_dims(spec: &InferSpec, sd: &[(String, &TensorView)]) -> SourceDims 
             .map(|m| m + 1)
     });
     let embed_dim = look(&spec.embed_dim);
-    let grid = spec.pos_embed.as_ref().and_then(|key| {
-        let v = sd.iter().find(|(k, _)| k == key)?.1;
+    let grid = spec.pos_embed.as_ref().and_then(|keys| {
+        let v = keys.split('|').find_map(|key| sd.iter().find(|(k, _)| k == key))?.1;
         let rows = if v.shape.len() == 3 { v.shape[1] } else { v.shape[0] };
         Some(square_below(rows))
     });

@@ -121,6 +121,7 @@ pub fn config_from_dims(f: Flavor, d: &SourceDims) -> Result<ComerConfig, Pipeli
         "window_size": vec![serde_json::Value::Null; depth],
     });
     if f == Flavor::Beit {
+        kw["qkv_bias"] = serde_json::json!(true);
         kw["window_size"] = serde_json::json!(vec![grid; depth]);
         kw["init_values"] = serde_json::json!(1e-6);
     }
@@ -180,7 +181,13 @@ pub fn encode(name: &str, v: &Values, dtype: DType) -> Result<Vec<u8>, ImportErr
                 Ok(out)
             }
             DType::BF16 => Ok(x.iter().flat_map(|&f| half::bf16::from_f32(f).to_le_bytes()).collect()),
-            _ => Ok(x.iter().flat_map(|f| f.to_le_bytes()).collect()),
+            _ => {
+                let mut out = Vec::with_capacity(x.len() * 4);
+                for f in x {
+                    out.extend_from_slice(&f.to_le_bytes());
+                }
+                Ok(out)
+            }
         },
     }
 }
@@ -265,12 +272,10 @@ pub fn run(source: &Path, bytes: Option<&[u8]>, opts: &ImportOptions) -> Result<
     let config_json = cfg.to_case_json();
     let (outs, idx) = outputs(&plan, opts.dtype, opts.no_buffers);
     let total: u64 = outs.iter().map(|t| t.nbytes() as u64).sum();
-    let sha = if bytes.is_some() {
-        use sha2::Digest;
-        sha2::Sha256::digest(bytes.unwrap_or_default()).iter().map(|b| format!("{b:02x}")).collect()
-    } else {
-        sha256_path(source)
-    };
+    // The source hash is computed on a second thread while the tensors are written, and
+    // patched into the safetensors header at the end (it has a fixed length).
+    const PLACEHOLDER: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+    let sha = PLACEHOLDER.to_string();
     let mut meta: BTreeMap<String, String> = BTreeMap::new();
     meta.insert("comer_port.version".into(), crate::VERSION.into());
     meta.insert("comer_port.source".into(), source_name.clone());
@@ -284,6 +289,25 @@ pub fn run(source: &Path, bytes: Option<&[u8]>, opts: &ImportOptions) -> Result<
 
     let produce = |j: usize, warn: &mut Vec<String>| -> Result<Vec<u8>, PipelineError> {
         let p = &plan.targets[idx[j]];
+        // Fast path: a renamed f32 tensor written as f32 is its bytes, unchanged.
+        if let Origin::Source { keys, transform: mapping::Transform::Rename, .. } = &p.origin
+            && outs[j].dtype == DType::F32
+            && let Some(v) = lookup.get(keys[0].as_str())
+            && v.dtype == DType::F32
+            && v.shape == p.entry.shape
+        {
+            let b = v.to_le_bytes();
+            {
+                let bad = b.chunks_exact(4).filter(|c| !f32::from_le_bytes([c[0], c[1], c[2], c[3]]).is_finite()).count();
+                if bad > 0 {
+                    if opts.strict_finite {
+                        return Err(ImportError::NonFinite { source_key: keys[0].clone(), count: bad }.into());
+                    }
+                    warn.push(format!("{}: {bad} non-finite values", keys[0]));
+                }
+            }
+            return Ok(b);
+        }
         let vals = mapping::produce(p, &lookup, &opts.plan, opts.seed)?;
         if let Values::F32(x) = &vals {
             let bad = x.iter().filter(|v| !v.is_finite()).count();
@@ -301,14 +325,35 @@ pub fn run(source: &Path, bytes: Option<&[u8]>, opts: &ImportOptions) -> Result<
     } else {
         indicatif::ProgressBar::hidden()
     };
-    if let Some(out) = &opts.out {
-        bar.set_position(0);
-        crate::export::safetensors::write(out, opts.force, &outs, &meta, |j| {
-            let b = produce(j, &mut warnings);
-            bar.inc(outs[j].nbytes() as u64);
-            b
-        })?;
-    }
+    let hasher = std::thread::scope(|scope| -> Result<String, PipelineError> {
+        let handle = scope.spawn(|| match bytes {
+            Some(b) => {
+                use sha2::Digest;
+                sha2::Sha256::digest(b).iter().map(|x| format!("{x:02x}")).collect::<String>()
+            }
+            None => sha256_path(source),
+        });
+        let mut hash = None;
+        if let Some(out) = &opts.out {
+            bar.set_position(0);
+            let late = crate::export::safetensors::LateValue {
+                placeholder: PLACEHOLDER.into(),
+                value: Box::new(|| {
+                    let h = handle.join().unwrap_or_default();
+                    hash = Some(h.clone());
+                    h
+                }),
+            };
+            crate::export::safetensors::write_late(out, opts.force, &outs, &meta, Some(late), |j| {
+                let b = produce(j, &mut warnings);
+                bar.inc(outs[j].nbytes() as u64);
+                b
+            })?;
+            return Ok(hash.unwrap_or_default());
+        }
+        Ok(handle.join().unwrap_or_default())
+    })?;
+    meta.insert("comer_port.source_sha256".into(), hasher);
     if let Some(pth) = &opts.pth {
         bar.set_position(0);
         let pmeta: Vec<(String, String)> = meta.iter().map(|(k, v)| (k.clone(), v.clone())).collect();

@@ -71,12 +71,9 @@ pub fn looks_like_zip(head: &[u8]) -> bool {
 
 /// A safe relative entry name: no `..` component, not absolute, no backslash or NUL.
 pub fn safe_name(name: &str) -> bool {
-    !name.is_empty()
-        && !name.starts_with('/')
-        && !name.contains('\\')
-        && !name.contains('\0')
-        && !name.split('/').any(|c| c == "..")
-        && !(name.len() >= 2 && name.as_bytes()[1] == b':')
+    let drive_letter = name.len() >= 2 && name.as_bytes()[1] == b':';
+    let unsafe_char = name.contains('\\') || name.contains('\0');
+    !(name.is_empty() || name.starts_with('/') || unsafe_char || drive_letter || name.split('/').any(|c| c == ".."))
 }
 
 impl<'a> Archive<'a> {

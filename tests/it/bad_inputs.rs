@@ -680,3 +680,17 @@ fn hf_index_naming_a_shard_outside_the_folder() {
     std::fs::write(dir.join("model.safetensors.index.json"), r#"{"weight_map": {"w": "../../secret.safetensors"}}"#).expect("write");
     variant!(formats::open(&dir).expect_err("refused"), FormatError::UnsafeEntryName { .. });
 }
+
+#[test]
+fn broadcast_view_claiming_a_terabyte() {
+    // Stride 0 repeats one element 2^38 times: a legal-looking view whose materialisation
+    // would need 1 TB. Refused by the expansion cap, nothing allocated.
+    variant!(refuse("m.pth", &zip_with(&one_tensor(4, 0, &[1 << 38], &[0]), &[("0", &f32_bytes(4))])), FormatError::BadTensor { .. });
+}
+
+#[test]
+fn small_broadcast_view_reads() {
+    let p = temp_file("ok.pth", &zip_with(&one_tensor(4, 1, &[3, 2], &[0, 1]), &[("0", &f32_bytes(4))]));
+    let ck = formats::open(&p).expect("stride-0 view within bounds");
+    assert_eq!(ck.tensors()[0].1.to_f32(), vec![1.0, 2.0, 1.0, 2.0, 1.0, 2.0]);
+}

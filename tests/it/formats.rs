@@ -322,3 +322,107 @@ fn hf_folder_reads_config_and_sharded_index() {
     }
     assert_eq!(detect::detect_checkpoint(&sharded).family, Family::HfVit);
 }
+
+#[test]
+fn hf_folder_with_pytorch_model_bin() {
+    let dir = crate::util::tmpdir();
+    std::fs::copy(fixture("sources/deit/deit_tiny.pth"), dir.join("pytorch_model.bin")).expect("copy");
+    std::fs::write(dir.join("config.json"), r#"{"model_type": "vit", "layer_norm_eps": 1e-6}"#).expect("config");
+    let ck = formats::open(&dir).expect("folder with a .bin");
+    assert_eq!(ck.format, Format::HfFolder);
+    assert_eq!(ck.tensors().len(), 56);
+    assert_eq!(ck.metadata.get("config.model_type").map(String::as_str), Some("vit"));
+}
+
+#[test]
+fn raw_pickle_without_container() {
+    use comer_port::formats::testkit::Pickle;
+    let p = crate::util::temp_file("meta.bin", &Pickle::new().empty_dict().str("epoch").int(3).setitem().stop().0);
+    let ck = formats::open(&p).expect("plain-data pickle");
+    assert_eq!(ck.format, Format::RawPickle);
+    assert!(ck.tensors().is_empty());
+    assert!(matches!(ck.root.get("epoch"), Some(comer_port::formats::Value::Int(3))));
+}
+
+#[test]
+fn torchscript_archive_metadata() {
+    let ck = open("sources/clip/clip_tiny_quickgelu_visual_jit.pt");
+    assert_eq!(ck.metadata.get("torchscript.constants").map(String::as_str), Some("2"));
+    assert_eq!(ck.metadata.get("activation").map(String::as_str), Some("quick-gelu"));
+    // Module objects are inert data under their class names.
+    match &ck.root {
+        comer_port::formats::Value::Object { class, .. } => assert!(class.starts_with("__torch__.open_clip"), "{class}"),
+        other => panic!("root is a {}", other.kind()),
+    }
+}
+
+#[test]
+fn namespace_numpy_scalar_and_codecs_are_inert_metadata() {
+    use comer_port::formats::testkit::{torch_zip, Pickle};
+    use comer_port::formats::Value;
+    // {"args": argparse.Namespace(lr=0.1), "acc": numpy scalar(dtype('f8'), b'..'), "w": tensor}
+    let p = Pickle::new()
+        .empty_dict()
+        .mark()
+        .str("args")
+        .global("argparse", "Namespace")
+        .empty_tuple()
+        .op(0x81)
+        .empty_dict()
+        .str("lr")
+        .op(b'G')
+        .raw(&0.1f64.to_be_bytes())
+        .setitem()
+        .op(b'b')
+        .str("acc")
+        .global("numpy.core.multiarray", "scalar")
+        .global("numpy", "dtype")
+        .mark()
+        .str("f8")
+        .newfalse()
+        .op(0x88)
+        .tuple()
+        .reduce()
+        .mark()
+        .int(3)
+        .str("<")
+        .none()
+        .none()
+        .none()
+        .int(-1)
+        .int(-1)
+        .int(0)
+        .tuple()
+        .op(b'b')
+        .global("_codecs", "encode")
+        .mark()
+        .str("\u{0}\u{0}\u{0}\u{0}\u{0}\u{0}\u{e0}?")
+        .str("latin1")
+        .tuple()
+        .reduce()
+        .op(0x86)
+        .reduce()
+        .str("w")
+        .tensor("FloatStorage", "0", 2, 0, &[2], &[1])
+        .setitems()
+        .stop();
+    let data: Vec<u8> = [1.5f32, 2.5].iter().flat_map(|x| x.to_le_bytes()).collect();
+    let f = crate::util::temp_file("meta.pth", &torch_zip("meta", &p.0, "little", &[("0", &data)]));
+    let ck = formats::open(&f).expect("metadata objects are data");
+    match ck.root.get("args") {
+        Some(Value::Object { class, state, .. }) => {
+            assert_eq!(class, "argparse.Namespace");
+            assert!(matches!(state.get("lr"), Some(Value::Float(x)) if (*x - 0.1).abs() < 1e-12));
+        }
+        other => panic!("args: {other:?}"),
+    }
+    match ck.root.get("acc") {
+        Some(Value::Object { class, args, .. }) => {
+            assert_eq!(class, "numpy.core.multiarray.scalar");
+            let Value::Tuple(a) = args.as_ref() else { panic!("scalar args") };
+            assert!(matches!(&a[1], Value::Bytes(b) if b == &0.5f64.to_le_bytes()[..]));
+        }
+        other => panic!("acc: {other:?}"),
+    }
+    assert_eq!(ck.tensors().len(), 1);
+}

@@ -212,6 +212,7 @@ fn assert_close(got: &[f32], want: &[f32], rel: f32, what: &str) {
     assert_eq!(got.len(), want.len(), "{what}");
     let scale = want.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-12);
     let err = got.iter().zip(want).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    eprintln!("golden {what}: max abs error {err:e}, relative to max {:e}", err / scale);
     assert!(err / scale <= rel, "{what}: max error {err} (scale {scale})");
 }
 
@@ -230,6 +231,21 @@ fn relpos_bicubic_matches_golden() {
 }
 
 #[test]
+fn relpos_geometric_matches_golden() {
+    use comer_port::families::transforms::resize_relpos_geometric;
+    let g = golden("sources/beitv2/golden.safetensors");
+    let src = formats::open(&fixture("sources/beitv2/beitv2_tiny_ft.pth")).expect("source");
+    let (_, sd) = src.state_dict();
+    let table = sd.iter().find(|(k, _)| k == "blocks.0.attn.relative_position_bias_table").expect("table").1.to_f32();
+    for (name, w) in [("4to6", 6), ("4to14", 14)] {
+        let (_, want) = &g[&format!("relpos_geometric.block0.{name}")];
+        let mut got = resize_relpos_geometric(&table, 3, w).expect("resize");
+        got.extend_from_slice(&table[table.len() - 9..]);
+        assert_close(&got, want, 1e-4, name);
+    }
+}
+
+#[test]
 fn dinov2_resizes_match_golden() {
     use comer_port::families::transforms::{resize_patch_bilinear, resize_pos_embed};
     let g = golden("sources/dinov2/golden.safetensors");
@@ -238,6 +254,8 @@ fn dinov2_resizes_match_golden() {
     let get = |k: &str| sd.iter().find(|(n, _)| n == k).expect(k).1.to_f32();
     let w = get("patch_embed.proj.weight");
     assert_close(&resize_patch_bilinear(&w, 48, 3, 14, 16), &g["patch_embed.proj.weight.bilinear_16"].1, 1e-5, "bilinear_16");
+    let pinv = comer_port::families::transforms::resize_patch_pinv(&w, 48, 3, 14, 16).expect("pinv");
+    assert_close(&pinv, &g["patch_embed.proj.weight.pi_resize_16"].1, 1e-5, "pi_resize_16");
     let pe = get("pos_embed");
     assert_close(&resize_pos_embed(&pe, 48, 1, 1, (4, 4), (6, 6)), &g["pos_embed.resize_4to6"].1, 1e-5, "4to6");
 }
@@ -341,4 +359,39 @@ fn dinov2_b14_into_vit_comer_b_det_dinov2() {
 #[test]
 fn beitv2_large_into_beit_comer_l_codetr() {
     check_preset("beit", "beit-comer-l-codetr", vit_keys(1024, 24, 16, 14, Some(16), false));
+}
+
+#[test]
+fn flavor_alone_infers_the_dimensions_from_the_source() {
+    let d = tmp("flavor");
+    for (src, flavor, extra) in [
+        ("deit/deit_tiny.pth", "vit-comer-det", "--relpos-resize=bicubic"),
+        ("beitv2/beitv2_tiny_pt_shared_relpos.pth", "beit-comer", "--relpos-resize=geometric"),
+        ("dinov2/dinov2_tiny_vits14.pth", "vit-comer-seg", "--patch-resize=pinv"),
+    ] {
+        let out = d.join(format!("{flavor}.safetensors"));
+        let st = bin()
+            .arg("import")
+            .arg(fixture(&format!("sources/{src}")))
+            .args(["--flavor", flavor, extra, "--force", "-o"])
+            .arg(&out)
+            .output()
+            .expect("runs");
+        assert!(st.status.success(), "{src}: {}", String::from_utf8_lossy(&st.stderr));
+        let ck = formats::open(&out).expect("artifact");
+        let cfg: serde_json::Value = serde_json::from_str(&ck.metadata["comer_port.config"]).expect("config json");
+        assert_eq!(cfg["flavor"], flavor);
+        assert_eq!(cfg["constructor_kwargs"]["embed_dim"], 48);
+        assert_eq!(cfg["constructor_kwargs"]["depth"], 4);
+    }
+    // A preset whose dimensions differ from the source is refused, naming the dimension.
+    let st = bin()
+        .arg("import")
+        .arg(fixture("sources/deit/deit_tiny.pth"))
+        .args(["--preset", "vit-comer-s-seg", "-o"])
+        .arg(d.join("x.safetensors"))
+        .output()
+        .expect("runs");
+    assert_eq!(st.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&st.stderr).contains("embed dim"));
 }
