@@ -10,5 +10,6 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 "$VENV/bin/pip" install --quiet --disable-pip-version-check -r tests/interop/requirements.txt
 cargo build --release --bin comer-port
-export COMER_PORT_BIN="$ROOT/target/release/comer-port"
+export COMER_PORT_BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/comer-port"
+export COMER_PORT="$COMER_PORT_BIN"
 "$VENV/bin/python" -m pytest -q -rA tests/interop "$@"

@@ -181,7 +181,7 @@ fn existing_output_needs_force() {
         .arg(&out)
         .output()
         .expect("runs");
-    assert!(!st.status.success());
+    assert_eq!(st.status.code(), Some(4), "an existing output is an output error");
     assert_eq!(std::fs::read(&out).expect("read"), b"keep");
 }
 
