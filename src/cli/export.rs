@@ -1,13 +1,123 @@
-//! `comer-port export`.
+//! `comer-port export`: write an artifact in another format. One subcommand per target
+//! (`onnx` now); each target's writer lives in `export/`.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+
+use crate::export::onnx::{self, Deform, ExportOptions};
+
+use crate::model::{ComerConfig, presets};
 
 /// Arguments of `comer-port export`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Arguments (not available yet).
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
-    pub rest: Vec<String>,
+    #[command(subcommand)]
+    pub target: Target,
 }
 
-pub fn run(_args: Args) -> anyhow::Result<i32> {
-    super::not_yet("export", 6)
+#[derive(clap::Subcommand, Debug)]
+pub enum Target {
+    /// The whole backbone as a standard-op ONNX graph (opset 17) for ONNX Runtime.
+    Onnx(OnnxArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct OnnxArgs {
+    /// The ViT-CoMer artifact (safetensors, as written by `comer-port import`).
+    pub artifact: PathBuf,
+    /// Output `.onnx` file (plus `<file>.data` when the weights pass 2 GB).
+    #[arg(short = 'o', long = "output")]
+    pub output: PathBuf,
+    /// Fixed input size HxW (multiples of 32), e.g. 512x512.
+    #[arg(long = "input-size", value_parser = parse_size)]
+    pub input_size: (usize, usize),
+    /// Fixed batch size.
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
+    /// Config JSON (case.json shape) when the artifact carries none.
+    #[arg(long, conflicts_with = "preset")]
+    pub config: Option<PathBuf>,
+    /// Named upstream config (see `comer-port presets`) when the artifact carries none.
+    #[arg(long)]
+    pub preset: Option<String>,
+    /// Overwrite existing outputs.
+    #[arg(long)]
+    pub force: bool,
+    /// How deformable attention samples its values.
+    #[arg(long, value_enum, default_value_t = Deform::Gather)]
+    pub deform: Deform,
+}
+
+fn parse_size(s: &str) -> Result<(usize, usize), String> {
+    let (h, w) = s
+        .split_once(['x', 'X'])
+        .ok_or_else(|| format!("'{s}' is not HxW (e.g. 512x512)"))?;
+    let p = |v: &str| v.trim().parse::<usize>().map_err(|_| format!("'{s}' is not HxW (e.g. 512x512)"));
+    Ok((p(h)?, p(w)?))
+}
+
+/// The artifact's own config (metadata `comer_port.config`), else --config/--preset.
+fn resolve_config(a: &OnnxArgs, ck: &crate::formats::Checkpoint) -> anyhow::Result<ComerConfig> {
+    if let Some(p) = &a.config {
+        let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+        return Ok(ComerConfig::from_case_json(&text)?);
+    }
+    if let Some(name) = &a.preset {
+        return Ok(presets::preset(name)?);
+    }
+    match ck.metadata.get("comer_port.config") {
+        Some(text) => Ok(ComerConfig::from_case_json(text)?),
+        None => anyhow::bail!(
+            "{} carries no comer_port.config metadata: pass --config C.json or --preset NAME",
+            a.artifact.display()
+        ),
+    }
+}
+
+pub fn run(args: Args) -> anyhow::Result<i32> {
+    match args.target {
+        Target::Onnx(a) => run_onnx(a),
+    }
+}
+
+fn run_onnx(a: OnnxArgs) -> anyhow::Result<i32> {
+    let (h, w) = a.input_size;
+    onnx::check_input_size(h, w)?;
+    if a.output.exists() && !a.force {
+        return Err(crate::export::atomic::WriteError::Exists(a.output.clone()).into());
+    }
+    let ck = crate::formats::open(&a.artifact)?;
+    let cfg = resolve_config(&a, &ck)?;
+    let mut opts = ExportOptions::new(h, w);
+    opts.batch = a.batch;
+    opts.deform = a.deform;
+    opts.source = a
+        .artifact
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let (_, tensors) = ck.state_dict();
+    let written = match onnx::export(tensors, &cfg, &opts, &a.output, a.force) {
+        Ok(w) => w,
+        // Keep WriteError at the top of the chain so the exit code says "output not written".
+        Err(onnx::OnnxError::Write(e)) => return Err(e.into()),
+        Err(e) => return Err(anyhow::Error::new(e).context(format!("exporting {} to ONNX", a.artifact.display()))),
+    };
+    println!(
+        "wrote {} ({} bytes, {} nodes, {} initializers, opset {}, {} deformable sampling, input {}x{}, batch {})",
+        a.output.display(),
+        written.model_bytes,
+        written.nodes,
+        written.initializers,
+        onnx::OPSET,
+        a.deform.name(),
+        h,
+        w,
+        a.batch
+    );
+    if let Some((p, n)) = written.external {
+        println!("wrote {} ({n} bytes of external data)", p.display());
+    }
+    Ok(crate::cli::EXIT_OK)
 }

@@ -15,6 +15,7 @@ pub mod inspect;
 pub mod presets;
 pub mod run;
 pub mod verify;
+pub mod viz;
 
 pub const EXIT_OK: i32 = 0;
 pub const EXIT_CHECK_FAILED: i32 = 1;
@@ -90,10 +91,19 @@ pub fn main() -> i32 {
 /// Map an error chain to an exit code by the stage error it carries.
 pub fn exit_code_for(err: &anyhow::Error) -> i32 {
     for cause in err.chain() {
-        if cause.is::<crate::export::atomic::WriteError>() {
+        // `PipelineError::Write` is transparent, so the chain never shows the WriteError itself.
+        if cause.is::<crate::export::atomic::WriteError>()
+            || matches!(
+                cause.downcast_ref::<crate::families::error::PipelineError>(),
+                Some(crate::families::error::PipelineError::Write(_))
+            )
+        {
             return EXIT_OUTPUT;
         }
-        if cause.is::<crate::formats::FormatError>() || cause.is::<crate::model::ConfigError>() {
+        if cause.is::<crate::formats::FormatError>()
+            || cause.is::<crate::model::ConfigError>()
+            || cause.is::<crate::model::ModelError>()
+        {
             return EXIT_BAD_INPUT;
         }
     }

@@ -1,13 +1,32 @@
-//! `comer-port presets`.
+//! `comer-port presets`: the named configurations of real upstream models and where
+//! upstream defines them.
+
+use crate::model::presets::{PRESETS, preset};
 
 /// Arguments of `comer-port presets`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Arguments (not available yet).
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
-    pub rest: Vec<String>,
+    /// One JSON array on stdout (name, flavor, source, constructor kwargs).
+    #[arg(long)]
+    pub json: bool,
 }
 
-pub fn run(_args: Args) -> anyhow::Result<i32> {
-    super::not_yet("presets", 3)
+pub fn run(args: Args) -> anyhow::Result<i32> {
+    let mut rows = Vec::new();
+    for p in PRESETS {
+        let cfg = preset(p.name)?;
+        rows.push((p, cfg));
+    }
+    if args.json {
+        let v: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|(p, c)| serde_json::json!({"name": p.name, "flavor": c.flavor.name(), "source": p.source, "config": c.to_case_json()}))
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        for (p, c) in &rows {
+            println!("{:<24} {:<14} D={:<5} depth={:<3} {}", p.name, c.flavor.name(), c.embed_dim, c.depth, p.source);
+        }
+    }
+    Ok(super::EXIT_OK)
 }

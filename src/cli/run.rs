@@ -1,13 +1,167 @@
-//! `comer-port run`.
+//! `comer-port run`: the reference forward on a safetensors batch or an image, writing the
+//! pyramid (and optionally the fixtures' taps) to safetensors, and a false-colour PCA view.
+//!
+//! Mirrors how the fixtures were produced from upstream's `forward` (one call per input
+//! tensor); images follow mmdet/mmseg's usual preprocessing (ImageNet mean/std).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use candle_core::{DType, Device, Tensor};
+
+use crate::model::{Comer, ComerConfig, Store, ops, presets};
+
+/// Metadata key under which an artifact carries its config (`case.json` shape).
+pub const CONFIG_METADATA_KEY: &str = "comer_port.config";
+
+/// ImageNet normalisation (RGB, on 0..1 values).
+const MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+const STD: [f32; 3] = [0.229, 0.224, 0.225];
 
 /// Arguments of `comer-port run`.
 #[derive(clap::Args, Debug)]
+#[command(after_help = "Images (--input x.png|x.jpg) are converted to RGB, resized bilinearly \
+(align_corners=False, no antialias) so that each side is the nearest multiple of 32 (at least 32), \
+scaled to 0..1 and normalised with ImageNet mean/std; the tensor is named 'image'.")]
 pub struct Args {
-    /// Arguments (not available yet).
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
-    pub rest: Vec<String>,
+    /// Weights (safetensors, target state-dict names).
+    #[arg(long)]
+    pub weights: PathBuf,
+    /// Config in the fixtures' case.json shape; default: the weights' `comer_port.config` metadata.
+    #[arg(long, conflicts_with = "preset")]
+    pub config: Option<PathBuf>,
+    /// A named preset (see `comer-port presets`).
+    #[arg(long)]
+    pub preset: Option<String>,
+    /// Inputs: a safetensors file of NCHW float tensors, or a .png/.jpg image.
+    #[arg(long)]
+    pub input: PathBuf,
+    /// Output safetensors: NAME.out.f1..f4 (+ NAME.out.x for beit-comer) per input tensor.
+    #[arg(short, long)]
+    pub output: Option<PathBuf>,
+    /// Also write the taps (NAME.spm.c1..c4, NAME.patch_embed, NAME.interactions.K.{x,c}).
+    #[arg(long)]
+    pub taps: bool,
+    /// Render the four pyramid levels of the first image side by side as PCA false colour.
+    #[arg(long)]
+    pub viz: Option<PathBuf>,
+    /// Overwrite existing outputs.
+    #[arg(long)]
+    pub force: bool,
 }
 
-pub fn run(_args: Args) -> anyhow::Result<i32> {
-    super::not_yet("run", 3)
+/// The config: `--config`, `--preset`, or the weights' metadata.
+pub fn resolve_config(weights: &Path, config: Option<&Path>, preset: Option<&str>) -> anyhow::Result<ComerConfig> {
+    if let Some(p) = config {
+        let text = std::fs::read_to_string(p).with_context(|| format!("{}", p.display()))?;
+        return Ok(ComerConfig::from_case_json(&text)?);
+    }
+    if let Some(name) = preset {
+        return Ok(presets::preset(name)?);
+    }
+    let file = std::fs::File::open(weights).with_context(|| format!("{}", weights.display()))?;
+    // SAFETY: read-only map of a file we only read; a concurrent writer could change the
+    // bytes, which the header parser tolerates as an error.
+    let map = unsafe { memmap2::Mmap::map(&file) }.with_context(|| format!("{}", weights.display()))?;
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&map)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", weights.display()))?;
+    match meta.metadata().as_ref().and_then(|m| m.get(CONFIG_METADATA_KEY)) {
+        Some(json) => Ok(ComerConfig::from_case_json(json)?),
+        None => bail!(
+            "{}: no --config or --preset given and no '{CONFIG_METADATA_KEY}' metadata in the weights",
+            weights.display()
+        ),
+    }
+}
+
+/// Load an image as a normalised (1, 3, H', W') tensor, H' and W' the nearest multiples of 32.
+pub fn load_image(path: &Path) -> anyhow::Result<Tensor> {
+    let img = image::open(path).with_context(|| format!("{}", path.display()))?.to_rgb8();
+    let (w, h) = (img.width() as usize, img.height() as usize);
+    let round = |v: usize| ((v + 16) / 32).max(1) * 32;
+    let (oh, ow) = (round(h), round(w));
+    let src: Vec<f32> = img.as_raw().iter().map(|&v| v as f32 / 255.0).collect();
+    let r = ops::resize_bilinear_nhwc(&src, 1, h, w, 3, oh, ow, None);
+    let mut chw = vec![0f32; 3 * oh * ow];
+    for (i, px) in r.chunks(3).enumerate() {
+        for c in 0..3 {
+            chw[c * oh * ow + i] = (px[c] - MEAN[c]) / STD[c];
+        }
+    }
+    Ok(Tensor::from_vec(chw, (1, 3, oh, ow), &Device::Cpu)?)
+}
+
+fn is_image(p: &Path) -> bool {
+    matches!(
+        p.extension().and_then(|e| e.to_str()).map(|e| e.to_ascii_lowercase()).as_deref(),
+        Some("png" | "jpg" | "jpeg")
+    )
+}
+
+/// Serialize named f32 tensors to safetensors bytes.
+pub fn safetensors_bytes(tensors: &[(String, Tensor)]) -> anyhow::Result<Vec<u8>> {
+    let mut owned = Vec::new();
+    for (name, t) in tensors {
+        let v = t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+        let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+        owned.push((name.clone(), t.dims().to_vec(), bytes));
+    }
+    let views = owned
+        .iter()
+        .map(|(n, s, b)| Ok((n.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)?)))
+        .collect::<Result<Vec<_>, safetensors::SafeTensorError>>()
+        .map_err(|e| anyhow::anyhow!("safetensors: {e}"))?;
+    safetensors::serialize(views, None).map_err(|e| anyhow::anyhow!("safetensors: {e}"))
+}
+
+pub fn run(args: Args) -> anyhow::Result<i32> {
+    if args.output.is_none() && args.viz.is_none() {
+        bail!("nothing to write: give -o OUT.safetensors and/or --viz OUT.png");
+    }
+    for p in [&args.output, &args.viz].into_iter().flatten() {
+        if p.exists() && !args.force {
+            return Err(crate::export::atomic::WriteError::Exists(p.clone()).into());
+        }
+    }
+    let cfg = resolve_config(&args.weights, args.config.as_deref(), args.preset.as_deref())?;
+    let store = Store::from_safetensors(&args.weights)?;
+    let model = Comer::new(&store.root(), &cfg)?;
+    store.finish()?;
+    let inputs: Vec<(String, Tensor)> = if is_image(&args.input) {
+        vec![("image".to_string(), load_image(&args.input)?)]
+    } else {
+        let map: HashMap<String, Tensor> = candle_core::safetensors::load(&args.input, &Device::Cpu)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", args.input.display()))?;
+        let mut v: Vec<(String, Tensor)> = map.into_iter().collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v.into_iter().map(|(n, t)| Ok((n, t.to_dtype(DType::F32)?))).collect::<anyhow::Result<_>>()?
+    };
+    let mut out = Vec::new();
+    let mut first: Option<[Tensor; 4]> = None;
+    for (name, img) in &inputs {
+        let o = model.forward(img, name)?;
+        for (i, f) in o.f.iter().enumerate() {
+            out.push((format!("{name}.out.f{}", i + 1), f.clone()));
+        }
+        if let Some(x) = &o.x {
+            out.push((format!("{name}.out.x"), x.clone()));
+        }
+        if args.taps {
+            out.extend(o.taps.iter().map(|(t, v)| (format!("{name}.{t}"), v.clone())));
+        }
+        if first.is_none() {
+            first = Some(o.f.clone());
+        }
+    }
+    if let Some(path) = &args.output {
+        crate::export::atomic::write_all(path, &safetensors_bytes(&out)?, args.force)?;
+        eprintln!("wrote {} tensors to {}", out.len(), path.display());
+    }
+    if let (Some(path), Some(f)) = (&args.viz, first) {
+        let png = crate::cli::viz::pyramid_png(&f)?;
+        crate::export::atomic::write_all(path, &png, args.force)?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(super::EXIT_OK)
 }

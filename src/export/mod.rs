@@ -3,3 +3,6 @@
 //! complete, never overwriting without `force`.
 
 pub mod atomic;
+pub mod pth;
+pub mod safetensors;
+pub mod onnx;

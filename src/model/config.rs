@@ -94,7 +94,7 @@ pub struct ComerConfig {
     /// beit: `qk_scale` (None → head_dim^-0.5).
     pub qk_scale: Option<f64>,
     /// `init_values`: CTI/injector `gamma` init, and for beit the blocks' layer-scale init
-    /// (layer scale present only when it is set and > 0).
+    /// (beit blocks have `gamma_1/gamma_2` whenever it is not None, 0.0 included).
     pub init_values: Option<f64>,
     // --- the CNN / interaction part ---
     pub conv_inplane: usize,
@@ -292,6 +292,11 @@ impl ComerConfig {
             extra_num: if flavor == Flavor::Det { k.usize(&["extra_num"], 4)? } else { 4 },
             dim_ratio: if flavor == Flavor::Seg { k.f64(&["dim_ratio"], 6.0)? } else { 0.5 },
         };
+        if beit && map.get("version").is_some_and(|v| v.as_str() != Some("new")) {
+            return Err(ConfigError::Invalid(
+                "BEiTComer2 version other than 'new' (per-interaction ViT maps) is not supported".into(),
+            ));
+        }
         for key in map.keys() {
             if !k.used.contains(key) && !IGNORED_KWARGS.contains(&key.as_str()) {
                 return Err(ConfigError::UnknownKwarg { flavor: flavor.name(), key: key.clone() });
@@ -304,14 +309,14 @@ impl ComerConfig {
     /// Checks that upstream would fail on later, made early and named.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
-        if self.embed_dim == 0 || self.num_heads == 0 || self.embed_dim % self.num_heads != 0 {
+        if self.embed_dim == 0 || self.num_heads == 0 || !self.embed_dim.is_multiple_of(self.num_heads) {
             return bad(format!("embed_dim {} must be a positive multiple of num_heads {}", self.embed_dim, self.num_heads));
         }
-        if self.deform_num_heads == 0 || self.embed_dim % self.deform_num_heads != 0 {
+        if self.deform_num_heads == 0 || !self.embed_dim.is_multiple_of(self.deform_num_heads) {
             return bad(format!("embed_dim {} must be a multiple of deform_num_heads {}", self.embed_dim, self.deform_num_heads));
         }
         let value_dim = (self.embed_dim as f64 * self.deform_ratio) as usize;
-        if value_dim == 0 || value_dim % self.deform_num_heads != 0 {
+        if value_dim == 0 || !value_dim.is_multiple_of(self.deform_num_heads) {
             return bad(format!("embed_dim·deform_ratio = {value_dim} must be a multiple of deform_num_heads {}", self.deform_num_heads));
         }
         if self.window_attn.len() < self.depth || self.window_size.len() < self.depth {

@@ -1,5 +1,11 @@
 //! Integration tests, built as one binary (ripgrep's layout). Each module is one concern.
 
+/// Reference forward against upstream fixtures (issue 3).
+mod forward;
+/// One test per `ModelError` variant (issue 3).
+mod model_errors;
+/// `comer-port run` / `presets` / `bench` end to end (issue 3).
+mod run_cli;
 /// Shared helpers: fixture paths, temp files, running the binary.
 mod util;
 /// Every fixture reads and is detected right; values against independent ground truth.
@@ -8,3 +14,9 @@ mod formats;
 mod bad_inputs;
 /// `comer-port inspect`: table, JSON, exit codes, one-line errors.
 mod inspect;
+/// `comer-port import`: layouts, mappings, transforms, init, writers (issue 4).
+mod import;
+/// `comer-port export onnx`: decode, outputs, determinism, refusals (issue 6).
+mod onnx_export;
+/// Source-family ViT forwards against the sources goldens; mapping parity (issue 5).
+mod source_forward;

@@ -1,0 +1,69 @@
+"""ONNX Runtime CPU latency of an exported backbone, GridSample vs Gather deformable sampling.
+
+Usage: onnx_bench.py ARTIFACT --preset NAME [--size 512x512] [--runs 5] [--threads 2]
+Exports both formulations with target/release/comer-port into bench/out/, then runs each in
+ONNX Runtime (CPU, intra_op_num_threads=THREADS, inter_op 1, sequential) on one random image:
+one warm-up run each, then RUNS rounds that alternate the formulations (so load changes on a
+shared machine hit both alike); prints median/min per formulation and their ratio.
+"""
+import argparse
+import os
+import statistics
+import subprocess
+import time
+
+import numpy as np
+import onnxruntime as ort
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+BIN = os.environ.get("COMER_PORT_BIN", os.path.join(ROOT, "target", "release", "comer-port"))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("artifact")
+    ap.add_argument("--preset")
+    ap.add_argument("--size", default="512x512")
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--deform", nargs="+", default=["grid-sample", "gather"])
+    a = ap.parse_args()
+    h, w = (int(v) for v in a.size.split("x"))
+    os.makedirs(os.path.join(ROOT, "bench", "out"), exist_ok=True)
+    img = np.random.default_rng(0).standard_normal((1, 3, h, w), dtype=np.float32)
+    results = {}
+    outputs = {}
+    sessions = {}
+    for deform in a.deform:
+        out = os.path.join(ROOT, "bench", "out", f"model-{deform}-{a.size}.onnx")
+        cmd = [BIN, "export", "onnx", a.artifact, "-o", out, "--input-size", a.size, "--deform", deform, "--force"]
+        if a.preset:
+            cmd += ["--preset", a.preset]
+        t0 = time.perf_counter()
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+        print(f"export {deform}: {time.perf_counter() - t0:.2f} s, {os.path.getsize(out) / 1e6:.1f} MB")
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = a.threads
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        sessions[deform] = ort.InferenceSession(out, so, providers=["CPUExecutionProvider"])
+        outputs[deform] = sessions[deform].run(None, {"image": img})  # warm-up
+        results[deform] = []
+    for _ in range(a.runs):
+        for deform, sess in sessions.items():
+            t0 = time.perf_counter()
+            sess.run(None, {"image": img})
+            results[deform].append(time.perf_counter() - t0)
+    for deform, times in results.items():
+        print(f"{deform}: median {statistics.median(times):.3f} s, min {min(times):.3f} s, runs {[round(t, 3) for t in times]}")
+    if len(outputs) == 2:
+        x, y = outputs.values()
+        diff = max(float(np.abs(p - q).max()) for p, q in zip(x, y))
+        print(f"max |grid-sample - gather| over outputs: {diff:.3e}")
+        gs, ga = (statistics.median(results[k]) for k in ("grid-sample", "gather"))
+        print(f"gather / grid-sample median ratio: {ga / gs:.3f}")
+    print(f"ort {ort.__version__}, threads {a.threads}, image {h}x{w}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,481 @@
+//! The whole backbone as one ONNX graph, flavour by flavour: upstream's `ViTCoMer.forward`
+//! (detection `vit_comer.py` on `base/vit.py`, segmentation `vit_comer.py`) and the Co-DETR
+//! branch's `BEiTComer2.forward` (on `base/beit.py`), with `CTIBlock`/`InteractionBlock`,
+//! `CTI_toV`/`Injector`, `CTI_toC`/`Extractor`, `Extractor_CTI`/`Extractor_tail`,
+//! `MultiscaleExtractor` and the `CNN`/`SpatialPriorModule` stem of `comer_modules.py`.
+
+use super::OnnxError;
+use super::bicubic;
+use super::builder::{Graph, attr_i, attr_ints};
+use super::deform::{Deform, DeformSpec};
+use super::layers::Levels;
+use crate::model::{ComerConfig, Flavor};
+
+const LN_EPS: f32 = 1e-6;
+
+/// Upstream module names, which differ between the ViT-CoMer and BEiT-CoMer branches.
+struct Names {
+    tov: &'static str,
+    toc: &'static str,
+    extra: &'static str,
+    mrfp: &'static str,
+}
+
+fn names(f: Flavor) -> Names {
+    match f {
+        Flavor::Beit => Names { tov: "injector", toc: "extractor", extra: "extra_extractors", mrfp: "multiconv" },
+        _ => Names { tov: "cti_tov", toc: "cti_toc", extra: "extra_CTIs", mrfp: "mrfp" },
+    }
+}
+
+pub struct Ctx<'c> {
+    pub cfg: &'c ComerConfig,
+    pub lv: Levels,
+    pub deform: Deform,
+}
+
+impl Ctx<'_> {
+    fn spec(&self) -> DeformSpec {
+        DeformSpec { heads: self.cfg.deform_num_heads, points: self.cfg.n_points, levels: self.lv }
+    }
+    fn n(&self) -> usize {
+        self.lv.h * self.lv.w
+    }
+}
+
+/// Build the graph from input `image` (B, 3, 16h, 16w); returns the output names.
+pub fn build(g: &mut Graph, cx: &Ctx) -> Result<Vec<String>, OnnxError> {
+    let cfg = cx.cfg;
+    let lv = cx.lv;
+    let (b, d) = (lv.b, cfg.embed_dim);
+    let nm = names(cfg.flavor);
+
+    // --- spm: the convolutional stem ---
+    let (c1, cs) = g.scoped("spm", |g| spm(g, "image", cx))?;
+    // --- patch embedding + position embedding ---
+    let x = g.scoped("patch_embed", |g| -> Result<String, OnnxError> {
+        let p = g.conv("image", "patch_embed.proj", cfg.patch_size, 0, 1)?;
+        Ok(g.map_to_tokens(&p, b, d, cx.n()))
+    })?;
+    let mut x = g.scoped("pos_embed", |g| add_pos_embed(g, &x, cx))?;
+    let mut c = cs;
+
+    // --- interactions ---
+    let n_int = cfg.interaction_indexes.len();
+    let mut outs = Vec::new();
+    for i in 0..n_int {
+        let key = format!("interactions.{i}");
+        if cfg.use_cti_tov[i] {
+            let k = format!("{key}.{}", nm.mrfp);
+            c = g.scoped(&k, |g| g.mrfp(&c, &k, lv))?;
+            let k = format!("{key}.{}", nm.tov);
+            // c = cat(c1, c2 + x, c3); x = CTI_toV(x, c)
+            c = g.scoped(&k, |g| {
+                let mid = g.slice(&c, 1, lv.start(1), lv.start(2));
+                let mid = g.add(&mid, &x);
+                let a = g.slice(&c, 1, 0, lv.start(1));
+                let z = g.slice(&c, 1, lv.start(2), lv.total());
+                g.concat(&[&a, &mid, &z], 1)
+            });
+            x = g.scoped(&k, |g| cti_tov(g, &x, &c, &k, cx))?;
+        }
+        let [first, last] = cfg.interaction_indexes[i];
+        for bi in first..=last {
+            let k = format!("blocks.{bi}");
+            x = g.scoped(&k, |g| block(g, &x, bi, cx))?;
+        }
+        if cfg.use_cti_toc[i] {
+            let k = format!("{key}.{}", nm.toc);
+            c = g.scoped(&k, |g| cti_toc(g, &c, &x, &k, cfg.cnn_feature_interaction[i], false, cx))?;
+        }
+        if i == n_int - 1 && cfg.use_extra_cti {
+            let extra = if cfg.flavor == Flavor::Det { cfg.extra_num } else { 4 };
+            for e in 0..extra {
+                let k = format!("{key}.{}.{e}", nm.extra);
+                c = g.scoped(&k, |g| cti_toc(g, &c, &x, &k, cfg.cnn_feature_interaction[i], cfg.with_cffn, cx))?;
+            }
+        }
+        outs.push(x.clone());
+    }
+
+    // --- the pyramid ---
+    g.scoped("pyramid", |g| -> Result<Vec<String>, OnnxError> {
+        let (h, w) = (lv.h, lv.w);
+        let c2 = g.slice(&c, 1, 0, lv.start(1));
+        let c3 = g.slice(&c, 1, lv.start(1), lv.start(2));
+        let c4 = g.slice(&c, 1, lv.start(2), lv.total());
+        let c2 = g.tokens_to_map(&c2, b, d, 2 * h, 2 * w);
+        let c3 = g.tokens_to_map(&c3, b, d, h, w);
+        let c4 = g.tokens_to_map(&c4, b, d, h / 2, w / 2);
+        let upw = g.param("up.weight", Some(&[d, d, 2, 2]))?;
+        let upb = g.param("up.bias", Some(&[d]))?;
+        let up = g.op(
+            "ConvTranspose",
+            &[&c2, &upw, &upb],
+            vec![attr_ints("kernel_shape", &[2, 2]), attr_ints("strides", &[2, 2])],
+        );
+        let mut fs = [g.add(&up, &c1), c2, c3, c4];
+        let mut x_out = None;
+        if cfg.add_vit_feature {
+            let src: Vec<String> = if cfg.flavor == Flavor::Seg {
+                outs.clone()
+            } else {
+                vec![x.clone(); 4]
+            };
+            let sizes = [(4 * h, 4 * w), (2 * h, 2 * w), (h, w), (h / 2, w / 2)];
+            for (l, f) in fs.iter_mut().enumerate() {
+                let m = g.tokens_to_map(&src[l], b, d, h, w);
+                if l == 2 && cfg.flavor != Flavor::Seg {
+                    x_out = Some(m.clone());
+                }
+                let m = if l == 2 { m } else { g.resize_bilinear(&m, [b, d, sizes[l].0, sizes[l].1]) };
+                *f = g.add(f, &m);
+            }
+        }
+        let mut names = Vec::new();
+        if cfg.flavor == Flavor::Beit {
+            // BEiTComer2 returns x first: the token map when add_vit_feature, else tokens.
+            let xo = x_out.unwrap_or_else(|| x.clone());
+            g.op_to("Identity", &[&xo], vec![], "x");
+            names.push("x".to_string());
+        }
+        for (l, f) in fs.iter().enumerate() {
+            let bn = g.batch_norm(f, &format!("norm{}", l + 1))?;
+            let out = format!("f{}", l + 1);
+            g.op_to("Identity", &[&bn], vec![], &out);
+            names.push(out);
+        }
+        Ok(names)
+    })
+}
+
+/// `CNN` / `SpatialPriorModule`: returns c1 (B, D, 4h, 4w) and c = cat(c2, c3, c4) tokens
+/// with `level_embed` added.
+fn spm(g: &mut Graph, image: &str, cx: &Ctx) -> Result<(String, String), OnnxError> {
+    let (b, d) = (cx.lv.b, cx.cfg.embed_dim);
+    let mut t = image.to_string();
+    for (conv, bn, stride) in [("stem.0", "stem.1", 2), ("stem.3", "stem.4", 1), ("stem.6", "stem.7", 1)] {
+        t = g.conv(&t, &format!("spm.{conv}"), stride, 1, 1)?;
+        t = g.batch_norm(&t, &format!("spm.{bn}"))?;
+        t = g.relu(&t);
+    }
+    let c1 = g.op(
+        "MaxPool",
+        &[&t],
+        vec![attr_ints("kernel_shape", &[3, 3]), attr_ints("strides", &[2, 2]), attr_ints("pads", &[1, 1, 1, 1])],
+    );
+    let mut feats = vec![c1];
+    for s in ["conv2", "conv3", "conv4"] {
+        let prev = feats.last().cloned().unwrap_or_default();
+        let y = g.conv(&prev, &format!("spm.{s}.0"), 2, 1, 1)?;
+        let y = g.batch_norm(&y, &format!("spm.{s}.1"))?;
+        feats.push(g.relu(&y));
+    }
+    let c1 = g.conv(&feats[0], "spm.fc1", 1, 0, 1)?;
+    let (_, le) = g.weights.get("level_embed", Some(&[3, d]))?;
+    let mut toks = Vec::new();
+    for l in 0..3 {
+        let y = g.conv(&feats[l + 1], &format!("spm.fc{}", l + 2), 1, 0, 1)?;
+        let y = g.map_to_tokens(&y, b, d, cx.lv.len(l));
+        let e = g.const_f32(&[d], &le[l * d..(l + 1) * d]);
+        toks.push(g.add(&y, &e));
+    }
+    let refs: Vec<&str> = toks.iter().map(|s| s.as_str()).collect();
+    let c = g.concat(&refs, 1);
+    Ok((c1, c))
+}
+
+/// Add the (bicubically resized) absolute position embedding, a constant at export time.
+fn add_pos_embed(g: &mut Graph, x: &str, cx: &Ctx) -> Result<String, OnnxError> {
+    let cfg = cx.cfg;
+    if cfg.flavor == Flavor::Beit && !cfg.use_abs_pos_emb {
+        return Ok(x.to_string());
+    }
+    let d = cfg.embed_dim;
+    let (shape, pe) = g.weights.get("pos_embed", None)?;
+    let grid = cfg.pretrain_size / 16;
+    let prefix = if cfg.flavor == Flavor::Beit { 0 } else { 1 };
+    if shape.len() != 3 || shape[2] != d || shape[1] != grid * grid + prefix {
+        return Err(g.node_error(
+            "Add",
+            format!("pos_embed has shape {shape:?}, expected [1, {}, {d}] for pretrain_size {}", grid * grid + prefix, cfg.pretrain_size),
+        ));
+    }
+    let resized = bicubic::resize(&pe[prefix * d..], grid, grid, d, cx.lv.h, cx.lv.w);
+    let c = g.const_f32(&[1, cx.n(), d], &resized);
+    Ok(g.add(x, &c))
+}
+
+/// `CTI_toV` / `Injector`: deformable attention from the three-level c tokens, ConvFFN,
+/// the stride-8 and stride-32 results resized onto the ViT grid, `x + gamma·(sum)`.
+fn cti_tov(g: &mut Graph, x: &str, c: &str, key: &str, cx: &Ctx) -> Result<String, OnnxError> {
+    let lv = cx.lv;
+    let (b, d, h, w) = (lv.b, cx.cfg.embed_dim, lv.h, lv.w);
+    let q = g.layer_norm(c, &format!("{key}.query_norm"), LN_EPS)?;
+    let f = g.layer_norm(c, &format!("{key}.feat_norm"), LN_EPS)?;
+    let a = g.ms_deform_attn(&q, &f, &format!("{key}.attn"), &cx.spec(), cx.deform)?;
+    let n = g.layer_norm(&a, &format!("{key}.ffn_norm"), LN_EPS)?;
+    let ff = g.conv_ffn(&n, &format!("{key}.ffn"), lv)?;
+    let c1 = g.add(&a, &ff);
+    let s1 = g.slice(&c1, 1, 0, lv.start(1));
+    let s2 = g.slice(&c1, 1, lv.start(1), lv.start(2));
+    let s3 = g.slice(&c1, 1, lv.start(2), lv.total());
+    let m1 = g.tokens_to_map(&s1, b, d, 2 * h, 2 * w);
+    let m1 = g.resize_bilinear(&m1, [b, d, h, w]);
+    let s1 = g.map_to_tokens(&m1, b, d, h * w);
+    let m3 = g.tokens_to_map(&s3, b, d, h / 2, w / 2);
+    let m3 = g.resize_bilinear(&m3, [b, d, h, w]);
+    let s3 = g.map_to_tokens(&m3, b, d, h * w);
+    let sum = g.add(&s1, &s2);
+    let sum = g.add(&sum, &s3);
+    let gamma = g.param(&format!("{key}.gamma"), Some(&[d]))?;
+    let scaled = g.mul(&sum, &gamma);
+    Ok(g.add(x, &scaled))
+}
+
+/// `CTI_toC` / `Extractor` (`ffn` false) and `Extractor_CTI` / `Extractor_tail` (`ffn` =
+/// with_cffn): add the ViT tokens to the stride-16 level, optional ConvFFN, then the
+/// `cfinter` MultiscaleExtractor on the normalised tokens.
+fn cti_toc(g: &mut Graph, c: &str, x: &str, key: &str, cfinter: bool, ffn: bool, cx: &Ctx) -> Result<String, OnnxError> {
+    let lv = cx.lv;
+    let a = g.slice(c, 1, 0, lv.start(1));
+    let mid = g.slice(c, 1, lv.start(1), lv.start(2));
+    let z = g.slice(c, 1, lv.start(2), lv.total());
+    let mid = g.add(&mid, x);
+    let mut q = g.concat(&[&a, &mid, &z], 1);
+    if ffn {
+        let n = g.layer_norm(&q, &format!("{key}.ffn_norm"), LN_EPS)?;
+        let f = g.conv_ffn(&n, &format!("{key}.ffn"), lv)?;
+        q = g.add(&q, &f);
+    }
+    if cfinter {
+        let qn = g.layer_norm(&q, &format!("{key}.query_norm"), LN_EPS)?;
+        let fnm = g.layer_norm(&q, &format!("{key}.feat_norm"), LN_EPS)?;
+        let k = format!("{key}.cfinter");
+        q = g.scoped(&k, |g| multiscale_extractor(g, &qn, &fnm, &k, cx))?;
+    }
+    Ok(q)
+}
+
+/// `MultiscaleExtractor`: query + attn(query_norm(query), feat_norm(feat)), then + ConvFFN.
+fn multiscale_extractor(g: &mut Graph, query: &str, feat: &str, key: &str, cx: &Ctx) -> Result<String, OnnxError> {
+    let q = g.layer_norm(query, &format!("{key}.query_norm"), LN_EPS)?;
+    let f = g.layer_norm(feat, &format!("{key}.feat_norm"), LN_EPS)?;
+    let a = g.ms_deform_attn(&q, &f, &format!("{key}.attn"), &cx.spec(), cx.deform)?;
+    let mut out = g.add(query, &a);
+    if cx.cfg.with_cffn {
+        let n = g.layer_norm(&out, &format!("{key}.ffn_norm"), LN_EPS)?;
+        let ff = g.conv_ffn(&n, &format!("{key}.ffn"), cx.lv)?;
+        out = g.add(&out, &ff);
+    }
+    Ok(out)
+}
+
+/// One transformer block: timm-style (`base/vit.py` `Block`, global or windowed attention
+/// with zero-padded q/k/v) or BEiT (`base/beit.py` `Block`, q/v bias, relative position bias,
+/// windows padded before qkv).
+fn block(g: &mut Graph, x: &str, i: usize, cx: &Ctx) -> Result<String, OnnxError> {
+    let cfg = cx.cfg;
+    let key = format!("blocks.{i}");
+    let n1 = g.layer_norm(x, &format!("{key}.norm1"), LN_EPS)?;
+    let a = if cfg.flavor == Flavor::Beit { beit_attention(g, &n1, i, cx)? } else { vit_attention(g, &n1, i, cx)? };
+    let (g1, g2) = if cfg.flavor == Flavor::Beit {
+        let has = g.weights.has(&format!("{key}.gamma_1"));
+        (has.then(|| format!("{key}.gamma_1")), has.then(|| format!("{key}.gamma_2")))
+    } else if cfg.layer_scale {
+        (Some(format!("{key}.gamma1")), Some(format!("{key}.gamma2")))
+    } else {
+        (None, None)
+    };
+    let a = match &g1 {
+        Some(k) => {
+            let p = g.param(k, Some(&[cfg.embed_dim]))?;
+            g.mul(&a, &p)
+        }
+        None => a,
+    };
+    let x = g.add(x, &a);
+    let n2 = g.layer_norm(&x, &format!("{key}.norm2"), LN_EPS)?;
+    let m = g.linear(&n2, &format!("{key}.mlp.fc1"))?;
+    let m = g.gelu(&m);
+    let m = g.linear(&m, &format!("{key}.mlp.fc2"))?;
+    let m = match &g2 {
+        Some(k) => {
+            let p = g.param(k, Some(&[cfg.embed_dim]))?;
+            g.mul(&m, &p)
+        }
+        None => m,
+    };
+    Ok(g.add(&x, &m))
+}
+
+/// Shape and scaling of one multi-head attention over (B', N', 3C) packed q/k/v.
+#[derive(Clone, Copy)]
+struct Sdpa<'s> {
+    bn: usize,
+    n: usize,
+    heads: usize,
+    hd: usize,
+    scale: f32,
+    /// Scale q before the product (BEiT) instead of the logits (timm).
+    prescale: bool,
+    /// Added to the logits (BEiT relative position bias).
+    bias: Option<&'s str>,
+}
+
+/// Scaled dot-product attention; returns (B', N', C).
+fn sdpa(g: &mut Graph, qkv: &str, a: &Sdpa) -> String {
+    let Sdpa { bn, n, heads, hd, scale, prescale, bias } = *a;
+    let t = g.reshape(qkv, &[bn, n, 3, heads, hd]); // (B', N', 3, h, hd)
+    let t = g.transpose(&t, &[2, 0, 3, 1, 4]); // (3, B', h, N', hd)
+    let q = g.pick(&t, 0, 0);
+    let k = g.pick(&t, 0, 1);
+    let v = g.pick(&t, 0, 2);
+    let s = g.scalar(scale);
+    let q = if prescale { g.mul(&q, &s) } else { q };
+    let kt = g.transpose(&k, &[0, 1, 3, 2]); // (B', h, hd, N')
+    let mut logits = g.matmul(&q, &kt); // (B', h, N', N')
+    if !prescale {
+        logits = g.mul(&logits, &s);
+    }
+    if let Some(bias) = bias {
+        logits = g.add(&logits, bias);
+    }
+    let p = g.op("Softmax", &[&logits], vec![attr_i("axis", -1)]);
+    let o = g.matmul(&p, &v); // (B', h, N', hd)
+    let o = g.transpose(&o, &[0, 2, 1, 3]); // (B', N', h, hd)
+    g.reshape(&o, &[bn, n, heads * hd]) // (B', N', C)
+}
+
+/// (B, h, w, C) map with h, w multiples of `ws` → (B·nW, ws·ws, C) windows.
+fn partition(g: &mut Graph, x: &str, b: usize, h: usize, w: usize, c: usize, ws: usize) -> String {
+    let t = g.reshape(x, &[b, h / ws, ws, w / ws, ws, c]); // (B, h/ws, ws, w/ws, ws, C)
+    let t = g.transpose(&t, &[0, 1, 3, 2, 4, 5]); // (B, h/ws, w/ws, ws, ws, C)
+    g.reshape(&t, &[b * (h / ws) * (w / ws), ws * ws, c])
+}
+
+/// A window layout: batch, unpadded grid (h, w), padded grid (hp, wp), window size.
+#[derive(Clone, Copy)]
+struct Win {
+    b: usize,
+    h: usize,
+    w: usize,
+    hp: usize,
+    wp: usize,
+    ws: usize,
+}
+
+impl Win {
+    fn new(b: usize, h: usize, w: usize, ws: usize) -> Win {
+        Win { b, h, w, hp: h.div_ceil(ws) * ws, wp: w.div_ceil(ws) * ws, ws }
+    }
+    fn count(&self) -> usize {
+        (self.hp / self.ws) * (self.wp / self.ws)
+    }
+}
+
+/// Inverse of [`partition`], cropped back to the unpadded (B, H·W, C) tokens.
+fn unpartition(g: &mut Graph, x: &str, win: Win, c: usize) -> String {
+    let Win { b, h, w, hp, wp, ws } = win;
+    let t = g.reshape(x, &[b, hp / ws, wp / ws, ws, ws, c]); // (B, h/ws, w/ws, ws, ws, C)
+    let t = g.transpose(&t, &[0, 1, 3, 2, 4, 5]); // (B, h/ws, ws, w/ws, ws, C)
+    let t = g.reshape(&t, &[b, hp, wp, c]); // (B, H_, W_, C)
+    let t = if hp != h { g.slice(&t, 1, 0, h) } else { t };
+    let t = if wp != w { g.slice(&t, 2, 0, w) } else { t };
+    g.reshape(&t, &[b, h * w, c]) // (B, N, C)
+}
+
+/// Zero-pad a (B, h, w, C) map at the bottom/right to (B, hp, wp, C).
+fn pad_hw(g: &mut Graph, x: &str, h: usize, w: usize, hp: usize, wp: usize) -> String {
+    if hp == h && wp == w {
+        return x.to_string();
+    }
+    let pads = g.const_i64(&[0, 0, 0, 0, 0, (hp - h) as i64, (wp - w) as i64, 0]);
+    g.op("Pad", &[x, &pads], vec![])
+}
+
+fn vit_attention(g: &mut Graph, x: &str, i: usize, cx: &Ctx) -> Result<String, OnnxError> {
+    let cfg = cx.cfg;
+    let (b, h, w, c) = (cx.lv.b, cx.lv.h, cx.lv.w, cfg.embed_dim);
+    let key = format!("blocks.{i}.attn");
+    let heads = cfg.num_heads;
+    let hd = c / heads;
+    let scale = (hd as f64).powf(-0.5) as f32;
+    let qkv = g.linear(x, &format!("{key}.qkv"))?; // (B, N, 3C)
+    let out = if cfg.window_attn[i] {
+        let wl = Win::new(b, h, w, cfg.window_size[i].unwrap_or(14));
+        let m = g.reshape(&qkv, &[b, h, w, 3 * c]); // (B, H, W, 3C)
+        let m = pad_hw(g, &m, h, w, wl.hp, wl.wp); // (B, H_, W_, 3C), zero q/k/v in the padding
+        let win = partition(g, &m, b, wl.hp, wl.wp, 3 * c, wl.ws);
+        let a = Sdpa { bn: b * wl.count(), n: wl.ws * wl.ws, heads, hd, scale, prescale: false, bias: None };
+        let o = sdpa(g, &win, &a);
+        unpartition(g, &o, wl, c)
+    } else {
+        sdpa(g, &qkv, &Sdpa { bn: b, n: h * w, heads, hd, scale, prescale: false, bias: None })
+    };
+    g.linear(&out, &format!("{key}.proj"))
+}
+
+/// BEiT relative position bias (heads, ws², ws²) gathered from the table at export time.
+fn rel_pos_bias(g: &mut Graph, key: &str, ws: usize, heads: usize) -> Result<String, OnnxError> {
+    let side = 2 * ws - 1;
+    let (_, table) = g.weights.get(&format!("{key}.relative_position_bias_table"), Some(&[side * side, heads]))?;
+    let n = ws * ws;
+    let mut bias = vec![0f32; heads * n * n];
+    for i in 0..n {
+        let (ih, iw) = (i / ws, i % ws);
+        for j in 0..n {
+            let (jh, jw) = (j / ws, j % ws);
+            let idx = (ih + ws - 1 - jh) * side + (iw + ws - 1 - jw);
+            for hh in 0..heads {
+                bias[(hh * n + i) * n + j] = table[idx * heads + hh];
+            }
+        }
+    }
+    Ok(g.init_f32(&format!("{key}.relative_position_bias"), &[heads, n, n], &bias))
+}
+
+fn beit_attention(g: &mut Graph, x: &str, i: usize, cx: &Ctx) -> Result<String, OnnxError> {
+    let cfg = cx.cfg;
+    let (b, h, w, c) = (cx.lv.b, cx.lv.h, cx.lv.w, cfg.embed_dim);
+    let key = format!("blocks.{i}.attn");
+    let heads = cfg.num_heads;
+    let (wshape, wq) = g.weights.get(&format!("{key}.qkv.weight"), None)?;
+    if wshape.len() != 2 || wshape[0] % (3 * heads) != 0 {
+        return Err(OnnxError::WeightShape { key: format!("{key}.qkv.weight"), expected: vec![3 * c, c], got: wshape });
+    }
+    let all = wshape[0] / 3;
+    let hd = all / heads;
+    let bias = if g.weights.has(&format!("{key}.q_bias")) {
+        let (_, qb) = g.weights.get(&format!("{key}.q_bias"), Some(&[all]))?;
+        let (_, vb) = g.weights.get(&format!("{key}.v_bias"), Some(&[all]))?;
+        Some(qb.iter().copied().chain(std::iter::repeat_n(0.0, all)).chain(vb).collect::<Vec<f32>>())
+    } else {
+        None
+    };
+    let scale = cfg.qk_scale.unwrap_or((hd as f64).powf(-0.5)) as f32;
+    let ws = cfg.window_size[i].unwrap_or(14);
+    let relb = rel_pos_bias(g, &key, ws, heads)?;
+    let out = if cfg.window_attn[i] {
+        let wl = Win::new(b, h, w, ws);
+        let m = g.reshape(x, &[b, h, w, c]); // (B, H, W, C)
+        let m = pad_hw(g, &m, h, w, wl.hp, wl.wp); // zero tokens before qkv
+        let win = partition(g, &m, b, wl.hp, wl.wp, c, ws);
+        let qkv = g.linear_with(&win, &format!("{key}.qkv"), &wshape, &wq, bias.as_deref())?;
+        let a = Sdpa { bn: b * wl.count(), n: ws * ws, heads, hd, scale, prescale: true, bias: Some(&relb) };
+        let o = sdpa(g, &qkv, &a);
+        let o = g.linear(&o, &format!("{key}.proj"))?;
+        unpartition(g, &o, wl, c)
+    } else {
+        if ws * ws != h * w {
+            return Err(g.node_error(
+                "Add",
+                format!("global BEiT block {i} has a {ws}×{ws} relative-position table but the token grid is {h}×{w}; export at {}×{}", ws * 16, ws * 16),
+            ));
+        }
+        let qkv = g.linear_with(x, &format!("{key}.qkv"), &wshape, &wq, bias.as_deref())?;
+        let o = sdpa(g, &qkv, &Sdpa { bn: b, n: h * w, heads, hd, scale, prescale: true, bias: Some(&relb) });
+        g.linear(&o, &format!("{key}.proj"))?
+    };
+    Ok(out)
+}

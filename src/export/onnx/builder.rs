@@ -1,0 +1,198 @@
+//! The graph under construction: nodes in topological order, initializers, and the weights
+//! they come from. Node names are `scope/op_type_N` so an error or an ONNX Runtime message
+//! points back at the upstream module (`interactions.0.cti_tov.attn`) it was built for. This
+//! is the ONNX counterpart of the reference forward's `VarBuilder` over upstream's
+//! `state_dict()` names.
+
+use std::collections::{BTreeSet, HashMap};
+
+use super::OnnxError;
+use super::proto::{AttributeProto, NodeProto, TensorProto, attribute_type, data_type};
+use crate::formats::TensorView;
+
+/// The artifact's tensors by target key, converted to float32 on demand.
+pub struct Weights<'a> {
+    map: HashMap<String, &'a TensorView>,
+}
+
+impl<'a> Weights<'a> {
+    pub fn new(tensors: Vec<(String, &'a TensorView)>) -> Weights<'a> {
+        Weights { map: tensors.into_iter().collect() }
+    }
+
+    pub fn has(&self, key: &str) -> bool {
+        self.map.contains_key(key)
+    }
+
+    /// Shape and float32 values of `key`; `expected` (when given) must match the shape.
+    pub fn get(&self, key: &str, expected: Option<&[usize]>) -> Result<(Vec<usize>, Vec<f32>), OnnxError> {
+        let t = self.map.get(key).ok_or_else(|| OnnxError::MissingWeight { key: key.to_string() })?;
+        if let Some(e) = expected
+            && t.shape != e
+        {
+            return Err(OnnxError::WeightShape { key: key.to_string(), expected: e.to_vec(), got: t.shape.clone() });
+        }
+        Ok((t.shape.clone(), t.to_f32()))
+    }
+}
+
+pub fn attr_i(name: &str, i: i64) -> AttributeProto {
+    AttributeProto { name: name.into(), i, r#type: attribute_type::INT, ..Default::default() }
+}
+
+pub fn attr_f(name: &str, f: f32) -> AttributeProto {
+    AttributeProto { name: name.into(), f, r#type: attribute_type::FLOAT, ..Default::default() }
+}
+
+pub fn attr_s(name: &str, s: &str) -> AttributeProto {
+    AttributeProto { name: name.into(), s: s.as_bytes().to_vec(), r#type: attribute_type::STRING, ..Default::default() }
+}
+
+pub fn attr_ints(name: &str, ints: &[i64]) -> AttributeProto {
+    AttributeProto { name: name.into(), ints: ints.to_vec(), r#type: attribute_type::INTS, ..Default::default() }
+}
+
+#[allow(dead_code)]
+pub fn attr_floats(name: &str, floats: &[f32]) -> AttributeProto {
+    AttributeProto { name: name.into(), floats: floats.to_vec(), r#type: attribute_type::FLOATS, ..Default::default() }
+}
+
+fn dims(shape: &[usize]) -> Vec<i64> {
+    shape.iter().map(|&d| d as i64).collect()
+}
+
+/// A float32 tensor proto with raw little-endian data.
+pub fn tensor_f32(name: &str, shape: &[usize], data: &[f32]) -> TensorProto {
+    TensorProto {
+        dims: dims(shape),
+        data_type: data_type::FLOAT,
+        name: name.into(),
+        raw_data: data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        ..Default::default()
+    }
+}
+
+/// An int64 tensor proto with raw little-endian data.
+pub fn tensor_i64(name: &str, shape: &[usize], data: &[i64]) -> TensorProto {
+    TensorProto {
+        dims: dims(shape),
+        data_type: data_type::INT64,
+        name: name.into(),
+        raw_data: data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        ..Default::default()
+    }
+}
+
+pub struct Graph<'a> {
+    pub nodes: Vec<NodeProto>,
+    pub initializers: Vec<TensorProto>,
+    pub weights: &'a Weights<'a>,
+    /// Initializer names already added (weights are added once, however often used).
+    added: BTreeSet<String>,
+    /// Per scope+op counters for unique, stable node names.
+    counters: HashMap<String, usize>,
+    consts: usize,
+    scope: String,
+}
+
+impl<'a> Graph<'a> {
+    pub fn new(weights: &'a Weights<'a>) -> Graph<'a> {
+        Graph {
+            nodes: Vec::new(),
+            initializers: Vec::new(),
+            weights,
+            added: BTreeSet::new(),
+            counters: HashMap::new(),
+            consts: 0,
+            scope: String::new(),
+        }
+    }
+
+    /// Run `f` with node names prefixed by `scope` (an upstream module path).
+    pub fn scoped<T>(&mut self, scope: &str, f: impl FnOnce(&mut Self) -> T) -> T {
+        let saved = std::mem::replace(&mut self.scope, scope.to_string());
+        let out = f(self);
+        self.scope = saved;
+        out
+    }
+
+    pub fn scope(&self) -> &str {
+        &self.scope
+    }
+
+    fn fresh_name(&mut self, op: &str) -> String {
+        let key = format!("{}/{}", self.scope, op);
+        let n = self.counters.entry(key.clone()).or_insert(0);
+        *n += 1;
+        format!("{key}_{n}")
+    }
+
+    /// Add a node with one output named after the node; returns that output.
+    pub fn op(&mut self, op: &str, inputs: &[&str], attrs: Vec<AttributeProto>) -> String {
+        let name = self.fresh_name(op);
+        self.push(op, &name, inputs, &name, attrs);
+        name
+    }
+
+    /// Add a node whose single output has a given name (graph outputs).
+    pub fn op_to(&mut self, op: &str, inputs: &[&str], attrs: Vec<AttributeProto>, output: &str) {
+        let name = self.fresh_name(op);
+        self.push(op, &name, inputs, output, attrs);
+    }
+
+    fn push(&mut self, op: &str, name: &str, inputs: &[&str], output: &str, attrs: Vec<AttributeProto>) {
+        self.nodes.push(NodeProto {
+            input: inputs.iter().map(|s| s.to_string()).collect(),
+            output: vec![output.to_string()],
+            name: name.to_string(),
+            op_type: op.to_string(),
+            attribute: attrs,
+            domain: String::new(),
+        });
+    }
+
+    /// A float32 initializer under an explicit name (added once).
+    pub fn init_f32(&mut self, name: &str, shape: &[usize], data: &[f32]) -> String {
+        if self.added.insert(name.to_string()) {
+            self.initializers.push(tensor_f32(name, shape, data));
+        }
+        name.to_string()
+    }
+
+    /// An anonymous float32 constant.
+    pub fn const_f32(&mut self, shape: &[usize], data: &[f32]) -> String {
+        self.consts += 1;
+        let name = format!("const_f32_{}", self.consts);
+        self.init_f32(&name, shape, data)
+    }
+
+    /// A scalar float32 constant.
+    pub fn scalar(&mut self, v: f32) -> String {
+        self.const_f32(&[], &[v])
+    }
+
+    /// An anonymous int64 constant of any shape.
+    pub fn const_i64_shaped(&mut self, shape: &[usize], data: &[i64]) -> String {
+        self.consts += 1;
+        let name = format!("const_i64_{}", self.consts);
+        self.added.insert(name.clone());
+        self.initializers.push(tensor_i64(&name, shape, data));
+        name
+    }
+
+    /// A 1-D int64 constant.
+    pub fn const_i64(&mut self, data: &[i64]) -> String {
+        self.const_i64_shaped(&[data.len()], data)
+    }
+
+    /// The weight `key` as an initializer of the same name; checks the shape when given.
+    pub fn param(&mut self, key: &str, expected: Option<&[usize]>) -> Result<String, OnnxError> {
+        let (shape, data) = self.weights.get(key, expected)?;
+        Ok(self.init_f32(key, &shape, &data))
+    }
+
+    /// Error for a node that cannot be built, carrying the node name and op type.
+    pub fn node_error(&self, op_type: &str, reason: String) -> OnnxError {
+        OnnxError::Node { node: self.scope.clone(), op_type: op_type.to_string(), reason }
+    }
+}

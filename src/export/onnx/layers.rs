@@ -1,0 +1,286 @@
+//! Standard-op building blocks: Linear, LayerNorm, GELU (erf), Conv/BatchNorm, bilinear
+//! resize, token ↔ map reshapes, and the ConvFFN/MRFP modules of upstream's
+//! `comer_modules.py` (`ConvFFN`, `DWConv`, `MRFP`/`MultiConvFFN`, `MultiDWConv`).
+//! Shapes are static: every reshape target is known at export time.
+
+use super::OnnxError;
+use super::builder::{Graph, attr_f, attr_i, attr_ints, attr_s};
+
+/// Token counts and grids of the three stride-8/16/32 levels for a patch grid `h`×`w`.
+#[derive(Debug, Clone, Copy)]
+pub struct Levels {
+    pub b: usize,
+    pub h: usize,
+    pub w: usize,
+}
+
+impl Levels {
+    /// (height, width) of level `l` (0: stride 8, 1: stride 16, 2: stride 32).
+    pub fn grid(&self, l: usize) -> (usize, usize) {
+        match l {
+            0 => (self.h * 2, self.w * 2),
+            1 => (self.h, self.w),
+            _ => (self.h / 2, self.w / 2),
+        }
+    }
+    pub fn len(&self, l: usize) -> usize {
+        let (h, w) = self.grid(l);
+        h * w
+    }
+    pub fn start(&self, l: usize) -> usize {
+        (0..l).map(|i| self.len(i)).sum()
+    }
+    pub fn total(&self) -> usize {
+        self.start(3)
+    }
+}
+
+fn i64s(v: &[usize]) -> Vec<i64> {
+    v.iter().map(|&d| d as i64).collect()
+}
+
+impl Graph<'_> {
+    pub fn add(&mut self, a: &str, b: &str) -> String {
+        self.op("Add", &[a, b], vec![])
+    }
+    pub fn sub(&mut self, a: &str, b: &str) -> String {
+        self.op("Sub", &[a, b], vec![])
+    }
+    pub fn mul(&mut self, a: &str, b: &str) -> String {
+        self.op("Mul", &[a, b], vec![])
+    }
+    pub fn div(&mut self, a: &str, b: &str) -> String {
+        self.op("Div", &[a, b], vec![])
+    }
+    pub fn matmul(&mut self, a: &str, b: &str) -> String {
+        self.op("MatMul", &[a, b], vec![])
+    }
+    pub fn reshape(&mut self, x: &str, shape: &[usize]) -> String {
+        let s = self.const_i64(&i64s(shape));
+        self.op("Reshape", &[x, &s], vec![])
+    }
+    pub fn transpose(&mut self, x: &str, perm: &[i64]) -> String {
+        self.op("Transpose", &[x], vec![attr_ints("perm", perm)])
+    }
+    pub fn concat(&mut self, xs: &[&str], axis: i64) -> String {
+        self.op("Concat", xs, vec![attr_i("axis", axis)])
+    }
+    /// `x[start:end]` along `axis`.
+    pub fn slice(&mut self, x: &str, axis: i64, start: usize, end: usize) -> String {
+        let s = self.const_i64(&[start as i64]);
+        let e = self.const_i64(&[end as i64]);
+        let a = self.const_i64(&[axis]);
+        self.op("Slice", &[x, &s, &e, &a], vec![])
+    }
+    /// `x[..., i, ...]` along `axis` (drops the axis).
+    pub fn pick(&mut self, x: &str, axis: i64, i: i64) -> String {
+        let idx = self.const_i64_shaped(&[], &[i]);
+        self.op("Gather", &[x, &idx], vec![attr_i("axis", axis)])
+    }
+    pub fn unsqueeze(&mut self, x: &str, axis: i64) -> String {
+        let a = self.const_i64(&[axis]);
+        self.op("Unsqueeze", &[x, &a], vec![])
+    }
+
+    /// `nn.Linear` on the last axis: MatMul with the transposed weight, plus the bias.
+    pub fn linear(&mut self, x: &str, key: &str) -> Result<String, OnnxError> {
+        let (shape, w) = self.weights.get(&format!("{key}.weight"), None)?;
+        if shape.len() != 2 {
+            return Err(OnnxError::WeightShape { key: format!("{key}.weight"), expected: vec![0, 0], got: shape });
+        }
+        let bias = if self.weights.has(&format!("{key}.bias")) {
+            Some(self.weights.get(&format!("{key}.bias"), Some(&[shape[0]]))?.1)
+        } else {
+            None
+        };
+        self.linear_with(x, key, &shape, &w, bias.as_deref())
+    }
+
+    /// A Linear from explicit weight (out, in) and optional bias values.
+    pub fn linear_with(&mut self, x: &str, key: &str, shape: &[usize], w: &[f32], bias: Option<&[f32]>) -> Result<String, OnnxError> {
+        let (out, inp) = (shape[0], shape[1]);
+        let mut wt = vec![0f32; out * inp];
+        for o in 0..out {
+            for i in 0..inp {
+                wt[i * out + o] = w[o * inp + i];
+            }
+        }
+        let wname = self.init_f32(&format!("{key}.weight_t"), &[inp, out], &wt);
+        let y = self.matmul(x, &wname);
+        Ok(match bias {
+            Some(b) => {
+                let bname = self.init_f32(&format!("{key}.bias"), &[out], b);
+                self.add(&y, &bname)
+            }
+            None => y,
+        })
+    }
+
+    /// `nn.LayerNorm` over the last axis.
+    pub fn layer_norm(&mut self, x: &str, key: &str, eps: f32) -> Result<String, OnnxError> {
+        let w = self.param(&format!("{key}.weight"), None)?;
+        let b = self.param(&format!("{key}.bias"), None)?;
+        Ok(self.op("LayerNormalization", &[x, &w, &b], vec![attr_i("axis", -1), attr_f("epsilon", eps)]))
+    }
+
+    /// Exact (erf) GELU: `x · 0.5 · (1 + erf(x / √2))`, the pattern ONNX Runtime fuses.
+    pub fn gelu(&mut self, x: &str) -> String {
+        let sqrt2 = self.scalar(std::f32::consts::SQRT_2);
+        let one = self.scalar(1.0);
+        let half = self.scalar(0.5);
+        let d = self.div(x, &sqrt2);
+        let e = self.op("Erf", &[&d], vec![]);
+        let e1 = self.add(&e, &one);
+        let xe = self.mul(x, &e1);
+        self.mul(&xe, &half)
+    }
+
+    pub fn relu(&mut self, x: &str) -> String {
+        self.op("Relu", &[x], vec![])
+    }
+
+    /// Conv2d with weight `{key}.weight` (and `{key}.bias` when present).
+    pub fn conv(&mut self, x: &str, key: &str, stride: usize, pad: usize, groups: usize) -> Result<String, OnnxError> {
+        let (shape, w) = self.weights.get(&format!("{key}.weight"), None)?;
+        let bias = if self.weights.has(&format!("{key}.bias")) {
+            Some(self.weights.get(&format!("{key}.bias"), Some(&shape[..1]))?.1)
+        } else {
+            None
+        };
+        Ok(self.conv_with(x, key, &shape, &w, bias.as_deref(), stride, pad, groups))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn conv_with(
+        &mut self,
+        x: &str,
+        key: &str,
+        shape: &[usize],
+        w: &[f32],
+        bias: Option<&[f32]>,
+        stride: usize,
+        pad: usize,
+        groups: usize,
+    ) -> String {
+        let wn = self.init_f32(&format!("{key}.weight"), shape, w);
+        let mut inputs = vec![x.to_string(), wn];
+        if let Some(b) = bias {
+            inputs.push(self.init_f32(&format!("{key}.bias"), &shape[..1], b));
+        }
+        let refs: Vec<&str> = inputs.iter().map(|s| s.as_str()).collect();
+        let (kh, kw) = (shape[2] as i64, shape[3] as i64);
+        let (s, p) = (stride as i64, pad as i64);
+        self.op(
+            "Conv",
+            &refs,
+            vec![
+                attr_ints("kernel_shape", &[kh, kw]),
+                attr_ints("strides", &[s, s]),
+                attr_ints("pads", &[p, p, p, p]),
+                attr_ints("dilations", &[1, 1]),
+                attr_i("group", groups as i64),
+            ],
+        )
+    }
+
+    /// `BatchNorm2d` in eval mode (running statistics), eps 1e-5.
+    pub fn batch_norm(&mut self, x: &str, key: &str) -> Result<String, OnnxError> {
+        let w = self.param(&format!("{key}.weight"), None)?;
+        let b = self.param(&format!("{key}.bias"), None)?;
+        let m = self.param(&format!("{key}.running_mean"), None)?;
+        let v = self.param(&format!("{key}.running_var"), None)?;
+        Ok(self.op("BatchNormalization", &[x, &w, &b, &m, &v], vec![attr_f("epsilon", 1e-5)]))
+    }
+
+    /// `F.interpolate(mode='bilinear', align_corners=False)` to an exact integer ratio.
+    pub fn resize_bilinear(&mut self, x: &str, out: [usize; 4]) -> String {
+        let sizes = self.const_i64(&i64s(&out));
+        self.op(
+            "Resize",
+            &[x, "", "", &sizes],
+            vec![
+                attr_s("mode", "linear"),
+                attr_s("coordinate_transformation_mode", "half_pixel"),
+            ],
+        )
+    }
+
+    /// (B, N, C) tokens → (B, C, h, w) map.
+    pub fn tokens_to_map(&mut self, x: &str, b: usize, c: usize, h: usize, w: usize) -> String {
+        let t = self.transpose(x, &[0, 2, 1]); // (B, C, N)
+        self.reshape(&t, &[b, c, h, w]) // (B, C, h, w)
+    }
+
+    /// (B, C, h, w) map → (B, h·w, C) tokens.
+    pub fn map_to_tokens(&mut self, x: &str, b: usize, c: usize, n: usize) -> String {
+        let r = self.reshape(x, &[b, c, n]); // (B, C, N)
+        self.transpose(&r, &[0, 2, 1]) // (B, N, C)
+    }
+
+    /// `DWConv`: one depthwise 3×3 conv applied to each of the three levels of the
+    /// concatenated (B, 21·n, C) tokens.
+    pub fn dwconv_levels(&mut self, x: &str, key: &str, lv: Levels, c: usize) -> Result<String, OnnxError> {
+        let (shape, w) = self.weights.get(&format!("{key}.weight"), None)?;
+        let bias = self.weights.get(&format!("{key}.bias"), Some(&shape[..1]))?.1;
+        let mut outs = Vec::new();
+        for l in 0..3 {
+            let (h, wd) = lv.grid(l);
+            let t = self.slice(x, 1, lv.start(l), lv.start(l) + lv.len(l));
+            let m = self.tokens_to_map(&t, lv.b, c, h, wd);
+            let y = self.conv_with(&m, key, &shape, &w, Some(&bias), 1, shape[2] / 2, c);
+            outs.push(self.map_to_tokens(&y, lv.b, c, h * wd));
+        }
+        let refs: Vec<&str> = outs.iter().map(|s| s.as_str()).collect();
+        Ok(self.concat(&refs, 1))
+    }
+
+    /// `ConvFFN`: fc1 → DWConv → GELU → fc2.
+    pub fn conv_ffn(&mut self, x: &str, key: &str, lv: Levels) -> Result<String, OnnxError> {
+        let hidden = self.weights.get(&format!("{key}.fc1.bias"), None)?.0[0];
+        let y = self.linear(x, &format!("{key}.fc1"))?;
+        let y = self.dwconv_levels(&y, &format!("{key}.dwconv.dwconv"), lv, hidden)?;
+        let y = self.gelu(&y);
+        self.linear(&y, &format!("{key}.fc2"))
+    }
+
+    /// `MRFP` / `MultiConvFFN`: fc1 → per level a 3×3 depthwise conv on the first half of
+    /// the channels and a 5×5 on the second (merged here into one 5×5 depthwise conv with the
+    /// 3×3 kernel zero-padded), BatchNorm, GELU — then MRFP's own GELU again → fc2.
+    pub fn mrfp(&mut self, x: &str, key: &str, lv: Levels) -> Result<String, OnnxError> {
+        let hidden = self.weights.get(&format!("{key}.fc1.bias"), None)?.0[0];
+        let half = hidden / 2;
+        let y = self.linear(x, &format!("{key}.fc1"))?;
+        let mut outs = Vec::new();
+        for l in 0..3 {
+            let k3 = format!("{key}.dwconv.dwconv{}", 2 * l + 1);
+            let k5 = format!("{key}.dwconv.dwconv{}", 2 * l + 2);
+            let (_, w3) = self.weights.get(&format!("{k3}.weight"), Some(&[half, 1, 3, 3]))?;
+            let (_, b3) = self.weights.get(&format!("{k3}.bias"), Some(&[half]))?;
+            let (_, w5) = self.weights.get(&format!("{k5}.weight"), Some(&[hidden - half, 1, 5, 5]))?;
+            let (_, b5) = self.weights.get(&format!("{k5}.bias"), Some(&[hidden - half]))?;
+            let mut w = vec![0f32; hidden * 25];
+            for c in 0..half {
+                for i in 0..3 {
+                    for j in 0..3 {
+                        w[c * 25 + (i + 1) * 5 + j + 1] = w3[c * 9 + i * 3 + j];
+                    }
+                }
+            }
+            w[half * 25..].copy_from_slice(&w5);
+            let b: Vec<f32> = b3.iter().chain(&b5).copied().collect();
+            let (h, wd) = lv.grid(l);
+            let t = self.slice(&y, 1, lv.start(l), lv.start(l) + lv.len(l));
+            let m = self.tokens_to_map(&t, lv.b, hidden, h, wd);
+            let merged = format!("{key}.dwconv.level{l}_merged");
+            let cv = self.conv_with(&m, &merged, &[hidden, 1, 5, 5], &w, Some(&b), 1, 2, hidden);
+            let bn = self.batch_norm(&cv, &format!("{key}.dwconv.bn{}", l + 1))?;
+            let g = self.gelu(&bn);
+            outs.push(self.map_to_tokens(&g, lv.b, hidden, h * wd));
+        }
+        let refs: Vec<&str> = outs.iter().map(|s| s.as_str()).collect();
+        let y = self.concat(&refs, 1);
+        // MRFP.forward applies its own GELU after MultiDWConv's per-level GELU.
+        let y = self.gelu(&y);
+        self.linear(&y, &format!("{key}.fc2"))
+    }
+}

@@ -1,0 +1,351 @@
+//! `export/onnx/`: the whole ViT-CoMer backbone as one standard-op ONNX graph (opset 17)
+//! that ONNX Runtime runs — upstream's `vit_comer.py` / `beit_comer.py` forwards with every
+//! input-size-dependent quantity (position-embedding resize, deformable-attention reference
+//! points, spatial shapes, level start indices, window padding, relative position bias)
+//! computed here at export time. Weights become initializers; past 2 GB they move to a side
+//! `<model>.onnx.data` file (ONNX external data). Everything is float32.
+//!
+//! Layout: `proto` (the ONNX messages), `builder` (graph + weights), `layers` (Linear,
+//! LayerNorm, Conv, ConvFFN, MRFP), `deform` (MSDeformAttn, GridSample or Gather),
+//! `bicubic` (pos-embed resize), `backbone` (the three flavours).
+
+pub mod backbone;
+pub mod bicubic;
+pub mod builder;
+pub mod deform;
+pub mod layers;
+pub mod proto;
+
+use std::path::{Path, PathBuf};
+
+use prost::Message;
+
+pub use deform::Deform;
+
+use crate::export::atomic::{self, WriteError};
+use crate::formats::TensorView;
+use crate::model::ComerConfig;
+use builder::{Graph, Weights};
+use proto::{
+    Dimension, GraphProto, ModelProto, OperatorSetIdProto, StringStringEntryProto, TensorShapeProto, TypeProto,
+    TypeProtoTensor, ValueInfoProto, data_type,
+};
+
+/// ONNX opset written (17: `LayerNormalization`, `GridSample`).
+pub const OPSET: i64 = 17;
+/// IR version matching opset 17.
+pub const IR_VERSION: i64 = 8;
+/// Protobuf's hard message limit; past it weights go to external data.
+pub const PROTO_LIMIT: usize = 2_000_000_000;
+/// Initializers smaller than this stay inline even with external data.
+const EXTERNAL_MIN_BYTES: usize = 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum OnnxError {
+    /// `--input-size` is not a positive multiple of 32 (the stride-32 level must tile it).
+    #[error("input size {h}x{w}: {reason}")]
+    InputSize { h: usize, w: usize, reason: String },
+    /// `--batch` is zero.
+    #[error("batch size must be at least 1")]
+    Batch,
+    /// A weight the graph needs is not in the artifact.
+    #[error("weight '{key}' is missing from the artifact")]
+    MissingWeight { key: String },
+    /// A weight has a shape other than the config implies.
+    #[error("weight '{key}' has shape {got:?}, expected {expected:?}")]
+    WeightShape { key: String, expected: Vec<usize>, got: Vec<usize> },
+    /// A node cannot be built for this config/input size.
+    #[error("node '{node}' ({op_type}): {reason}")]
+    Node { node: String, op_type: String, reason: String },
+    /// The side `.onnx.data` file could not be written.
+    #[error("{path}: {source}")]
+    ExternalData {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The model file could not be written (exists without --force, I/O).
+    #[error(transparent)]
+    Write(#[from] WriteError),
+}
+
+/// What to export.
+#[derive(Debug, Clone)]
+pub struct ExportOptions {
+    pub height: usize,
+    pub width: usize,
+    pub batch: usize,
+    pub deform: Deform,
+    /// `metadata_props` `source`: where the weights came from.
+    pub source: String,
+    /// Move initializers to external data when their total passes this many bytes.
+    pub external_threshold: usize,
+}
+
+impl ExportOptions {
+    pub fn new(height: usize, width: usize) -> ExportOptions {
+        ExportOptions {
+            height,
+            width,
+            batch: 1,
+            deform: Deform::Gather,
+            source: String::new(),
+            external_threshold: PROTO_LIMIT,
+        }
+    }
+}
+
+/// Check an input size: positive and a multiple of 32.
+pub fn check_input_size(h: usize, w: usize) -> Result<(), OnnxError> {
+    if h == 0 || w == 0 || !h.is_multiple_of(32) || !w.is_multiple_of(32) {
+        return Err(OnnxError::InputSize {
+            h,
+            w,
+            reason: "height and width must be positive multiples of 32 (the stride-32 pyramid level must tile the image)".into(),
+        });
+    }
+    Ok(())
+}
+
+fn value_info(name: &str, shape: &[usize]) -> ValueInfoProto {
+    ValueInfoProto {
+        name: name.into(),
+        r#type: Some(TypeProto {
+            tensor_type: Some(TypeProtoTensor {
+                elem_type: data_type::FLOAT,
+                shape: Some(TensorShapeProto {
+                    dim: shape.iter().map(|&d| Dimension { dim_value: d as i64 }).collect(),
+                }),
+            }),
+        }),
+        doc_string: String::new(),
+    }
+}
+
+/// Build the model in memory (initializers inline).
+pub fn build_model(tensors: Vec<(String, &TensorView)>, cfg: &ComerConfig, opts: &ExportOptions) -> Result<ModelProto, OnnxError> {
+    check_input_size(opts.height, opts.width)?;
+    if opts.batch == 0 {
+        return Err(OnnxError::Batch);
+    }
+    let weights = Weights::new(tensors);
+    let mut g = Graph::new(&weights);
+    let lv = layers::Levels { b: opts.batch, h: opts.height / 16, w: opts.width / 16 };
+    let cx = backbone::Ctx { cfg, lv, deform: opts.deform };
+    let outputs = backbone::build(&mut g, &cx)?;
+    let (b, d, h, w) = (lv.b, cfg.embed_dim, lv.h, lv.w);
+    let out_info = outputs
+        .iter()
+        .map(|n| {
+            let shape = match n.as_str() {
+                "x" if cfg.add_vit_feature => vec![b, d, h, w],
+                "x" => vec![b, h * w, d],
+                "f1" => vec![b, d, 4 * h, 4 * w],
+                "f2" => vec![b, d, 2 * h, 2 * w],
+                "f3" => vec![b, d, h, w],
+                _ => vec![b, d, h / 2, w / 2],
+            };
+            value_info(n, &shape)
+        })
+        .collect();
+    let config_json = cfg.to_case_json().to_string();
+    let meta = [
+        ("source", opts.source.clone()),
+        ("comer_port.config", config_json),
+        ("comer_port.version", env!("CARGO_PKG_VERSION").to_string()),
+        ("comer_port.flavor", cfg.flavor.name().to_string()),
+        ("comer_port.deform", opts.deform.name().to_string()),
+        ("comer_port.input_size", format!("{}x{}", opts.height, opts.width)),
+    ];
+    Ok(ModelProto {
+        ir_version: IR_VERSION,
+        producer_name: "comer-port".into(),
+        producer_version: env!("CARGO_PKG_VERSION").into(),
+        domain: String::new(),
+        model_version: 1,
+        doc_string: format!("{} backbone exported by comer-port", cfg.flavor.name()),
+        graph: Some(GraphProto {
+            node: g.nodes,
+            name: cfg.flavor.name().replace('-', "_"),
+            initializer: g.initializers,
+            doc_string: String::new(),
+            input: vec![value_info("image", &[b, cfg.in_chans, opts.height, opts.width])],
+            output: out_info,
+        }),
+        opset_import: vec![OperatorSetIdProto { domain: String::new(), version: OPSET }],
+        metadata_props: meta
+            .into_iter()
+            .map(|(k, v)| StringStringEntryProto { key: k.into(), value: v })
+            .collect(),
+    })
+}
+
+/// The side file of external data: `<model file name>.data` beside the model.
+pub fn data_path(out: &Path) -> PathBuf {
+    let mut name = out.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    name.push(".data");
+    out.with_file_name(name)
+}
+
+/// Move large initializers into `data` (returned), pointing at `location`.
+fn externalize(model: &mut ModelProto, location: &str) -> Vec<u8> {
+    let mut data = Vec::new();
+    if let Some(graph) = model.graph.as_mut() {
+        for t in graph.initializer.iter_mut() {
+            if t.raw_data.len() < EXTERNAL_MIN_BYTES {
+                continue;
+            }
+            // 64-byte alignment keeps memory-mapped readers happy.
+            while data.len() % 64 != 0 {
+                data.push(0);
+            }
+            let offset = data.len();
+            let raw = std::mem::take(&mut t.raw_data);
+            data.extend_from_slice(&raw);
+            t.data_location = proto::DATA_LOCATION_EXTERNAL;
+            t.external_data = [("location", location.to_string()), ("offset", offset.to_string()), ("length", raw.len().to_string())]
+                .into_iter()
+                .map(|(k, v)| StringStringEntryProto { key: k.into(), value: v })
+                .collect();
+        }
+    }
+    data
+}
+
+/// Write the side data file; I/O failures name the data file.
+fn write_external(path: &Path, data: &[u8], force: bool) -> Result<(), OnnxError> {
+    atomic::write_all(path, data, force).map_err(|e| match e {
+        WriteError::Io { path, source } => OnnxError::ExternalData { path, source },
+        other => OnnxError::Write(other),
+    })
+}
+
+/// What [`export`] wrote.
+#[derive(Debug)]
+pub struct Written {
+    pub model_bytes: usize,
+    pub external: Option<(PathBuf, usize)>,
+    pub nodes: usize,
+    pub initializers: usize,
+}
+
+/// Build and write atomically; refuses existing outputs unless `force`.
+pub fn export(
+    tensors: Vec<(String, &TensorView)>,
+    cfg: &ComerConfig,
+    opts: &ExportOptions,
+    out: &Path,
+    force: bool,
+) -> Result<Written, OnnxError> {
+    if out.exists() && !force {
+        return Err(WriteError::Exists(out.to_path_buf()).into());
+    }
+    let mut model = build_model(tensors, cfg, opts)?;
+    let (nodes, initializers, total) = model
+        .graph
+        .as_ref()
+        .map(|g| (g.node.len(), g.initializer.len(), g.initializer.iter().map(|t| t.raw_data.len()).sum::<usize>()))
+        .unwrap_or_default();
+    let mut external = None;
+    if total > opts.external_threshold {
+        let dpath = data_path(out);
+        if dpath.exists() && !force {
+            return Err(WriteError::Exists(dpath).into());
+        }
+        let location = dpath.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let data = externalize(&mut model, &location);
+        write_external(&dpath, &data, force)?;
+        external = Some((dpath, data.len()));
+    }
+    let bytes = model.encode_to_vec();
+    atomic::write_all(out, &bytes, force)?;
+    Ok(Written { model_bytes: bytes.len(), external, nodes, initializers })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tiny_cfg() -> ComerConfig {
+        ComerConfig::from_case_json(
+            r#"{"flavor":"vit-comer-det","constructor_kwargs":{"embed_dim":48,"depth":1,"num_heads":3,
+            "conv_inplane":16,"interaction_indexes":[[0,0]],"img_size":64,"pretrain_size":64}}"#,
+        )
+        .expect("valid config")
+    }
+
+    #[test]
+    fn input_size_variant() {
+        let e = build_model(vec![], &tiny_cfg(), &ExportOptions::new(64, 50)).err();
+        assert!(matches!(e, Some(OnnxError::InputSize { h: 64, w: 50, .. })));
+    }
+
+    #[test]
+    fn batch_variant() {
+        let mut o = ExportOptions::new(64, 64);
+        o.batch = 0;
+        assert!(matches!(build_model(vec![], &tiny_cfg(), &o).err(), Some(OnnxError::Batch)));
+    }
+
+    #[test]
+    fn missing_weight_variant() {
+        let e = build_model(vec![], &tiny_cfg(), &ExportOptions::new(64, 64)).err();
+        assert!(matches!(e, Some(OnnxError::MissingWeight { .. })));
+    }
+
+    fn view(shape: &[usize]) -> TensorView {
+        let n: usize = shape.iter().product();
+        let bytes: Vec<u8> = vec![0u8; n * 4];
+        let storage = std::sync::Arc::new(crate::formats::Storage::Owned(bytes));
+        TensorView {
+            dtype: crate::formats::DType::F32,
+            shape: shape.to_vec(),
+            strides: crate::formats::tensor::contiguous_strides(shape),
+            offset: 0,
+            big_endian: false,
+            storage,
+        }
+    }
+
+    #[test]
+    fn weight_shape_variant() {
+        let t = view(&[3]);
+        let w = Weights::new(vec![("level_embed".into(), &t)]);
+        assert!(matches!(w.get("level_embed", Some(&[3, 48])), Err(OnnxError::WeightShape { .. })));
+    }
+
+    #[test]
+    fn node_variant_names_node_and_op() {
+        let w = Weights::new(vec![]);
+        let mut g = Graph::new(&w);
+        let e = g.scoped("blocks.1.attn", |g| g.node_error("Add", "bad".into()));
+        match e {
+            OnnxError::Node { node, op_type, .. } => {
+                assert_eq!(node, "blocks.1.attn");
+                assert_eq!(op_type, "Add");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn external_data_variant() {
+        let dir = std::env::temp_dir().join(format!("comer-onnx-ext-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::write(&dir, b"a file, not a folder").ok();
+        let target = dir.join("m.onnx");
+        let e = write_external(&data_path(&target), b"x", true);
+        assert!(matches!(e, Err(OnnxError::ExternalData { .. })));
+        let _ = std::fs::remove_file(&dir);
+    }
+
+    #[test]
+    fn write_variant() {
+        let dir = std::env::temp_dir();
+        let out = dir.join(format!("comer-onnx-exists-{}.onnx", std::process::id()));
+        std::fs::write(&out, b"old").ok();
+        let e = export(vec![], &tiny_cfg(), &ExportOptions::new(64, 64), &out, false).err();
+        assert!(matches!(e, Some(OnnxError::Write(WriteError::Exists(_)))));
+        let _ = std::fs::remove_file(&out);
+    }
+}

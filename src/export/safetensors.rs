@@ -1,0 +1,125 @@
+//! Streaming safetensors writer: the header (names, dtypes, shapes, offsets, `__metadata__`)
+//! is computed from the plan first, then each tensor's bytes are produced and written one at
+//! a time, so the whole model is never held in memory. Same format as
+//! `safetensors.torch.save_file` (huggingface/safetensors `safetensors/src/tensor.rs`):
+//! 8-byte little-endian header length, JSON header padded with spaces to a multiple of 8,
+//! then the data in header order. Tensors are written in upstream state-dict order.
+
+use super::atomic::{AtomicFile, WriteError};
+use crate::formats::DType;
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::Path;
+
+/// One tensor of an artifact: name, shape, dtype.
+#[derive(Debug, Clone)]
+pub struct OutTensor {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub dtype: DType,
+}
+
+impl OutTensor {
+    pub fn nbytes(&self) -> usize {
+        self.shape.iter().product::<usize>() * self.dtype.size()
+    }
+}
+
+/// The safetensors dtype label.
+pub fn dtype_label(d: DType) -> &'static str {
+    match d {
+        DType::F32 => "F32",
+        DType::F16 => "F16",
+        DType::BF16 => "BF16",
+        DType::F64 => "F64",
+        DType::I64 => "I64",
+        DType::I32 => "I32",
+        DType::I16 => "I16",
+        DType::I8 => "I8",
+        DType::U8 => "U8",
+        DType::Bool => "BOOL",
+    }
+}
+
+/// The header bytes (length prefix included) for `tensors` in order, with `metadata`.
+pub fn header(tensors: &[OutTensor], metadata: &BTreeMap<String, String>) -> Vec<u8> {
+    // serde_json's map is ordered by key; keep the tensors in upstream order by writing the
+    // object by hand.
+    let mut json = String::from("{");
+    json.push_str("\"__metadata__\":");
+    json.push_str(&serde_json::to_string(metadata).unwrap_or_else(|_| "{}".into()));
+    let mut offset = 0usize;
+    for t in tensors {
+        let end = offset + t.nbytes();
+        json.push(',');
+        json.push_str(&serde_json::Value::String(t.name.clone()).to_string());
+        json.push_str(&format!(
+            ":{{\"dtype\":\"{}\",\"shape\":{},\"data_offsets\":[{offset},{end}]}}",
+            dtype_label(t.dtype),
+            serde_json::Value::from(t.shape.clone())
+        ));
+        offset = end;
+    }
+    json.push('}');
+    while (json.len() + 8) % 8 != 0 {
+        json.push(' ');
+    }
+    let mut out = (json.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(json.as_bytes());
+    out
+}
+
+/// Write `tensors` to `dest` atomically; `produce(i)` returns tensor i's little-endian bytes
+/// (exactly `tensors[i].nbytes()` of them) and is called once per tensor, in order.
+pub fn write<E: From<WriteError>>(
+    dest: &Path,
+    force: bool,
+    tensors: &[OutTensor],
+    metadata: &BTreeMap<String, String>,
+    produce: impl FnMut(usize) -> Result<Vec<u8>, E>,
+) -> Result<(), E> {
+    write_late(dest, force, tensors, metadata, None, produce)
+}
+
+/// A metadata value known only after the tensors are written (the source hash, computed
+/// beside the write): the header holds `placeholder`, which `value()` — the same length —
+/// replaces in place before the file is committed.
+pub struct LateValue<'a> {
+    pub placeholder: String,
+    pub value: Box<dyn FnOnce() -> String + 'a>,
+}
+
+/// [`write`] with an optional [`LateValue`].
+pub fn write_late<E: From<WriteError>>(
+    dest: &Path,
+    force: bool,
+    tensors: &[OutTensor],
+    metadata: &BTreeMap<String, String>,
+    late: Option<LateValue>,
+    mut produce: impl FnMut(usize) -> Result<Vec<u8>, E>,
+) -> Result<(), E> {
+    use std::io::{Seek, SeekFrom};
+    let mut f = AtomicFile::create(dest, force)?;
+    let io = |e| WriteError::Io { path: dest.to_path_buf(), source: e };
+    let head = header(tensors, metadata);
+    f.writer().write_all(&head).map_err(io)?;
+    for (i, t) in tensors.iter().enumerate() {
+        let bytes = produce(i)?;
+        debug_assert_eq!(bytes.len(), t.nbytes(), "{}", t.name);
+        f.writer().write_all(&bytes).map_err(io)?;
+    }
+    if let Some(l) = late {
+        let value = (l.value)();
+        let at = head.windows(l.placeholder.len()).position(|w| w == l.placeholder.as_bytes());
+        if let Some(at) = at
+            && value.len() == l.placeholder.len()
+        {
+            let w = f.writer();
+            w.seek(SeekFrom::Start(at as u64)).map_err(io)?;
+            w.write_all(value.as_bytes()).map_err(io)?;
+            w.seek(SeekFrom::End(0)).map_err(io)?;
+        }
+    }
+    f.commit()?;
+    Ok(())
+}

@@ -1,0 +1,586 @@
+//! The ViT-CoMer backbone of all three flavours: spatial prior CNN (`spm`), patch
+//! embedding with a run-time bicubic position grid, the interaction blocks (MRFP, CTI to
+//! ViT, CTI to CNN with optional CNN feature interaction, extra CTIs) and the output
+//! pyramid (`up`, `add_vit_feature`, BatchNorm `norm1..4`).
+//!
+//! Mirrors `detection/mmdet_custom/models/backbones/{vit_comer,comer_modules}.py`, the
+//! segmentation copies (MRFP always built with hidden `dim_ratio`·D, ViT maps added per
+//! interaction), the Co-DETR branch's `beit_comer.py` `BEiTComer2` (same modules named
+//! `injector`/`extractor`/`extra_extractors`/`multiconv`), and `MSDeformAttn` of
+//! `ops/modules/ms_deform_attn.py`.
+
+use candle_core::Tensor;
+
+use super::config::{ComerConfig, ConfigError, Flavor};
+use super::error::ModelError;
+use super::nn::{BatchNorm, Conv2d, ConvNhwc, DwConv, LayerNorm, Linear, Result, gelu, tensor, values};
+use super::ops::{self, DeformShape, Level};
+use super::vit::Block;
+use super::weights::Vb;
+
+/// `MSDeformAttn` with three levels (every use in ViT-CoMer has n_levels = 3).
+pub struct MsDeformAttn {
+    sampling_offsets: Linear,
+    attention_weights: Linear,
+    value_proj: Linear,
+    output_proj: Linear,
+    heads: usize,
+    points: usize,
+    head_dim: usize,
+}
+
+const N_LEVELS: usize = 3;
+
+impl MsDeformAttn {
+    pub fn new(vb: &Vb, cfg: &ComerConfig) -> Result<MsDeformAttn> {
+        let d = cfg.embed_dim;
+        let (m, p) = (cfg.deform_num_heads, cfg.n_points);
+        let dv = (d as f64 * cfg.deform_ratio) as usize;
+        Ok(MsDeformAttn {
+            sampling_offsets: Linear::new(&vb.pp("sampling_offsets"), d, m * N_LEVELS * p * 2, true)?,
+            attention_weights: Linear::new(&vb.pp("attention_weights"), d, m * N_LEVELS * p, true)?,
+            value_proj: Linear::new(&vb.pp("value_proj"), d, dv, true)?,
+            output_proj: Linear::new(&vb.pp("output_proj"), dv, d, true)?,
+            heads: m,
+            points: p,
+            head_dim: dv / m,
+        })
+    }
+
+    /// query (B, Lq, D), feat (B, Len, D) → (B, Lq, D)
+    pub fn forward(&self, query: &Tensor, refs: &[[f32; 2]], feat: &Tensor, levels: &[Level]) -> Result<Tensor> {
+        let (b, lq, _) = query.dims3()?;
+        let len_in = feat.dim(1)?;
+        let value = values(&self.value_proj.forward(feat)?)?;
+        let offsets = values(&self.sampling_offsets.forward(query)?)?;
+        let logits = values(&self.attention_weights.forward(query)?)?;
+        let s = DeformShape { batch: b, len_in, heads: self.heads, head_dim: self.head_dim, points: self.points };
+        let out = super::profile::timed("msdeform core", || ops::ms_deform_attn(&value, levels, refs, &offsets, &logits, s));
+        // (B, Lq, heads·head_dim)
+        self.output_proj.forward(&tensor(out, &[b, lq, self.heads * self.head_dim])?)
+    }
+}
+
+/// Apply `f(level, src, dst, dims)` to each of the three token levels of every image of a
+/// (B, 21·HW/4, C) tensor, writing a tensor of the same shape.
+fn per_level(x: &Tensor, h: usize, w: usize, f: impl Fn(usize, &[f32], &mut [f32], (usize, usize, usize, usize))) -> Result<Tensor> {
+    let (b, n, c) = x.dims3()?;
+    let src = values(x)?;
+    let mut dst = vec![0f32; src.len()];
+    for bi in 0..b {
+        for (li, l) in ops::pyramid_levels(h, w).iter().enumerate() {
+            let lo = (bi * n + l.start) * c;
+            let hi = lo + l.h * l.w * c;
+            f(li, &src[lo..hi], &mut dst[lo..hi], (1, l.h, l.w, c));
+        }
+    }
+    tensor(dst, &[b, n, c])
+}
+
+/// `ConvFFN`: fc1 → depthwise 3×3 per level (`DWConv`) → GELU → fc2.
+pub struct ConvFfn {
+    fc1: Linear,
+    dwconv: DwConv,
+    fc2: Linear,
+}
+
+impl ConvFfn {
+    pub fn new(vb: &Vb, d: usize, hidden: usize) -> Result<ConvFfn> {
+        Ok(ConvFfn {
+            fc1: Linear::new(&vb.pp("fc1"), d, hidden, true)?,
+            dwconv: DwConv::new(&vb.pp("dwconv").pp("dwconv"), hidden, 3)?,
+            fc2: Linear::new(&vb.pp("fc2"), hidden, d, true)?,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor, h: usize, w: usize) -> Result<Tensor> {
+        let y = self.fc1.forward(x)?;
+        let y = per_level(&y, h, w, |_, s, d, dims| self.dwconv.run(s, d, dims, 0))?;
+        self.fc2.forward(&gelu(&y)?)
+    }
+}
+
+/// `MRFP` / `MultiConvFFN`: fc1 → per level a 3×3 and a 5×5 depthwise conv on the two
+/// channel halves, BatchNorm (folded into the convs), GELU, GELU again → fc2.
+pub struct Mrfp {
+    fc1: Linear,
+    /// Per level: (3×3 on the first half, 5×5 on the second half).
+    convs: Vec<(DwConv, DwConv)>,
+    fc2: Linear,
+    half: usize,
+}
+
+impl Mrfp {
+    pub fn new(vb: &Vb, d: usize, hidden: usize) -> Result<Mrfp> {
+        let half = hidden / 2;
+        let dw = vb.pp("dwconv");
+        let mut convs = Vec::new();
+        for lvl in 0..3 {
+            let bn = BatchNorm::new(&dw.pp(format!("bn{}", lvl + 1)), hidden)?;
+            let mut a = DwConv::new(&dw.pp(format!("dwconv{}", 2 * lvl + 1)), half, 3)?;
+            let mut b = DwConv::new(&dw.pp(format!("dwconv{}", 2 * lvl + 2)), half, 5)?;
+            a.fold(&bn, 0);
+            b.fold(&bn, half);
+            convs.push((a, b));
+        }
+        Ok(Mrfp { fc1: Linear::new(&vb.pp("fc1"), d, hidden, true)?, convs, fc2: Linear::new(&vb.pp("fc2"), hidden, d, true)?, half })
+    }
+
+    pub fn forward(&self, x: &Tensor, h: usize, w: usize) -> Result<Tensor> {
+        let y = self.fc1.forward(x)?;
+        let y = per_level(&y, h, w, |li, s, d, dims| {
+            let (a, b) = &self.convs[li];
+            a.run(s, d, dims, 0);
+            b.run(s, d, dims, self.half);
+        })?;
+        // `MultiDWConv` ends with its own GELU after the BatchNorm, and `MRFP` applies
+        // `act` once more: upstream runs GELU twice here.
+        self.fc2.forward(&gelu(&gelu(&y)?)?)
+    }
+}
+
+/// The token positions of one call: the three levels and their reference points.
+pub struct Geometry {
+    pub h: usize,
+    pub w: usize,
+    pub levels: [Level; 3],
+    pub refs: Vec<[f32; 2]>,
+}
+
+impl Geometry {
+    pub fn new(h: usize, w: usize) -> Geometry {
+        let levels = ops::pyramid_levels(h, w);
+        let refs = ops::reference_points(&levels);
+        Geometry { h, w, levels, refs }
+    }
+
+    /// Split (B, 21n, C) into the three levels.
+    fn split(&self, c: &Tensor) -> Result<[Tensor; 3]> {
+        let l = &self.levels;
+        Ok([
+            c.narrow(1, 0, l[1].start)?,
+            c.narrow(1, l[1].start, l[1].h * l[1].w)?,
+            c.narrow(1, l[2].start, l[2].h * l[2].w)?,
+        ])
+    }
+}
+
+/// `MultiscaleExtractor` (`cfinter`): deformable self-attention of the CNN tokens over the
+/// three levels, plus an optional ConvFFN.
+pub struct CfInter {
+    query_norm: LayerNorm,
+    feat_norm: LayerNorm,
+    attn: MsDeformAttn,
+    ffn: Option<(LayerNorm, ConvFfn)>,
+}
+
+fn ffn_part(vb: &Vb, cfg: &ComerConfig) -> Result<(LayerNorm, ConvFfn)> {
+    let d = cfg.embed_dim;
+    let hidden = (d as f64 * cfg.cffn_ratio) as usize;
+    Ok((LayerNorm::new(&vb.pp("ffn_norm"), d)?, ConvFfn::new(&vb.pp("ffn"), d, hidden)?))
+}
+
+impl CfInter {
+    fn new(vb: &Vb, cfg: &ComerConfig) -> Result<CfInter> {
+        let d = cfg.embed_dim;
+        Ok(CfInter {
+            query_norm: LayerNorm::new(&vb.pp("query_norm"), d)?,
+            feat_norm: LayerNorm::new(&vb.pp("feat_norm"), d)?,
+            attn: MsDeformAttn::new(&vb.pp("attn"), cfg)?,
+            ffn: if cfg.with_cffn { Some(ffn_part(vb, cfg)?) } else { None },
+        })
+    }
+
+    fn forward(&self, query: &Tensor, feat: &Tensor, g: &Geometry) -> Result<Tensor> {
+        let a = self.attn.forward(&self.query_norm.forward(query)?, &g.refs, &self.feat_norm.forward(feat)?, &g.levels)?;
+        let mut q = (query + a)?;
+        if let Some((norm, ffn)) = &self.ffn {
+            q = (&q + ffn.forward(&norm.forward(&q)?, g.h, g.w)?)?;
+        }
+        Ok(q)
+    }
+}
+
+/// `CTI_toV` / `Injector`: CNN tokens attend to themselves over three levels, ConvFFN,
+/// then the three levels resampled to the ViT grid are added to the ViT tokens × `gamma`.
+pub struct CtiToV {
+    query_norm: LayerNorm,
+    feat_norm: LayerNorm,
+    attn: MsDeformAttn,
+    gamma: Tensor,
+    ffn_norm: LayerNorm,
+    ffn: ConvFfn,
+}
+
+impl CtiToV {
+    fn new(vb: &Vb, cfg: &ComerConfig) -> Result<CtiToV> {
+        let d = cfg.embed_dim;
+        let (ffn_norm, ffn) = ffn_part(vb, cfg)?;
+        Ok(CtiToV {
+            query_norm: LayerNorm::new(&vb.pp("query_norm"), d)?,
+            feat_norm: LayerNorm::new(&vb.pp("feat_norm"), d)?,
+            attn: MsDeformAttn::new(&vb.pp("attn"), cfg)?,
+            gamma: vb.get("gamma", &[d])?,
+            ffn_norm,
+            ffn,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, c: &Tensor, g: &Geometry) -> Result<Tensor> {
+        let c1 = self.attn.forward(&self.query_norm.forward(c)?, &g.refs, &self.feat_norm.forward(c)?, &g.levels)?;
+        let c1 = (&c1 + self.ffn.forward(&self.ffn_norm.forward(&c1)?, g.h, g.w)?)?;
+        let [s1, s2, s3] = g.split(&c1)?;
+        let (b, _, d) = c1.dims3()?;
+        let (h, w) = (g.h, g.w);
+        let s1 = ops::resize_bilinear_nhwc(&values(&s1)?, b, 2 * h, 2 * w, d, h, w, Some(0.5));
+        let s3 = ops::resize_bilinear_nhwc(&values(&s3)?, b, h / 2, w / 2, d, h, w, Some(2.0));
+        let s2 = values(&s2)?;
+        let sum: Vec<f32> = s1.iter().zip(&s2).zip(&s3).map(|((a, b), c)| a + b + c).collect();
+        // (B, HW, D)
+        let sum = tensor(sum, &[b, h * w, d])?;
+        Ok(x.add(&sum.broadcast_mul(&self.gamma)?)?)
+    }
+}
+
+/// `CTI_toC` / `Extractor` (no FFN of its own) and `Extractor_CTI` / `Extractor_tail`
+/// (with one when `with_cffn`): add the ViT tokens to the stride-16 level, then optional
+/// FFN and CNN feature interaction.
+pub struct CtiToC {
+    query_norm: LayerNorm,
+    feat_norm: LayerNorm,
+    ffn: Option<(LayerNorm, ConvFfn)>,
+    cfinter: Option<CfInter>,
+}
+
+impl CtiToC {
+    fn new(vb: &Vb, cfg: &ComerConfig, with_ffn: bool, cfi: bool) -> Result<CtiToC> {
+        let d = cfg.embed_dim;
+        Ok(CtiToC {
+            query_norm: LayerNorm::new(&vb.pp("query_norm"), d)?,
+            feat_norm: LayerNorm::new(&vb.pp("feat_norm"), d)?,
+            ffn: if with_ffn && cfg.with_cffn { Some(ffn_part(vb, cfg)?) } else { None },
+            cfinter: if cfi { Some(CfInter::new(&vb.pp("cfinter"), cfg)?) } else { None },
+        })
+    }
+
+    fn forward(&self, c: &Tensor, x: &Tensor, g: &Geometry) -> Result<Tensor> {
+        let [c1, c2, c3] = g.split(c)?;
+        let mut c = Tensor::cat(&[c1, (c2 + x)?, c3], 1)?;
+        if let Some((norm, ffn)) = &self.ffn {
+            c = (&c + ffn.forward(&norm.forward(&c)?, g.h, g.w)?)?;
+        }
+        if let Some(cf) = &self.cfinter {
+            c = cf.forward(&self.query_norm.forward(&c)?, &self.feat_norm.forward(&c)?, g)?;
+        }
+        Ok(c)
+    }
+}
+
+/// `CTIBlock` / `InteractionBlock`.
+pub struct Interaction {
+    mrfp: Option<Mrfp>,
+    cti_tov: Option<CtiToV>,
+    cti_toc: Option<CtiToC>,
+    extra: Vec<CtiToC>,
+    blocks: std::ops::RangeInclusive<usize>,
+}
+
+impl Interaction {
+    fn new(vb: &Vb, cfg: &ComerConfig, i: usize) -> Result<Interaction> {
+        let beit = cfg.flavor == Flavor::Beit;
+        let d = cfg.embed_dim;
+        let (tov, toc, extra, mrfp) =
+            if beit { ("injector", "extractor", "extra_extractors", "multiconv") } else { ("cti_tov", "cti_toc", "extra_CTIs", "mrfp") };
+        let use_tov = cfg.use_cti_tov[i];
+        let cfi = cfg.cnn_feature_interaction[i];
+        let mrfp_built = use_tov || cfg.flavor != Flavor::Det;
+        let last = i + 1 == cfg.interaction_indexes.len();
+        let n_extra = if last && cfg.use_extra_cti { cfg.extra_num } else { 0 };
+        let [a, b] = cfg.interaction_indexes[i];
+        Ok(Interaction {
+            mrfp: if mrfp_built { Some(Mrfp::new(&vb.pp(mrfp), d, (d as f64 * cfg.dim_ratio) as usize)?) } else { None },
+            cti_tov: if use_tov { Some(CtiToV::new(&vb.pp(tov), cfg)?) } else { None },
+            cti_toc: if cfg.use_cti_toc[i] { Some(CtiToC::new(&vb.pp(toc), cfg, false, cfi)?) } else { None },
+            extra: (0..n_extra).map(|k| CtiToC::new(&vb.pp(extra).pp(k), cfg, true, cfi)).collect::<Result<_>>()?,
+            blocks: a..=b,
+        })
+    }
+
+    fn forward(&self, x: Tensor, c: Tensor, blocks: &[Block], g: &Geometry) -> Result<(Tensor, Tensor)> {
+        let (mut x, mut c) = (x, c);
+        if let Some(tov) = &self.cti_tov {
+            if let Some(m) = &self.mrfp {
+                c = super::profile::timed("mrfp", || m.forward(&c, g.h, g.w))?;
+            }
+            let [c1, c2, c3] = g.split(&c)?;
+            c = Tensor::cat(&[c1, (c2 + &x)?, c3], 1)?;
+            x = super::profile::timed("cti_tov", || tov.forward(&x, &c, g))?;
+        }
+        for blk in &blocks[self.blocks.clone()] {
+            x = super::profile::timed("vit blocks", || blk.forward(&x, g.h, g.w))?;
+        }
+        if let Some(toc) = &self.cti_toc {
+            c = super::profile::timed("cti_toc", || toc.forward(&c, &x, g))?;
+        }
+        for e in &self.extra {
+            c = super::profile::timed("extra cti", || e.forward(&c, &x, g))?;
+        }
+        Ok((x, c))
+    }
+}
+
+/// Spatial prior module (`CNN` / `SpatialPriorModule`), run channels-last with the
+/// BatchNorms folded into the convs and the 1×1 `fc1..fc4` as Linear layers.
+pub struct Spm {
+    stem: [ConvNhwc; 3],
+    convs: [ConvNhwc; 3],
+    fcs: [Linear; 4],
+}
+
+impl Spm {
+    fn new(vb: &Vb, cfg: &ComerConfig) -> Result<Spm> {
+        let p = cfg.conv_inplane;
+        let d = cfg.embed_dim;
+        let conv_bn = |vb: &Vb, conv: &str, bn: &str, cin: usize, cout: usize, stride: usize| -> Result<ConvNhwc> {
+            let bn = BatchNorm::new(&vb.pp(bn), cout)?;
+            ConvNhwc::new(&vb.pp(conv), cin, cout, 3, stride, 1, Some(&bn), true)
+        };
+        let fc = |name: &str, cin: usize| -> Result<Linear> {
+            let v = vb.pp(name);
+            // (D, C_in, 1, 1) → (D, C_in)
+            Linear::from_parts(v.get("weight", &[d, cin, 1, 1])?.reshape((d, cin))?, Some(v.get("bias", &[d])?))
+        };
+        let st = vb.pp("stem");
+        Ok(Spm {
+            stem: [
+                conv_bn(&st, "0", "1", cfg.in_chans, p, 2)?,
+                conv_bn(&st, "3", "4", p, p, 1)?,
+                conv_bn(&st, "6", "7", p, p, 1)?,
+            ],
+            convs: [
+                conv_bn(&vb.pp("conv2"), "0", "1", p, 2 * p, 2)?,
+                conv_bn(&vb.pp("conv3"), "0", "1", 2 * p, 4 * p, 2)?,
+                conv_bn(&vb.pp("conv4"), "0", "1", 4 * p, 4 * p, 2)?,
+            ],
+            fcs: [fc("fc1", p)?, fc("fc2", 2 * p)?, fc("fc3", 4 * p)?, fc("fc4", 4 * p)?],
+        })
+    }
+
+    /// (B, 3, H, W) → c1..c4 as channels-last tokens (B, HW, D) and c1's (H, W).
+    fn forward(&self, x: &Tensor) -> Result<([Tensor; 4], (usize, usize))> {
+        let (b, cin, h, w) = x.dims4()?;
+        // (B, C, H, W) → (B, H, W, C)
+        let mut y = values(&x.permute((0, 2, 3, 1))?.contiguous()?)?;
+        let (mut hh, mut ww, mut c) = (h, w, cin);
+        for conv in &self.stem {
+            let (v, oh, ow) = conv.forward(&y, (b, hh, ww, c))?;
+            (y, hh, ww, c) = (v, oh, ow, conv.out_channels());
+        }
+        let (p, oh, ow) = ops::max_pool_3s2p1_nhwc(&y, b, hh, ww, c);
+        let mut levels = vec![(p, oh, ow, c)];
+        for conv in &self.convs {
+            let (v, ph, pw, pc) = levels[levels.len() - 1].clone();
+            let (o, nh, nw) = conv.forward(&v, (b, ph, pw, pc))?;
+            levels.push((o, nh, nw, conv.out_channels()));
+        }
+        let mut outs = Vec::new();
+        for (fc, (v, lh, lw, lc)) in self.fcs.iter().zip(levels) {
+            // (B, HW, C)
+            outs.push(fc.forward(&tensor(v, &[b, lh * lw, lc])?)?);
+        }
+        let [c1, c2, c3, c4]: [Tensor; 4] = match outs.try_into() {
+            Ok(a) => a,
+            Err(_) => unreachable!("four levels"),
+        };
+        Ok(([c1, c2, c3, c4], (oh, ow)))
+    }
+}
+
+/// What one forward returns: the pyramid, BEiT's ViT map, and the fixtures' taps.
+pub struct Outputs {
+    /// f1..f4, NCHW, strides 4/8/16/32.
+    pub f: [Tensor; 4],
+    /// beit-comer's first output (the ViT tokens as a map when `add_vit_feature`).
+    pub x: Option<Tensor>,
+    /// (`spm.c1`, tensor), … in the fixtures' tap names (without the input prefix).
+    pub taps: Vec<(String, Tensor)>,
+}
+
+/// A ViT-CoMer backbone of any flavour.
+pub struct Comer {
+    pub cfg: ComerConfig,
+    patch_embed: Conv2d,
+    /// The position grid without prefix rows, channels-last (P, P, D), at pretrain size.
+    pos_embed: Option<Vec<f32>>,
+    blocks: Vec<Block>,
+    level_embed: Tensor,
+    spm: Spm,
+    interactions: Vec<Interaction>,
+    /// `up` ConvTranspose2d(D, D, 2, 2) as a (D_in, D_out·4) matrix, and its bias.
+    up: Linear,
+    up_bias: Vec<f32>,
+    norms: [BatchNorm; 4],
+}
+
+impl Comer {
+    /// Build from weights by target name (call [`super::weights::Store::finish`] after).
+    pub fn new(vb: &Vb, cfg: &ComerConfig) -> Result<Comer> {
+        cfg.validate()?;
+        let d = cfg.embed_dim;
+        let ps = cfg.patch_size;
+        let grid = cfg.pretrain_size / 16;
+        let beit = cfg.flavor == Flavor::Beit;
+        // The parameter has (img_size/16)² rows; upstream reshapes it to the pretrain grid at
+        // run time, which only works when the two grids agree.
+        if (cfg.use_abs_pos_emb || !beit) && cfg.img_size / ps != grid {
+            return Err(ConfigError::Invalid(format!(
+                "img_size {} and pretrain_size {} give different position grids; upstream's _get_pos_embed cannot reshape that",
+                cfg.img_size, cfg.pretrain_size
+            ))
+            .into());
+        }
+        let pos_embed = if !beit {
+            let v = vb.vec("pos_embed", &[1, grid * grid + 1, d])?;
+            Some(v[d..].to_vec())
+        } else if cfg.use_abs_pos_emb {
+            Some(vb.vec("pos_embed", &[1, grid * grid, d])?)
+        } else {
+            None
+        };
+        if beit && cfg.use_shared_rel_pos_bias {
+            // Built upstream but never passed to the blocks by BEiTComer2: read and unused.
+            let w = cfg.window_size[0].unwrap_or(14);
+            vb.pp("rel_pos_bias").vec("relative_position_bias_table", &[(2 * w - 1) * (2 * w - 1), cfg.num_heads])?;
+            vb.pp("rel_pos_bias").buffer_i64("relative_position_index", &[w * w, w * w])?;
+        }
+        let blocks = (0..cfg.depth).map(|i| Block::new(&vb.pp("blocks").pp(i), cfg, i)).collect::<Result<Vec<_>>>()?;
+        let interactions = (0..cfg.interaction_indexes.len())
+            .map(|i| Interaction::new(&vb.pp("interactions").pp(i), cfg, i))
+            .collect::<Result<Vec<_>>>()?;
+        let up_w = vb.pp("up").get("weight", &[d, d, 2, 2])?;
+        // (D_in, D_out, 2, 2) → (D_in, D_out·4) → transposed to (D_out·4, D_in) for Linear
+        let up = Linear::from_parts(up_w.reshape((d, d * 4))?.t()?.contiguous()?, None)?;
+        Ok(Comer {
+            cfg: cfg.clone(),
+            patch_embed: Conv2d::new(&vb.pp("patch_embed").pp("proj"), cfg.in_chans, d, ps, ps, 0, true, None)?,
+            pos_embed,
+            blocks,
+            level_embed: vb.get("level_embed", &[3, d])?,
+            spm: Spm::new(&vb.pp("spm"), cfg)?,
+            interactions,
+            up,
+            up_bias: vb.pp("up").vec("bias", &[d])?,
+            norms: [
+                BatchNorm::new(&vb.pp("norm1"), d)?,
+                BatchNorm::new(&vb.pp("norm2"), d)?,
+                BatchNorm::new(&vb.pp("norm3"), d)?,
+                BatchNorm::new(&vb.pp("norm4"), d)?,
+            ],
+        })
+    }
+
+    /// Forward one NCHW batch; `name` only labels errors.
+    pub fn forward(&self, img: &Tensor, name: &str) -> Result<Outputs> {
+        let dims = img.dims().to_vec();
+        if dims.len() != 4 || dims[1] != self.cfg.in_chans {
+            return Err(ModelError::InputShape { name: name.into(), shape: dims, in_chans: self.cfg.in_chans });
+        }
+        let (b, ih, iw) = (dims[0], dims[2], dims[3]);
+        if ih % 32 != 0 || iw % 32 != 0 || ih == 0 || iw == 0 {
+            return Err(ModelError::InputSize { name: name.into(), h: ih, w: iw });
+        }
+        let d = self.cfg.embed_dim;
+        let mut taps = Vec::new();
+        let ([c1, c2, c3, c4], (h1, w1)) = super::profile::timed("spm", || self.spm.forward(img))?;
+        // (B, H·W, D) → (B, D, H, W)
+        let c1_nchw = c1.transpose(1, 2)?.reshape((b, d, h1, w1))?.contiguous()?;
+        taps.push(("spm.c1".to_string(), c1_nchw));
+        taps.push(("spm.c2".to_string(), c2.clone()));
+        taps.push(("spm.c3".to_string(), c3.clone()));
+        taps.push(("spm.c4".to_string(), c4.clone()));
+        let le = |i: usize| self.level_embed.get(i);
+        let c = Tensor::cat(&[c2.broadcast_add(&le(0)?)?, c3.broadcast_add(&le(1)?)?, c4.broadcast_add(&le(2)?)?], 1)?;
+
+        let pe = self.patch_embed.forward(img)?;
+        let (h, w) = (pe.dim(2)?, pe.dim(3)?);
+        // (B, D, H, W) → (B, HW, D)
+        let mut x = pe.flatten_from(2)?.transpose(1, 2)?.contiguous()?;
+        taps.push(("patch_embed".to_string(), x.clone()));
+        if let Some(pos) = &self.pos_embed {
+            let grid = self.cfg.pretrain_size / 16;
+            let p = ops::resize_bicubic_nhwc(pos, 1, grid, grid, d, h, w);
+            x = x.broadcast_add(&tensor(p, &[1, h * w, d])?)?;
+        }
+        let g = Geometry::new(h, w);
+        let mut c = c;
+        let mut outs = Vec::new();
+        for (i, inter) in self.interactions.iter().enumerate() {
+            let (nx, nc) = inter.forward(x, c, &self.blocks, &g)?;
+            x = nx;
+            c = nc;
+            taps.push((format!("interactions.{i}.x"), x.clone()));
+            taps.push((format!("interactions.{i}.c"), c.clone()));
+            outs.push(x.clone());
+        }
+
+        // pyramid, channels-last
+        let [t2, t3, t4] = g.split(&c)?;
+        let up = values(&self.up.forward(&t2)?)?; // (B, 2H·2W, D·4) as (o, dy, dx)
+        let mut f1 = values(&c1)?; // (B, 4H, 4W, D)
+        for bi in 0..b {
+            for y in 0..2 * h {
+                for xx in 0..2 * w {
+                    let src = &up[((bi * 2 * h + y) * 2 * w + xx) * d * 4..][..d * 4];
+                    for dy in 0..2 {
+                        for dx in 0..2 {
+                            let o = ((bi * h1 + 2 * y + dy) * w1 + 2 * xx + dx) * d;
+                            for ch in 0..d {
+                                f1[o + ch] += src[ch * 4 + dy * 2 + dx] + self.up_bias[ch];
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let mut f2 = values(&t2)?;
+        let mut f3 = values(&t3)?;
+        let mut f4 = values(&t4)?;
+        if self.cfg.add_vit_feature {
+            let maps: Vec<Vec<f32>> = if self.cfg.flavor == Flavor::Seg {
+                outs.iter().map(values).collect::<Result<_>>()?
+            } else {
+                let v = values(&x)?;
+                vec![v.clone(), v.clone(), v.clone(), v]
+            };
+            let add = |dst: &mut [f32], src: &[f32]| dst.iter_mut().zip(src).for_each(|(a, s)| *a += s);
+            add(&mut f1, &ops::resize_bilinear_nhwc(&maps[0], b, h, w, d, h1, w1, Some(4.0)));
+            add(&mut f2, &ops::resize_bilinear_nhwc(&maps[1], b, h, w, d, 2 * h, 2 * w, Some(2.0)));
+            add(&mut f3, &maps[2]);
+            add(&mut f4, &ops::resize_bilinear_nhwc(&maps[3], b, h, w, d, h / 2, w / 2, Some(0.5)));
+        }
+        let sizes = [(h1, w1), (2 * h, 2 * w), (h, w), (h / 2, w / 2)];
+        let mut f = Vec::new();
+        for (i, mut v) in [f1, f2, f3, f4].into_iter().enumerate() {
+            self.norms[i].apply_nhwc(&mut v);
+            let (fh, fw) = sizes[i];
+            // (B, H, W, D) → (B, D, H, W)
+            f.push(tensor(v, &[b, fh, fw, d])?.permute((0, 3, 1, 2))?.contiguous()?);
+        }
+        let x_out = if self.cfg.flavor == Flavor::Beit {
+            Some(if self.cfg.add_vit_feature {
+                // (B, HW, D) → (B, D, H, W)
+                x.transpose(1, 2)?.reshape((b, d, h, w))?.contiguous()?
+            } else {
+                x
+            })
+        } else {
+            None
+        };
+        let [f1, f2, f3, f4]: [Tensor; 4] = match f.try_into() {
+            Ok(a) => a,
+            Err(_) => unreachable!("exactly four levels were pushed"),
+        };
+        Ok(Outputs { f: [f1, f2, f3, f4], x: x_out, taps })
+    }
+}
+

@@ -1,0 +1,111 @@
+//! Errors of the reference forward: loading weights by target name and running the model.
+//!
+//! Mirrors what upstream's `load_state_dict(strict=True)` and its forward would refuse, made
+//! early and named: missing/unexpected keys (with near-miss hints), shape and dtype
+//! mismatches, input sizes the pyramid cannot take.
+
+use std::path::PathBuf;
+
+/// A key with an optional "did you mean" hint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyHint {
+    pub key: String,
+    pub hint: Option<String>,
+}
+
+impl std::fmt::Display for KeyHint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.hint {
+            Some(h) => write!(f, "{} (did you mean '{h}'?)", self.key),
+            None => write!(f, "{}", self.key),
+        }
+    }
+}
+
+fn list(keys: &[KeyHint]) -> String {
+    keys.iter().map(|k| format!("\n  {k}")).collect()
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// Target keys the model needs that the weights do not have.
+    #[error("weights: {} missing key(s):{}", keys.len(), list(keys))]
+    MissingKeys { keys: Vec<KeyHint> },
+    /// Keys in the weights that the model does not use.
+    #[error("weights: {} unexpected key(s):{}", keys.len(), list(keys))]
+    UnexpectedKeys { keys: Vec<KeyHint> },
+    /// A tensor whose shape differs from what the config implies.
+    #[error("weights: '{name}' has shape {got:?}, the config needs {expected:?}")]
+    Shape { name: String, expected: Vec<usize>, got: Vec<usize> },
+    /// A tensor of the wrong element type.
+    #[error("weights: '{name}' is {got}, expected {expected}")]
+    Dtype { name: String, expected: String, got: String },
+    /// A stored `relative_position_index` buffer that differs from the computed one.
+    #[error("weights: '{name}' differs from the index upstream computes for its window")]
+    RelativePositionIndex { name: String },
+    /// Input height or width not divisible by 32 (the stride-32 pyramid level).
+    #[error("input '{name}': {h}×{w} is not divisible by 32 (resize or pad the image)")]
+    InputSize { name: String, h: usize, w: usize },
+    /// Input tensor that is not (B, in_chans, H, W) float32.
+    #[error("input '{name}': shape {shape:?} is not (B, {in_chans}, H, W)")]
+    InputShape { name: String, shape: Vec<usize>, in_chans: usize },
+    /// A global (non-windowed) BEiT block whose relative-position window is not the token grid.
+    #[error("block {block}: global attention with a {window}×{window} relative-position table needs a {window}×{window} token grid, got {h}×{w}")]
+    GlobalWindow { block: usize, window: usize, h: usize, w: usize },
+    /// Reading a weights or input file failed.
+    #[error("{path}: {message}")]
+    Read { path: PathBuf, message: String },
+    /// The config cannot describe a working model.
+    #[error(transparent)]
+    Config(#[from] super::config::ConfigError),
+    /// A tensor operation failed.
+    #[error("tensor op: {0}")]
+    Candle(#[from] candle_core::Error),
+}
+
+/// Levenshtein distance, for near-miss hints.
+pub fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let sub = prev[j] + usize::from(ca != *cb);
+            cur[j + 1] = sub.min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+/// The closest candidate within a third of the key's length, if any.
+pub fn near_miss<'a>(key: &str, candidates: impl IntoIterator<Item = &'a String>) -> Option<String> {
+    let limit = (key.len() / 3).max(2);
+    candidates
+        .into_iter()
+        .map(|c| (edit_distance(key, c), c))
+        .filter(|(d, _)| *d <= limit)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn near_miss_finds_close_names() {
+        let cands = vec!["blocks.0.attn.qkv.weight".to_string(), "spm.fc1.bias".to_string()];
+        assert_eq!(near_miss("blocks.0.attn.qkv.weigth", &cands).as_deref(), Some("blocks.0.attn.qkv.weight"));
+        assert_eq!(near_miss("level_embed", &cands), None);
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+    }
+
+    #[test]
+    fn messages_list_keys_with_hints() {
+        let e = ModelError::MissingKeys {
+            keys: vec![KeyHint { key: "a.weight".into(), hint: Some("a.weigth".into()) }],
+        };
+        assert!(e.to_string().contains("did you mean 'a.weigth'"));
+    }
+}

@@ -1,0 +1,297 @@
+//! Shared layers of the reference forward — Linear, LayerNorm, BatchNorm (inference
+//! affine, optionally folded into the preceding convolution), dense and depthwise
+//! convolutions — each loaded by its target state-dict names.
+//!
+//! Mirrors the `torch.nn` layers upstream's `comer_modules.py`, `base/vit.py` and
+//! `base/beit.py` build (`nn.Linear`, `nn.LayerNorm(eps=1e-6)`, `nn.SyncBatchNorm` /
+//! `nn.BatchNorm2d` with running statistics, eps 1e-5, `nn.Conv2d`).
+
+use candle_core::{Device, Tensor};
+
+use super::error::ModelError;
+use super::ops;
+use super::weights::Vb;
+
+pub type Result<T> = std::result::Result<T, ModelError>;
+
+/// LayerNorm eps of every ViT-CoMer LayerNorm (`partial(nn.LayerNorm, eps=1e-6)`).
+pub const LN_EPS: f32 = 1e-6;
+/// BatchNorm eps (PyTorch default).
+pub const BN_EPS: f64 = 1e-5;
+
+/// A contiguous f32 tensor's values.
+pub fn values(t: &Tensor) -> Result<Vec<f32>> {
+    Ok(t.flatten_all()?.to_vec1::<f32>()?)
+}
+
+/// A tensor from values and a shape.
+pub fn tensor(v: Vec<f32>, shape: &[usize]) -> Result<Tensor> {
+    Ok(Tensor::from_vec(v, shape, &Device::Cpu)?)
+}
+
+/// `nn.Linear`: weight (out, in) kept transposed and contiguous for the GEMM.
+pub struct Linear {
+    weight_t: Tensor,
+    bias: Option<Tensor>,
+    pub out_dim: usize,
+}
+
+impl Linear {
+    pub fn new(vb: &Vb, in_dim: usize, out_dim: usize, bias: bool) -> Result<Linear> {
+        let w = vb.get("weight", &[out_dim, in_dim])?;
+        let b = if bias { Some(vb.get("bias", &[out_dim])?) } else { None };
+        Linear::from_parts(w, b)
+    }
+
+    pub fn from_parts(weight: Tensor, bias: Option<Tensor>) -> Result<Linear> {
+        let out_dim = weight.dim(0)?;
+        Ok(Linear { weight_t: weight.t()?.contiguous()?, bias, out_dim })
+    }
+
+    /// (…, in) → (…, out)
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dims = x.dims().to_vec();
+        let in_dim = dims[dims.len() - 1];
+        let rows = x.elem_count() / in_dim;
+        // (B·N, C_in)
+        let y = x.reshape((rows, in_dim))?.matmul(&self.weight_t)?;
+        let y = match &self.bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        };
+        let mut out = dims;
+        let last = out.len() - 1;
+        out[last] = self.out_dim;
+        // (B, N, C_out)
+        Ok(y.reshape(out)?)
+    }
+}
+
+/// `nn.LayerNorm` over the last axis.
+pub struct LayerNorm {
+    weight: Vec<f32>,
+    bias: Vec<f32>,
+}
+
+impl LayerNorm {
+    pub fn new(vb: &Vb, dim: usize) -> Result<LayerNorm> {
+        Ok(LayerNorm { weight: vb.vec("weight", &[dim])?, bias: vb.vec("bias", &[dim])? })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let c = self.weight.len();
+        let v = ops::layer_norm_rows(&values(x)?, c, &self.weight, &self.bias, LN_EPS);
+        tensor(v, x.dims())
+    }
+}
+
+/// BatchNorm in inference mode as a per-channel affine `y = x·scale + shift`.
+pub struct BatchNorm {
+    pub scale: Vec<f32>,
+    pub shift: Vec<f32>,
+}
+
+impl BatchNorm {
+    /// Reads weight, bias, running_mean, running_var (and accepts `num_batches_tracked`).
+    pub fn new(vb: &Vb, dim: usize) -> Result<BatchNorm> {
+        let w = vb.vec("weight", &[dim])?;
+        let b = vb.vec("bias", &[dim])?;
+        let m = vb.vec("running_mean", &[dim])?;
+        let v = vb.vec("running_var", &[dim])?;
+        vb.buffer_i64("num_batches_tracked", &[])?;
+        let mut scale = Vec::with_capacity(dim);
+        let mut shift = Vec::with_capacity(dim);
+        for i in 0..dim {
+            let s = w[i] as f64 / (v[i] as f64 + BN_EPS).sqrt();
+            scale.push(s as f32);
+            shift.push((b[i] as f64 - m[i] as f64 * s) as f32);
+        }
+        Ok(BatchNorm { scale, shift })
+    }
+
+    /// In place on a channels-last buffer (…, C).
+    pub fn apply_nhwc(&self, x: &mut [f32]) {
+        let c = self.scale.len();
+        for row in x.chunks_mut(c) {
+            for ((v, s), t) in row.iter_mut().zip(&self.scale).zip(&self.shift) {
+                *v = *v * s + t;
+            }
+        }
+    }
+}
+
+/// A dense `nn.Conv2d` on NCHW, with an optional BatchNorm folded in at load time
+/// (`w·scale`, `shift + b·scale`).
+pub struct Conv2d {
+    weight: Tensor,
+    bias: Option<Tensor>,
+    stride: usize,
+    padding: usize,
+}
+
+impl Conv2d {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        vb: &Vb,
+        cin: usize,
+        cout: usize,
+        k: usize,
+        stride: usize,
+        padding: usize,
+        bias: bool,
+        bn: Option<&BatchNorm>,
+    ) -> Result<Conv2d> {
+        let mut weight = vb.get("weight", &[cout, cin, k, k])?;
+        let mut b = if bias { Some(vb.vec("bias", &[cout])?) } else { None };
+        if let Some(bn) = bn {
+            let s = tensor(bn.scale.clone(), &[cout, 1, 1, 1])?;
+            weight = weight.broadcast_mul(&s)?;
+            let folded = (0..cout)
+                .map(|o| bn.shift[o] + b.as_ref().map_or(0.0, |b| b[o] * bn.scale[o]))
+                .collect();
+            b = Some(folded);
+        }
+        let bias = match b {
+            Some(b) => Some(tensor(b, &[1, cout, 1, 1])?),
+            None => None,
+        };
+        Ok(Conv2d { weight: weight.contiguous()?, bias, stride, padding })
+    }
+
+    /// (B, C_in, H, W) → (B, C_out, H', W')
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = x.conv2d(&self.weight, self.padding, self.stride, 1, 1)?;
+        Ok(match &self.bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        })
+    }
+}
+
+/// A dense `k×k` `nn.Conv2d` run channels-last as im2col + GEMM over row chunks, with
+/// an optional BatchNorm folded in and an optional fused ReLU.
+pub struct ConvNhwc {
+    /// (k·k·C_in, C_out), rows ordered (ky, kx, c_in).
+    weight: Tensor,
+    bias: Vec<f32>,
+    k: usize,
+    stride: usize,
+    padding: usize,
+    relu: bool,
+}
+
+/// im2col rows per GEMM call (bounds the scratch memory).
+const IM2COL_ROWS: usize = 4096;
+
+impl ConvNhwc {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        vb: &Vb,
+        cin: usize,
+        cout: usize,
+        k: usize,
+        stride: usize,
+        padding: usize,
+        bn: Option<&BatchNorm>,
+        relu: bool,
+    ) -> Result<ConvNhwc> {
+        let w = vb.vec("weight", &[cout, cin, k, k])?;
+        let mut bias = if bn.is_none() { vb.vec("bias", &[cout])? } else { vec![0.0; cout] };
+        let mut m = vec![0f32; k * k * cin * cout];
+        for o in 0..cout {
+            let s = bn.map_or(1.0, |bn| bn.scale[o]);
+            for ci in 0..cin {
+                for t in 0..k * k {
+                    m[(t * cin + ci) * cout + o] = w[(o * cin + ci) * k * k + t] * s;
+                }
+            }
+            if let Some(bn) = bn {
+                bias[o] = bn.shift[o];
+            }
+        }
+        Ok(ConvNhwc { weight: tensor(m, &[k * k * cin, cout])?, bias, k, stride, padding, relu })
+    }
+
+    pub fn out_channels(&self) -> usize {
+        self.bias.len()
+    }
+
+    /// (B, H, W, C_in) values → (B, H', W', C_out) values and (H', W').
+    pub fn forward(&self, x: &[f32], dims: (usize, usize, usize, usize)) -> Result<(Vec<f32>, usize, usize)> {
+        let (b, h, w, c) = dims;
+        let oh = (h + 2 * self.padding - self.k) / self.stride + 1;
+        let ow = (w + 2 * self.padding - self.k) / self.stride + 1;
+        let cout = self.bias.len();
+        let kc = self.k * self.k * c;
+        let total = b * oh * ow;
+        let mut out = Vec::with_capacity(total * cout);
+        let mut scratch = vec![0f32; IM2COL_ROWS.min(total) * kc];
+        let mut r0 = 0;
+        while r0 < total {
+            let r1 = (r0 + IM2COL_ROWS).min(total);
+            let rows = r1 - r0;
+            ops::im2col_nhwc(x, dims, self.k, self.stride, self.padding, (oh, ow), r0..r1, &mut scratch[..rows * kc]);
+            // (rows, k·k·C_in)
+            let cols = Tensor::from_slice(&scratch[..rows * kc], (rows, kc), &Device::Cpu)?;
+            let y = values(&cols.matmul(&self.weight)?)?;
+            for row in y.chunks(cout) {
+                for (o, v) in row.iter().enumerate() {
+                    let v = v + self.bias[o];
+                    out.push(if self.relu { v.max(0.0) } else { v });
+                }
+            }
+            r0 = r1;
+        }
+        Ok((out, oh, ow))
+    }
+}
+
+/// A depthwise `nn.Conv2d(C, C, k, 1, k//2, groups=C)` run channels-last, optionally with a
+/// BatchNorm folded in.
+pub struct DwConv {
+    /// (k, k, C)
+    weight_t: Vec<f32>,
+    bias: Vec<f32>,
+    pub k: usize,
+}
+
+impl DwConv {
+    pub fn new(vb: &Vb, c: usize, k: usize) -> Result<DwConv> {
+        let w = vb.vec("weight", &[c, 1, k, k])?;
+        let bias = vb.vec("bias", &[c])?;
+        let mut weight_t = vec![0f32; c * k * k];
+        for ch in 0..c {
+            for t in 0..k * k {
+                weight_t[t * c + ch] = w[ch * k * k + t];
+            }
+        }
+        Ok(DwConv { weight_t, bias, k })
+    }
+
+    /// Fold a per-channel affine (channels `c0..c0+C` of `bn`) into the weights and bias.
+    pub fn fold(&mut self, bn: &BatchNorm, c0: usize) {
+        let c = self.bias.len();
+        for ch in 0..c {
+            let s = bn.scale[c0 + ch];
+            self.bias[ch] = self.bias[ch] * s + bn.shift[c0 + ch];
+            for t in 0..self.k * self.k {
+                self.weight_t[t * c + ch] *= s;
+            }
+        }
+    }
+
+    /// Channels `c0..c0+C` of `x` (B, H, W, C_total) into the same channels of `out`.
+    pub fn run(&self, x: &[f32], out: &mut [f32], dims: (usize, usize, usize, usize), c0: usize) {
+        ops::dwconv_nhwc(x, out, dims, c0, self.bias.len(), &self.weight_t, &self.bias, self.k);
+    }
+}
+
+/// GELU with erf (PyTorch's default `nn.GELU`).
+pub fn gelu(x: &Tensor) -> Result<Tensor> {
+    Ok(x.gelu_erf()?)
+}
+
+/// `x + gamma·y` with `gamma` broadcast over the last axis.
+pub fn add_scaled(x: &Tensor, gamma: &Tensor, y: &Tensor) -> Result<Tensor> {
+    Ok(x.add(&y.broadcast_mul(gamma)?)?)
+}

@@ -1,0 +1,484 @@
+//! Numeric kernels of the reference forward as plain loops on `f32` slices: PyTorch's
+//! `upsample_bicubic2d` / `upsample_bilinear2d` (`align_corners=False`), depthwise
+//! convolution, max pooling, LayerNorm, softmax and multi-scale deformable attention with
+//! `grid_sample` semantics (bilinear, zero padding, `align_corners=False`).
+//!
+//! Mirrors `torch.nn.functional.interpolate`, `F.grid_sample` as called by upstream's
+//! `ops/functions/ms_deform_attn_func.py` `ms_deform_attn_core_pytorch`, and the
+//! `nn.LayerNorm` / `nn.Conv2d(groups=C)` / `nn.MaxPool2d` layers of `comer_modules.py`.
+//! Feature maps here are channels-last (`(B, H, W, C)`, the token layout), so every kernel
+//! runs innermost over contiguous channels.
+
+// Index loops below mirror the kernels' arithmetic over several arrays at once.
+#![allow(clippy::needless_range_loop)]
+
+use rayon::prelude::*;
+
+/// Bicubic coefficient A of PyTorch's `upsample_bicubic2d`.
+const CUBIC_A: f32 = -0.75;
+
+fn cubic1(x: f32) -> f32 {
+    ((CUBIC_A + 2.0) * x - (CUBIC_A + 3.0)) * x * x + 1.0
+}
+
+fn cubic2(x: f32) -> f32 {
+    ((CUBIC_A * x - 5.0 * CUBIC_A) * x + 8.0 * CUBIC_A) * x - 4.0 * CUBIC_A
+}
+
+fn cubic_coeffs(t: f32) -> [f32; 4] {
+    [cubic2(t + 1.0), cubic1(t), cubic1(1.0 - t), cubic2(2.0 - t)]
+}
+
+/// PyTorch's `area_pixel_compute_scale`: `1/scale_factor` when a factor was given,
+/// else `in/out`.
+fn pixel_scale(input: usize, output: usize, factor: Option<f64>) -> f32 {
+    match factor {
+        Some(f) if f > 0.0 => (1.0 / f) as f32,
+        _ => input as f32 / output as f32,
+    }
+}
+
+/// `F.interpolate(mode='bicubic', align_corners=False)` to (`oh`, `ow`) on a
+/// channels-last map (B, H, W, C); borders clamp.
+pub fn resize_bicubic_nhwc(src: &[f32], b: usize, h: usize, w: usize, c: usize, oh: usize, ow: usize) -> Vec<f32> {
+    let mut out = vec![0f32; b * oh * ow * c];
+    if h == oh && w == ow {
+        out.copy_from_slice(&src[..b * h * w * c]);
+        return out;
+    }
+    let sh = pixel_scale(h, oh, None);
+    let sw = pixel_scale(w, ow, None);
+    out.par_chunks_mut(ow * c).enumerate().for_each(|(row, dst)| {
+        let bi = row / oh;
+        let oy = row % oh;
+        let ry = sh * (oy as f32 + 0.5) - 0.5;
+        let iy = ry.floor();
+        let cy = cubic_coeffs(ry - iy);
+        let iy = iy as isize;
+        for ox in 0..ow {
+            let rx = sw * (ox as f32 + 0.5) - 0.5;
+            let ix = rx.floor();
+            let cx = cubic_coeffs(rx - ix);
+            let ix = ix as isize;
+            for ch in 0..c {
+                let mut rows = [0f32; 4];
+                for (k, r) in rows.iter_mut().enumerate() {
+                    let y = (iy - 1 + k as isize).clamp(0, h as isize - 1) as usize;
+                    let mut v = 0f32;
+                    for (j, cj) in cx.iter().enumerate() {
+                        let x = (ix - 1 + j as isize).clamp(0, w as isize - 1) as usize;
+                        v += src[((bi * h + y) * w + x) * c + ch] * cj;
+                    }
+                    *r = v;
+                }
+                dst[ox * c + ch] = rows[0] * cy[0] + rows[1] * cy[1] + rows[2] * cy[2] + rows[3] * cy[3];
+            }
+        }
+    });
+    out
+}
+
+/// One axis of PyTorch's bilinear rule: (index, next-index step, weight of the next).
+fn bilinear_axis(scale: f32, dst: usize, input: usize) -> (usize, usize, f32) {
+    let src = (scale * (dst as f32 + 0.5) - 0.5).max(0.0);
+    let i0 = (src as usize).min(input - 1);
+    let step = usize::from(i0 < input - 1);
+    (i0, step, src - i0 as f32)
+}
+
+/// `F.interpolate(mode='bilinear', align_corners=False)` on a channels-last map
+/// (B, H, W, C) to (`oh`, `ow`); `factor` is the `scale_factor` upstream passed, if any
+/// (it sets the source-coordinate scale as in PyTorch).
+#[allow(clippy::too_many_arguments)]
+pub fn resize_bilinear_nhwc(
+    src: &[f32],
+    b: usize,
+    h: usize,
+    w: usize,
+    c: usize,
+    oh: usize,
+    ow: usize,
+    factor: Option<f64>,
+) -> Vec<f32> {
+    let sh = pixel_scale(h, oh, factor);
+    let sw = pixel_scale(w, ow, factor);
+    let mut out = vec![0f32; b * oh * ow * c];
+    out.par_chunks_mut(ow * c).enumerate().for_each(|(row, dst)| {
+        let bi = row / oh;
+        let (y0, ys, ly1) = bilinear_axis(sh, row % oh, h);
+        let ly0 = 1.0 - ly1;
+        for ox in 0..ow {
+            let (x0, xs, lx1) = bilinear_axis(sw, ox, w);
+            let lx0 = 1.0 - lx1;
+            let p = |y: usize, x: usize| ((bi * h + y) * w + x) * c;
+            let (a, bb, cc, d) = (p(y0, x0), p(y0, x0 + xs), p(y0 + ys, x0), p(y0 + ys, x0 + xs));
+            let o = &mut dst[ox * c..(ox + 1) * c];
+            for ch in 0..c {
+                o[ch] = ly0 * (lx0 * src[a + ch] + lx1 * src[bb + ch]) + ly1 * (lx0 * src[cc + ch] + lx1 * src[d + ch]);
+            }
+        }
+    });
+    out
+}
+
+/// Depthwise `k×k` convolution, stride 1, zero padding `k/2`, with bias, on channels
+/// `c0..c0+cn` of a channels-last map (B, H, W, C); writes the same channels of `out`.
+/// `weight_t` is the PyTorch weight (cn, 1, k, k) transposed to (k, k, cn).
+#[allow(clippy::too_many_arguments)]
+pub fn dwconv_nhwc(
+    x: &[f32],
+    out: &mut [f32],
+    dims: (usize, usize, usize, usize),
+    c0: usize,
+    cn: usize,
+    weight_t: &[f32],
+    bias: &[f32],
+    k: usize,
+) {
+    let (_b, h, w, c) = dims;
+    let pad = (k / 2) as isize;
+    out.par_chunks_mut(w * c).enumerate().for_each(|(row, dst)| {
+        let bi = row / h;
+        let oy = (row % h) as isize;
+        for ox in 0..w as isize {
+            let o = &mut dst[ox as usize * c + c0..ox as usize * c + c0 + cn];
+            o.copy_from_slice(bias);
+            for ky in 0..k as isize {
+                let iy = oy + ky - pad;
+                if iy < 0 || iy >= h as isize {
+                    continue;
+                }
+                for kx in 0..k as isize {
+                    let ix = ox + kx - pad;
+                    if ix < 0 || ix >= w as isize {
+                        continue;
+                    }
+                    let base = ((bi * h + iy as usize) * w + ix as usize) * c + c0;
+                    let src = &x[base..base + cn];
+                    let wt = &weight_t[(ky as usize * k + kx as usize) * cn..][..cn];
+                    for ch in 0..cn {
+                        o[ch] += src[ch] * wt[ch];
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// `nn.MaxPool2d(kernel_size=3, stride=2, padding=1)` on an NCHW map; returns the map and
+/// its (H, W).
+pub fn max_pool_3s2p1_nchw(x: &[f32], b: usize, c: usize, h: usize, w: usize) -> (Vec<f32>, usize, usize) {
+    let oh = (h + 2 - 3) / 2 + 1;
+    let ow = (w + 2 - 3) / 2 + 1;
+    let mut out = vec![0f32; b * c * oh * ow];
+    out.par_chunks_mut(oh * ow).enumerate().for_each(|(plane, dst)| {
+        let src = &x[plane * h * w..(plane + 1) * h * w];
+        for oy in 0..oh {
+            for ox in 0..ow {
+                let mut m = f32::NEG_INFINITY;
+                for iy in (2 * oy).saturating_sub(1)..(2 * oy + 2).min(h) {
+                    for ix in (2 * ox).saturating_sub(1)..(2 * ox + 2).min(w) {
+                        m = m.max(src[iy * w + ix]);
+                    }
+                }
+                dst[oy * ow + ox] = m;
+            }
+        }
+    });
+    (out, oh, ow)
+}
+
+/// LayerNorm over the last axis (length `c`) of every row.
+pub fn layer_norm_rows(x: &[f32], c: usize, weight: &[f32], bias: &[f32], eps: f32) -> Vec<f32> {
+    let mut out = vec![0f32; x.len()];
+    out.par_chunks_mut(c).zip(x.par_chunks(c)).for_each(|(o, r)| {
+        let mean = r.iter().map(|&v| v as f64).sum::<f64>() / c as f64;
+        let var = r.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / c as f64;
+        let rstd = (1.0 / (var + eps as f64).sqrt()) as f32;
+        let mean = mean as f32;
+        for i in 0..c {
+            o[i] = (r[i] - mean) * rstd * weight[i] + bias[i];
+        }
+    });
+    out
+}
+
+/// Softmax in place over each contiguous row of length `n`.
+pub fn softmax_rows(x: &mut [f32], n: usize) {
+    x.par_chunks_mut(n).for_each(softmax_row);
+}
+
+/// Softmax in place over one row.
+pub fn softmax_row(r: &mut [f32]) {
+    let m = r.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut s = 0f32;
+    for v in r.iter_mut() {
+        *v = (*v - m).exp();
+        s += *v;
+    }
+    for v in r.iter_mut() {
+        *v /= s;
+    }
+}
+
+/// One level of the value tensor of multi-scale deformable attention.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Level {
+    pub h: usize,
+    pub w: usize,
+    /// First token of this level in the flattened value tensor.
+    pub start: usize,
+}
+
+/// Levels of the stride 8/16/32 pyramid for a `(h, w)` token grid (stride 16), in order.
+pub fn pyramid_levels(h: usize, w: usize) -> [Level; 3] {
+    let l0 = Level { h: 2 * h, w: 2 * w, start: 0 };
+    let l1 = Level { h, w, start: 4 * h * w };
+    let l2 = Level { h: h / 2, w: w / 2, start: 5 * h * w };
+    [l0, l1, l2]
+}
+
+/// Upstream's `get_reference_points`: the centre of every token of each level, normalised
+/// to [0, 1], as (x, y), concatenated over the levels.
+pub fn reference_points(levels: &[Level]) -> Vec<[f32; 2]> {
+    let mut refs = Vec::new();
+    for l in levels {
+        for i in 0..l.h {
+            for j in 0..l.w {
+                // torch.linspace(0.5, H - 0.5, H)[i] / H
+                refs.push([(j as f32 + 0.5) / l.w as f32, (i as f32 + 0.5) / l.h as f32]);
+            }
+        }
+    }
+    refs
+}
+
+/// Shapes of one multi-scale deformable attention call.
+#[derive(Debug, Clone, Copy)]
+pub struct DeformShape {
+    pub batch: usize,
+    /// Value tokens per image (sum over levels).
+    pub len_in: usize,
+    pub heads: usize,
+    /// Value channels per head.
+    pub head_dim: usize,
+    pub points: usize,
+}
+
+/// Multi-scale deformable attention core, one fused pass over (batch, query, head, level,
+/// point): softmax of the `logits` over level×point, sampling location = reference point +
+/// offset / (W_l, H_l), bilinear taps read straight from `value` (B, Len_in, heads,
+/// head_dim) with `grid_sample`'s zero padding and `align_corners=False`.
+///
+/// `offsets`: (B, Lq, heads, levels, points, 2) as (x, y); `logits`: (B, Lq, heads, levels,
+/// points). Returns (B, Lq, heads·head_dim).
+pub fn ms_deform_attn(
+    value: &[f32],
+    levels: &[Level],
+    refs: &[[f32; 2]],
+    offsets: &[f32],
+    logits: &[f32],
+    s: DeformShape,
+) -> Vec<f32> {
+    let lq = refs.len();
+    let nl = levels.len();
+    let lp = nl * s.points;
+    let cdim = s.heads * s.head_dim;
+    let mut out = vec![0f32; s.batch * lq * cdim];
+    out.par_chunks_mut(cdim).enumerate().for_each(|(row, dst)| {
+        let bi = row / lq;
+        let q = row % lq;
+        let [rx, ry] = refs[q];
+        let vbase = bi * s.len_in;
+        let mut weights = vec![0f32; lp];
+        for m in 0..s.heads {
+            let ab = (row * s.heads + m) * lp;
+            weights.copy_from_slice(&logits[ab..ab + lp]);
+            softmax_row(&mut weights);
+            let acc = &mut dst[m * s.head_dim..(m + 1) * s.head_dim];
+            for (li, l) in levels.iter().enumerate() {
+                let (wf, hf) = (l.w as f32, l.h as f32);
+                for p in 0..s.points {
+                    let k = li * s.points + p;
+                    let o = (ab + k) * 2;
+                    let aw = weights[k];
+                    // sampling location in [0, 1], then grid_sample's unnormalisation
+                    let gx = 2.0 * (rx + offsets[o] / wf) - 1.0;
+                    let gy = 2.0 * (ry + offsets[o + 1] / hf) - 1.0;
+                    let ix = ((gx + 1.0) * wf - 1.0) / 2.0;
+                    let iy = ((gy + 1.0) * hf - 1.0) / 2.0;
+                    let x0 = ix.floor();
+                    let y0 = iy.floor();
+                    let (x1, y1) = (x0 + 1.0, y0 + 1.0);
+                    let taps = [
+                        (x0, y0, (x1 - ix) * (y1 - iy)),
+                        (x1, y0, (ix - x0) * (y1 - iy)),
+                        (x0, y1, (x1 - ix) * (iy - y0)),
+                        (x1, y1, (ix - x0) * (iy - y0)),
+                    ];
+                    for (tx, ty, tw) in taps {
+                        if tx < 0.0 || ty < 0.0 || tx >= wf || ty >= hf {
+                            continue;
+                        }
+                        let tok = vbase + l.start + ty as usize * l.w + tx as usize;
+                        let v = &value[(tok * s.heads + m) * s.head_dim..][..s.head_dim];
+                        let f = aw * tw;
+                        for d in 0..s.head_dim {
+                            acc[d] += f * v[d];
+                        }
+                    }
+                }
+            }
+        }
+    });
+    out
+}
+
+/// im2col rows `r0..r1` of a `k×k`, stride `s`, padding `p` convolution on a channels-last
+/// map (B, H, W, C): each row is (ky, kx, c) for one output pixel, zeros outside.
+#[allow(clippy::too_many_arguments)]
+pub fn im2col_nhwc(
+    x: &[f32],
+    dims: (usize, usize, usize, usize),
+    k: usize,
+    s: usize,
+    p: usize,
+    out_hw: (usize, usize),
+    rows: std::ops::Range<usize>,
+    dst: &mut [f32],
+) {
+    let (_b, h, w, c) = dims;
+    let (oh, ow) = out_hw;
+    let kc = k * k * c;
+    dst.par_chunks_mut(kc).zip(rows).for_each(|(row, r)| {
+        let bi = r / (oh * ow);
+        let oy = (r / ow) % oh;
+        let ox = r % ow;
+        for ky in 0..k {
+            let iy = (oy * s + ky) as isize - p as isize;
+            for kx in 0..k {
+                let ix = (ox * s + kx) as isize - p as isize;
+                let d = &mut row[(ky * k + kx) * c..][..c];
+                if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize {
+                    d.fill(0.0);
+                } else {
+                    d.copy_from_slice(&x[((bi * h + iy as usize) * w + ix as usize) * c..][..c]);
+                }
+            }
+        }
+    });
+}
+
+/// `nn.MaxPool2d(3, 2, 1)` on a channels-last map; returns the map and its (H, W).
+pub fn max_pool_3s2p1_nhwc(x: &[f32], b: usize, h: usize, w: usize, c: usize) -> (Vec<f32>, usize, usize) {
+    let oh = (h + 2 - 3) / 2 + 1;
+    let ow = (w + 2 - 3) / 2 + 1;
+    let mut out = vec![f32::NEG_INFINITY; b * oh * ow * c];
+    out.par_chunks_mut(ow * c).enumerate().for_each(|(row, dst)| {
+        let bi = row / oh;
+        let oy = row % oh;
+        for ox in 0..ow {
+            let o = &mut dst[ox * c..(ox + 1) * c];
+            for iy in (2 * oy).saturating_sub(1)..(2 * oy + 2).min(h) {
+                for ix in (2 * ox).saturating_sub(1)..(2 * ox + 2).min(w) {
+                    let src = &x[((bi * h + iy) * w + ix) * c..][..c];
+                    for ch in 0..c {
+                        o[ch] = o[ch].max(src[ch]);
+                    }
+                }
+            }
+        }
+    });
+    (out, oh, ow)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn close(a: &[f32], b: &[f32]) {
+        assert_eq!(a.len(), b.len());
+        for (x, y) in a.iter().zip(b) {
+            assert!((x - y).abs() < 1e-5, "{a:?} vs {b:?}");
+        }
+    }
+
+    #[test]
+    fn bilinear_half_averages_pairs() {
+        // 1×2×2×1 map → ×0.5: PyTorch gives the mean of the four.
+        let out = resize_bilinear_nhwc(&[1.0, 2.0, 3.0, 4.0], 1, 2, 2, 1, 1, 1, Some(0.5));
+        close(&out, &[2.5]);
+    }
+
+    #[test]
+    fn bilinear_double_matches_torch() {
+        // torch: F.interpolate([[0,1]], scale_factor=2, bilinear) = [0, .25, .75, 1] per row
+        let out = resize_bilinear_nhwc(&[0.0, 1.0], 1, 1, 2, 1, 1, 4, Some(2.0));
+        close(&out, &[0.0, 0.25, 0.75, 1.0]);
+    }
+
+    #[test]
+    fn bicubic_same_size_is_identity_and_upsample_matches_hand_values() {
+        let src = [0.0, 1.0, 2.0, 3.0];
+        close(&resize_bicubic_nhwc(&src, 1, 2, 2, 1, 2, 2), &src);
+        // 1×2 → 1×4 along x: source x = 0.5·(dst+0.5) − 0.5 = −0.25, 0.25, 0.75, 1.25.
+        // dst 0: t = 0.75 at x0 = −1, taps clamp to [0, 0, 0, 1] → cubic2(1.25) = −0.10546875;
+        // dst 1: t = 0.25 at x0 = 0, taps [0, 0, 1, 1] → cubic1(0.75) + cubic2(1.75)
+        //        = 0.26171875 − 0.03515625 = 0.2265625; the rest by symmetry.
+        let out = resize_bicubic_nhwc(&[0.0, 1.0], 1, 1, 2, 1, 1, 4);
+        close(&out, &[-0.10546875, 0.2265625, 0.7734375, 1.105_468_8]);
+        // A = -0.75, t = 0.5: weights [-0.09375, 0.59375, 0.59375, -0.09375]
+        close(&cubic_coeffs(0.5), &[-0.09375, 0.59375, 0.59375, -0.09375]);
+    }
+
+    #[test]
+    fn dwconv_3x3_sums_neighbourhood() {
+        let x = vec![1.0f32; 9];
+        let mut out = vec![0f32; 9];
+        dwconv_nhwc(&x, &mut out, (1, 3, 3, 1), 0, 1, &[1.0; 9], &[0.5], 3);
+        close(&out, &[4.5, 6.5, 4.5, 6.5, 9.5, 6.5, 4.5, 6.5, 4.5]);
+    }
+
+    #[test]
+    fn max_pool_pads_with_minus_infinity() {
+        let x: Vec<f32> = (0..16).map(|v| -(v as f32)).collect();
+        let (out, oh, ow) = max_pool_3s2p1_nchw(&x, 1, 1, 4, 4);
+        assert_eq!((oh, ow), (2, 2));
+        close(&out, &[0.0, -1.0, -4.0, -5.0]);
+    }
+
+    #[test]
+    fn layer_norm_and_softmax() {
+        let out = layer_norm_rows(&[1.0, 3.0], 2, &[1.0, 1.0], &[0.0, 0.0], 0.0);
+        close(&out, &[-1.0, 1.0]);
+        let mut s = [0.0f32, 0.0, (3f32).ln()];
+        softmax_rows(&mut s, 3);
+        close(&s, &[0.2, 0.2, 0.6]);
+    }
+
+    #[test]
+    fn deform_attn_samples_bilinearly_with_zero_padding() {
+        // one 2×2 level, one head of 1 channel, one point; value = [1, 2, 3, 4]
+        let levels = [Level { h: 2, w: 2, start: 0 }];
+        let value = [1.0, 2.0, 3.0, 4.0];
+        let s = DeformShape { batch: 1, len_in: 4, heads: 1, head_dim: 1, points: 1 };
+        // reference at the centre (0.5, 0.5) → pixel (0.5, 0.5): mean of all four = 2.5
+        let out = ms_deform_attn(&value, &levels, &[[0.5, 0.5]], &[0.0, 0.0], &[0.0], s);
+        close(&out, &[2.5]);
+        // offset −0.5 px in x from the centre of token (0,0): pixel (−0.5, 0): half the
+        // weight falls outside (zero padding) → 0.5·v(0,0) = 0.5
+        let out = ms_deform_attn(&value, &levels, &[[0.25, 0.25]], &[-0.5, 0.0], &[0.0], s);
+        close(&out, &[0.5]);
+        // two points, logits equal: average of v(0,0) = 1 and v(1,1) = 4
+        let s2 = DeformShape { points: 2, ..s };
+        let out = ms_deform_attn(&value, &levels, &[[0.25, 0.25]], &[0.0, 0.0, 1.0, 1.0], &[0.0, 0.0], s2);
+        close(&out, &[2.5]);
+    }
+
+    #[test]
+    fn reference_points_are_token_centres() {
+        let refs = reference_points(&[Level { h: 1, w: 2, start: 0 }]);
+        assert_eq!(refs, vec![[0.25, 0.5], [0.75, 0.5]]);
+    }
+}
+

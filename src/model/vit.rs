@@ -1,0 +1,285 @@
+//! The plain-ViT blocks of the three flavours: timm-style blocks (`qkv` with bias,
+//! `gamma1/gamma2` layer scale, optional windowed attention with zero padding) and BEiT
+//! blocks (`q_bias`/`v_bias`, per-block relative-position bias, `gamma_1/gamma_2`,
+//! windowed or global attention).
+//!
+//! Mirrors `detection/mmdet_custom/models/backbones/base/vit.py` (`Attention`,
+//! `WindowedAttention`, `Block`; the segmentation copy is the same) and the Co-DETR
+//! branch's `mmdet/models/backbones/base/beit.py` (`Attention`, `Block`).
+//!
+//! Padding differs between the two, exactly as upstream: timm's `WindowedAttention` pads the
+//! `qkv` map (padded q, k, v are zero), BEiT pads the normed tokens before `qkv` (padded
+//! tokens get q = `q_bias`, k = 0, v = `v_bias`). Padded tokens take part in the softmax
+//! in both.
+
+use candle_core::Tensor;
+
+use super::config::{ComerConfig, Flavor};
+use super::error::ModelError;
+use super::nn::{LayerNorm, Linear, Result, add_scaled, gelu, tensor, values};
+use super::weights::Vb;
+
+/// Upstream's `relative_position_index` for a `w×w` window: (w², w²).
+pub fn relative_position_index(w: usize) -> Vec<i64> {
+    let n = w * w;
+    let mut idx = vec![0i64; n * n];
+    for i in 0..n {
+        let (yi, xi) = ((i / w) as i64, (i % w) as i64);
+        for j in 0..n {
+            let (yj, xj) = ((j / w) as i64, (j % w) as i64);
+            idx[i * n + j] = (yi - yj + w as i64 - 1) * (2 * w as i64 - 1) + (xi - xj + w as i64 - 1);
+        }
+    }
+    idx
+}
+
+/// Self-attention of one block, global or windowed.
+pub struct Attention {
+    qkv: Linear,
+    proj: Linear,
+    heads: usize,
+    head_dim: usize,
+    scale: f64,
+    /// Window size when windowed.
+    window: Option<usize>,
+    /// The `qkv` row of a padded token (timm: zeros; BEiT: the qkv bias).
+    pad_row: Vec<f32>,
+    /// BEiT: relative-position bias (heads, w², w²) and its window w.
+    rel_bias: Option<(usize, Tensor)>,
+    /// BEiT scales q before `q @ kᵀ`; timm scales the product.
+    scale_q_first: bool,
+    block: usize,
+}
+
+impl Attention {
+    pub fn new(vb: &Vb, cfg: &ComerConfig, block: usize) -> Result<Attention> {
+        let d = cfg.embed_dim;
+        let heads = cfg.num_heads;
+        let head_dim = d / heads;
+        let windowed = cfg.window_attn[block];
+        let proj = Linear::new(&vb.pp("proj"), d, d, true)?;
+        if cfg.flavor != Flavor::Beit {
+            let qkv = Linear::new(&vb.pp("qkv"), d, 3 * d, cfg.qkv_bias)?;
+            return Ok(Attention {
+                qkv,
+                proj,
+                heads,
+                head_dim,
+                scale: (head_dim as f64).powf(-0.5),
+                window: if windowed { cfg.window_size[block] } else { None },
+                pad_row: vec![0.0; 3 * d],
+                rel_bias: None,
+                scale_q_first: false,
+                block,
+            });
+        }
+        let w = vb.pp("qkv").get("weight", &[3 * d, d])?;
+        let mut bias = vec![0f32; 3 * d];
+        if cfg.qkv_bias {
+            let q = vb.vec("q_bias", &[d])?;
+            let v = vb.vec("v_bias", &[d])?;
+            bias[..d].copy_from_slice(&q);
+            bias[2 * d..].copy_from_slice(&v);
+        }
+        let qkv = Linear::from_parts(w, Some(tensor(bias.clone(), &[3 * d])?))?;
+        let ws = cfg.window_size[block].unwrap_or(14);
+        let nrel = (2 * ws - 1) * (2 * ws - 1);
+        let table = vb.vec("relative_position_bias_table", &[nrel, heads])?;
+        let index = relative_position_index(ws);
+        let stored = vb.buffer_i64("relative_position_index", &[ws * ws, ws * ws])?;
+        if stored.is_some_and(|s| s != index) {
+            return Err(ModelError::RelativePositionIndex { name: vb.name("relative_position_index") });
+        }
+        let n = ws * ws;
+        let mut rb = vec![0f32; heads * n * n];
+        for h in 0..heads {
+            for (ij, &r) in index.iter().enumerate() {
+                rb[h * n * n + ij] = table[r as usize * heads + h];
+            }
+        }
+        Ok(Attention {
+            qkv,
+            proj,
+            heads,
+            head_dim,
+            scale: cfg.qk_scale.filter(|s| *s != 0.0).unwrap_or((head_dim as f64).powf(-0.5)),
+            window: if windowed { Some(ws) } else { None },
+            pad_row: bias,
+            rel_bias: Some((ws, tensor(rb, &[heads, n, n])?)),
+            scale_q_first: true,
+            block,
+        })
+    }
+
+    /// (Bw, n, 3C) → (Bw, n, C)
+    fn core(&self, qkv: &Tensor) -> Result<Tensor> {
+        let (bw, n, _) = qkv.dims3()?;
+        let c = self.heads * self.head_dim;
+        // (3, Bw, heads, n, head_dim)
+        let qkv = qkv.reshape((bw, n, 3, self.heads, self.head_dim))?.permute((2, 0, 3, 1, 4))?.contiguous()?;
+        let (q, k, v) = (qkv.get(0)?, qkv.get(1)?, qkv.get(2)?);
+        // (Bw, heads, n, n); scale, bias and softmax in one pass over the logits
+        let scale = self.scale as f32;
+        let (logits, scale_after) = if self.scale_q_first {
+            ((q * self.scale)?.matmul(&k.t()?)?, None)
+        } else {
+            (q.matmul(&k.t()?)?, Some(scale))
+        };
+        let mut a = values(&logits)?;
+        let rb = match &self.rel_bias {
+            Some((_, t)) => Some(values(t)?),
+            None => None,
+        };
+        super::profile::timed("softmax", || {
+            softmax_scaled(&mut a, n, self.heads, scale_after, rb.as_deref())
+        });
+        let attn = tensor(a, &[bw, self.heads, n, n])?;
+        // (Bw, heads, n, head_dim) → (Bw, n, heads, head_dim) → (Bw, n, C)
+        Ok(attn.matmul(&v)?.transpose(1, 2)?.reshape((bw, n, c))?)
+    }
+
+    /// (B, N, C) → (B, N, C) on an `h×w` token grid.
+    pub fn forward(&self, x: &Tensor, h: usize, w: usize) -> Result<Tensor> {
+        let (b, n, c) = x.dims3()?;
+        let qkv = self.qkv.forward(x)?;
+        let out = match self.window {
+            None => {
+                if let Some((ws, _)) = self.rel_bias.as_ref().filter(|(ws, _)| ws * ws != n) {
+                    return Err(ModelError::GlobalWindow { block: self.block, window: *ws, h, w });
+                }
+                self.core(&qkv)?
+            }
+            Some(win) => {
+                let (wins, ny, nx) = gather_windows(&values(&qkv)?, (b, h, w, 3 * c), win, &self.pad_row);
+                // (B·L, win², 3C)
+                let wins = tensor(wins, &[b * ny * nx, win * win, 3 * c])?;
+                let o = self.core(&wins)?;
+                let o = scatter_windows(&values(&o)?, (b, h, w, c), win, ny, nx);
+                // (B, N, C)
+                tensor(o, &[b, n, c])?
+            }
+        };
+        self.proj.forward(&out)
+    }
+}
+
+/// In place over (Bw, heads, n, n) logits: optional scale, optional per-head bias
+/// (heads, n, n), softmax over the last axis.
+fn softmax_scaled(a: &mut [f32], n: usize, heads: usize, scale: Option<f32>, bias: Option<&[f32]>) {
+    use rayon::prelude::*;
+    a.par_chunks_mut(n).enumerate().for_each(|(row, r)| {
+        if let Some(s) = scale {
+            r.iter_mut().for_each(|v| *v *= s);
+        }
+        if let Some(b) = bias {
+            let hr = row % (heads * n);
+            r.iter_mut().zip(&b[hr * n..(hr + 1) * n]).for_each(|(v, b)| *v += b);
+        }
+        super::ops::softmax_row(r);
+    });
+}
+
+/// Partition a channels-last (B, H, W, C) map into `win×win` windows after padding bottom
+/// and right with `pad` rows; returns (B·L, win², C) and the window grid.
+fn gather_windows(x: &[f32], dims: (usize, usize, usize, usize), win: usize, pad: &[f32]) -> (Vec<f32>, usize, usize) {
+    let (b, h, w, c) = dims;
+    let ny = h.div_ceil(win);
+    let nx = w.div_ceil(win);
+    let mut out = vec![0f32; b * ny * nx * win * win * c];
+    for (t, dst) in out.chunks_mut(c).enumerate() {
+        let k = t % (win * win);
+        let l = t / (win * win);
+        let (bi, wy, wx) = (l / (ny * nx), (l / nx) % ny, l % nx);
+        let (y, xx) = (wy * win + k / win, wx * win + k % win);
+        if y < h && xx < w {
+            dst.copy_from_slice(&x[((bi * h + y) * w + xx) * c..][..c]);
+        } else {
+            dst.copy_from_slice(pad);
+        }
+    }
+    (out, ny, nx)
+}
+
+/// Inverse of [`gather_windows`], dropping the padded positions.
+fn scatter_windows(x: &[f32], dims: (usize, usize, usize, usize), win: usize, ny: usize, nx: usize) -> Vec<f32> {
+    let (b, h, w, c) = dims;
+    let mut out = vec![0f32; b * h * w * c];
+    for (t, src) in x.chunks(c).enumerate() {
+        let k = t % (win * win);
+        let l = t / (win * win);
+        let (bi, wy, wx) = (l / (ny * nx), (l / nx) % ny, l % nx);
+        let (y, xx) = (wy * win + k / win, wx * win + k % win);
+        if y < h && xx < w {
+            out[((bi * h + y) * w + xx) * c..][..c].copy_from_slice(src);
+        }
+    }
+    out
+}
+
+/// One transformer block (pre-norm attention + MLP, optional layer scale).
+pub struct Block {
+    norm1: LayerNorm,
+    attn: Attention,
+    norm2: LayerNorm,
+    fc1: Linear,
+    fc2: Linear,
+    gamma1: Option<Tensor>,
+    gamma2: Option<Tensor>,
+}
+
+impl Block {
+    pub fn new(vb: &Vb, cfg: &ComerConfig, i: usize) -> Result<Block> {
+        let d = cfg.embed_dim;
+        let hidden = (d as f64 * cfg.mlp_ratio) as usize;
+        let (g1, g2, has_ls) = match cfg.flavor {
+            Flavor::Beit => ("gamma_1", "gamma_2", cfg.init_values.is_some()),
+            _ => ("gamma1", "gamma2", cfg.layer_scale),
+        };
+        let (gamma1, gamma2) = if has_ls { (Some(vb.get(g1, &[d])?), Some(vb.get(g2, &[d])?)) } else { (None, None) };
+        Ok(Block {
+            norm1: LayerNorm::new(&vb.pp("norm1"), d)?,
+            attn: Attention::new(&vb.pp("attn"), cfg, i)?,
+            norm2: LayerNorm::new(&vb.pp("norm2"), d)?,
+            fc1: Linear::new(&vb.pp("mlp").pp("fc1"), d, hidden, true)?,
+            fc2: Linear::new(&vb.pp("mlp").pp("fc2"), hidden, d, true)?,
+            gamma1,
+            gamma2,
+        })
+    }
+
+    /// (B, N, C) → (B, N, C)
+    pub fn forward(&self, x: &Tensor, h: usize, w: usize) -> Result<Tensor> {
+        let a = super::profile::timed("attention", || self.attn.forward(&self.norm1.forward(x)?, h, w))?;
+        let x = match &self.gamma1 {
+            Some(g) => add_scaled(x, g, &a)?,
+            None => (x + a)?,
+        };
+        let h1 = super::profile::timed("mlp fc1", || self.fc1.forward(&self.norm2.forward(&x)?))?;
+        let h1 = super::profile::timed("gelu", || gelu(&h1))?;
+        let m = super::profile::timed("mlp fc2", || self.fc2.forward(&h1))?;
+        Ok(match &self.gamma2 {
+            Some(g) => add_scaled(&x, g, &m)?,
+            None => (x + m)?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_index_matches_upstream_for_w2() {
+        // upstream for window 2: [[4,3,1,0],[5,4,2,1],[7,6,4,3],[8,7,5,4]]
+        assert_eq!(relative_position_index(2), vec![4, 3, 1, 0, 5, 4, 2, 1, 7, 6, 4, 3, 8, 7, 5, 4]);
+    }
+
+    #[test]
+    fn windows_round_trip_with_padding() {
+        let x: Vec<f32> = (0..2 * 3 * 5).map(|v| v as f32).collect();
+        let (w, ny, nx) = gather_windows(&x, (2, 3, 5, 1), 2, &[-1.0]);
+        assert_eq!((ny, nx), (2, 3));
+        assert_eq!(&w[..4], &[0.0, 1.0, 5.0, 6.0]);
+        assert_eq!(scatter_windows(&w, (2, 3, 5, 1), 2, ny, nx), x);
+    }
+}

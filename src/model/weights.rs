@@ -1,0 +1,125 @@
+//! Weights looked up by target state-dict name, with shape and dtype checks, and a final
+//! account of missing and unexpected keys (burn-store's load report, with near-miss hints).
+//!
+//! Mirrors `load_state_dict(strict=True)` on upstream's modules: every parameter and
+//! buffer name must match. int64 buffers (`relative_position_index`, `num_batches_tracked`)
+//! may be absent (artifacts written with `--no-buffers`).
+
+use std::cell::RefCell;
+use std::collections::{BTreeSet, HashMap};
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+
+use super::error::{KeyHint, ModelError, near_miss};
+
+/// All tensors of a weights file plus the bookkeeping of which names the model read.
+pub struct Store {
+    tensors: HashMap<String, Tensor>,
+    used: RefCell<BTreeSet<String>>,
+    missing: RefCell<Vec<String>>,
+}
+
+impl Store {
+    pub fn new(tensors: HashMap<String, Tensor>) -> Store {
+        Store { tensors, used: RefCell::default(), missing: RefCell::default() }
+    }
+
+    /// Read every tensor of a safetensors file.
+    pub fn from_safetensors(path: &Path) -> Result<Store, ModelError> {
+        let tensors = candle_core::safetensors::load(path, &Device::Cpu)
+            .map_err(|e| ModelError::Read { path: path.to_path_buf(), message: e.to_string() })?;
+        Ok(Store::new(tensors))
+    }
+
+    pub fn root(&self) -> Vb<'_> {
+        Vb { store: self, prefix: String::new() }
+    }
+
+    /// After the model was built: missing keys first, then unexpected ones, each with hints.
+    pub fn finish(&self) -> Result<(), ModelError> {
+        let used = self.used.borrow();
+        let missing = self.missing.borrow();
+        let unexpected: Vec<&String> = self
+            .tensors
+            .keys()
+            .filter(|k| !used.contains(*k) && !k.ends_with("num_batches_tracked"))
+            .collect();
+        if !missing.is_empty() {
+            let keys = missing
+                .iter()
+                .map(|k| KeyHint { key: k.clone(), hint: near_miss(k, unexpected.iter().copied()) })
+                .collect();
+            return Err(ModelError::MissingKeys { keys });
+        }
+        if !unexpected.is_empty() {
+            let mut keys: Vec<KeyHint> = unexpected
+                .iter()
+                .map(|k| KeyHint { key: (*k).clone(), hint: near_miss(k, used.iter()) })
+                .collect();
+            keys.sort_by(|a, b| a.key.cmp(&b.key));
+            return Err(ModelError::UnexpectedKeys { keys });
+        }
+        Ok(())
+    }
+}
+
+/// A prefix into a [`Store`]: `vb.pp("norm1").get("weight", &[d])` reads `norm1.weight`.
+#[derive(Clone)]
+pub struct Vb<'a> {
+    store: &'a Store,
+    prefix: String,
+}
+
+impl<'a> Vb<'a> {
+    pub fn pp(&self, name: impl std::fmt::Display) -> Vb<'a> {
+        let prefix = if self.prefix.is_empty() { name.to_string() } else { format!("{}.{name}", self.prefix) };
+        Vb { store: self.store, prefix }
+    }
+
+    fn full(&self, name: &str) -> String {
+        if self.prefix.is_empty() { name.to_string() } else { format!("{}.{name}", self.prefix) }
+    }
+
+    /// A float32 parameter of exactly `shape`. A missing key is recorded (reported by
+    /// [`Store::finish`]) and answered with zeros so that every missing key is listed at once.
+    pub fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor, ModelError> {
+        let full = self.full(name);
+        let Some(t) = self.store.tensors.get(&full) else {
+            self.store.missing.borrow_mut().push(full);
+            return Ok(Tensor::zeros(shape, DType::F32, &Device::Cpu)?);
+        };
+        self.store.used.borrow_mut().insert(full.clone());
+        if t.dtype() != DType::F32 {
+            return Err(ModelError::Dtype { name: full, expected: "F32".into(), got: format!("{:?}", t.dtype()) });
+        }
+        if t.dims() != shape {
+            return Err(ModelError::Shape { name: full, expected: shape.to_vec(), got: t.dims().to_vec() });
+        }
+        Ok(t.clone())
+    }
+
+    /// A float32 parameter read as a flat vector.
+    pub fn vec(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>, ModelError> {
+        Ok(self.get(name, shape)?.flatten_all()?.to_vec1::<f32>()?)
+    }
+
+    /// An optional int64 buffer (may be absent): checked for shape and dtype when present.
+    pub fn buffer_i64(&self, name: &str, shape: &[usize]) -> Result<Option<Vec<i64>>, ModelError> {
+        let full = self.full(name);
+        let Some(t) = self.store.tensors.get(&full) else { return Ok(None) };
+        self.store.used.borrow_mut().insert(full.clone());
+        if t.dtype() != DType::I64 {
+            return Err(ModelError::Dtype { name: full, expected: "I64".into(), got: format!("{:?}", t.dtype()) });
+        }
+        if t.dims() != shape {
+            return Err(ModelError::Shape { name: full, expected: shape.to_vec(), got: t.dims().to_vec() });
+        }
+        Ok(Some(t.flatten_all()?.to_vec1::<i64>()?))
+    }
+
+    /// The full name of `name` under this prefix (for error messages).
+    pub fn name(&self, name: &str) -> String {
+        self.full(name)
+    }
+}

@@ -1,0 +1,287 @@
+//! `verify/compare.rs`: compare two tensors and collect the figures into a [`Report`].
+//!
+//! The error measures follow what the parity acceptance states: max absolute error, max
+//! relative error normalised by `max(1, max|expected|)` (the bound every golden test uses),
+//! cosine similarity, and the first element where the two sides part. A [`Report`] renders a
+//! readable table and serialises to JSON for `comer-port verify --json`.
+
+use serde::Serialize;
+
+use super::error::VerifyError;
+
+/// Figures of one comparison of `got` against `expected` (same number of elements).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Comparison {
+    pub numel: usize,
+    /// `max |got - expected|`.
+    pub max_abs: f64,
+    /// `max_abs / max(1, max |expected|)`.
+    pub max_rel: f64,
+    /// Cosine similarity of the flattened tensors (1 when both are all zeros).
+    pub cosine: f64,
+    /// First flat index where `|got - expected| > bound * max(1, max|expected|)`, or where
+    /// either side is not finite; `None` when they agree everywhere.
+    pub first_parted: Option<usize>,
+}
+
+/// Compare flat element lists against a relative `bound`. A length mismatch parts at the
+/// first index past the shorter side.
+pub fn compare(got: &[f32], expected: &[f32], bound: f64) -> Comparison {
+    let n = got.len().min(expected.len());
+    let scale = expected
+        .iter()
+        .fold(1.0f64, |m, v| m.max(f64::from(v.abs())));
+    let tol = bound * scale;
+    let (mut max_abs, mut dot, mut gg, mut ee) = (0.0f64, 0.0f64, 0.0f64, 0.0f64);
+    let mut first_parted = None;
+    for (i, (g, e)) in got.iter().zip(expected).enumerate() {
+        let (g, e) = (f64::from(*g), f64::from(*e));
+        let d = (g - e).abs();
+        let bad = !d.is_finite() || d > tol;
+        if bad && first_parted.is_none() {
+            first_parted = Some(i);
+        }
+        max_abs = if d.is_finite() {
+            max_abs.max(d)
+        } else {
+            f64::INFINITY
+        };
+        dot += g * e;
+        gg += g * g;
+        ee += e * e;
+    }
+    if got.len() != expected.len() && first_parted.is_none() {
+        first_parted = Some(n);
+    }
+    let cosine = if gg == 0.0 && ee == 0.0 {
+        1.0
+    } else {
+        dot / (gg.sqrt() * ee.sqrt()).max(f64::MIN_POSITIVE)
+    };
+    Comparison {
+        numel: n,
+        max_abs,
+        max_rel: max_abs / scale,
+        cosine,
+        first_parted,
+    }
+}
+
+/// Row-major multi-index of flat index `i` in `shape`.
+pub fn unravel(mut i: usize, shape: &[usize]) -> Vec<usize> {
+    let mut idx = vec![0; shape.len()];
+    for (slot, &d) in idx.iter_mut().zip(shape).rev() {
+        if d > 0 {
+            *slot = i % d;
+            i /= d;
+        }
+    }
+    idx
+}
+
+/// One named check with its stated bound and verdict.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Check {
+    /// What was compared, e.g. `mapping parity 64x64` or a target key.
+    pub name: String,
+    /// The relative bound the check is held to.
+    pub bound: f64,
+    pub shape: Vec<usize>,
+    #[serde(flatten)]
+    pub figures: Comparison,
+    /// Multi-index of `figures.first_parted` in `shape`.
+    pub first_parted_at: Option<Vec<usize>>,
+    /// Where the sides part beyond the element (e.g. the first block), when known.
+    pub note: Option<String>,
+    pub passed: bool,
+}
+
+impl Check {
+    /// Compare `got` with `expected` (of `shape`) against `bound`.
+    pub fn new(
+        name: impl Into<String>,
+        shape: &[usize],
+        got: &[f32],
+        expected: &[f32],
+        bound: f64,
+    ) -> Check {
+        let figures = compare(got, expected, bound);
+        let passed = figures.first_parted.is_none() && figures.max_rel <= bound;
+        Check {
+            name: name.into(),
+            bound,
+            shape: shape.to_vec(),
+            first_parted_at: figures.first_parted.map(|i| unravel(i, shape)),
+            figures,
+            note: None,
+            passed,
+        }
+    }
+}
+
+/// The checks of one verify run.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Report {
+    pub checks: Vec<Check>,
+}
+
+impl Report {
+    pub fn push(&mut self, check: Check) {
+        self.checks.push(check);
+    }
+
+    /// True when every check passed (and there is at least one).
+    pub fn passed(&self) -> bool {
+        !self.checks.is_empty() && self.checks.iter().all(|c| c.passed)
+    }
+
+    /// The first failing check, if any.
+    pub fn first_failure(&self) -> Option<&Check> {
+        self.checks.iter().find(|c| !c.passed)
+    }
+
+    /// `Ok` when no check failed; otherwise [`VerifyError::Parted`] naming the first failing
+    /// check (with its note, e.g. the first block where the sides part) and element index.
+    pub fn ensure_passed(&self) -> Result<(), VerifyError> {
+        match self.first_failure() {
+            None => Ok(()),
+            Some(c) => Err(VerifyError::Parted {
+                key: match &c.note {
+                    Some(note) => format!("{} ({note})", c.name),
+                    None => c.name.clone(),
+                },
+                index: c.first_parted_at.clone().unwrap_or_default(),
+                max_rel: c.figures.max_rel,
+                bound: c.bound,
+            }),
+        }
+    }
+
+    /// JSON with the checks and the overall verdict.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({ "passed": self.passed(), "checks": self.checks })
+    }
+
+    /// A fixed-width table, one line per check, and a verdict line.
+    pub fn render_table(&self) -> String {
+        let width = self
+            .checks
+            .iter()
+            .map(|c| c.name.len())
+            .max()
+            .unwrap_or(5)
+            .max(5);
+        let mut out = format!(
+            "{:<width$}  {:>10}  {:>10}  {:>10}  {:>9}  {:>8}  result\n",
+            "check", "max abs", "max rel", "cosine", "bound", "parts at"
+        );
+        for c in &self.checks {
+            let at = c
+                .first_parted_at
+                .as_ref()
+                .map(|i| format!("{i:?}"))
+                .unwrap_or_else(|| "-".into());
+            out.push_str(&format!(
+                "{:<width$}  {:>10.3e}  {:>10.3e}  {:>10.7}  {:>9.1e}  {:>8}  {}\n",
+                c.name,
+                c.figures.max_abs,
+                c.figures.max_rel,
+                c.figures.cosine,
+                c.bound,
+                at,
+                if c.passed { "ok" } else { "FAILED" }
+            ));
+            if let Some(note) = &c.note {
+                out.push_str(&format!("    {note}\n"));
+            }
+        }
+        out.push_str(if self.passed() {
+            "verdict: passed\n"
+        } else {
+            "verdict: FAILED\n"
+        });
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identical_tensors_agree() {
+        let a = [1.0f32, -2.0, 3.0];
+        let c = compare(&a, &a, 1e-5);
+        assert_eq!(c.max_abs, 0.0);
+        assert_eq!(c.first_parted, None);
+        assert!((c.cosine - 1.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn relative_error_uses_max_one_or_max_expected() {
+        let c = compare(&[0.1, 0.2], &[0.0, 0.0], 1.0);
+        assert!((c.max_rel - 0.2).abs() < 1e-7); // scale 1
+        let c = compare(&[4.0, 0.0], &[4.0, 1.0], 1.0);
+        assert!((c.max_rel - 0.25).abs() < 1e-12); // scale 4
+    }
+
+    #[test]
+    fn first_parted_index_and_unravel() {
+        let exp = vec![0.0f32; 12];
+        let mut got = exp.clone();
+        got[7] = 1e-3;
+        got[9] = 1.0;
+        let c = compare(&got, &exp, 1e-5);
+        assert_eq!(c.first_parted, Some(7));
+        assert_eq!(unravel(7, &[1, 3, 4]), vec![0, 1, 3]);
+    }
+
+    #[test]
+    fn nan_parts_and_length_mismatch_parts() {
+        let c = compare(&[0.0, f32::NAN], &[0.0, 0.0], 1e-5);
+        assert_eq!(c.first_parted, Some(1));
+        let c = compare(&[0.0], &[0.0, 0.0], 1e-5);
+        assert_eq!(c.first_parted, Some(1));
+    }
+
+    #[test]
+    fn cosine_of_opposite_is_minus_one() {
+        let c = compare(&[1.0, 2.0], &[-1.0, -2.0], 1e-5);
+        assert!((c.cosine + 1.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn report_table_and_json() {
+        let mut r = Report::default();
+        r.push(Check::new("exact", &[2], &[1.0, 2.0], &[1.0, 2.0], 1e-5));
+        assert!(r.passed());
+        r.push(Check::new(
+            "tampered",
+            &[2, 1],
+            &[1.0, 2.1],
+            &[1.0, 2.0],
+            1e-5,
+        ));
+        assert!(!r.passed());
+        assert_eq!(r.first_failure().map(|c| c.name.as_str()), Some("tampered"));
+        let t = r.render_table();
+        assert!(t.contains("tampered") && t.contains("FAILED") && t.contains("[1, 0]"));
+        let j = r.to_json();
+        assert_eq!(j["passed"], false);
+        assert_eq!(j["checks"][1]["first_parted_at"][0], 1);
+        assert_eq!(j["checks"][0]["passed"], true);
+    }
+
+    #[test]
+    fn ensure_passed_names_first_failure() {
+        let mut r = Report::default();
+        r.push(Check::new("ok", &[1], &[1.0], &[1.0], 1e-5));
+        assert!(r.ensure_passed().is_ok());
+        let mut bad = Check::new("parity image64x64", &[1, 2], &[0.0, 1.0], &[0.0, 0.0], 1e-5);
+        bad.note = Some("first parts after blocks.2".into());
+        r.push(bad);
+        let e = r.ensure_passed().unwrap_err();
+        assert!(matches!(e, VerifyError::Parted { ref key, ref index, .. }
+            if key == "parity image64x64 (first parts after blocks.2)" && index == &[0, 1]));
+    }
+}

@@ -1,0 +1,131 @@
+//! `comer-port export onnx` (issue 6): the written model decodes with prost, carries the
+//! expected opset, input, outputs and metadata, is byte-identical across runs, and the CLI
+//! refuses bad input sizes and existing outputs without `--force`.
+
+use std::path::{Path, PathBuf};
+
+use comer_port::export::onnx::proto::ModelProto;
+use prost::Message;
+
+use crate::util::{bin, fixture};
+
+fn tmp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("comer-it-onnx-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).ok();
+    dir.join(name)
+}
+
+fn export(case: &str, size: &str, out: &Path, extra: &[&str]) -> std::process::Output {
+    let dir = fixture(&format!("forward/{case}"));
+    bin()
+        .args(["export", "onnx"])
+        .arg(dir.join("weights.safetensors"))
+        .arg("-o")
+        .arg(out)
+        .args(["--input-size", size, "--config"])
+        .arg(dir.join("case.json"))
+        .args(extra)
+        .output()
+        .expect("run comer-port")
+}
+
+fn decode(path: &Path) -> ModelProto {
+    let bytes = std::fs::read(path).expect("read model");
+    ModelProto::decode(bytes.as_slice()).expect("prost decodes the model")
+}
+
+#[test]
+fn beit_model_has_opset_io_and_metadata() {
+    let out = tmp("beit.onnx");
+    let o = export("beit_tiny", "64x64", &out, &["--force", "--batch", "2"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let m = decode(&out);
+    assert_eq!(m.opset_import.len(), 1);
+    assert_eq!(m.opset_import[0].version, 17);
+    let g = m.graph.expect("graph");
+    let outs: Vec<&str> = g.output.iter().map(|v| v.name.as_str()).collect();
+    assert_eq!(outs, ["x", "f1", "f2", "f3", "f4"]);
+    assert_eq!(g.input.len(), 1);
+    assert_eq!(g.input[0].name, "image");
+    let dims: Vec<i64> = g.input[0]
+        .r#type
+        .as_ref()
+        .and_then(|t| t.tensor_type.as_ref())
+        .and_then(|t| t.shape.as_ref())
+        .map(|s| s.dim.iter().map(|d| d.dim_value).collect())
+        .unwrap_or_default();
+    assert_eq!(dims, [2, 3, 64, 64]);
+    assert!(g.node.iter().all(|n| n.domain.is_empty()), "standard ops only");
+    let meta: std::collections::BTreeMap<_, _> = m.metadata_props.iter().map(|e| (e.key.as_str(), e.value.as_str())).collect();
+    assert_eq!(meta.get("source"), Some(&"weights.safetensors"));
+    assert_eq!(meta.get("comer_port.version"), Some(&env!("CARGO_PKG_VERSION")));
+    let cfg: serde_json::Value = serde_json::from_str(meta["comer_port.config"]).expect("config JSON");
+    assert_eq!(cfg["flavor"], "beit-comer");
+}
+
+#[test]
+fn det_model_has_four_outputs_and_both_deform_formulations() {
+    for (deform, op) in [("grid-sample", "GridSample"), ("gather", "Gather")] {
+        let out = tmp(&format!("det-{deform}.onnx"));
+        let o = export("det_tiny", "96x128", &out, &["--force", "--deform", deform]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let g = decode(&out).graph.expect("graph");
+        let outs: Vec<&str> = g.output.iter().map(|v| v.name.as_str()).collect();
+        assert_eq!(outs, ["f1", "f2", "f3", "f4"]);
+        assert!(g.node.iter().any(|n| n.op_type == op));
+        if deform == "gather" {
+            assert!(!g.node.iter().any(|n| n.op_type == "GridSample"));
+        }
+    }
+}
+
+#[test]
+fn export_is_deterministic() {
+    let a = tmp("det-a.onnx");
+    let b = tmp("det-b.onnx");
+    for p in [&a, &b] {
+        let o = export("det_tiny_cfi_window", "64x96", p, &["--force"]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    assert_eq!(std::fs::read(&a).expect("a"), std::fs::read(&b).expect("b"));
+}
+
+#[test]
+fn refuses_input_size_not_divisible_by_32() {
+    let out = tmp("bad-size.onnx");
+    let o = export("seg_tiny", "64x80", &out, &[]);
+    assert_eq!(o.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("multiples of 32"));
+    assert!(!out.exists());
+}
+
+#[test]
+fn refuses_existing_output_without_force() {
+    let out = tmp("exists.onnx");
+    std::fs::write(&out, b"keep me").expect("write");
+    let o = export("seg_tiny", "64x64", &out, &[]);
+    assert_eq!(o.status.code(), Some(4));
+    assert_eq!(std::fs::read(&out).expect("read"), b"keep me");
+    let o = export("seg_tiny", "64x64", &out, &["--force"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(decode(&out).graph.is_some());
+}
+
+#[test]
+fn external_data_past_threshold_keeps_model_readable() {
+    use comer_port::export::onnx::{ExportOptions, data_path, export as export_onnx};
+    let dir = fixture("forward/det_tiny");
+    let ck = comer_port::formats::open(&dir.join("weights.safetensors")).expect("open");
+    let cfg = comer_port::model::ComerConfig::from_case_json(&std::fs::read_to_string(dir.join("case.json")).expect("case"))
+        .expect("config");
+    let mut opts = ExportOptions::new(64, 64);
+    opts.external_threshold = 0;
+    let out = tmp("ext.onnx");
+    let (_, tensors) = ck.state_dict();
+    let w = export_onnx(tensors, &cfg, &opts, &out, true).expect("export");
+    let (dpath, n) = w.external.expect("external data written");
+    assert_eq!(dpath, data_path(&out));
+    assert!(n > 0);
+    let g = decode(&out).graph.expect("graph");
+    assert!(g.initializer.iter().any(|t| t.data_location == 1 && t.raw_data.is_empty()));
+}
