@@ -664,7 +664,7 @@ impl<'a, 'b> Vm<'a, 'b> {
     }
 
     fn setitems(&mut self, items: Vec<Entry>) -> Result<(), FormatError> {
-        if items.len() % 2 != 0 {
+        if !items.len().is_multiple_of(2) {
             return Err(self.err("odd number of items for SETITEMS"));
         }
         let op_pos = self.op_pos;
@@ -723,7 +723,7 @@ impl<'a, 'b> Vm<'a, 'b> {
             Value::Object { class, state: s, .. } if class != GLOBAL_CLASS && class != STORAGE_CLASS => {
                 top.depth = top.depth.max(state.depth + 1);
                 top.size = top.size.saturating_add(state.size);
-                *s = Box::new(state.v);
+                **s = state.v;
                 if top.depth > MAX_NESTING {
                     return Err(self.err(format!("containers nested deeper than {MAX_NESTING}")));
                 }

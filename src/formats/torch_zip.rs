@@ -77,11 +77,11 @@ fn read_bytes(path: &Path, src: Source) -> Result<Checkpoint, FormatError> {
     };
     metadata.insert("byteorder".into(), if big_endian { "big" } else { "little" }.into());
     for rec in [".format_version", "version", ".storage_alignment"] {
-        if let Some(m) = archive.find(&format!("{root}{rec}")) {
-            if m.size <= 64 {
-                let b = archive.read(m)?;
-                metadata.insert(rec.trim_start_matches('.').into(), String::from_utf8_lossy(&b).trim().to_string());
-            }
+        if let Some(m) = archive.find(&format!("{root}{rec}"))
+            && m.size <= 64
+        {
+            let b = archive.read(m)?;
+            metadata.insert(rec.trim_start_matches('.').into(), String::from_utf8_lossy(&b).trim().to_string());
         }
     }
     let eager_crc = (bytes.len() as u64) <= MAX_EAGER_CRC;

@@ -76,7 +76,7 @@ pub fn safe_name(name: &str) -> bool {
         && !name.contains('\\')
         && !name.contains('\0')
         && !name.split('/').any(|c| c == "..")
-        && !(name.len() >= 2 && name.as_bytes()[1] == b':')
+        && (name.len() < 2 || name.as_bytes()[1] != b':')
 }
 
 impl<'a> Archive<'a> {
