@@ -32,7 +32,7 @@ pub const EXIT_OUTPUT: i32 = 4;
 checkpoints without executing any pickle code, remaps them into the exact upstream ViT-CoMer \
 layouts (vit-comer-det, vit-comer-seg, beit-comer), initialises the new CTI/MRFP parameters \
 the way upstream does, and proves parity with a built-in reference forward pass.",
-    after_help = "Examples:\n  comer-port inspect beitv2.pth\n  comer-port import beitv2.pth -o comer.safetensors --pth comer.pth\n  comer-port run --weights comer.safetensors --input img.png --viz pyramid.png\n  comer-port export onnx comer.safetensors --input-size 512x512 -o comer.onnx\n\nExit codes: 0 ok, 1 a check failed, 2 usage, 3 bad input, 4 output not written."
+    after_help = "Examples:\n  comer-port inspect beitv2.pth\n  comer-port import beitv2.pth -o comer.safetensors --pth comer.pth\n  comer-port verify comer.safetensors --source beitv2.pth\n  comer-port run --weights comer.safetensors --input img.png --viz pyramid.png\n  comer-port export onnx comer.safetensors --input-size 512x512 -o comer.onnx\n\nExit codes: 0 ok, 1 a check failed, 2 usage, 3 bad input, 4 output not written."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -45,8 +45,7 @@ pub enum Command {
     Inspect(inspect::Args),
     /// Remap a checkpoint into a ViT-CoMer layout with freshly initialised CTI/MRFP parameters.
     Import(import::Args),
-    /// Prove an artifact's numerical parity with its source (not in this build yet: issue 5).
-    #[command(hide = true)]
+    /// Prove an artifact's numerical parity with its source and re-read what was written.
     Verify(verify::Args),
     /// Run the reference forward pass on an image or a safetensors batch.
     Run(run::Args),

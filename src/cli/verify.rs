@@ -1,13 +1,95 @@
-//! `comer-port verify`.
+//! `comer-port verify`: prove an artifact's numerical parity with its source, that the full
+//! backbone runs, that what was written re-reads bit for bit, and (with `--golden`) that it
+//! reproduces a fixture folder. The checks live in `verify::artifact`; this file resolves the
+//! inputs, prints the table or JSON, and maps the verdict to the exit code.
+
+use std::path::PathBuf;
+
+use crate::model::{Comer, Store};
+use crate::verify::{Check, Report, Weights, artifact};
 
 /// Arguments of `comer-port verify`.
 #[derive(clap::Args, Debug)]
+#[command(after_help = "Checks: (a) mapping parity with --source (source family's own ViT forward vs the \
+artifact's plain-ViT branch, seeded images at the pretrain size and a non-square size; exact mappings \
+1e-5 relative, LayerNorm eps changes 1e-4; what cannot be modelled is reported as skipped), (b) the full \
+backbone on a seeded image at img_size (finite, f1..f4 at strides 4/8/16/32 with embed_dim channels), \
+(c) round trips (re-read, and a sibling .pth with the same stem, bit for bit), (d) --golden DIR (a \
+forward/* fixture folder, 1e-4 relative). Exit 0 when every check that ran passed, 1 when one failed.")]
 pub struct Args {
-    /// Arguments (not available yet).
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
-    pub rest: Vec<String>,
+    /// The artifact (safetensors, target names).
+    pub artifact: PathBuf,
+    /// The source checkpoint the artifact was imported from: adds the mapping-parity check.
+    #[arg(long)]
+    pub source: Option<PathBuf>,
+    /// A forward fixture folder (inputs.safetensors, expected.safetensors) to reproduce.
+    #[arg(long)]
+    pub golden: Option<PathBuf>,
+    /// Config in the fixtures' case.json shape; default: the artifact's `comer_port.config` metadata.
+    #[arg(long, conflicts_with = "preset")]
+    pub config: Option<PathBuf>,
+    /// A named preset (see `comer-port presets`).
+    #[arg(long)]
+    pub preset: Option<String>,
+    /// Seed of the generated images.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Print the report as JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
-pub fn run(_args: Args) -> anyhow::Result<i32> {
-    super::not_yet("verify", 5)
+pub fn run(a: Args) -> anyhow::Result<i32> {
+    let cfg = super::run::resolve_config(&a.artifact, a.config.as_deref(), a.preset.as_deref())?;
+    let mut report = Report::default();
+
+    // (c) first: a file that does not re-read makes every other figure meaningless.
+    for c in artifact::round_trip_checks(&a.artifact)? {
+        report.push(c);
+    }
+
+    // (a)
+    if let Some(src) = &a.source {
+        let source = crate::formats::open(src)?;
+        let ck = crate::formats::open(&a.artifact)?;
+        let target = Weights::from_checkpoint(&ck)?;
+        for c in artifact::parity_checks(&source, &target, &cfg, a.seed)? {
+            report.push(c);
+        }
+    }
+
+    // (b) and (d): a model that does not load is a failed check naming the key.
+    let store = Store::from_safetensors(&a.artifact)?;
+    let model = Comer::new(&store.root(), &cfg).and_then(|m| store.finish().map(|()| m));
+    match model {
+        Ok(model) => {
+            for c in artifact::backbone_checks(&model, &cfg, a.seed)? {
+                report.push(c);
+            }
+            if let Some(dir) = &a.golden {
+                for c in artifact::golden_checks(&model, dir)? {
+                    report.push(c);
+                }
+            }
+        }
+        Err(e) => report.push(Check::outcome("backbone load", &[1], 1, Some(0), Some(e.to_string()))),
+    }
+
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report.to_json())?);
+    } else {
+        println!("verify {} ({}, {})", a.artifact.display(), cfg.flavor.name(), cfg.img_size);
+        print!("{}", report.render_table());
+    }
+    match report.ensure_passed() {
+        Ok(()) if report.passed() => Ok(super::EXIT_OK),
+        Ok(()) => {
+            eprintln!("error: no check ran");
+            Ok(super::EXIT_CHECK_FAILED)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            Ok(super::EXIT_CHECK_FAILED)
+        }
+    }
 }

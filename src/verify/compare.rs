@@ -94,6 +94,9 @@ pub struct Check {
     /// Where the sides part beyond the element (e.g. the first block), when known.
     pub note: Option<String>,
     pub passed: bool,
+    /// Why the check could not run (then `passed` is false but the run does not fail on it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub skipped: Option<String>,
 }
 
 impl Check {
@@ -115,6 +118,54 @@ impl Check {
             figures,
             note: None,
             passed,
+            skipped: None,
+        }
+    }
+
+    /// A check that could not run, with the reason: reported, never counted as passed.
+    pub fn skipped(name: impl Into<String>, reason: impl Into<String>) -> Check {
+        Check {
+            name: name.into(),
+            bound: 0.0,
+            shape: Vec::new(),
+            figures: Comparison {
+                numel: 0,
+                max_abs: 0.0,
+                max_rel: 0.0,
+                cosine: 1.0,
+                first_parted: None,
+            },
+            first_parted_at: None,
+            note: None,
+            passed: false,
+            skipped: Some(reason.into()),
+        }
+    }
+
+    /// A check without a second side: `numel` items (tensors, elements) of `shape`, of which
+    /// `first_bad` is the first that fails (with `note` saying why); passed when none does.
+    pub fn outcome(
+        name: impl Into<String>,
+        shape: &[usize],
+        numel: usize,
+        first_bad: Option<usize>,
+        note: Option<String>,
+    ) -> Check {
+        Check {
+            name: name.into(),
+            bound: 0.0,
+            shape: shape.to_vec(),
+            figures: Comparison {
+                numel,
+                max_abs: 0.0,
+                max_rel: 0.0,
+                cosine: 1.0,
+                first_parted: first_bad,
+            },
+            first_parted_at: first_bad.map(|i| unravel(i, shape)),
+            note,
+            passed: first_bad.is_none(),
+            skipped: None,
         }
     }
 }
@@ -130,14 +181,23 @@ impl Report {
         self.checks.push(check);
     }
 
-    /// True when every check passed (and there is at least one).
+    /// True when every check that ran passed (and at least one ran); skipped checks are
+    /// reported but neither pass nor fail the run.
     pub fn passed(&self) -> bool {
-        !self.checks.is_empty() && self.checks.iter().all(|c| c.passed)
+        let mut ran = self.checks.iter().filter(|c| c.skipped.is_none()).peekable();
+        ran.peek().is_some() && ran.all(|c| c.passed)
     }
 
-    /// The first failing check, if any.
+    /// The first failing check (skipped ones aside), if any.
     pub fn first_failure(&self) -> Option<&Check> {
-        self.checks.iter().find(|c| !c.passed)
+        self.checks
+            .iter()
+            .find(|c| !c.passed && c.skipped.is_none())
+    }
+
+    /// How many checks were skipped.
+    pub fn skipped(&self) -> usize {
+        self.checks.iter().filter(|c| c.skipped.is_some()).count()
     }
 
     /// `Ok` when no check failed; otherwise [`VerifyError::Parted`] naming the first failing
@@ -159,7 +219,11 @@ impl Report {
 
     /// JSON with the checks and the overall verdict.
     pub fn to_json(&self) -> serde_json::Value {
-        serde_json::json!({ "passed": self.passed(), "checks": self.checks })
+        serde_json::json!({
+            "passed": self.passed(),
+            "skipped": self.skipped(),
+            "checks": self.checks,
+        })
     }
 
     /// A fixed-width table, one line per check, and a verdict line.
@@ -189,16 +253,27 @@ impl Report {
                 c.figures.cosine,
                 c.bound,
                 at,
-                if c.passed { "ok" } else { "FAILED" }
+                match (&c.skipped, c.passed) {
+                    (Some(_), _) => "skipped",
+                    (None, true) => "ok",
+                    (None, false) => "FAILED",
+                }
             ));
+            if let Some(reason) = &c.skipped {
+                out.push_str(&format!("    skipped: {reason}\n"));
+            }
             if let Some(note) = &c.note {
                 out.push_str(&format!("    {note}\n"));
             }
         }
-        out.push_str(if self.passed() {
-            "verdict: passed\n"
+        let skipped = match self.skipped() {
+            0 => String::new(),
+            n => format!(" ({n} skipped)"),
+        };
+        out.push_str(&if self.passed() {
+            format!("verdict: passed{skipped}\n")
         } else {
-            "verdict: FAILED\n"
+            format!("verdict: FAILED{skipped}\n")
         });
         out
     }
@@ -270,6 +345,19 @@ mod tests {
         assert_eq!(j["passed"], false);
         assert_eq!(j["checks"][1]["first_parted_at"][0], 1);
         assert_eq!(j["checks"][0]["passed"], true);
+    }
+
+    #[test]
+    fn skipped_checks_neither_pass_nor_fail() {
+        let mut r = Report::default();
+        r.push(Check::skipped("mapping parity", "windowed attention"));
+        assert!(!r.passed(), "a run of only skipped checks proves nothing");
+        r.push(Check::outcome("finite", &[4], 4, None, None));
+        assert!(r.passed());
+        assert!(r.render_table().contains("skipped: windowed attention"));
+        assert_eq!(r.to_json()["checks"][0]["skipped"], "windowed attention");
+        r.push(Check::outcome("round trip", &[3], 3, Some(2), Some("`b`".into())));
+        assert_eq!(r.first_failure().map(|c| c.name.as_str()), Some("round trip"));
     }
 
     #[test]

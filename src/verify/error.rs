@@ -47,6 +47,14 @@ pub enum VerifyError {
     /// The checkpoint could not be read.
     #[error(transparent)]
     Format(#[from] FormatError),
+
+    /// The ViT-CoMer forward refused the artifact or its config.
+    #[error(transparent)]
+    Model(#[from] crate::model::ModelError),
+
+    /// A fixture folder or file is not what verify expects.
+    #[error("{path}: {reason}")]
+    Fixture { path: std::path::PathBuf, reason: String },
 }
 
 impl VerifyError {

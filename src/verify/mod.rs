@@ -1,5 +1,6 @@
 //! `verify/`: numerical proof that an import lost nothing (parity reports, round trips).
 
+pub mod artifact;
 pub mod compare;
 pub mod error;
 pub mod parity;

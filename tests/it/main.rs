@@ -20,3 +20,5 @@ mod import;
 mod onnx_export;
 /// Source-family ViT forwards against the sources goldens; mapping parity (issue 5).
 mod source_forward;
+/// `comer-port verify`: source parity, tampered artifacts, golden folders (issue 5).
+mod verify_cli;
