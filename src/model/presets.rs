@@ -48,22 +48,24 @@ pub const PRESETS: &[Preset] = &[
     },
 ];
 
-/// The config of a named preset.
-pub fn preset(name: &str) -> Result<ComerConfig, ConfigError> {
-    let p = PRESETS.iter().find(|p| p.name == name).ok_or_else(|| ConfigError::UnknownPreset {
+/// The preset of that name, or an error listing the known names.
+fn find(name: &str) -> Result<&'static Preset, ConfigError> {
+    PRESETS.iter().find(|p| p.name == name).ok_or_else(|| ConfigError::UnknownPreset {
         name: name.to_string(),
         known: PRESETS.iter().map(|p| p.name).collect::<Vec<_>>().join(", "),
-    })?;
+    })
+}
+
+/// The config of a named preset.
+pub fn preset(name: &str) -> Result<ComerConfig, ConfigError> {
+    let p = find(name)?;
     ComerConfig::from_case_json(p.json)
 }
 
 /// The upstream state-dict layout (`[name, shape, dtype]` rows in upstream order) recorded
 /// with a preset, for checking generated layouts against upstream.
 pub fn preset_layout(name: &str) -> Result<Vec<(String, Vec<usize>, String)>, ConfigError> {
-    let p = PRESETS.iter().find(|p| p.name == name).ok_or_else(|| ConfigError::UnknownPreset {
-        name: name.to_string(),
-        known: PRESETS.iter().map(|p| p.name).collect::<Vec<_>>().join(", "),
-    })?;
+    let p = find(name)?;
     let v: serde_json::Value = serde_json::from_str(p.json).map_err(|e| ConfigError::Json(e.to_string()))?;
     serde_json::from_value(v["state_dict"].clone()).map_err(|e| ConfigError::Json(e.to_string()))
 }
