@@ -71,12 +71,12 @@ pub fn header(tensors: &[OutTensor], metadata: &BTreeMap<String, String>) -> Vec
 
 /// Write `tensors` to `dest` atomically; `produce(i)` returns tensor i's little-endian bytes
 /// (exactly `tensors[i].nbytes()` of them) and is called once per tensor, in order.
-pub fn write<E: From<WriteError>>(
+pub fn write<E: From<WriteError>, B: AsRef<[u8]>>(
     dest: &Path,
     force: bool,
     tensors: &[OutTensor],
     metadata: &BTreeMap<String, String>,
-    produce: impl FnMut(usize) -> Result<Vec<u8>, E>,
+    produce: impl FnMut(usize) -> Result<B, E>,
 ) -> Result<(), E> {
     write_late(dest, force, tensors, metadata, None, produce)
 }
@@ -90,13 +90,13 @@ pub struct LateValue<'a> {
 }
 
 /// [`write`] with an optional [`LateValue`].
-pub fn write_late<E: From<WriteError>>(
+pub fn write_late<E: From<WriteError>, B: AsRef<[u8]>>(
     dest: &Path,
     force: bool,
     tensors: &[OutTensor],
     metadata: &BTreeMap<String, String>,
     late: Option<LateValue>,
-    mut produce: impl FnMut(usize) -> Result<Vec<u8>, E>,
+    mut produce: impl FnMut(usize) -> Result<B, E>,
 ) -> Result<(), E> {
     use std::io::{Seek, SeekFrom};
     let mut f = AtomicFile::create(dest, force)?;
@@ -105,8 +105,8 @@ pub fn write_late<E: From<WriteError>>(
     f.writer().write_all(&head).map_err(io)?;
     for (i, t) in tensors.iter().enumerate() {
         let bytes = produce(i)?;
-        debug_assert_eq!(bytes.len(), t.nbytes(), "{}", t.name);
-        f.writer().write_all(&bytes).map_err(io)?;
+        debug_assert_eq!(bytes.as_ref().len(), t.nbytes(), "{}", t.name);
+        f.write_all(bytes.as_ref()).map_err(io)?;
     }
     if let Some(l) = late {
         let value = (l.value)();

@@ -9,6 +9,7 @@ use super::mapping::{self, Origin, Plan, PlanOptions, SourceDims, Values};
 use crate::export::safetensors::OutTensor;
 use crate::formats::{DType, TensorView};
 use crate::model::{ComerConfig, Flavor};
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
@@ -167,7 +168,13 @@ pub fn plan_state_dict(
 /// Encode produced values in the output dtype; f16 overflow is an error naming the key.
 pub fn encode(name: &str, v: &Values, dtype: DType) -> Result<Vec<u8>, ImportError> {
     match v {
-        Values::I64(x) => Ok(x.iter().flat_map(|v| v.to_le_bytes()).collect()),
+        Values::I64(x) => {
+            let mut out = vec![0u8; x.len() * 8];
+            for (o, v) in out.chunks_exact_mut(8).zip(x) {
+                o.copy_from_slice(&v.to_le_bytes());
+            }
+            Ok(out)
+        }
         Values::F32(x) => match dtype {
             DType::F16 => {
                 let mut out = Vec::with_capacity(x.len() * 2);
@@ -182,9 +189,9 @@ pub fn encode(name: &str, v: &Values, dtype: DType) -> Result<Vec<u8>, ImportErr
             }
             DType::BF16 => Ok(x.iter().flat_map(|&f| half::bf16::from_f32(f).to_le_bytes()).collect()),
             _ => {
-                let mut out = Vec::with_capacity(x.len() * 4);
-                for f in x {
-                    out.extend_from_slice(&f.to_le_bytes());
+                let mut out = vec![0u8; x.len() * 4];
+                for (o, f) in out.chunks_exact_mut(4).zip(x) {
+                    o.copy_from_slice(&f.to_le_bytes());
                 }
                 Ok(out)
             }
@@ -230,6 +237,15 @@ fn sha256_path(path: &Path) -> String {
         }
     }
     h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Count the non-finite values among little-endian f32 bytes (exponent bits all ones):
+/// integer work only, so it vectorises.
+fn count_non_finite_f32(bytes: &[u8]) -> usize {
+    bytes
+        .chunks_exact(4)
+        .map(|c| usize::from(u32::from_le_bytes([c[0], c[1], c[2], c[3]]) & 0x7f80_0000 == 0x7f80_0000))
+        .sum()
 }
 
 /// Import `source` (a file or folder; `bytes` when it is bundled in memory).
@@ -287,24 +303,27 @@ pub fn run(source: &Path, bytes: Option<&[u8]>, opts: &ImportOptions) -> Result<
     meta.insert("comer_port.transforms".into(), transforms.to_string());
     meta.insert("format".into(), "pt".into());
 
-    let produce = |j: usize, warn: &mut Vec<String>| -> Result<Vec<u8>, PipelineError> {
+    // A renamed tensor already in the output dtype is written straight from the mapped
+    // source (no copy), and its pages are released from the resident set once written: the
+    // import never holds two copies, and never the whole input.
+    let produce = |j: usize, warn: &mut Vec<String>| -> Result<Cow<'_, [u8]>, PipelineError> {
         let p = &plan.targets[idx[j]];
-        // Fast path: a renamed f32 tensor written as f32 is its bytes, unchanged.
         if let Origin::Source { keys, transform: mapping::Transform::Rename, .. } = &p.origin
             && outs[j].dtype == DType::F32
             && let Some(v) = lookup.get(keys[0].as_str())
             && v.dtype == DType::F32
             && v.shape == p.entry.shape
         {
-            let b = v.to_le_bytes();
-            {
-                let bad = b.chunks_exact(4).filter(|c| !f32::from_le_bytes([c[0], c[1], c[2], c[3]]).is_finite()).count();
-                if bad > 0 {
-                    if opts.strict_finite {
-                        return Err(ImportError::NonFinite { source_key: keys[0].clone(), count: bad }.into());
-                    }
-                    warn.push(format!("{}: {bad} non-finite values", keys[0]));
+            let b = match v.le_bytes_borrowed() {
+                Some(b) => Cow::Borrowed(b),
+                None => Cow::Owned(v.to_le_bytes()),
+            };
+            let bad = count_non_finite_f32(&b);
+            if bad > 0 {
+                if opts.strict_finite {
+                    return Err(ImportError::NonFinite { source_key: keys[0].clone(), count: bad }.into());
                 }
+                warn.push(format!("{}: {bad} non-finite values", keys[0]));
             }
             return Ok(b);
         }
@@ -318,7 +337,17 @@ pub fn run(source: &Path, bytes: Option<&[u8]>, opts: &ImportOptions) -> Result<
                 warn.push(format!("{}: {bad} non-finite values", p.entry.name));
             }
         }
-        Ok(encode(&p.entry.name, &vals, outs[j].dtype)?)
+        Ok(Cow::Owned(encode(&p.entry.name, &vals, outs[j].dtype)?))
+    };
+    // The source tensors target `j` read from, released after it is written.
+    let release = |j: usize| {
+        if let Origin::Source { keys, .. } = &plan.targets[idx[j]].origin {
+            for k in keys {
+                if let Some(v) = lookup.get(k.as_str()) {
+                    v.release();
+                }
+            }
+        }
     };
     let bar = if opts.progress && total > (64 << 20) {
         indicatif::ProgressBar::new(total)
@@ -345,10 +374,16 @@ pub fn run(source: &Path, bytes: Option<&[u8]>, opts: &ImportOptions) -> Result<
                 }),
             };
             crate::export::safetensors::write_late(out, opts.force, &outs, &meta, Some(late), |j| {
+                if j > 0 {
+                    release(j - 1);
+                }
                 let b = produce(j, &mut warnings);
                 bar.inc(outs[j].nbytes() as u64);
                 b
             })?;
+            if let Some(last) = outs.len().checked_sub(1) {
+                release(last);
+            }
             return Ok(hash.unwrap_or_default());
         }
         Ok(handle.join().unwrap_or_default())
@@ -359,10 +394,16 @@ pub fn run(source: &Path, bytes: Option<&[u8]>, opts: &ImportOptions) -> Result<
         let pmeta: Vec<(String, String)> = meta.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         let mut w2 = Vec::new();
         crate::export::pth::write(pth, opts.force, &outs, &pmeta, |j| {
+            if j > 0 {
+                release(j - 1);
+            }
             let b = produce(j, &mut w2);
             bar.inc(outs[j].nbytes() as u64);
             b
         })?;
+        if let Some(last) = outs.len().checked_sub(1) {
+            release(last);
+        }
         if opts.out.is_none() {
             warnings.extend(w2);
         }
