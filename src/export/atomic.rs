@@ -62,6 +62,11 @@ impl AtomicFile {
         })
     }
 
+    /// The temporary file's path (complete once flushed, before [`commit`](Self::commit)).
+    pub fn tmp_path(&self) -> &Path {
+        &self.tmp
+    }
+
     pub fn writer(&mut self) -> &mut BufWriter<File> {
         // Present until commit consumes self.
         self.writer.as_mut().expect("writer present until commit")
