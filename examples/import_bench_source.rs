@@ -39,7 +39,7 @@ fn main() -> Result<(), WriteError> {
     t.push(("head.bias".into(), vec![1000], DType::F32));
     let tensors: Vec<OutTensor> =
         t.iter().map(|(n, s, dt)| OutTensor { name: n.clone(), shape: s.clone(), dtype: *dt }).collect();
-    comer_port::export::pth::write_with_root(std::path::Path::new(&out), true, "model", &tensors, &[], |i| {
+    comer_port::export::pth::write_with_root(std::path::Path::new(&out), true, "model", &tensors, &[], |i| -> Result<Vec<u8>, comer_port::export::atomic::WriteError> {
         let tt = &tensors[i];
         let n: usize = tt.shape.iter().product();
         if tt.dtype == DType::I64 {

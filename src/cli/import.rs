@@ -93,7 +93,10 @@ pub struct Args {
     /// Overwrite existing outputs.
     #[arg(long)]
     pub force: bool,
-    /// Skip the parity check (accepted; the verify issue adds the check).
+    /// Skip the verification of the written artifact (round trip, mapping parity against the
+    /// source, full backbone — what `comer-port verify ARTIFACT --source SOURCE` runs); by
+    /// default it runs before the artifact is renamed into place and its verdict is recorded
+    /// in the `comer_port.verify` metadata.
     #[arg(long)]
     pub no_verify: bool,
 }
@@ -142,6 +145,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         write_config: true,
         force: a.force,
         progress: true,
+        verify: !a.no_verify,
     };
     let s = pipeline::run(&source, if bundled { Some(BUNDLED) } else { None }, &opts)?;
     let fresh = s.plan.targets.iter().filter(|p| matches!(p.origin, crate::families::mapping::Origin::Fresh { .. })).count();
@@ -163,6 +167,14 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     }
     if let Some(p) = &a.pth {
         println!("wrote {}", p.display());
+    }
+    if let Some(r) = &s.verify {
+        println!("verify (recorded in the artifact's comer_port.verify metadata):");
+        print!("{}", r.render_table());
+        if let Err(e) = r.ensure_passed() {
+            eprintln!("error: the written artifact failed verification: {e}");
+            return Ok(crate::cli::EXIT_CHECK_FAILED);
+        }
     }
     Ok(crate::cli::EXIT_OK)
 }

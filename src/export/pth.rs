@@ -122,24 +122,24 @@ pub fn data_pkl(root_key: &str, tensors: &[OutTensor], meta: &[(String, String)]
 
 /// Write `{"state_dict": ..., "meta": ...}` to `dest` atomically; `produce(i)` returns
 /// tensor i's little-endian bytes.
-pub fn write<E: From<WriteError>>(
+pub fn write<E: From<WriteError>, B: AsRef<[u8]>>(
     dest: &Path,
     force: bool,
     tensors: &[OutTensor],
     meta: &[(String, String)],
-    produce: impl FnMut(usize) -> Result<Vec<u8>, E>,
+    produce: impl FnMut(usize) -> Result<B, E>,
 ) -> Result<(), E> {
     write_with_root(dest, force, "state_dict", tensors, meta, produce)
 }
 
 /// As [`write`], with the state dict under `root_key` (`"model"` for unilm/deit-style files).
-pub fn write_with_root<E: From<WriteError>>(
+pub fn write_with_root<E: From<WriteError>, B: AsRef<[u8]>>(
     dest: &Path,
     force: bool,
     root_key: &str,
     tensors: &[OutTensor],
     meta: &[(String, String)],
-    mut produce: impl FnMut(usize) -> Result<Vec<u8>, E>,
+    mut produce: impl FnMut(usize) -> Result<B, E>,
 ) -> Result<(), E> {
     let mut f = AtomicFile::create(dest, force)?;
     let zerr = |e: zip::result::ZipError| WriteError::Io {
@@ -148,7 +148,7 @@ pub fn write_with_root<E: From<WriteError>>(
     };
     let ioerr = |e: std::io::Error| WriteError::Io { path: dest.to_path_buf(), source: e };
     {
-        let mut z = zip::ZipWriter::new(f.writer());
+        let mut z = zip::ZipWriter::new(&mut f);
         let base = SimpleFileOptions::default()
             .compression_method(zip::CompressionMethod::Stored)
             .last_modified_time(zip::DateTime::default())
@@ -162,7 +162,7 @@ pub fn write_with_root<E: From<WriteError>>(
             let opts = base.large_file(t.nbytes() >= u32::MAX as usize);
             z.start_file(format!("archive/data/{i}"), opts).map_err(zerr)?;
             let bytes = produce(i)?;
-            z.write_all(&bytes).map_err(ioerr)?;
+            z.write_all(bytes.as_ref()).map_err(ioerr)?;
         }
         z.start_file("archive/version", base).map_err(zerr)?;
         z.write_all(b"3\n").map_err(ioerr)?;

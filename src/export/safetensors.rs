@@ -71,32 +71,35 @@ pub fn header(tensors: &[OutTensor], metadata: &BTreeMap<String, String>) -> Vec
 
 /// Write `tensors` to `dest` atomically; `produce(i)` returns tensor i's little-endian bytes
 /// (exactly `tensors[i].nbytes()` of them) and is called once per tensor, in order.
-pub fn write<E: From<WriteError>>(
+pub fn write<E: From<WriteError>, B: AsRef<[u8]>>(
     dest: &Path,
     force: bool,
     tensors: &[OutTensor],
     metadata: &BTreeMap<String, String>,
-    produce: impl FnMut(usize) -> Result<Vec<u8>, E>,
+    produce: impl FnMut(usize) -> Result<B, E>,
 ) -> Result<(), E> {
-    write_late(dest, force, tensors, metadata, None, produce)
+    write_late(dest, force, tensors, metadata, Vec::new(), produce)
 }
 
-/// A metadata value known only after the tensors are written (the source hash, computed
-/// beside the write): the header holds `placeholder`, which `value()` — the same length —
-/// replaces in place before the file is committed.
+/// A metadata value known only after the tensors are written (the source hash computed
+/// beside the write, the verify verdict computed on the written file): the header holds
+/// `placeholder`, which `value(tmp)` replaces in place before the file is committed. `tmp` is
+/// the complete, flushed file under its temporary name. The value is right-padded with spaces
+/// to the placeholder's length (a JSON string value padded inside its quotes); a longer one
+/// is an error, as it would shift the data.
 pub struct LateValue<'a> {
     pub placeholder: String,
-    pub value: Box<dyn FnOnce() -> String + 'a>,
+    pub value: Box<dyn FnOnce(&Path) -> String + 'a>,
 }
 
-/// [`write`] with an optional [`LateValue`].
-pub fn write_late<E: From<WriteError>>(
+/// [`write`] with [`LateValue`]s.
+pub fn write_late<E: From<WriteError>, B: AsRef<[u8]>>(
     dest: &Path,
     force: bool,
     tensors: &[OutTensor],
     metadata: &BTreeMap<String, String>,
-    late: Option<LateValue>,
-    mut produce: impl FnMut(usize) -> Result<Vec<u8>, E>,
+    late: Vec<LateValue>,
+    mut produce: impl FnMut(usize) -> Result<B, E>,
 ) -> Result<(), E> {
     use std::io::{Seek, SeekFrom};
     let mut f = AtomicFile::create(dest, force)?;
@@ -105,20 +108,27 @@ pub fn write_late<E: From<WriteError>>(
     f.writer().write_all(&head).map_err(io)?;
     for (i, t) in tensors.iter().enumerate() {
         let bytes = produce(i)?;
-        debug_assert_eq!(bytes.len(), t.nbytes(), "{}", t.name);
-        f.writer().write_all(&bytes).map_err(io)?;
+        debug_assert_eq!(bytes.as_ref().len(), t.nbytes(), "{}", t.name);
+        f.write_all(bytes.as_ref()).map_err(io)?;
     }
-    if let Some(l) = late {
-        let value = (l.value)();
+    for l in late {
+        f.flush().map_err(io)?;
+        let mut value = (l.value)(f.tmp_path()).into_bytes();
         let at = head.windows(l.placeholder.len()).position(|w| w == l.placeholder.as_bytes());
-        if let Some(at) = at
-            && value.len() == l.placeholder.len()
-        {
-            let w = f.writer();
-            w.seek(SeekFrom::Start(at as u64)).map_err(io)?;
-            w.write_all(value.as_bytes()).map_err(io)?;
-            w.seek(SeekFrom::End(0)).map_err(io)?;
+        let Some(at) = at else { continue };
+        if value.len() > l.placeholder.len() {
+            return Err(io(std::io::Error::other(format!(
+                "a late metadata value of {} bytes does not fit its {}-byte placeholder",
+                value.len(),
+                l.placeholder.len()
+            )))
+            .into());
         }
+        value.resize(l.placeholder.len(), b' ');
+        let w = f.writer();
+        w.seek(SeekFrom::Start(at as u64)).map_err(io)?;
+        w.write_all(&value).map_err(io)?;
+        w.seek(SeekFrom::End(0)).map_err(io)?;
     }
     f.commit()?;
     Ok(())

@@ -5,8 +5,9 @@
 //! Random schemes draw from a documented, platform-independent generator: one SplitMix64
 //! stream per target key, seeded from (seed, FNV-1a of the key name), so the values of a key
 //! never depend on which other keys exist or in which order they are produced. Normals come
-//! from Box–Muller in f64; the truncated normal rejects draws outside [−2, 2] (absolute, as
-//! `torch.nn.init.trunc_normal_(std=…)` with its default bounds a=−2, b=2).
+//! from Marsaglia's polar method in f64 (both values of each accepted pair, in order: no
+//! trigonometry, one logarithm per two values); the truncated normal rejects draws outside
+//! [−2, 2] (absolute, as `torch.nn.init.trunc_normal_(std=…)` with its default bounds a=−2, b=2).
 
 use crate::model::layout::Init;
 
@@ -28,10 +29,34 @@ impl SplitMix64 {
     pub fn uniform(&mut self) -> f64 {
         ((self.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64
     }
-    /// Standard normal by Box–Muller (one value per pair of uniforms, the cosine branch).
-    pub fn normal(&mut self) -> f64 {
-        let (u1, u2) = (self.uniform(), self.uniform());
-        (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+}
+
+/// Standard normals from a [`SplitMix64`] stream by Marsaglia's polar method: draw (u, v)
+/// uniform in the square (−1, 1)², keep the pair when 0 < s = u² + v² < 1, and return
+/// u·√(−2 ln s / s) then v·√(−2 ln s / s).
+pub struct Normals {
+    rng: SplitMix64,
+    spare: Option<f64>,
+}
+
+impl Normals {
+    pub fn new(rng: SplitMix64) -> Self {
+        Normals { rng, spare: None }
+    }
+    pub fn sample(&mut self) -> f64 {
+        if let Some(v) = self.spare.take() {
+            return v;
+        }
+        loop {
+            let u = 2.0 * self.rng.uniform() - 1.0;
+            let v = 2.0 * self.rng.uniform() - 1.0;
+            let s = u * u + v * v;
+            if s > 0.0 && s < 1.0 {
+                let m = (-2.0 * s.ln() / s).sqrt();
+                self.spare = Some(v * m);
+                return u * m;
+            }
+        }
     }
 }
 
@@ -52,12 +77,13 @@ pub fn stream(seed: u64, key: &str) -> SplitMix64 {
 /// their exact f64 → see [`relpos_index`]).
 pub fn fill(init: &Init, numel: usize, seed: u64, key: &str) -> Vec<f32> {
     let mut rng = stream(seed, key);
+    let mut normals = Normals::new(stream(seed, key));
     match *init {
         Init::Constant { value } => vec![value as f32; numel],
-        Init::Normal { std } => (0..numel).map(|_| (rng.normal() * std) as f32).collect(),
+        Init::Normal { std } => (0..numel).map(|_| (normals.sample() * std) as f32).collect(),
         Init::TruncNormal { std } => (0..numel)
             .map(|_| loop {
-                let x = rng.normal() * std;
+                let x = normals.sample() * std;
                 if (-2.0..=2.0).contains(&x) {
                     break x as f32;
                 }
@@ -65,7 +91,7 @@ pub fn fill(init: &Init, numel: usize, seed: u64, key: &str) -> Vec<f32> {
             .collect(),
         Init::ConvFanOut { fan_out } => {
             let std = (2.0 / fan_out.max(1) as f64).sqrt();
-            (0..numel).map(|_| (rng.normal() * std) as f32).collect()
+            (0..numel).map(|_| (normals.sample() * std) as f32).collect()
         }
         Init::XavierUniform { fan_in, fan_out } => {
             let bound = (6.0 / (fan_in + fan_out).max(1) as f64).sqrt();
@@ -103,10 +129,13 @@ pub fn relpos_index(w: usize) -> Vec<i64> {
     let n = w * w;
     let w = w as i64;
     let mut out = Vec::with_capacity(n * n);
-    for a in 0..n as i64 {
-        for b in 0..n as i64 {
-            let (ya, xa, yb, xb) = (a / w, a % w, b / w, b % w);
-            out.push((ya - yb + w - 1) * (2 * w - 1) + (xa - xb + w - 1));
+    // Row a = (ya, xa), column b = (yb, xb), both row-major over the window.
+    for ya in 0..w {
+        for xa in 0..w {
+            for yb in 0..w {
+                let row = (ya - yb + w - 1) * (2 * w - 1);
+                out.extend((0..w).map(|xb| row + xa - xb + w - 1));
+            }
         }
     }
     out

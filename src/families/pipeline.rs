@@ -9,6 +9,7 @@ use super::mapping::{self, Origin, Plan, PlanOptions, SourceDims, Values};
 use crate::export::safetensors::OutTensor;
 use crate::formats::{DType, TensorView};
 use crate::model::{ComerConfig, Flavor};
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
@@ -38,6 +39,9 @@ pub struct ImportOptions {
     pub write_config: bool,
     pub force: bool,
     pub progress: bool,
+    /// Verify the written safetensors artifact before it is renamed into place (round trip,
+    /// mapping parity, backbone) and record the verdict in its `comer_port.verify` metadata.
+    pub verify: bool,
 }
 
 impl Default for ImportOptions {
@@ -56,6 +60,7 @@ impl Default for ImportOptions {
             write_config: true,
             force: false,
             progress: false,
+            verify: false,
         }
     }
 }
@@ -72,6 +77,8 @@ pub struct ImportSummary {
     pub plan: Plan,
     pub warnings: Vec<String>,
     pub transforms: serde_json::Value,
+    /// What the verification of the written artifact found (`None` when it did not run).
+    pub verify: Option<crate::verify::Report>,
 }
 
 /// Pick the family: explicit, or the key-pattern guess.
@@ -167,7 +174,13 @@ pub fn plan_state_dict(
 /// Encode produced values in the output dtype; f16 overflow is an error naming the key.
 pub fn encode(name: &str, v: &Values, dtype: DType) -> Result<Vec<u8>, ImportError> {
     match v {
-        Values::I64(x) => Ok(x.iter().flat_map(|v| v.to_le_bytes()).collect()),
+        Values::I64(x) => {
+            let mut out = vec![0u8; x.len() * 8];
+            for (o, v) in out.chunks_exact_mut(8).zip(x) {
+                o.copy_from_slice(&v.to_le_bytes());
+            }
+            Ok(out)
+        }
         Values::F32(x) => match dtype {
             DType::F16 => {
                 let mut out = Vec::with_capacity(x.len() * 2);
@@ -182,9 +195,9 @@ pub fn encode(name: &str, v: &Values, dtype: DType) -> Result<Vec<u8>, ImportErr
             }
             DType::BF16 => Ok(x.iter().flat_map(|&f| half::bf16::from_f32(f).to_le_bytes()).collect()),
             _ => {
-                let mut out = Vec::with_capacity(x.len() * 4);
-                for f in x {
-                    out.extend_from_slice(&f.to_le_bytes());
+                let mut out = vec![0u8; x.len() * 4];
+                for (o, f) in out.chunks_exact_mut(4).zip(x) {
+                    o.copy_from_slice(&f.to_le_bytes());
                 }
                 Ok(out)
             }
@@ -232,6 +245,54 @@ fn sha256_path(path: &Path) -> String {
     h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// What makes this import approximate on purpose (see `verify::on_import`).
+fn approximations(opts: &ImportOptions, plan: &Plan) -> Vec<crate::verify::on_import::Approximation> {
+    use crate::verify::on_import::{Approximation, BF16_BOUND, F16_BOUND};
+    let mut v = Vec::new();
+    match opts.dtype {
+        DType::F16 => v.push(Approximation::Dtype { name: "f16", bound: F16_BOUND }),
+        DType::BF16 => v.push(Approximation::Dtype { name: "bf16", bound: BF16_BOUND }),
+        _ => {}
+    }
+    if opts.plan.lossy {
+        let dropped: Vec<String> = plan
+            .sources
+            .iter()
+            .filter(|f| f.fate == "dropped-lossy")
+            .map(|f| f.key.clone())
+            .collect();
+        v.push(Approximation::Lossy {
+            dropped: if dropped.is_empty() { plan.decisions.clone() } else { dropped },
+        });
+    }
+    v
+}
+
+/// Every file an import with `opts` writes.
+pub fn output_paths(opts: &ImportOptions) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = opts.out.iter().chain(&opts.pth).cloned().collect();
+    if opts.write_config
+        && let Some(first) = opts.out.as_ref().or(opts.pth.as_ref())
+    {
+        let dir = first.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        v.push(dir.join("config.json"));
+    }
+    if let Some(r) = &opts.report {
+        v.push(r.clone());
+        v.push(r.with_extension("txt"));
+    }
+    v
+}
+
+/// Count the non-finite values among little-endian f32 bytes (exponent bits all ones):
+/// integer work only, so it vectorises.
+fn count_non_finite_f32(bytes: &[u8]) -> usize {
+    bytes
+        .chunks_exact(4)
+        .map(|c| usize::from(u32::from_le_bytes([c[0], c[1], c[2], c[3]]) & 0x7f80_0000 == 0x7f80_0000))
+        .sum()
+}
+
 /// Import `source` (a file or folder; `bytes` when it is bundled in memory).
 pub fn run(source: &Path, bytes: Option<&[u8]>, opts: &ImportOptions) -> Result<ImportSummary, PipelineError> {
     let ck = match bytes {
@@ -268,6 +329,15 @@ pub fn run(source: &Path, bytes: Option<&[u8]>, opts: &ImportOptions) -> Result<
         }).collect::<std::collections::BTreeSet<_>>(),
         "decisions": plan.decisions,
     });
+    // Every destination is checked before the first byte is written: an import that would
+    // stop at its third file must not leave the first two behind.
+    if !opts.force {
+        for dest in output_paths(opts) {
+            if dest.exists() {
+                return Err(crate::export::atomic::WriteError::Exists(dest).into());
+            }
+        }
+    }
     let source_name = source.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let config_json = cfg.to_case_json();
     let (outs, idx) = outputs(&plan, opts.dtype, opts.no_buffers);
@@ -286,25 +356,41 @@ pub fn run(source: &Path, bytes: Option<&[u8]>, opts: &ImportOptions) -> Result<
     meta.insert("comer_port.seed".into(), opts.seed.to_string());
     meta.insert("comer_port.transforms".into(), transforms.to_string());
     meta.insert("format".into(), "pt".into());
+    let verify_placeholder = format!("pending{}", "~".repeat(crate::verify::on_import::VERDICT_ROOM - 7));
+    let will_verify = opts.verify && opts.out.is_some();
+    meta.insert(
+        "comer_port.verify".into(),
+        if will_verify {
+            verify_placeholder.clone()
+        } else {
+            serde_json::json!({ "verdict": "not run", "why": if opts.verify { "no safetensors output" } else { "--no-verify" } })
+                .to_string()
+        },
+    );
+    let mut verify_report: Option<crate::verify::Report> = None;
+    let approx = approximations(opts, &plan);
 
-    let produce = |j: usize, warn: &mut Vec<String>| -> Result<Vec<u8>, PipelineError> {
+    // A renamed tensor already in the output dtype is written straight from the mapped
+    // source (no copy), and its pages are released from the resident set once written: the
+    // import never holds two copies, and never the whole input.
+    let produce = |j: usize, warn: &mut Vec<String>| -> Result<Cow<'_, [u8]>, PipelineError> {
         let p = &plan.targets[idx[j]];
-        // Fast path: a renamed f32 tensor written as f32 is its bytes, unchanged.
         if let Origin::Source { keys, transform: mapping::Transform::Rename, .. } = &p.origin
             && outs[j].dtype == DType::F32
             && let Some(v) = lookup.get(keys[0].as_str())
             && v.dtype == DType::F32
             && v.shape == p.entry.shape
         {
-            let b = v.to_le_bytes();
-            {
-                let bad = b.chunks_exact(4).filter(|c| !f32::from_le_bytes([c[0], c[1], c[2], c[3]]).is_finite()).count();
-                if bad > 0 {
-                    if opts.strict_finite {
-                        return Err(ImportError::NonFinite { source_key: keys[0].clone(), count: bad }.into());
-                    }
-                    warn.push(format!("{}: {bad} non-finite values", keys[0]));
+            let b = match v.le_bytes_borrowed() {
+                Some(b) => Cow::Borrowed(b),
+                None => Cow::Owned(v.to_le_bytes()),
+            };
+            let bad = count_non_finite_f32(&b);
+            if bad > 0 {
+                if opts.strict_finite {
+                    return Err(ImportError::NonFinite { source_key: keys[0].clone(), count: bad }.into());
                 }
+                warn.push(format!("{}: {bad} non-finite values", keys[0]));
             }
             return Ok(b);
         }
@@ -318,7 +404,17 @@ pub fn run(source: &Path, bytes: Option<&[u8]>, opts: &ImportOptions) -> Result<
                 warn.push(format!("{}: {bad} non-finite values", p.entry.name));
             }
         }
-        Ok(encode(&p.entry.name, &vals, outs[j].dtype)?)
+        Ok(Cow::Owned(encode(&p.entry.name, &vals, outs[j].dtype)?))
+    };
+    // The source tensors target `j` read from, released after it is written.
+    let release = |j: usize| {
+        if let Origin::Source { keys, .. } = &plan.targets[idx[j]].origin {
+            for k in keys {
+                if let Some(v) = lookup.get(k.as_str()) {
+                    v.release();
+                }
+            }
+        }
     };
     let bar = if opts.progress && total > (64 << 20) {
         indicatif::ProgressBar::new(total)
@@ -336,33 +432,71 @@ pub fn run(source: &Path, bytes: Option<&[u8]>, opts: &ImportOptions) -> Result<
         let mut hash = None;
         if let Some(out) = &opts.out {
             bar.set_position(0);
-            let late = crate::export::safetensors::LateValue {
+            let mut late = vec![crate::export::safetensors::LateValue {
                 placeholder: PLACEHOLDER.into(),
-                value: Box::new(|| {
+                value: Box::new(|_: &Path| {
                     let h = handle.join().unwrap_or_default();
                     hash = Some(h.clone());
                     h
                 }),
-            };
-            crate::export::safetensors::write_late(out, opts.force, &outs, &meta, Some(late), |j| {
+            }];
+            if will_verify {
+                let (ck, cfg, report) = (&ck, &cfg, &mut verify_report);
+                late.push(crate::export::safetensors::LateValue {
+                    placeholder: verify_placeholder.clone(),
+                    value: Box::new(move |tmp: &Path| {
+                        let mut r = crate::verify::on_import::import_checks(ck, tmp, out, cfg, opts.seed);
+                        crate::verify::on_import::apply_approximations(&mut r, &approx);
+                        // The room counts the JSON-escaped text, as it sits inside a string.
+                        let mut room = crate::verify::on_import::VERDICT_ROOM;
+                        let text = loop {
+                            let t = crate::verify::on_import::compact_verdict(&r, room);
+                            let escaped = serde_json::Value::String(t).to_string();
+                            let inner = escaped[1..escaped.len() - 1].to_string();
+                            if inner.len() <= crate::verify::on_import::VERDICT_ROOM || room < 64 {
+                                break inner;
+                            }
+                            room -= 256;
+                        };
+                        *report = Some(r);
+                        text
+                    }),
+                });
+            }
+            crate::export::safetensors::write_late(out, opts.force, &outs, &meta, late, |j| {
+                if j > 0 {
+                    release(j - 1);
+                }
                 let b = produce(j, &mut warnings);
                 bar.inc(outs[j].nbytes() as u64);
                 b
             })?;
+            if let Some(last) = outs.len().checked_sub(1) {
+                release(last);
+            }
             return Ok(hash.unwrap_or_default());
         }
         Ok(handle.join().unwrap_or_default())
     })?;
     meta.insert("comer_port.source_sha256".into(), hasher);
+    if let Some(r) = &verify_report {
+        meta.insert("comer_port.verify".into(), crate::verify::on_import::compact_verdict(r, usize::MAX));
+    }
     if let Some(pth) = &opts.pth {
         bar.set_position(0);
         let pmeta: Vec<(String, String)> = meta.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         let mut w2 = Vec::new();
         crate::export::pth::write(pth, opts.force, &outs, &pmeta, |j| {
+            if j > 0 {
+                release(j - 1);
+            }
             let b = produce(j, &mut w2);
             bar.inc(outs[j].nbytes() as u64);
             b
         })?;
+        if let Some(last) = outs.len().checked_sub(1) {
+            release(last);
+        }
         if opts.out.is_none() {
             warnings.extend(w2);
         }
@@ -385,6 +519,7 @@ pub fn run(source: &Path, bytes: Option<&[u8]>, opts: &ImportOptions) -> Result<
         plan,
         warnings,
         transforms,
+        verify: verify_report,
     };
     if let Some(r) = &opts.report {
         let json = serde_json::to_string_pretty(&summary).unwrap_or_default();

@@ -42,6 +42,26 @@ impl Storage {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+    /// Drop this process's page-table entries for bytes `start..start+len` of a mapped
+    /// storage, so what was read once stops counting in the resident set; the bytes stay in
+    /// the page cache and re-read unchanged on the next access. A no-op for owned bytes.
+    pub fn release(&self, start: usize, len: usize) {
+        if let Storage::Mapped { map, start: base, len: total } = self {
+            if start >= *total {
+                return;
+            }
+            let len = len.min(*total - start);
+            // SAFETY: the map is a read-only shared file mapping (`Mmap::map`), never written
+            // through; MADV_DONTNEED on it only unmaps pages, and a later read faults the same
+            // file bytes back in, so every outstanding `&[u8]` into it stays valid and unchanged.
+            #[cfg(unix)]
+            unsafe {
+                let _ = map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, base + start, len);
+            }
+            #[cfg(not(unix))]
+            let _ = (map, base, len);
+        }
+    }
     /// A mapped storage over `map[start..start+len]`, checked.
     pub fn mapped(
         path: &Path,
@@ -206,6 +226,21 @@ impl TensorView {
                 idx[d] = 0;
             }
         }
+    }
+
+    /// The tensor's bytes borrowed straight from its storage, when they already are the
+    /// row-major little-endian bytes (contiguous, little-endian): no copy.
+    pub fn le_bytes_borrowed(&self) -> Option<&[u8]> {
+        if !self.is_contiguous() || self.big_endian {
+            return None;
+        }
+        let start = self.offset * self.dtype.size();
+        self.storage.bytes().get(start..start + self.nbytes())
+    }
+
+    /// Stop counting this tensor's mapped bytes in the resident set (see [`Storage::release`]).
+    pub fn release(&self) {
+        self.storage.release(self.offset * self.dtype.size(), self.nbytes());
     }
 
     /// The elements in row-major order, in the tensor's own dtype, as little-endian bytes.

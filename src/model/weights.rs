@@ -81,7 +81,7 @@ impl<'a> Vb<'a> {
         if self.prefix.is_empty() { name.to_string() } else { format!("{}.{name}", self.prefix) }
     }
 
-    /// A float32 parameter of exactly `shape`. A missing key is recorded (reported by
+    /// A float32 parameter of exactly `shape` (stored as f32, f16 or bf16). A missing key is recorded (reported by
     /// [`Store::finish`]) and answered with zeros so that every missing key is listed at once.
     pub fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor, ModelError> {
         let full = self.full(name);
@@ -90,13 +90,19 @@ impl<'a> Vb<'a> {
             return Ok(Tensor::zeros(shape, DType::F32, &Device::Cpu)?);
         };
         self.store.used.borrow_mut().insert(full.clone());
-        if t.dtype() != DType::F32 {
-            return Err(ModelError::Dtype { name: full, expected: "F32".into(), got: format!("{:?}", t.dtype()) });
-        }
+        // Half-precision artifacts (`import --dtype f16|bf16`) run in f32, as
+        // `model.float()` would run them upstream; other dtypes are not parameters.
+        let t = match t.dtype() {
+            DType::F32 => t.clone(),
+            DType::F16 | DType::BF16 => t.to_dtype(DType::F32)?,
+            other => {
+                return Err(ModelError::Dtype { name: full, expected: "F32 (or F16/BF16)".into(), got: format!("{other:?}") });
+            }
+        };
         if t.dims() != shape {
             return Err(ModelError::Shape { name: full, expected: shape.to_vec(), got: t.dims().to_vec() });
         }
-        Ok(t.clone())
+        Ok(t)
     }
 
     /// A float32 parameter read as a flat vector.

@@ -107,7 +107,17 @@ pub fn parity_checks(source: &Checkpoint, artifact: &Weights, cfg: &ComerConfig,
         (EXACT_BOUND, None)
     };
     let src_w = Weights::from_checkpoint(source)?;
-    let inputs = seeded_images(seed, (cfg.pretrain_size, cfg.pretrain_size), cfg.patch_size)?;
+    let mut inputs = seeded_images(seed, (cfg.pretrain_size, cfg.pretrain_size), cfg.patch_size)?;
+    // unilm's BEiT (and BEiTComer2's plain blocks) hold relative-position tables for one
+    // fixed window, so neither side runs at a second grid: upstream raises there too.
+    let mut fixed_grid = None;
+    if family == SourceFamily::Beit && inputs.len() > 1 {
+        let (name, _) = inputs.remove(1);
+        fixed_grid = Some(Check::skipped(
+            format!("{NAME} {name} ({})", det.family.name()),
+            "BEiT relative-position tables are fixed to their window: the model runs at its pretrain grid only",
+        ));
+    }
     let report = mapping_parity(
         &SourceSide { family, weights: &src_w },
         &TargetSide { flavour, weights: artifact },
@@ -122,6 +132,7 @@ pub fn parity_checks(source: &Checkpoint, artifact: &Weights, cfg: &ComerConfig,
             c.note.clone_from(&why);
         }
     }
+    checks.extend(fixed_grid);
     Ok(checks)
 }
 

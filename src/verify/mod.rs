@@ -3,6 +3,7 @@
 pub mod artifact;
 pub mod compare;
 pub mod error;
+pub mod on_import;
 pub mod parity;
 pub mod resize;
 pub mod source_vit;

@@ -172,6 +172,20 @@ fn existing_output_needs_force() {
     let d = tmp("force");
     let out = d.join("x.safetensors");
     std::fs::write(&out, b"keep").expect("write");
+    // Nothing is written when a later output (here config.json) already exists either.
+    let d2 = tmp("force-late");
+    std::fs::write(d2.join("config.json"), b"mine").expect("write");
+    let st = bin()
+        .arg("import")
+        .arg(fixture("sources/deit/deit_tiny.pth"))
+        .args(["--config", &fixture("forward/det_tiny/case.json").to_string_lossy()])
+        .arg("-o")
+        .arg(d2.join("y.safetensors"))
+        .output()
+        .expect("runs");
+    assert_eq!(st.status.code(), Some(4), "{}", String::from_utf8_lossy(&st.stderr));
+    assert!(!d2.join("y.safetensors").exists(), "nothing written before the refusal");
+    assert_eq!(std::fs::read(d2.join("config.json")).expect("read"), b"mine");
     let st = bin()
         .arg("import")
         .arg(fixture("sources/deit/deit_tiny.pth"))
@@ -394,4 +408,86 @@ fn flavor_alone_infers_the_dimensions_from_the_source() {
         .expect("runs");
     assert_eq!(st.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&st.stderr).contains("embed dim"));
+}
+
+fn verify_meta(p: &Path) -> serde_json::Value {
+    let ck = formats::open(p).expect("readable");
+    serde_json::from_str(&ck.metadata["comer_port.verify"]).expect("comer_port.verify is JSON")
+}
+
+#[test]
+fn import_verifies_by_default_and_records_the_verdict() {
+    let d = tmp("verify-default");
+    let out = d.join("v.safetensors");
+    let st = bin()
+        .arg("import")
+        .arg(fixture("sources/deit/deit_tiny.pth"))
+        .args(["--config", &fixture("forward/det_tiny/case.json").to_string_lossy()])
+        .arg("-o")
+        .arg(&out)
+        .output()
+        .expect("runs");
+    let stdout = String::from_utf8_lossy(&st.stdout);
+    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+    assert!(stdout.contains("verdict: passed"), "{stdout}");
+    let v = verify_meta(&out);
+    assert_eq!(v["verdict"], "passed", "{v}");
+    let names: Vec<&str> = v["checks"].as_array().expect("checks").iter().filter_map(|c| c["name"].as_str()).collect();
+    assert!(names.iter().any(|n| n.starts_with("mapping parity")), "{names:?}");
+    assert!(names.iter().any(|n| n.starts_with("backbone f4")), "{names:?}");
+    assert!(names.contains(&"round trip v.safetensors"), "named after the destination: {names:?}");
+
+    let out2 = tmp("verify-off").join("n.safetensors");
+    let st = bin()
+        .arg("import")
+        .arg(fixture("sources/deit/deit_tiny.pth"))
+        .args(["--config", &fixture("forward/det_tiny/case.json").to_string_lossy()])
+        .arg("-o")
+        .arg(&out2)
+        .arg("--no-verify")
+        .output()
+        .expect("runs");
+    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+    assert_eq!(verify_meta(&out2)["verdict"], "not run");
+    // Only the verdict differs: the tensors are the same bytes.
+    let (a, b) = (formats::open(&out).expect("a"), formats::open(&out2).expect("b"));
+    for (k, t) in a.tensors() {
+        let other = b.tensors().into_iter().find(|(n, _)| *n == k).expect("same keys").1.to_le_bytes();
+        assert_eq!(t.to_le_bytes(), other, "{k}");
+    }
+}
+
+#[test]
+fn import_of_a_source_with_nan_fails_verify_names_it_and_records_it() {
+    let d = tmp("verify-nan");
+    let src = formats::open(&fixture("sources/deit/deit_tiny.pth")).expect("fixture");
+    let (_, sd) = src.state_dict();
+    let outs: Vec<comer_port::export::safetensors::OutTensor> = sd
+        .iter()
+        .map(|(k, t)| comer_port::export::safetensors::OutTensor { name: k.clone(), shape: t.shape.clone(), dtype: t.dtype })
+        .collect();
+    let bad = d.join("nan.pth");
+    comer_port::export::pth::write_with_root(&bad, false, "model", &outs, &[], |i| {
+        let mut b = sd[i].1.to_le_bytes();
+        if sd[i].0 == "blocks.1.mlp.fc1.weight" {
+            b[..4].copy_from_slice(&f32::NAN.to_le_bytes());
+        }
+        Ok::<_, comer_port::export::atomic::WriteError>(b)
+    })
+    .expect("write");
+    let out = d.join("nan.safetensors");
+    let st = bin()
+        .arg("import")
+        .arg(&bad)
+        .args(["--config", &fixture("forward/det_tiny/case.json").to_string_lossy()])
+        .arg("-o")
+        .arg(&out)
+        .output()
+        .expect("runs");
+    let stderr = String::from_utf8_lossy(&st.stderr);
+    assert_eq!(st.status.code(), Some(1), "a failed verification is a failed check: {stderr}");
+    assert!(stderr.contains("failed verification"), "{stderr}");
+    let v = verify_meta(&out);
+    assert_eq!(v["verdict"], "failed", "{v}");
+    assert!(v["first_failure"].as_str().is_some_and(|s| !s.is_empty()), "{v}");
 }

@@ -61,8 +61,16 @@ fn wrong_shape_is_refused() {
 #[test]
 fn wrong_dtype_is_refused() {
     let (cfg, mut w) = case("det_tiny");
-    w.insert("level_embed".into(), Tensor::zeros((3, 48), DType::F16, &Device::Cpu).unwrap());
+    w.insert("level_embed".into(), Tensor::zeros((3, 48), DType::U8, &Device::Cpu).unwrap());
     assert!(matches!(build(&cfg, w), Err(ModelError::Dtype { .. })));
+}
+
+#[test]
+fn half_precision_weights_run_as_f32() {
+    let (cfg, mut w) = case("det_tiny");
+    let t = w["level_embed"].to_dtype(DType::F16).unwrap();
+    w.insert("level_embed".into(), t);
+    assert!(build(&cfg, w).is_ok(), "an f16 artifact runs like model.float()");
 }
 
 #[test]
