@@ -1,7 +1,7 @@
 //! `comer-port export`: write an artifact in another format. One subcommand per target
 //! (`onnx` now); each target's writer lives in `export/`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
@@ -92,18 +92,7 @@ fn run_onnx(a: OnnxArgs) -> anyhow::Result<i32> {
     let mut opts = ExportOptions::new(h, w);
     opts.batch = a.batch;
     opts.deform = a.deform;
-    opts.source = a
-        .artifact
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let (_, tensors) = ck.state_dict();
-    let written = match onnx::export(tensors, &cfg, &opts, &a.output, a.force) {
-        Ok(w) => w,
-        // Keep WriteError at the top of the chain so the exit code says "output not written".
-        Err(onnx::OnnxError::Write(e)) => return Err(e.into()),
-        Err(e) => return Err(anyhow::Error::new(e).context(format!("exporting {} to ONNX", a.artifact.display()))),
-    };
+    let written = write_onnx(&ck, &a.artifact, &cfg, opts, &a.output, a.force)?;
     println!(
         "wrote {} ({} bytes, {} nodes, {} initializers, opset {}, {} deformable sampling, input {}x{}, batch {})",
         a.output.display(),
@@ -120,4 +109,27 @@ fn run_onnx(a: OnnxArgs) -> anyhow::Result<i32> {
         println!("wrote {} ({n} bytes of external data)", p.display());
     }
     Ok(crate::cli::EXIT_OK)
+}
+
+/// Export the artifact `ck` (read from `artifact`) under `cfg` to `output` as ONNX, the
+/// artifact's file name recorded as its source. A refused or failed write stays at the top of
+/// the error chain so the exit code says "output not written". Shared by `export` and `demo`.
+pub fn write_onnx(
+    ck: &crate::formats::Checkpoint,
+    artifact: &Path,
+    cfg: &ComerConfig,
+    mut opts: ExportOptions,
+    output: &Path,
+    force: bool,
+) -> anyhow::Result<onnx::Written> {
+    opts.source = artifact
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let (_, tensors) = ck.state_dict();
+    match onnx::export(tensors, cfg, &opts, output, force) {
+        Ok(w) => Ok(w),
+        Err(onnx::OnnxError::Write(e)) => Err(e.into()),
+        Err(e) => Err(anyhow::Error::new(e).context(format!("exporting {} to ONNX", artifact.display()))),
+    }
 }

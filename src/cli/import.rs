@@ -9,8 +9,8 @@ use crate::model::Flavor;
 use std::path::PathBuf;
 
 /// The bundled fixture used when no file is given.
-const BUNDLED: &[u8] = include_bytes!("../../fixtures/sources/deit/deit_tiny.pth");
-const BUNDLED_CONFIG: &str = include_str!("../../fixtures/forward/det_tiny/case.json");
+pub(crate) const BUNDLED: &[u8] = include_bytes!("../../fixtures/sources/deit/deit_tiny.pth");
+pub(crate) const BUNDLED_CONFIG: &str = include_str!("../../fixtures/forward/det_tiny/case.json");
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FlavorArg {

@@ -32,7 +32,7 @@ pub const EXIT_OUTPUT: i32 = 4;
 checkpoints without executing any pickle code, remaps them into the exact upstream ViT-CoMer \
 layouts (vit-comer-det, vit-comer-seg, beit-comer), initialises the new CTI/MRFP parameters \
 the way upstream does, and proves parity with a built-in reference forward pass.",
-    after_help = "Examples:\n  comer-port inspect beitv2.pth\n  comer-port import beitv2.pth -o comer.safetensors --pth comer.pth\n  comer-port verify comer.safetensors --source beitv2.pth\n  comer-port run --weights comer.safetensors --input img.png --viz pyramid.png\n  comer-port export onnx comer.safetensors --input-size 512x512 -o comer.onnx\n\nExit codes: 0 ok, 1 a check failed, 2 usage, 3 bad input, 4 output not written."
+    after_help = "Examples:\n  comer-port demo\n  comer-port inspect beitv2.pth\n  comer-port import beitv2.pth -o comer.safetensors --pth comer.pth\n  comer-port verify comer.safetensors --source beitv2.pth\n  comer-port run --weights comer.safetensors --input img.png --viz pyramid.png\n  comer-port export onnx comer.safetensors --input-size 512x512 -o comer.onnx\n\nExit codes: 0 ok, 1 a check failed, 2 usage, 3 bad input, 4 output not written."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -41,6 +41,8 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Run inspect, import, verify, run --viz and export on the bundled fixture in one folder.
+    Demo(demo::Args),
     /// Show what a checkpoint holds: container, tensors, detected family and config.
     Inspect(inspect::Args),
     /// Remap a checkpoint into a ViT-CoMer layout with freshly initialised CTI/MRFP parameters.
@@ -55,9 +57,6 @@ pub enum Command {
     Presets(presets::Args),
     /// Export an artifact to another format.
     Export(export::Args),
-    /// Run the whole pipeline on bundled fixtures (not in this build yet: issue 5).
-    #[command(hide = true)]
-    Demo(demo::Args),
 }
 
 /// Parse the command line, run, print errors as one chain, return the exit code.
@@ -109,9 +108,4 @@ pub fn exit_code_for(err: &anyhow::Error) -> i32 {
         }
     }
     EXIT_BAD_INPUT
-}
-
-/// Placeholder result for a subcommand whose issue has not landed yet.
-pub(crate) fn not_yet(what: &str, issue: u32) -> anyhow::Result<i32> {
-    anyhow::bail!("`comer-port {what}` is not available in this build yet (tracked as issue {issue})")
 }

@@ -125,14 +125,55 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         }
     }
     let cfg = resolve_config(&args.weights, args.config.as_deref(), args.preset.as_deref())?;
-    let store = Store::from_safetensors(&args.weights)?;
-    let model = Comer::new(&store.root(), &cfg)?;
+    let done = forward_to_files(
+        &args.weights,
+        &cfg,
+        &args.input,
+        args.output.as_deref(),
+        args.taps,
+        args.viz.as_deref(),
+        args.force,
+    )?;
+    if let Some(path) = &args.output {
+        eprintln!("wrote {} tensors to {}", done.tensors, path.display());
+    }
+    if let Some(path) = &args.viz {
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(super::EXIT_OK)
+}
+
+/// What [`forward_to_files`] did.
+#[derive(Debug, Clone)]
+pub struct Forwarded {
+    /// Input tensors run (one for an image).
+    pub inputs: usize,
+    /// Tensors written to the output safetensors (0 without one).
+    pub tensors: usize,
+    /// Shapes of f1..f4 of the first input.
+    pub pyramid: Vec<Vec<usize>>,
+}
+
+/// Load `weights` under `cfg`, run the forward on every tensor of `input` (a safetensors
+/// batch or an image), write the outputs (and taps) to `output` and the PCA view of the
+/// first input's pyramid to `viz`, each atomically. Shared by `run` and `demo`.
+pub fn forward_to_files(
+    weights: &Path,
+    cfg: &ComerConfig,
+    input: &Path,
+    output: Option<&Path>,
+    taps: bool,
+    viz: Option<&Path>,
+    force: bool,
+) -> anyhow::Result<Forwarded> {
+    let store = Store::from_safetensors(weights)?;
+    let model = Comer::new(&store.root(), cfg)?;
     store.finish()?;
-    let inputs: Vec<(String, Tensor)> = if is_image(&args.input) {
-        vec![("image".to_string(), load_image(&args.input)?)]
+    let inputs: Vec<(String, Tensor)> = if is_image(input) {
+        vec![("image".to_string(), load_image(input)?)]
     } else {
-        let map: HashMap<String, Tensor> = candle_core::safetensors::load(&args.input, &Device::Cpu)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", args.input.display()))?;
+        let map: HashMap<String, Tensor> = candle_core::safetensors::load(input, &Device::Cpu)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", input.display()))?;
         let mut v: Vec<(String, Tensor)> = map.into_iter().collect();
         v.sort_by(|a, b| a.0.cmp(&b.0));
         v.into_iter().map(|(n, t)| Ok((n, t.to_dtype(DType::F32)?))).collect::<anyhow::Result<_>>()?
@@ -147,21 +188,23 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         if let Some(x) = &o.x {
             out.push((format!("{name}.out.x"), x.clone()));
         }
-        if args.taps {
+        if taps {
             out.extend(o.taps.iter().map(|(t, v)| (format!("{name}.{t}"), v.clone())));
         }
         if first.is_none() {
             first = Some(o.f.clone());
         }
     }
-    if let Some(path) = &args.output {
-        crate::export::atomic::write_all(path, &safetensors_bytes(&out)?, args.force)?;
-        eprintln!("wrote {} tensors to {}", out.len(), path.display());
+    if let Some(path) = output {
+        crate::export::atomic::write_all(path, &safetensors_bytes(&out)?, force)?;
     }
-    if let (Some(path), Some(f)) = (&args.viz, first) {
-        let png = crate::cli::viz::pyramid_png(&f)?;
-        crate::export::atomic::write_all(path, &png, args.force)?;
-        eprintln!("wrote {}", path.display());
+    if let (Some(path), Some(f)) = (viz, &first) {
+        let png = crate::cli::viz::pyramid_png(f)?;
+        crate::export::atomic::write_all(path, &png, force)?;
     }
-    Ok(super::EXIT_OK)
+    Ok(Forwarded {
+        inputs: inputs.len(),
+        tensors: if output.is_some() { out.len() } else { 0 },
+        pyramid: first.iter().flat_map(|f| f.iter().map(|t| t.dims().to_vec())).collect(),
+    })
 }

@@ -3,9 +3,9 @@
 //! reproduces a fixture folder. The checks live in `verify::artifact`; this file resolves the
 //! inputs, prints the table or JSON, and maps the verdict to the exit code.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use crate::model::{Comer, Store};
+use crate::model::{Comer, ComerConfig, Store};
 use crate::verify::{Check, Report, Weights, artifact};
 
 /// Arguments of `comer-port verify`.
@@ -39,34 +39,42 @@ pub struct Args {
     pub json: bool,
 }
 
-pub fn run(a: Args) -> anyhow::Result<i32> {
-    let cfg = super::run::resolve_config(&a.artifact, a.config.as_deref(), a.preset.as_deref())?;
+/// Run the checks on `artifact` under `cfg`: round trips, mapping parity against `source`
+/// when given, the backbone, and the `golden` fixture folder when given. A model that does
+/// not load is a failed check naming the key, not an error. Shared by `verify` and `demo`.
+pub fn report(
+    artifact: &Path,
+    source: Option<&Path>,
+    golden: Option<&Path>,
+    cfg: &ComerConfig,
+    seed: u64,
+) -> anyhow::Result<Report> {
     let mut report = Report::default();
 
     // (c) first: a file that does not re-read makes every other figure meaningless.
-    for c in artifact::round_trip_checks(&a.artifact)? {
+    for c in artifact::round_trip_checks(artifact)? {
         report.push(c);
     }
 
     // (a)
-    if let Some(src) = &a.source {
+    if let Some(src) = source {
         let source = crate::formats::open(src)?;
-        let ck = crate::formats::open(&a.artifact)?;
+        let ck = crate::formats::open(artifact)?;
         let target = Weights::from_checkpoint(&ck)?;
-        for c in artifact::parity_checks(&source, &target, &cfg, a.seed)? {
+        for c in artifact::parity_checks(&source, &target, cfg, seed)? {
             report.push(c);
         }
     }
 
     // (b) and (d): a model that does not load is a failed check naming the key.
-    let store = Store::from_safetensors(&a.artifact)?;
-    let model = Comer::new(&store.root(), &cfg).and_then(|m| store.finish().map(|()| m));
+    let store = Store::from_safetensors(artifact)?;
+    let model = Comer::new(&store.root(), cfg).and_then(|m| store.finish().map(|()| m));
     match model {
         Ok(model) => {
-            for c in artifact::backbone_checks(&model, &cfg, a.seed)? {
+            for c in artifact::backbone_checks(&model, cfg, seed)? {
                 report.push(c);
             }
-            if let Some(dir) = &a.golden {
+            if let Some(dir) = golden {
                 for c in artifact::golden_checks(&model, dir)? {
                     report.push(c);
                 }
@@ -74,6 +82,12 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         }
         Err(e) => report.push(Check::outcome("backbone load", &[1], 1, Some(0), Some(e.to_string()))),
     }
+    Ok(report)
+}
+
+pub fn run(a: Args) -> anyhow::Result<i32> {
+    let cfg = super::run::resolve_config(&a.artifact, a.config.as_deref(), a.preset.as_deref())?;
+    let report = report(&a.artifact, a.source.as_deref(), a.golden.as_deref(), &cfg, a.seed)?;
 
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report.to_json())?);
@@ -81,15 +95,21 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         println!("verify {} ({}, {})", a.artifact.display(), cfg.flavor.name(), cfg.img_size);
         print!("{}", report.render_table());
     }
+    Ok(verdict_code(&report))
+}
+
+/// The exit code of a verify report: 0 when every check that ran passed, 1 when one failed
+/// or none ran (the reason on stderr).
+pub fn verdict_code(report: &Report) -> i32 {
     match report.ensure_passed() {
-        Ok(()) if report.passed() => Ok(super::EXIT_OK),
+        Ok(()) if report.passed() => super::EXIT_OK,
         Ok(()) => {
             eprintln!("error: no check ran");
-            Ok(super::EXIT_CHECK_FAILED)
+            super::EXIT_CHECK_FAILED
         }
         Err(e) => {
             eprintln!("error: {e}");
-            Ok(super::EXIT_CHECK_FAILED)
+            super::EXIT_CHECK_FAILED
         }
     }
 }

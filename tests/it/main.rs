@@ -22,3 +22,5 @@ mod onnx_export;
 mod source_forward;
 /// `comer-port verify`: source parity, tampered artifacts, golden folders (issue 5).
 mod verify_cli;
+/// `comer-port demo`: every step on the bundled fixture, listed files, refusals (issue 5).
+mod demo_cli;
