@@ -169,6 +169,9 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         write_config: true,
         force,
         progress: false,
+        // import verifies and records its verdict in the artifact; step 3 re-runs the full
+        // `verify` (with the .pth round trip) the way a user would.
+        verify: true,
     };
     let s = pipeline::run(&source, None, &opts)?;
     let fresh = s.plan.targets.iter().filter(|p| matches!(p.origin, Origin::Fresh { .. })).count();

@@ -61,9 +61,17 @@ pub fn report(
         let source = crate::formats::open(src)?;
         let ck = crate::formats::open(artifact)?;
         let target = Weights::from_checkpoint(&ck)?;
+        let mut parity = Report::default();
         for c in artifact::parity_checks(&source, &target, cfg, seed)? {
-            report.push(c);
+            parity.push(c);
         }
+        // What the artifact declares approximate (--lossy, f16/bf16) is judged as import judged it.
+        let approx = crate::verify::on_import::approximations(
+            ck.metadata.get("comer_port.transforms").map(String::as_str),
+            crate::verify::on_import::float_dtype(&ck),
+        );
+        crate::verify::on_import::apply_approximations(&mut parity, &approx);
+        parity.checks.into_iter().for_each(|c| report.push(c));
     }
 
     // (b) and (d): a model that does not load is a failed check naming the key.

@@ -245,29 +245,6 @@ fn sha256_path(path: &Path) -> String {
     h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// What makes this import approximate on purpose (see `verify::on_import`).
-fn approximations(opts: &ImportOptions, plan: &Plan) -> Vec<crate::verify::on_import::Approximation> {
-    use crate::verify::on_import::{Approximation, BF16_BOUND, F16_BOUND};
-    let mut v = Vec::new();
-    match opts.dtype {
-        DType::F16 => v.push(Approximation::Dtype { name: "f16", bound: F16_BOUND }),
-        DType::BF16 => v.push(Approximation::Dtype { name: "bf16", bound: BF16_BOUND }),
-        _ => {}
-    }
-    if opts.plan.lossy {
-        let dropped: Vec<String> = plan
-            .sources
-            .iter()
-            .filter(|f| f.fate == "dropped-lossy")
-            .map(|f| f.key.clone())
-            .collect();
-        v.push(Approximation::Lossy {
-            dropped: if dropped.is_empty() { plan.decisions.clone() } else { dropped },
-        });
-    }
-    v
-}
-
 /// Every file an import with `opts` writes.
 pub fn output_paths(opts: &ImportOptions) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = opts.out.iter().chain(&opts.pth).cloned().collect();
@@ -368,7 +345,7 @@ pub fn run(source: &Path, bytes: Option<&[u8]>, opts: &ImportOptions) -> Result<
         },
     );
     let mut verify_report: Option<crate::verify::Report> = None;
-    let approx = approximations(opts, &plan);
+    let approx = crate::verify::on_import::approximations(Some(&transforms.to_string()), opts.dtype);
 
     // A renamed tensor already in the output dtype is written straight from the mapped
     // source (no copy), and its pages are released from the resident set once written: the

@@ -9,7 +9,7 @@ use std::path::Path;
 
 use super::compare::{Check, Report};
 use super::{Weights, artifact};
-use crate::formats::Checkpoint;
+use crate::formats::{Checkpoint, DType};
 use crate::model::{Comer, ComerConfig, Store};
 
 /// Parity bound of an artifact stored in float16: each weight is rounded to 11 significant
@@ -26,6 +26,47 @@ pub enum Approximation {
     /// `--lossy` dropped what the target cannot express: no bound can be stated, so a parity
     /// check beyond the exact bound is reported as skipped, with its measured figures.
     Lossy { dropped: Vec<String> },
+}
+
+/// The approximations an artifact declares: its float dtype, and the `lossy` flag and
+/// decisions of its `comer_port.transforms` metadata (written by `import`). Used by `import`
+/// before writing and by `verify` on a file, so both judge parity the same way.
+pub fn approximations(transforms_json: Option<&str>, float_dtype: DType) -> Vec<Approximation> {
+    let mut v = Vec::new();
+    match float_dtype {
+        DType::F16 => v.push(Approximation::Dtype { name: "f16", bound: F16_BOUND }),
+        DType::BF16 => v.push(Approximation::Dtype { name: "bf16", bound: BF16_BOUND }),
+        _ => {}
+    }
+    let t: serde_json::Value = transforms_json.and_then(|t| serde_json::from_str(t).ok()).unwrap_or_default();
+    if t["lossy"] == serde_json::Value::Bool(true) {
+        // "dropped 'KEY' (--lossy): why" -> KEY; other decisions verbatim.
+        let dropped: Vec<String> = t["decisions"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|d| d.as_str())
+                    .map(|d| match d.strip_prefix("dropped '").and_then(|r| r.split_once('\'')) {
+                        Some((key, _)) => key.to_string(),
+                        None => d.to_string(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        if !dropped.is_empty() {
+            v.push(Approximation::Lossy { dropped });
+        }
+    }
+    v
+}
+
+/// The float dtype of an artifact: that of its first floating-point tensor.
+pub fn float_dtype(ck: &Checkpoint) -> DType {
+    ck.tensors()
+        .iter()
+        .map(|(_, t)| t.dtype)
+        .find(|d| matches!(d, DType::F32 | DType::F16 | DType::BF16 | DType::F64))
+        .unwrap_or(DType::F32)
 }
 
 /// Judge the mapping-parity checks of `report` under the import's approximations.
@@ -157,6 +198,16 @@ pub fn compact_verdict(report: &Report, room: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn approximations_are_read_from_the_transforms_metadata() {
+        let t = r#"{"lossy":true,"decisions":["dropped 'visual.ln_pre.weight' (--lossy): no place","kept x"]}"#;
+        let a = approximations(Some(t), DType::F16);
+        assert_eq!(a[0], Approximation::Dtype { name: "f16", bound: F16_BOUND });
+        assert_eq!(a[1], Approximation::Lossy { dropped: vec!["visual.ln_pre.weight".into(), "kept x".into()] });
+        assert!(approximations(Some(r#"{"lossy":false,"decisions":[]}"#), DType::F32).is_empty());
+        assert!(approximations(None, DType::F32).is_empty());
+    }
 
     #[test]
     fn approximations_restate_parity() {
