@@ -3,6 +3,8 @@
 pub mod artifact;
 pub mod compare;
 pub mod error;
+pub mod golden;
+pub mod keys;
 pub mod parity;
 pub mod resize;
 pub mod source_vit;
