@@ -88,7 +88,7 @@ pub fn family_fit(family: Family, activation: Option<detect::Activation>, regist
             match activation {
                 Some(detect::Activation::QuickGelu) => ", QuickGELU became exact GELU",
                 Some(detect::Activation::Gelu) => "",
-                None => ", and the activation may differ (QuickGELU)",
+                None => ", and the activation is not recorded (QuickGELU assumed; upstream uses exact GELU)",
             }
         )),
         // Uni-Perceiver: `embeddings_norm` is dropped under --lossy (same reason as CLIP's
@@ -139,7 +139,9 @@ pub fn detected_fit(det: &detect::Detection, family: SourceFamily) -> Fit {
         SourceFamily::HfVit { layer_norm_eps } => layer_norm_eps,
         _ => sc.layernorm_eps,
     };
-    family_fit(det.family, Some(sc.activation), sc.num_registers, eps)
+    // CLIP checkpoints do not record the activation unless the container names it.
+    let activation = (!sc.assumed.iter().any(|a| a == "activation")).then_some(sc.activation);
+    family_fit(det.family, activation, sc.num_registers, eps)
 }
 
 /// Why the artifact's ViT branch is not the source's function at all (cross-layout import,

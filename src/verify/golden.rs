@@ -17,8 +17,9 @@
 //! own forward (`source_vit.rs`) reproduces best, and a golden that forward does not reproduce
 //! within 1e-5 (computed from other weights: a float16 copy, another file of the folder) is
 //! reported as skipped with both figures. Without one, the closest variant is used and said so.
-//! The DINOv2 folder has no `vit_tokens`: its patch-kernel and position-table resize goldens
-//! are held against the artifact's own `patch_embed.proj.weight` and `pos_embed`.
+//! The resize goldens are held against the artifact's own tensors where the artifact was
+//! resized that way: DINOv2's patch kernel 14 -> 16 and position grid, BEiTv2 block 0's
+//! relative-position table (bicubic or geometric, as `comer_port.transforms` records).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -31,7 +32,8 @@ use super::error::VerifyError;
 use super::parity::{EXACT_BOUND, artifact_failure};
 use super::source_vit::source_vit;
 use super::target_vit::{TargetFlavour, target_vit};
-use super::vit::{Result, Weights};
+use super::source_vit::SourceFamily;
+use super::vit::{Activation, Result, Weights};
 use crate::families::detect::{self, Family};
 use crate::formats::{self, Checkpoint};
 use crate::model::ComerConfig;
@@ -154,7 +156,10 @@ pub fn source_golden_checks(dir: &Path, art: &ArtifactSide, source: Option<&Chec
     let owned = reference_source(dir, source, art.metadata)?;
     let source = source.or(owned.as_ref());
 
-    let mut checks = resize_goldens(&folder, &golden, art);
+    let has_block_table = source.is_none_or(|ck| {
+        ck.state_dict().1.iter().any(|(k, _)| k == "blocks.0.attn.relative_position_bias_table")
+    });
+    let mut checks = resize_goldens(&folder, &golden, art, has_block_table);
     // Group `vit_tokens*.<image>` keys by image.
     let mut by_image: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
     for key in golden.keys() {
@@ -174,15 +179,33 @@ pub fn source_golden_checks(dir: &Path, art: &ArtifactSide, source: Option<&Chec
     }
 
     // The reference source's own forward, and the fit decided per family.
-    let (src_vit, fit) = match source {
+    // A CLIP checkpoint that does not record its activation runs with both; the golden
+    // variant it reproduces says which one it is.
+    let mut src_vits = Vec::new();
+    let fit = match source {
         Some(ck) => {
             let det = detect::detect_checkpoint(ck);
             match source_family(&det, ck) {
-                Some(f) => (Some(source_vit(f, &Weights::from_checkpoint(ck)?, art.cfg.num_heads)?), detected_fit(&det, f)),
-                None => (None, folder_fit(&folder)),
+                Some(f) => {
+                    let w = Weights::from_checkpoint(ck)?;
+                    let unknown_activation =
+                        det.config.as_ref().is_some_and(|c| c.assumed.iter().any(|a| a == "activation"));
+                    let families = match f {
+                        SourceFamily::Clip { .. } if unknown_activation => vec![
+                            SourceFamily::Clip { activation: Activation::Gelu },
+                            SourceFamily::Clip { activation: Activation::QuickGelu },
+                        ],
+                        _ => vec![f],
+                    };
+                    for f in families {
+                        src_vits.push(source_vit(f, &w, art.cfg.num_heads)?);
+                    }
+                    detected_fit(&det, f)
+                }
+                None => folder_fit(&folder),
             }
         }
-        None => (None, folder_fit(&folder)),
+        None => folder_fit(&folder),
     };
     if let Some(reason) = structural_skip(&folder, art.cfg) {
         checks.push(Check::skipped(format!("{label} {TOKENS}"), reason));
@@ -207,56 +230,68 @@ pub fn source_golden_checks(dir: &Path, art: &ArtifactSide, source: Option<&Chec
             }
         };
         // The variant: the one the source reproduces best, else the one the artifact does.
-        let src_out = match &src_vit {
-            Some(s) => Some(s.forward(&img)?),
-            None => None,
-        };
+        let mut src_outs = Vec::with_capacity(src_vits.len());
+        for s in &src_vits {
+            src_outs.push(s.forward(&img)?);
+        }
         let mut scored = Vec::with_capacity(keys.len());
         for key in &keys {
-            let r = match &src_out {
-                Some(s) => rel(s, &golden[*key])?,
-                None => rel(&got, &golden[*key])?,
-            };
+            let mut r = f64::INFINITY;
+            for s in &src_outs {
+                r = r.min(rel(s, &golden[*key])?);
+            }
+            if src_outs.is_empty() {
+                r = rel(&got, &golden[*key])?;
+            }
             scored.push((r, *key));
         }
+        let with_source = !src_outs.is_empty();
         scored.sort_by(|a, b| a.0.total_cmp(&b.0));
-        let (src_rel, key) = scored[0];
-        let exp = &golden[key];
-        let mut c = Check::new(format!("{label} {key}"), exp.dims(), &flat(&got)?, &flat(exp)?, bound);
-        if got.dims() != exp.dims() {
-            c.passed = false;
-            c.note = Some(format!("the artifact gives shape {:?}, the golden {:?}", got.dims(), exp.dims()));
+        // Every variant the source reproduces (a CLIP file without a recorded activation
+        // reproduces both), else the closest one.
+        let mut chosen: Vec<(f64, &str)> = scored.iter().copied().filter(|(r, _)| *r <= EXACT_BOUND).collect();
+        if chosen.is_empty() {
+            chosen.push(scored[0]);
+        }
+        let artifact_flat = flat(&got)?;
+        for (src_rel, key) in chosen {
+            let exp = &golden[key];
+            let mut c = Check::new(format!("{label} {key}"), exp.dims(), &artifact_flat, &flat(exp)?, bound);
+            if got.dims() != exp.dims() {
+                c.passed = false;
+                c.note = Some(format!("the artifact gives shape {:?}, the golden {:?}", got.dims(), exp.dims()));
+                checks.push(c);
+                continue;
+            }
+            c.note.clone_from(&why);
+            if with_source && src_rel > EXACT_BOUND {
+                let other = format!(
+                    "the source's own forward parts from `{key}` by {src_rel:.3e} relative (> {EXACT_BOUND:e}): this \
+                     golden was computed from other weights (another file of the folder, or a float16 copy of them), so \
+                     it says nothing about the mapping; the artifact parts by {:.3e}",
+                    c.figures.max_rel
+                );
+                checks.push(c.into_skipped(other));
+                continue;
+            }
+            if let Some(reason) = &resized {
+                checks.push(c.into_skipped(reason.clone()));
+                continue;
+            }
+            if let Fit::Inexpressible(reason) = &fit {
+                checks.push(c.into_skipped(reason.clone()));
+                continue;
+            }
+            if !with_source && keys.len() > 1 {
+                let others: Vec<&str> = scored.iter().map(|s| s.1).filter(|k| *k != key).collect();
+                let note = format!("no source checkpoint: `{key}` is the closest of the variants (others: {others:?})");
+                c.note = Some(match c.note {
+                    Some(n) => format!("{n}; {note}"),
+                    None => note,
+                });
+            }
             checks.push(c);
-            continue;
         }
-        c.note.clone_from(&why);
-        if src_out.is_some() && src_rel > EXACT_BOUND {
-            let other = format!(
-                "the source's own forward parts from `{key}` by {src_rel:.3e} relative (> {EXACT_BOUND:e}): this golden \
-                 was computed from other weights (another file of the folder, or a float16 copy of them), so it says \
-                 nothing about the mapping; the artifact parts by {:.3e}",
-                c.figures.max_rel
-            );
-            checks.push(c.into_skipped(other));
-            continue;
-        }
-        if let Some(reason) = &resized {
-            checks.push(c.into_skipped(reason.clone()));
-            continue;
-        }
-        if let Fit::Inexpressible(reason) = &fit {
-            checks.push(c.into_skipped(reason.clone()));
-            continue;
-        }
-        if src_out.is_none() && keys.len() > 1 {
-            let others: Vec<&str> = scored[1..].iter().map(|s| s.1).collect();
-            let note = format!("no source checkpoint: `{key}` is the closest of the variants (others: {others:?})");
-            c.note = Some(match c.note {
-                Some(n) => format!("{n}; {note}"),
-                None => note,
-            });
-        }
-        checks.push(c);
     }
     Ok(checks)
 }
@@ -318,10 +353,18 @@ fn resized_table(folder: &SourceFolder, cfg: &ComerConfig) -> Option<String> {
     })
 }
 
-/// DINOv2's resize goldens against the artifact's own tensors: `patch_embed.proj.weight.
+/// The resize goldens against the artifact's own tensors. DINOv2's: `patch_embed.proj.weight.
 /// {pi_resize_16, bilinear_16}` (the method the artifact's `comer_port.transforms` records)
 /// and `pos_embed.resize_<g>to<tg>` (bicubic, no antialias) when the artifact's grid is `tg`.
-fn resize_goldens(folder: &SourceFolder, golden: &std::collections::HashMap<String, Tensor>, art: &ArtifactSide) -> Vec<Check> {
+///
+/// `has_block_table`: the reference source has a per-block table (the relpos goldens were
+/// computed from the fine-tuned file's block 0; a shared-table source is another file).
+fn resize_goldens(
+    folder: &SourceFolder,
+    golden: &std::collections::HashMap<String, Tensor>,
+    art: &ArtifactSide,
+    has_block_table: bool,
+) -> Vec<Check> {
     let mut out = Vec::new();
     let transforms: serde_json::Value = art
         .metadata
@@ -336,13 +379,35 @@ fn resize_goldens(folder: &SourceFolder, golden: &std::collections::HashMap<Stri
     };
     let (g, tg) = (folder.grid(), art.cfg.pretrain_size / p.max(1));
     let pos_key = format!("pos_embed.resize_{g}to{tg}");
+    // BEiT block 0's table resized at import to window w: `relpos_bicubic.block0.7to<2w-1>` or
+    // `relpos_geometric.block0.4to<w>` (its cls rows last, which the artifact has none of).
+    let table_key = "blocks.0.attn.relative_position_bias_table";
+    let relpos_key = art.weights.opt(table_key).and_then(|t| {
+        let rows = t.dims().first().copied()?;
+        let side = (rows as f64).sqrt().round() as usize;
+        let w = side.div_ceil(2);
+        if side * side != rows || w == g || !has_block_table {
+            return None;
+        }
+        match transforms["relpos_resize"].as_str() {
+            Some("bicubic") => Some(format!("relpos_bicubic.block0.{}to{side}", 2 * g - 1)),
+            Some("geometric") => Some(format!("relpos_geometric.block0.{g}to{w}")),
+            _ => None,
+        }
+    });
     let pairs = [
         (kernel_key.filter(|_| p != folder.patch_size), "patch_embed.proj.weight"),
         (Some(pos_key).filter(|_| g != tg), "pos_embed"),
+        (relpos_key, table_key),
     ];
     for (golden_key, target_key) in pairs {
         let (Some(gk), Some(got)) = (golden_key, art.weights.opt(target_key)) else { continue };
         let Some(exp) = golden.get(&gk) else { continue };
+        // Geometric goldens keep the source's 3 cls rows last; the artifact has none.
+        let exp = &match (exp.dims(), got.dims()) {
+            ([re, _], [rg, _]) if *re == *rg + 3 => exp.narrow(0, 0, *rg).unwrap_or_else(|_| exp.clone()),
+            _ => exp.clone(),
+        };
         let (Ok(a), Ok(b)) = (flat(&got), flat(exp)) else { continue };
         let mut c = Check::new(format!("golden {} {gk}", folder.family), exp.dims(), &a, &b, EXACT_BOUND);
         if got.dims() != exp.dims() {

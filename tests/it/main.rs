@@ -22,3 +22,5 @@ mod onnx_export;
 mod source_forward;
 /// `comer-port verify`: source parity, tampered artifacts, golden folders (issue 5).
 mod verify_cli;
+/// `comer-port verify --source --golden sources/<family>` for every family fixture (issue 5).
+mod verify_sources;
