@@ -6,7 +6,8 @@
 use std::path::{Path, PathBuf};
 
 use crate::model::{Comer, ComerConfig, Store};
-use crate::verify::{Check, Report, Weights, artifact};
+use crate::verify::keys::{self, ArtifactKey};
+use crate::verify::{Check, Report, Weights, artifact, golden as golden_folder};
 
 /// Arguments of `comer-port verify`.
 #[derive(clap::Args, Debug)]
@@ -14,15 +15,19 @@ use crate::verify::{Check, Report, Weights, artifact};
 artifact's plain-ViT branch, seeded images at the pretrain size and a non-square size; exact mappings \
 1e-5 relative, LayerNorm eps changes 1e-4; what cannot be modelled is reported as skipped), (b) the full \
 backbone on a seeded image at img_size (finite, f1..f4 at strides 4/8/16/32 with embed_dim channels), \
-(c) round trips (re-read, and a sibling .pth with the same stem, bit for bit), (d) --golden DIR (a \
-forward/* fixture folder, 1e-4 relative). Exit 0 when every check that ran passed, 1 when one failed.")]
+(c) round trips (re-read, and a sibling .pth with the same stem, bit for bit) and the key set against \
+upstream's layout (missing, unexpected, mis-shaped keys named), (d) --golden DIR: a forward/* fixture \
+folder (1e-4 relative) or a sources/<family> folder (the vit_tokens goldens against the artifact's \
+plain-ViT branch with the family's bound; what the plain layout cannot express is measured and reported \
+as skipped). Exit 0 when every check that ran passed, 1 when one failed.")]
 pub struct Args {
     /// The artifact (safetensors, target names).
     pub artifact: PathBuf,
     /// The source checkpoint the artifact was imported from: adds the mapping-parity check.
     #[arg(long)]
     pub source: Option<PathBuf>,
-    /// A forward fixture folder (inputs.safetensors, expected.safetensors) to reproduce.
+    /// A fixture folder to reproduce: forward/* (inputs.safetensors, expected.safetensors) or
+    /// sources/<family> (source.json, golden.safetensors with vit_tokens*.<image>).
     #[arg(long)]
     pub golden: Option<PathBuf>,
     /// Config in the fixtures' case.json shape; default: the artifact's `comer_port.config` metadata.
@@ -56,13 +61,20 @@ pub fn report(
         report.push(c);
     }
 
+    // The key set against upstream's layout: a renamed or transposed tensor is named here.
+    let ck = crate::formats::open(artifact)?;
+    let keys: Vec<ArtifactKey> = ck.tensors().into_iter().map(|(k, t)| (k, t.shape.clone(), t.dtype)).collect();
+    report.push(keys::layout_check(&keys, cfg));
+    let target = Weights::from_checkpoint(&ck)?;
+
     // (a)
-    if let Some(src) = source {
-        let source = crate::formats::open(src)?;
-        let ck = crate::formats::open(artifact)?;
-        let target = Weights::from_checkpoint(&ck)?;
+    let source = match source {
+        Some(src) => Some(crate::formats::open(src)?),
+        None => None,
+    };
+    if let Some(source) = &source {
         let mut parity = Report::default();
-        for c in artifact::parity_checks(&source, &target, cfg, seed)? {
+        for c in artifact::parity_checks(source, &target, cfg, seed)? {
             parity.push(c);
         }
         // What the artifact declares approximate (--lossy, f16/bf16) is judged as import judged it.
@@ -74,6 +86,14 @@ pub fn report(
         parity.checks.into_iter().for_each(|c| report.push(c));
     }
 
+    // (d) for a sources/* folder: the ViT branch alone, no full model needed.
+    if let Some(dir) = golden.filter(|d| golden_folder::is_source_folder(d)) {
+        let side = golden_folder::ArtifactSide { weights: &target, metadata: &ck.metadata, cfg };
+        for c in golden_folder::source_golden_checks(dir, &side, source.as_ref())? {
+            report.push(c);
+        }
+    }
+
     // (b) and (d): a model that does not load is a failed check naming the key.
     let store = Store::from_safetensors(artifact)?;
     let model = Comer::new(&store.root(), cfg).and_then(|m| store.finish().map(|()| m));
@@ -82,7 +102,7 @@ pub fn report(
             for c in artifact::backbone_checks(&model, cfg, seed)? {
                 report.push(c);
             }
-            if let Some(dir) = golden {
+            if let Some(dir) = golden.filter(|d| !golden_folder::is_source_folder(d)) {
                 for c in artifact::golden_checks(&model, dir)? {
                     report.push(c);
                 }

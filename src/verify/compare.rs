@@ -142,6 +142,18 @@ impl Check {
         }
     }
 
+    /// This check's figures kept, but reported as skipped with `reason`: for comparisons
+    /// that have no stated bound (what the target layout cannot express). The run neither
+    /// passes nor fails on it, and the figures say how far the two sides are apart.
+    pub fn into_skipped(mut self, reason: impl Into<String>) -> Check {
+        self.bound = 0.0;
+        self.passed = false;
+        self.figures.first_parted = None;
+        self.first_parted_at = None;
+        self.skipped = Some(reason.into());
+        self
+    }
+
     /// A check without a second side: `numel` items (tensors, elements) of `shape`, of which
     /// `first_bad` is the first that fails (with `note` saying why); passed when none does.
     pub fn outcome(
@@ -358,6 +370,18 @@ mod tests {
         assert_eq!(r.to_json()["checks"][0]["skipped"], "windowed attention");
         r.push(Check::outcome("round trip", &[3], 3, Some(2), Some("`b`".into())));
         assert_eq!(r.first_failure().map(|c| c.name.as_str()), Some("round trip"));
+    }
+
+    #[test]
+    fn skipped_with_figures_keeps_the_figures() {
+        let c = Check::new("clip", &[2], &[1.0, 2.5], &[1.0, 2.0], 1e-5).into_skipped("ln_pre");
+        assert_eq!(c.skipped.as_deref(), Some("ln_pre"));
+        assert!((c.figures.max_abs - 0.5).abs() < 1e-12 && c.first_parted_at.is_none());
+        let mut r = Report::default();
+        r.push(c);
+        r.push(Check::outcome("finite", &[1], 1, None, None));
+        assert!(r.passed());
+        assert!(r.render_table().contains("skipped: ln_pre"));
     }
 
     #[test]

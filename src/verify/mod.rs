@@ -3,6 +3,8 @@
 pub mod artifact;
 pub mod compare;
 pub mod error;
+pub mod golden;
+pub mod keys;
 pub mod on_import;
 pub mod parity;
 pub mod resize;

@@ -8,6 +8,7 @@
 use std::path::Path;
 
 use super::compare::{Check, Report};
+use super::keys::{ArtifactKey, layout_check};
 use super::{Weights, artifact};
 use crate::formats::{Checkpoint, DType};
 use crate::model::{Comer, ComerConfig, Store};
@@ -119,6 +120,13 @@ pub fn import_checks(source: &Checkpoint, artifact_path: &Path, dest: &Path, cfg
             report.push(c)
         }),
         Err(e) => report.push(failed("round trip", e.to_string())),
+    }
+    match crate::formats::open(artifact_path) {
+        Ok(ck) => {
+            let keys: Vec<ArtifactKey> = ck.tensors().into_iter().map(|(k, t)| (k, t.shape.clone(), t.dtype)).collect();
+            report.push(layout_check(&keys, cfg));
+        }
+        Err(e) => report.push(failed("key set", e.to_string())),
     }
     match crate::formats::open(artifact_path) {
         Ok(ck) => match Weights::from_checkpoint(&ck) {

@@ -11,7 +11,8 @@ use candle_core::{Device, Tensor};
 use super::compare::{Check, Report};
 use super::source_vit::{SourceFamily, source_vit};
 use super::target_vit::{TargetFlavour, target_vit};
-use super::vit::{Result, Weights};
+use super::error::VerifyError;
+use super::vit::{PlainVit, Result, Weights};
 
 /// Relative bound for exact mappings (renames, splits, transposes).
 pub const EXACT_BOUND: f64 = 1e-5;
@@ -76,28 +77,56 @@ pub fn mapping_parity(
     bound: f64,
 ) -> Result<Report> {
     let src = source_vit(source.family, source.weights, num_heads)?;
-    let tgt = target_vit(target.flavour, target.weights, num_heads)?;
+    let tgt = match target_vit(target.flavour, target.weights, num_heads) {
+        Ok(t) => t,
+        Err(e) => {
+            let mut report = Report::default();
+            report.push(artifact_failure("mapping parity", &e));
+            return Ok(report);
+        }
+    };
+    parity_of(&src, &tgt, inputs, bound)
+}
+
+/// Parity of two built forwards on each input. A source-side error is returned (the source
+/// is the input being trusted); a target-side error is a failed check naming the tensor.
+pub fn parity_of(
+    src: &PlainVit,
+    tgt: &PlainVit,
+    inputs: &[(String, Tensor)],
+    bound: f64,
+) -> Result<Report> {
     let mut report = Report::default();
     for (name, image) in inputs {
+        let check_name = format!("mapping parity {name}");
         let a = src.forward_taps(image)?;
-        let b = tgt.forward_taps(image)?;
+        let b = match tgt.forward_taps(image) {
+            Ok(b) => b,
+            Err(e) => {
+                report.push(artifact_failure(&check_name, &e));
+                continue;
+            }
+        };
         let (Some(got), Some(exp)) = (b.last(), a.last()) else {
             continue;
         };
         let shape = exp.dims().to_vec();
-        let mut check = Check::new(
-            format!("mapping parity {name}"),
-            &shape,
-            &flat(got)?,
-            &flat(exp)?,
-            bound,
-        );
-        if !check.passed {
-            check.note = first_parting_tap(&a, &b, bound, &src)?;
+        let mut check = Check::new(check_name, &shape, &flat(got)?, &flat(exp)?, bound);
+        if got.dims() != exp.dims() {
+            check.passed = false;
+            check.note = Some(format!("artifact gives shape {:?}, source {:?}", got.dims(), exp.dims()));
+        } else if !check.passed {
+            check.note = first_parting_tap(&a, &b, bound, src)?;
         }
         report.push(check);
     }
     Ok(report)
+}
+
+/// A failed check for an artifact whose ViT branch cannot be built or run (a missing,
+/// renamed or mis-shaped tensor): the error names the key.
+pub fn artifact_failure(name: &str, e: &VerifyError) -> Check {
+    Check::outcome(name, &[1], 1, Some(0), Some(format!("the artifact's ViT branch: {e}")))
 }
 
 /// Name of the first tap (`embed` after patch + position, then each block) where the sides part.
@@ -105,7 +134,7 @@ fn first_parting_tap(
     a: &[Tensor],
     b: &[Tensor],
     bound: f64,
-    src: &super::vit::PlainVit,
+    src: &PlainVit,
 ) -> Result<Option<String>> {
     for (i, (x, y)) in a.iter().zip(b).enumerate() {
         let c = Check::new("tap", x.dims(), &flat(y)?, &flat(x)?, bound);

@@ -24,3 +24,5 @@ mod source_forward;
 mod verify_cli;
 /// `comer-port demo`: every step on the bundled fixture, listed files, refusals (issue 5).
 mod demo_cli;
+/// `comer-port verify --source --golden sources/<family>` for every family fixture (issue 5).
+mod verify_sources;
