@@ -327,30 +327,41 @@ fn finite_check(name: &str, t: &Tensor, want: Option<&[usize]>) -> Result<Check>
 /// (c) Round trips: the artifact read by `formats::open` against the safetensors crate, and a
 /// sibling `.pth` with the same stem (when present) against the artifact, bit for bit.
 pub fn round_trip_checks(artifact: &Path) -> Result<Vec<Check>> {
-    let bytes = std::fs::read(artifact).map_err(|e| VerifyError::Fixture {
-        path: artifact.to_path_buf(),
-        reason: e.to_string(),
-    })?;
-    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| VerifyError::Fixture {
-        path: artifact.to_path_buf(),
-        reason: e.to_string(),
-    })?;
-    let mut reference: BTreeMap<String, (Vec<usize>, Vec<u8>)> = BTreeMap::new();
-    for (name, view) in st.tensors() {
-        reference.insert(name, (view.shape().to_vec(), view.data().to_vec()));
-    }
+    let fixture_err = |reason: String| VerifyError::Fixture { path: artifact.to_path_buf(), reason };
+    let file = std::fs::File::open(artifact).map_err(|e| fixture_err(e.to_string()))?;
+    // SAFETY: a read-only map of a file this process does not write; the hazard of another
+    // process truncating it is the one every mmap-based reader (safetensors, candle) accepts.
+    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| fixture_err(e.to_string()))?;
+    let st = safetensors::SafeTensors::deserialize(&map).map_err(|e| fixture_err(e.to_string()))?;
+    // The reference side borrows the map: nothing is copied, memory stays bounded.
+    let reference: BTreeMap<String, (Vec<usize>, &[u8])> =
+        st.tensors().into_iter().map(|(name, view)| (name, (view.shape().to_vec(), view.data()))).collect();
     let file_name = |p: &Path| p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let reread = formats::open(artifact)?;
+    // Drop the reference side's pages from the resident set once compared, as the re-read
+    // side does (`TensorView::release`).
+    let release = |data: &[u8]| {
+        let start = data.as_ptr() as usize - map.as_ptr() as usize;
+        // SAFETY: read-only shared file mapping never written through: MADV_DONTNEED only unmaps
+        // pages, and later reads fault the same file bytes back in (see `Storage::release`).
+        #[cfg(unix)]
+        unsafe {
+            let _ = map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, data.len());
+        }
+        #[cfg(not(unix))]
+        let _ = start;
+    };
     let mut checks = vec![bitwise(
         format!("round trip {}", file_name(artifact)),
         &reference,
         &reread.tensors(),
+        &release,
     )];
     let pth = artifact.with_extension("pth");
     if pth.is_file() {
         let ck = formats::open(&pth)?;
         let (_, sd) = ck.state_dict();
-        checks.push(bitwise(format!("round trip {} vs .safetensors", file_name(&pth)), &reference, &sd));
+        checks.push(bitwise(format!("round trip {} vs .safetensors", file_name(&pth)), &reference, &sd, &release));
     }
     Ok(checks)
 }
@@ -358,16 +369,27 @@ pub fn round_trip_checks(artifact: &Path) -> Result<Vec<Check>> {
 /// Every reference tensor present in `got` with the same shape and bytes, and nothing more.
 fn bitwise(
     name: String,
-    reference: &BTreeMap<String, (Vec<usize>, Vec<u8>)>,
+    reference: &BTreeMap<String, (Vec<usize>, &[u8])>,
     got: &[(String, &formats::TensorView)],
+    release: &dyn Fn(&[u8]),
 ) -> Check {
     let got: BTreeMap<&str, &formats::TensorView> = got.iter().map(|(k, v)| (k.as_str(), *v)).collect();
     let n = reference.len();
+    let same_bytes = |t: &formats::TensorView, data: &[u8]| {
+        let same = match t.le_bytes_borrowed() {
+            Some(b) => b == data,
+            None => t.to_le_bytes() == data,
+        };
+        // Read once: stop counting these mapped pages in the resident set.
+        t.release();
+        release(data);
+        same
+    };
     for (i, (key, (shape, data))) in reference.iter().enumerate() {
         let why = match got.get(key.as_str()) {
             None => Some(format!("`{key}` is missing on re-read")),
             Some(t) if &t.shape != shape => Some(format!("`{key}` has shape {:?}, written {shape:?}", t.shape)),
-            Some(t) if t.to_le_bytes() != *data => Some(format!("`{key}` differs bit for bit")),
+            Some(t) if !same_bytes(t, data) => Some(format!("`{key}` differs bit for bit")),
             Some(_) => None,
         };
         if let Some(why) = why {
