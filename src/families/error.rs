@@ -131,7 +131,7 @@ mod tests {
 
     #[test]
     fn unknown_family() {
-        assert!(matches!(pipeline::pick_family(None, &["foo.bar"]), Err(ImportError::UnknownFamily { .. })));
+        assert!(matches!(pipeline::pick_family(None, crate::families::detect::Family::Unknown, &["foo.bar"]), Err(ImportError::UnknownFamily { .. })));
         assert!(matches!(crate::families::mapping_for("nope"), Err(ImportError::UnknownFamily { .. })));
     }
 

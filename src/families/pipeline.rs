@@ -81,10 +81,14 @@ pub struct ImportSummary {
     pub verify: Option<crate::verify::Report>,
 }
 
-/// Pick the family: explicit, or the key-pattern guess.
-pub fn pick_family(given: Option<&str>, keys: &[&str]) -> Result<String, ImportError> {
+/// Pick the family: explicit, else what `families::detect` (the detector `inspect` and
+/// `verify` use) recognises, else the mappings' key-pattern guess.
+pub fn pick_family(given: Option<&str>, detected: super::detect::Family, keys: &[&str]) -> Result<String, ImportError> {
     if let Some(f) = given {
         return Ok(f.to_string());
+    }
+    if detected != super::detect::Family::Unknown {
+        return Ok(detected.name().to_string());
     }
     super::guess(keys).map(str::to_string).ok_or_else(|| ImportError::UnknownFamily {
         reason: "no family's key patterns match".into(),
@@ -278,7 +282,12 @@ pub fn run(source: &Path, bytes: Option<&[u8]>, opts: &ImportOptions) -> Result<
     };
     let (_wrapper, sd) = ck.state_dict();
     let keys: Vec<&str> = sd.iter().map(|(k, _)| k.as_str()).collect();
-    let family = pick_family(opts.family.as_deref(), &keys)?;
+    let detected = if opts.family.is_some() {
+        super::detect::Family::Unknown
+    } else {
+        super::detect::detect_checkpoint(&ck).family
+    };
+    let family = pick_family(opts.family.as_deref(), detected, &keys)?;
     let sd = super::mapping_for(&family)?.normalise_keys(sd);
     let (cfg, dims, plan) = plan_state_dict(&family, &sd, &opts.target, &opts.plan)?;
     let lookup: HashMap<&str, &TensorView> = sd.iter().map(|(k, v)| (k.as_str(), *v)).collect();

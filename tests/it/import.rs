@@ -491,3 +491,33 @@ fn import_of_a_source_with_nan_fails_verify_names_it_and_records_it() {
     assert_eq!(v["verdict"], "failed", "{v}");
     assert!(v["first_failure"].as_str().is_some_and(|s| !s.is_empty()), "{v}");
 }
+
+#[test]
+fn import_and_inspect_name_the_same_family() {
+    for src in [
+        "deit/deit_tiny.pth",
+        "deit/deit_tiny_legacy.pth",
+        "mae/mae_tiny_pretrain.pth",
+        "dinov2/dinov2_tiny_vits14.pth",
+        "clip/clip_tiny_gelu.pt",
+        "uniperceiver/uniperceiver_tiny_pretrained.pth",
+        "hf_vit/vit-tiny-in21k",
+        "augreg/augreg_tiny.npz",
+        "beitv2/beitv2_tiny_ft.pth",
+    ] {
+        let path = fixture(&format!("sources/{src}"));
+        let detected = comer_port::families::detect::detect_checkpoint(&formats::open(&path).expect("open")).family;
+        let opts = pipeline::ImportOptions {
+            target: TargetSpec::Flavor(if src.starts_with("beit") {
+                comer_port::model::Flavor::Beit
+            } else {
+                comer_port::model::Flavor::Det
+            }),
+            plan: PlanOptions { lossy: true, ..PlanOptions::default() },
+            out: None,
+            ..pipeline::ImportOptions::default()
+        };
+        let s = pipeline::run(&path, None, &opts).unwrap_or_else(|e| panic!("{src}: {e}"));
+        assert_eq!(s.family, detected.name(), "{src}");
+    }
+}
