@@ -2,9 +2,11 @@
 //! write leaves no half-written artifact, and an existing file is never replaced unless the
 //! caller asked for it (`--force`).
 //!
-//! Large files start their writeback while they are still being written (Linux
-//! `sync_file_range(SYNC_FILE_RANGE_WRITE)` every [`KICK_EVERY`] bytes), so the final fsync
-//! waits for the last stretch only instead of the whole file: the disk works beside the CPU.
+//! Large append-only artifacts ([`AtomicFile::create_streaming`]) go to disk with direct
+//! I/O where the file system allows it (`direct.rs`); otherwise, and for every other file,
+//! writes are buffered and large files start their writeback while they are still being
+//! written (Linux `sync_file_range(SYNC_FILE_RANGE_WRITE)` every [`KICK_EVERY`] bytes), so the
+//! final fsync waits for the last stretch only.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -32,6 +34,8 @@ pub struct AtomicFile {
     dest: PathBuf,
     tmp: PathBuf,
     writer: Option<BufWriter<File>>,
+    /// Direct-I/O stream in front of `writer` until the first patch or commit.
+    direct: Option<super::direct::Direct>,
     /// Bytes written since writeback was last started.
     since_kick: usize,
 }
@@ -41,6 +45,16 @@ pub const KICK_EVERY: usize = 64 << 20;
 
 impl AtomicFile {
     pub fn create(dest: &Path, force: bool) -> Result<AtomicFile, WriteError> {
+        Self::open(dest, force, false)
+    }
+
+    /// As [`create`](Self::create), for a large file written front to back: direct I/O
+    /// where the file system supports it. Seek is unavailable until [`patch`](Self::patch).
+    pub fn create_streaming(dest: &Path, force: bool) -> Result<AtomicFile, WriteError> {
+        Self::open(dest, force, true)
+    }
+
+    fn open(dest: &Path, force: bool, streaming: bool) -> Result<AtomicFile, WriteError> {
         if dest.exists() && !force {
             return Err(WriteError::Exists(dest.to_path_buf()));
         }
@@ -53,13 +67,40 @@ impl AtomicFile {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| "out".into());
         let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-        let file = File::create(&tmp).map_err(|e| WriteError::Io { path: tmp.clone(), source: e })?;
-        Ok(AtomicFile {
-            dest: dest.to_path_buf(),
-            tmp,
-            writer: Some(BufWriter::with_capacity(1 << 20, file)),
-            since_kick: 0,
-        })
+        let io = |e| WriteError::Io { path: tmp.clone(), source: e };
+        let mut f = AtomicFile { dest: dest.to_path_buf(), tmp: tmp.clone(), writer: None, direct: None, since_kick: 0 };
+        if streaming && let Some(file) = super::direct::create(&tmp).map_err(io)? {
+            let buffered = file.try_clone().map_err(io)?;
+            f.writer = Some(BufWriter::with_capacity(1 << 20, buffered));
+            f.direct = Some(super::direct::Direct::new(file).map_err(io)?);
+            return Ok(f);
+        }
+        let file = File::create(&tmp).map_err(io)?;
+        f.writer = Some(BufWriter::with_capacity(1 << 20, file));
+        Ok(f)
+    }
+
+    /// End the direct-I/O stream (if any): later writes are buffered and may seek.
+    fn end_direct(&mut self) -> std::io::Result<()> {
+        if let Some(d) = self.direct.take() {
+            let (_, len) = d.finish()?;
+            // The buffered handle shares the file; put it at the end of what was streamed.
+            use std::io::Seek;
+            self.writer().seek(std::io::SeekFrom::Start(len))?;
+        }
+        Ok(())
+    }
+
+    /// Overwrite `bytes` at offset `at` (ends a direct-I/O stream first), then continue at
+    /// the end of the file.
+    pub fn patch(&mut self, at: u64, bytes: &[u8]) -> std::io::Result<()> {
+        use std::io::{Seek, SeekFrom};
+        self.end_direct()?;
+        let w = self.writer();
+        w.seek(SeekFrom::Start(at))?;
+        w.write_all(bytes)?;
+        w.seek(SeekFrom::End(0))?;
+        Ok(())
     }
 
     /// The temporary file's path (complete once flushed, before [`commit`](Self::commit)).
@@ -75,6 +116,7 @@ impl AtomicFile {
     /// Flush, fsync and rename into place.
     pub fn commit(mut self) -> Result<(), WriteError> {
         let io = |path: &Path, e| WriteError::Io { path: path.to_path_buf(), source: e };
+        self.end_direct().map_err(|e| io(&self.tmp, e))?;
         if let Some(w) = self.writer.take() {
             let file = w.into_inner().map_err(|e| io(&self.tmp, e.into_error()))?;
             file.sync_all().map_err(|e| io(&self.tmp, e))?;
@@ -86,6 +128,10 @@ impl AtomicFile {
 
 impl Write for AtomicFile {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if let Some(d) = self.direct.as_mut() {
+            d.write_all(buf)?;
+            return Ok(buf.len());
+        }
         let n = self.writer().write(buf)?;
         self.since_kick += n;
         if self.since_kick >= KICK_EVERY {
@@ -96,12 +142,14 @@ impl Write for AtomicFile {
         Ok(n)
     }
     fn flush(&mut self) -> std::io::Result<()> {
+        self.end_direct()?;
         self.writer().flush()
     }
 }
 
 impl std::io::Seek for AtomicFile {
     fn seek(&mut self, pos: std::io::SeekFrom) -> std::io::Result<u64> {
+        self.end_direct()?;
         self.writer().seek(pos)
     }
 }
@@ -123,6 +171,7 @@ fn start_writeback(_file: &File) {}
 
 impl Drop for AtomicFile {
     fn drop(&mut self) {
+        self.direct = None;
         if self.writer.is_some() {
             self.writer = None;
             let _ = std::fs::remove_file(&self.tmp);

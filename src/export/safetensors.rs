@@ -101,11 +101,10 @@ pub fn write_late<E: From<WriteError>, B: AsRef<[u8]>>(
     late: Vec<LateValue>,
     mut produce: impl FnMut(usize) -> Result<B, E>,
 ) -> Result<(), E> {
-    use std::io::{Seek, SeekFrom};
-    let mut f = AtomicFile::create(dest, force)?;
+    let mut f = AtomicFile::create_streaming(dest, force)?;
     let io = |e| WriteError::Io { path: dest.to_path_buf(), source: e };
     let head = header(tensors, metadata);
-    f.writer().write_all(&head).map_err(io)?;
+    f.write_all(&head).map_err(io)?;
     for (i, t) in tensors.iter().enumerate() {
         let bytes = produce(i)?;
         debug_assert_eq!(bytes.as_ref().len(), t.nbytes(), "{}", t.name);
@@ -125,10 +124,7 @@ pub fn write_late<E: From<WriteError>, B: AsRef<[u8]>>(
             .into());
         }
         value.resize(l.placeholder.len(), b' ');
-        let w = f.writer();
-        w.seek(SeekFrom::Start(at as u64)).map_err(io)?;
-        w.write_all(&value).map_err(io)?;
-        w.seek(SeekFrom::End(0)).map_err(io)?;
+        f.patch(at as u64, &value).map_err(io)?;
     }
     f.commit()?;
     Ok(())
