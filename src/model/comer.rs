@@ -13,7 +13,7 @@ use candle_core::Tensor;
 
 use super::config::{ComerConfig, ConfigError, Flavor};
 use super::error::ModelError;
-use super::nn::{BatchNorm, Conv2d, ConvNhwc, DwConv, LayerNorm, Linear, Result, gelu, tensor, values};
+use super::nn::{BatchNorm, Conv2d, ConvNhwc, DwConv, LayerNorm, Linear, Result, add, add_scaled, gelu, tensor, values};
 use super::ops::{self, DeformShape, Level};
 use super::vit::Block;
 use super::weights::Vb;
@@ -96,7 +96,7 @@ impl ConvFfn {
     pub fn forward(&self, x: &Tensor, h: usize, w: usize) -> Result<Tensor> {
         let y = self.fc1.forward(x)?;
         let y = per_level(&y, h, w, |_, s, d, dims| self.dwconv.run(s, d, dims, 0))?;
-        self.fc2.forward(&gelu(&y)?)
+        self.fc2.forward(&gelu(&y, 1)?)
     }
 }
 
@@ -135,7 +135,7 @@ impl Mrfp {
         })?;
         // `MultiDWConv` ends with its own GELU after the BatchNorm, and `MRFP` applies
         // `act` once more: upstream runs GELU twice here.
-        self.fc2.forward(&gelu(&gelu(&y)?)?)
+        self.fc2.forward(&gelu(&y, 2)?)
     }
 }
 
@@ -193,9 +193,9 @@ impl CfInter {
 
     fn forward(&self, query: &Tensor, feat: &Tensor, g: &Geometry) -> Result<Tensor> {
         let a = self.attn.forward(&self.query_norm.forward(query)?, &g.refs, &self.feat_norm.forward(feat)?, &g.levels)?;
-        let mut q = (query + a)?;
+        let mut q = add(query, &a)?;
         if let Some((norm, ffn)) = &self.ffn {
-            q = (&q + ffn.forward(&norm.forward(&q)?, g.h, g.w)?)?;
+            q = add(&q, &ffn.forward(&norm.forward(&q)?, g.h, g.w)?)?;
         }
         Ok(q)
     }
@@ -207,7 +207,7 @@ pub struct CtiToV {
     query_norm: LayerNorm,
     feat_norm: LayerNorm,
     attn: MsDeformAttn,
-    gamma: Tensor,
+    gamma: Vec<f32>,
     ffn_norm: LayerNorm,
     ffn: ConvFfn,
 }
@@ -220,7 +220,7 @@ impl CtiToV {
             query_norm: LayerNorm::new(&vb.pp("query_norm"), d)?,
             feat_norm: LayerNorm::new(&vb.pp("feat_norm"), d)?,
             attn: MsDeformAttn::new(&vb.pp("attn"), cfg)?,
-            gamma: vb.get("gamma", &[d])?,
+            gamma: vb.vec("gamma", &[d])?,
             ffn_norm,
             ffn,
         })
@@ -228,7 +228,7 @@ impl CtiToV {
 
     fn forward(&self, x: &Tensor, c: &Tensor, g: &Geometry) -> Result<Tensor> {
         let c1 = self.attn.forward(&self.query_norm.forward(c)?, &g.refs, &self.feat_norm.forward(c)?, &g.levels)?;
-        let c1 = (&c1 + self.ffn.forward(&self.ffn_norm.forward(&c1)?, g.h, g.w)?)?;
+        let c1 = add(&c1, &self.ffn.forward(&self.ffn_norm.forward(&c1)?, g.h, g.w)?)?;
         let [s1, s2, s3] = g.split(&c1)?;
         let (b, _, d) = c1.dims3()?;
         let (h, w) = (g.h, g.w);
@@ -238,7 +238,7 @@ impl CtiToV {
         let sum: Vec<f32> = s1.iter().zip(&s2).zip(&s3).map(|((a, b), c)| a + b + c).collect();
         // (B, HW, D)
         let sum = tensor(sum, &[b, h * w, d])?;
-        Ok(x.add(&sum.broadcast_mul(&self.gamma)?)?)
+        add_scaled(x, Some(&self.gamma), &sum, 0)
     }
 }
 
@@ -264,10 +264,9 @@ impl CtiToC {
     }
 
     fn forward(&self, c: &Tensor, x: &Tensor, g: &Geometry) -> Result<Tensor> {
-        let [c1, c2, c3] = g.split(c)?;
-        let mut c = Tensor::cat(&[c1, (c2 + x)?, c3], 1)?;
+        let mut c = add_scaled(c, None, x, g.levels[1].start)?;
         if let Some((norm, ffn)) = &self.ffn {
-            c = (&c + ffn.forward(&norm.forward(&c)?, g.h, g.w)?)?;
+            c = add(&c, &ffn.forward(&norm.forward(&c)?, g.h, g.w)?)?;
         }
         if let Some(cf) = &self.cfinter {
             c = cf.forward(&self.query_norm.forward(&c)?, &self.feat_norm.forward(&c)?, g)?;
@@ -312,8 +311,7 @@ impl Interaction {
             if let Some(m) = &self.mrfp {
                 c = super::profile::timed("mrfp", || m.forward(&c, g.h, g.w))?;
             }
-            let [c1, c2, c3] = g.split(&c)?;
-            c = Tensor::cat(&[c1, (c2 + &x)?, c3], 1)?;
+            c = add_scaled(&c, None, &x, g.levels[1].start)?;
             x = super::profile::timed("cti_tov", || tov.forward(&x, &c, g))?;
         }
         for blk in &blocks[self.blocks.clone()] {

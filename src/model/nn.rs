@@ -6,7 +6,9 @@
 //! `base/beit.py` build (`nn.Linear`, `nn.LayerNorm(eps=1e-6)`, `nn.SyncBatchNorm` /
 //! `nn.BatchNorm2d` with running statistics, eps 1e-5, `nn.Conv2d`).
 
-use candle_core::{Device, Tensor};
+use candle_core::{Device, Storage, Tensor};
+
+use super::kernels::{self, Path};
 
 use super::error::ModelError;
 use super::ops;
@@ -24,15 +26,31 @@ pub fn values(t: &Tensor) -> Result<Vec<f32>> {
     Ok(t.flatten_all()?.to_vec1::<f32>()?)
 }
 
+/// Run `f` on the values of `t`, borrowed in place when `t` is a contiguous f32 CPU
+/// tensor (no copy), else on a copy.
+pub fn with_values<T>(t: &Tensor, f: impl FnOnce(&[f32]) -> T) -> Result<T> {
+    {
+        let (storage, layout) = t.storage_and_layout();
+        if let (Storage::Cpu(cpu), Some((lo, hi))) = (&*storage, layout.contiguous_offsets())
+            && let Ok(v) = cpu.as_slice::<f32>()
+        {
+            return Ok(f(&v[lo..hi]));
+        }
+    }
+    Ok(f(&values(t)?))
+}
+
 /// A tensor from values and a shape.
 pub fn tensor(v: Vec<f32>, shape: &[usize]) -> Result<Tensor> {
     Ok(Tensor::from_vec(v, shape, &Device::Cpu)?)
 }
 
-/// `nn.Linear`: weight (out, in) kept transposed and contiguous for the GEMM.
+/// `nn.Linear`: weight (out, in), run as one GEMM with the bias preloaded in the output.
 pub struct Linear {
-    weight_t: Tensor,
-    bias: Option<Tensor>,
+    /// (out, in), row-major.
+    weight: Vec<f32>,
+    bias: Option<Vec<f32>>,
+    pub in_dim: usize,
     pub out_dim: usize,
 }
 
@@ -44,26 +62,68 @@ impl Linear {
     }
 
     pub fn from_parts(weight: Tensor, bias: Option<Tensor>) -> Result<Linear> {
-        let out_dim = weight.dim(0)?;
-        Ok(Linear { weight_t: weight.t()?.contiguous()?, bias, out_dim })
+        let (out_dim, in_dim) = weight.dims2()?;
+        let bias = match bias {
+            Some(b) => Some(values(&b)?),
+            None => None,
+        };
+        Ok(Linear { weight: values(&weight)?, bias, in_dim, out_dim })
+    }
+
+    /// Rows of `x` (rows, in) → (rows, out) values.
+    pub fn forward_values(&self, x: &[f32]) -> Vec<f32> {
+        let rows = x.len() / self.in_dim;
+        assert_eq!(rows * self.in_dim, x.len(), "Linear input is (rows, {})", self.in_dim);
+        let mut y = match &self.bias {
+            Some(b) => b.repeat(rows),
+            None => vec![0f32; rows * self.out_dim],
+        };
+        if rows == 0 {
+            return y;
+        }
+        let threads = rayon::current_num_threads();
+        let par = if threads > 1 && rows * self.out_dim * self.in_dim > 1 << 16 {
+            gemm::Parallelism::Rayon(threads)
+        } else {
+            gemm::Parallelism::None
+        };
+        // y (rows, out) += x (rows, in) · Wᵀ (in, out); Wᵀ read in place from W (out, in).
+        // SAFETY: y is rows×out, x rows×in and W out×in, all contiguous row-major, and the
+        // strides below address exactly those shapes.
+        unsafe {
+            gemm::gemm(
+                rows, self.out_dim, self.in_dim,
+                y.as_mut_ptr(), 1, self.out_dim as isize,
+                self.bias.is_some(),
+                x.as_ptr(), 1, self.in_dim as isize,
+                self.weight.as_ptr(), self.in_dim as isize, 1,
+                1.0, 1.0,
+                false, false, false,
+                par,
+            );
+        }
+        y
     }
 
     /// (…, in) → (…, out)
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let dims = x.dims().to_vec();
-        let in_dim = dims[dims.len() - 1];
-        let rows = x.elem_count() / in_dim;
-        // (B·N, C_in)
-        let y = x.reshape((rows, in_dim))?.matmul(&self.weight_t)?;
-        let y = match &self.bias {
-            Some(b) => y.broadcast_add(b)?,
-            None => y,
-        };
-        let mut out = dims;
+        let y = with_values(x, |v| self.forward_values(v))?;
+        let mut out = x.dims().to_vec();
         let last = out.len() - 1;
         out[last] = self.out_dim;
         // (B, N, C_out)
-        Ok(y.reshape(out)?)
+        tensor(y, &out)
+    }
+
+    /// `GELU(self(x))`, the activation fused after the GEMM.
+    pub fn forward_gelu(&self, x: &Tensor) -> Result<Tensor> {
+        let mut y = with_values(x, |v| self.forward_values(v))?;
+        kernels::gelu_inplace(&mut y, 1, Path::Best);
+        let mut out = x.dims().to_vec();
+        let last = out.len() - 1;
+        out[last] = self.out_dim;
+        // (B, N, C_out)
+        tensor(y, &out)
     }
 }
 
@@ -286,12 +346,38 @@ impl DwConv {
     }
 }
 
-/// GELU with erf (PyTorch's default `nn.GELU`).
-pub fn gelu(x: &Tensor) -> Result<Tensor> {
-    Ok(x.gelu_erf()?)
+/// GELU with erf (PyTorch's default `nn.GELU`), `times` times over.
+pub fn gelu(x: &Tensor, times: usize) -> Result<Tensor> {
+    let mut v = values(x)?;
+    kernels::gelu_inplace(&mut v, times, Path::Best);
+    tensor(v, x.dims())
 }
 
-/// `x + gamma·y` with `gamma` broadcast over the last axis.
-pub fn add_scaled(x: &Tensor, gamma: &Tensor, y: &Tensor) -> Result<Tensor> {
-    Ok(x.add(&y.broadcast_mul(gamma)?)?)
+/// `x + gamma·y` (gamma over channels, or 1) on (B, N_x, C) and (B, N_y, C), with `y`
+/// added at tokens `at..at+N_y` of every image of `x`: residual adds and the level-2 add
+/// of the CTI modules in one elementwise pass, no broadcast tensors.
+pub fn add_scaled(x: &Tensor, gamma: Option<&[f32]>, y: &Tensor, at: usize) -> Result<Tensor> {
+    use rayon::prelude::*;
+    let (b, nx, c) = x.dims3()?;
+    let ny = y.dim(1)?;
+    assert!(at + ny <= nx && y.dim(0)? == b && y.dim(2)? == c, "add_scaled: y does not fit x");
+    let mut out = values(x)?;
+    with_values(y, |yv| {
+        for bi in 0..b {
+            let dst = &mut out[(bi * nx + at) * c..][..ny * c];
+            let src = &yv[bi * ny * c..][..ny * c];
+            dst.par_chunks_mut(64 * c).zip(src.par_chunks(64 * c)).for_each(|(d, s)| match gamma {
+                Some(g) => d.chunks_mut(c).zip(s.chunks(c)).for_each(|(d, s)| {
+                    d.iter_mut().zip(s).zip(g).for_each(|((d, s), g)| *d += s * g);
+                }),
+                None => d.iter_mut().zip(s).for_each(|(d, s)| *d += s),
+            });
+        }
+    })?;
+    tensor(out, &[b, nx, c])
+}
+
+/// `x + y`, both (B, N, C).
+pub fn add(x: &Tensor, y: &Tensor) -> Result<Tensor> {
+    add_scaled(x, None, y, 0)
 }

@@ -14,6 +14,8 @@
 
 use rayon::prelude::*;
 
+use super::kernels::{Path, lane_sum, multiversion};
+
 /// Bicubic coefficient A of PyTorch's `upsample_bicubic2d`.
 const CUBIC_A: f32 = -0.75;
 
@@ -137,7 +139,7 @@ pub fn dwconv_nhwc(
 ) {
     let (_b, h, w, c) = dims;
     let pad = (k / 2) as isize;
-    out.par_chunks_mut(w * c).enumerate().for_each(|(row, dst)| {
+    out.par_chunks_mut(w * c).enumerate().for_each(|(row, dst)| multiversion!(Path::Best, {
         let bi = row / h;
         let oy = (row % h) as isize;
         for ox in 0..w as isize {
@@ -162,7 +164,7 @@ pub fn dwconv_nhwc(
                 }
             }
         }
-    });
+    }));
 }
 
 /// `nn.MaxPool2d(kernel_size=3, stride=2, padding=1)` on an NCHW map; returns the map and
@@ -188,17 +190,19 @@ pub fn max_pool_3s2p1_nchw(x: &[f32], b: usize, c: usize, h: usize, w: usize) ->
     (out, oh, ow)
 }
 
-/// LayerNorm over the last axis (length `c`) of every row.
+/// LayerNorm over the last axis (length `c`) of every row: two passes in f32 lane sums
+/// (mean, then the variance around it).
 pub fn layer_norm_rows(x: &[f32], c: usize, weight: &[f32], bias: &[f32], eps: f32) -> Vec<f32> {
     let mut out = vec![0f32; x.len()];
-    out.par_chunks_mut(c).zip(x.par_chunks(c)).for_each(|(o, r)| {
-        let mean = r.iter().map(|&v| v as f64).sum::<f64>() / c as f64;
-        let var = r.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / c as f64;
-        let rstd = (1.0 / (var + eps as f64).sqrt()) as f32;
-        let mean = mean as f32;
-        for i in 0..c {
-            o[i] = (r[i] - mean) * rstd * weight[i] + bias[i];
-        }
+    out.par_chunks_mut(c).zip(x.par_chunks(c)).with_min_len(16).for_each(|(o, r)| {
+        multiversion!(Path::Best, {
+            let mean = lane_sum(r, |v| v) / c as f32;
+            let var = lane_sum(r, |v| (v - mean) * (v - mean)) / c as f32;
+            let rstd = 1.0 / (var + eps).sqrt();
+            for i in 0..c {
+                o[i] = (r[i] - mean) * rstd * weight[i] + bias[i];
+            }
+        })
     });
     out
 }
@@ -285,7 +289,7 @@ pub fn ms_deform_attn(
     let lp = nl * s.points;
     let cdim = s.heads * s.head_dim;
     let mut out = vec![0f32; s.batch * lq * cdim];
-    out.par_chunks_mut(cdim).enumerate().for_each(|(row, dst)| {
+    out.par_chunks_mut(cdim).enumerate().for_each(|(row, dst)| multiversion!(Path::Best, {
         let bi = row / lq;
         let q = row % lq;
         let [rx, ry] = refs[q];
@@ -330,7 +334,7 @@ pub fn ms_deform_attn(
                 }
             }
         }
-    });
+    }));
     out
 }
 
