@@ -13,7 +13,8 @@ use candle_core::Tensor;
 
 use super::config::{ComerConfig, ConfigError, Flavor};
 use super::error::ModelError;
-use super::nn::{BatchNorm, Conv2d, ConvNhwc, DwConv, LayerNorm, Linear, Result, add, add_scaled, gelu, tensor, values};
+use super::kernels::{self, Path};
+use super::nn::{BatchNorm, Conv2d, ConvNhwc, DwConv, LayerNorm, Linear, Result, add, add_scaled, tensor, values, with_values};
 use super::ops::{self, DeformShape, Level};
 use super::vit::Block;
 use super::weights::Vb;
@@ -51,9 +52,9 @@ impl MsDeformAttn {
     pub fn forward(&self, query: &Tensor, refs: &[[f32; 2]], feat: &Tensor, levels: &[Level]) -> Result<Tensor> {
         let (b, lq, _) = query.dims3()?;
         let len_in = feat.dim(1)?;
-        let value = values(&self.value_proj.forward(feat)?)?;
-        let offsets = values(&self.sampling_offsets.forward(query)?)?;
-        let logits = values(&self.attention_weights.forward(query)?)?;
+        let value = with_values(feat, |v| self.value_proj.forward_values(v))?;
+        let (offsets, logits) =
+            with_values(query, |q| (self.sampling_offsets.forward_values(q), self.attention_weights.forward_values(q)))?;
         let s = DeformShape { batch: b, len_in, heads: self.heads, head_dim: self.head_dim, points: self.points };
         let out = super::profile::timed("msdeform core", || ops::ms_deform_attn(&value, levels, refs, &offsets, &logits, s));
         // (B, Lq, heads·head_dim)
@@ -62,10 +63,14 @@ impl MsDeformAttn {
 }
 
 /// Apply `f(level, src, dst, dims)` to each of the three token levels of every image of a
-/// (B, 21·HW/4, C) tensor, writing a tensor of the same shape.
-fn per_level(x: &Tensor, h: usize, w: usize, f: impl Fn(usize, &[f32], &mut [f32], (usize, usize, usize, usize))) -> Result<Tensor> {
-    let (b, n, c) = x.dims3()?;
-    let src = values(x)?;
+/// (B, 21·HW/4, C) buffer, writing a buffer of the same shape.
+fn per_level(
+    src: &[f32],
+    (b, n, c): (usize, usize, usize),
+    h: usize,
+    w: usize,
+    f: impl Fn(usize, &[f32], &mut [f32], (usize, usize, usize, usize)),
+) -> Vec<f32> {
     let mut dst = vec![0f32; src.len()];
     for bi in 0..b {
         for (li, l) in ops::pyramid_levels(h, w).iter().enumerate() {
@@ -74,7 +79,7 @@ fn per_level(x: &Tensor, h: usize, w: usize, f: impl Fn(usize, &[f32], &mut [f32
             f(li, &src[lo..hi], &mut dst[lo..hi], (1, l.h, l.w, c));
         }
     }
-    tensor(dst, &[b, n, c])
+    dst
 }
 
 /// `ConvFFN`: fc1 → depthwise 3×3 per level (`DWConv`) → GELU → fc2.
@@ -94,9 +99,12 @@ impl ConvFfn {
     }
 
     pub fn forward(&self, x: &Tensor, h: usize, w: usize) -> Result<Tensor> {
-        let y = self.fc1.forward(x)?;
-        let y = per_level(&y, h, w, |_, s, d, dims| self.dwconv.run(s, d, dims, 0))?;
-        self.fc2.forward(&gelu(&y, 1)?)
+        let (b, n, _) = x.dims3()?;
+        let y = with_values(x, |v| self.fc1.forward_values(v))?;
+        let mut y = per_level(&y, (b, n, self.fc1.out_dim), h, w, |_, s, d, dims| self.dwconv.run(s, d, dims, 0));
+        kernels::gelu_inplace(&mut y, 1, Path::Best);
+        // (B, N, D)
+        tensor(self.fc2.forward_values(&y), &[b, n, self.fc2.out_dim])
     }
 }
 
@@ -127,15 +135,18 @@ impl Mrfp {
     }
 
     pub fn forward(&self, x: &Tensor, h: usize, w: usize) -> Result<Tensor> {
-        let y = self.fc1.forward(x)?;
-        let y = per_level(&y, h, w, |li, s, d, dims| {
+        let (b, n, _) = x.dims3()?;
+        let y = with_values(x, |v| self.fc1.forward_values(v))?;
+        let mut y = per_level(&y, (b, n, self.fc1.out_dim), h, w, |li, s, d, dims| {
             let (a, b) = &self.convs[li];
             a.run(s, d, dims, 0);
             b.run(s, d, dims, self.half);
-        })?;
+        });
         // `MultiDWConv` ends with its own GELU after the BatchNorm, and `MRFP` applies
         // `act` once more: upstream runs GELU twice here.
-        self.fc2.forward(&gelu(&y, 2)?)
+        kernels::gelu_inplace(&mut y, 2, Path::Best);
+        // (B, N, D)
+        tensor(self.fc2.forward_values(&y), &[b, n, self.fc2.out_dim])
     }
 }
 
@@ -229,12 +240,20 @@ impl CtiToV {
     fn forward(&self, x: &Tensor, c: &Tensor, g: &Geometry) -> Result<Tensor> {
         let c1 = self.attn.forward(&self.query_norm.forward(c)?, &g.refs, &self.feat_norm.forward(c)?, &g.levels)?;
         let c1 = add(&c1, &self.ffn.forward(&self.ffn_norm.forward(&c1)?, g.h, g.w)?)?;
-        let [s1, s2, s3] = g.split(&c1)?;
-        let (b, _, d) = c1.dims3()?;
+        let (b, n, d) = c1.dims3()?;
         let (h, w) = (g.h, g.w);
-        let s1 = ops::resize_bilinear_nhwc(&values(&s1)?, b, 2 * h, 2 * w, d, h, w, Some(0.5));
-        let s3 = ops::resize_bilinear_nhwc(&values(&s3)?, b, h / 2, w / 2, d, h, w, Some(2.0));
-        let s2 = values(&s2)?;
+        let [_, l2, l3] = g.levels;
+        let (s1, s2, s3) = with_values(&c1, |v| {
+            let (mut s1, mut s2, mut s3) = (Vec::new(), Vec::new(), Vec::new());
+            for img in v.chunks(n * d) {
+                s1.extend_from_slice(&img[..l2.start * d]);
+                s2.extend_from_slice(&img[l2.start * d..l3.start * d]);
+                s3.extend_from_slice(&img[l3.start * d..]);
+            }
+            (s1, s2, s3)
+        })?;
+        let s1 = ops::resize_bilinear_nhwc(&s1, b, 2 * h, 2 * w, d, h, w, Some(0.5));
+        let s3 = ops::resize_bilinear_nhwc(&s3, b, h / 2, w / 2, d, h, w, Some(2.0));
         let sum: Vec<f32> = s1.iter().zip(&s2).zip(&s3).map(|((a, b), c)| a + b + c).collect();
         // (B, HW, D)
         let sum = tensor(sum, &[b, h * w, d])?;

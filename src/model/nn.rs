@@ -140,7 +140,7 @@ impl LayerNorm {
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let c = self.weight.len();
-        let v = ops::layer_norm_rows(&values(x)?, c, &self.weight, &self.bias, LN_EPS);
+        let v = with_values(x, |x| ops::layer_norm_rows(x, c, &self.weight, &self.bias, LN_EPS))?;
         tensor(v, x.dims())
     }
 }
