@@ -10,6 +10,7 @@
 //! `ops/modules/ms_deform_attn.py`.
 
 use candle_core::Tensor;
+use rayon::prelude::*;
 
 use super::config::{ComerConfig, ConfigError, Flavor};
 use super::error::ModelError;
@@ -510,7 +511,7 @@ impl Comer {
         let mut taps = Vec::new();
         let ([c1, c2, c3, c4], (h1, w1)) = super::profile::timed("spm", || self.spm.forward(img))?;
         // (B, H·W, D) → (B, D, H, W)
-        let c1_nchw = c1.transpose(1, 2)?.reshape((b, d, h1, w1))?.contiguous()?;
+        let c1_nchw = tensor(with_values(&c1, |v| ops::nhwc_to_nchw(v, b, h1 * w1, d, None))?, &[b, d, h1, w1])?;
         taps.push(("spm.c1".to_string(), c1_nchw));
         taps.push(("spm.c2".to_string(), c2.clone()));
         taps.push(("spm.c3".to_string(), c3.clone()));
@@ -518,7 +519,7 @@ impl Comer {
         let le = |i: usize| self.level_embed.get(i);
         let c = Tensor::cat(&[c2.broadcast_add(&le(0)?)?, c3.broadcast_add(&le(1)?)?, c4.broadcast_add(&le(2)?)?], 1)?;
 
-        let pe = self.patch_embed.forward(img)?;
+        let pe = super::profile::timed("patch embed", || self.patch_embed.forward(img))?;
         let (h, w) = (pe.dim(2)?, pe.dim(3)?);
         // (B, D, H, W) → (B, HW, D)
         let mut x = pe.flatten_from(2)?.transpose(1, 2)?.contiguous()?;
@@ -540,49 +541,52 @@ impl Comer {
             outs.push(x.clone());
         }
 
-        // pyramid, channels-last
-        let [t2, t3, t4] = g.split(&c)?;
-        let up = values(&self.up.forward(&t2)?)?; // (B, 2H·2W, D·4) as (o, dy, dx)
-        let mut f1 = values(&c1)?; // (B, 4H, 4W, D)
-        for bi in 0..b {
-            for y in 0..2 * h {
+        let f = super::profile::timed("output pyramid", || -> Result<Vec<Tensor>> {
+            // pyramid, channels-last
+            let [t2, t3, t4] = g.split(&c)?;
+            let up = values(&self.up.forward(&t2)?)?; // (B, 2H·2W, D·4) as (o, dy, dx)
+            let mut f1 = values(&c1)?; // (B, 4H, 4W, D)
+            // one task per source row (bi, y): output rows 2y and 2y+1
+            f1.par_chunks_mut(2 * w1 * d).enumerate().for_each(|(row, dst)| {
                 for xx in 0..2 * w {
-                    let src = &up[((bi * 2 * h + y) * 2 * w + xx) * d * 4..][..d * 4];
+                    let src = &up[(row * 2 * w + xx) * d * 4..][..d * 4];
                     for dy in 0..2 {
                         for dx in 0..2 {
-                            let o = ((bi * h1 + 2 * y + dy) * w1 + 2 * xx + dx) * d;
+                            let o = (dy * w1 + 2 * xx + dx) * d;
                             for ch in 0..d {
-                                f1[o + ch] += src[ch * 4 + dy * 2 + dx] + self.up_bias[ch];
+                                dst[o + ch] += src[ch * 4 + dy * 2 + dx] + self.up_bias[ch];
                             }
                         }
                     }
                 }
+            });
+            let mut f2 = values(&t2)?;
+            let mut f3 = values(&t3)?;
+            let mut f4 = values(&t4)?;
+            if self.cfg.add_vit_feature {
+                let maps: Vec<Vec<f32>> = if self.cfg.flavor == Flavor::Seg {
+                    outs.iter().map(values).collect::<Result<_>>()?
+                } else {
+                    let v = values(&x)?;
+                    vec![v.clone(), v.clone(), v.clone(), v]
+                };
+                let add = |dst: &mut [f32], src: &[f32]| dst.iter_mut().zip(src).for_each(|(a, s)| *a += s);
+                add(&mut f1, &ops::resize_bilinear_nhwc(&maps[0], b, h, w, d, h1, w1, Some(4.0)));
+                add(&mut f2, &ops::resize_bilinear_nhwc(&maps[1], b, h, w, d, 2 * h, 2 * w, Some(2.0)));
+                add(&mut f3, &maps[2]);
+                add(&mut f4, &ops::resize_bilinear_nhwc(&maps[3], b, h, w, d, h / 2, w / 2, Some(0.5)));
             }
-        }
-        let mut f2 = values(&t2)?;
-        let mut f3 = values(&t3)?;
-        let mut f4 = values(&t4)?;
-        if self.cfg.add_vit_feature {
-            let maps: Vec<Vec<f32>> = if self.cfg.flavor == Flavor::Seg {
-                outs.iter().map(values).collect::<Result<_>>()?
-            } else {
-                let v = values(&x)?;
-                vec![v.clone(), v.clone(), v.clone(), v]
-            };
-            let add = |dst: &mut [f32], src: &[f32]| dst.iter_mut().zip(src).for_each(|(a, s)| *a += s);
-            add(&mut f1, &ops::resize_bilinear_nhwc(&maps[0], b, h, w, d, h1, w1, Some(4.0)));
-            add(&mut f2, &ops::resize_bilinear_nhwc(&maps[1], b, h, w, d, 2 * h, 2 * w, Some(2.0)));
-            add(&mut f3, &maps[2]);
-            add(&mut f4, &ops::resize_bilinear_nhwc(&maps[3], b, h, w, d, h / 2, w / 2, Some(0.5)));
-        }
-        let sizes = [(h1, w1), (2 * h, 2 * w), (h, w), (h / 2, w / 2)];
-        let mut f = Vec::new();
-        for (i, mut v) in [f1, f2, f3, f4].into_iter().enumerate() {
-            self.norms[i].apply_nhwc(&mut v);
-            let (fh, fw) = sizes[i];
-            // (B, H, W, D) → (B, D, H, W)
-            f.push(tensor(v, &[b, fh, fw, d])?.permute((0, 3, 1, 2))?.contiguous()?);
-        }
+            let sizes = [(h1, w1), (2 * h, 2 * w), (h, w), (h / 2, w / 2)];
+            let mut f: Vec<Tensor> = Vec::new();
+            for (i, v) in [f1, f2, f3, f4].into_iter().enumerate() {
+                let (fh, fw) = sizes[i];
+                let bn = &self.norms[i];
+                // (B, H, W, D) → (B, D, H, W), BatchNorm applied on the way
+                let v = ops::nhwc_to_nchw(&v, b, fh * fw, d, Some((&bn.scale, &bn.shift)));
+                f.push(tensor(v, &[b, d, fh, fw])?);
+            }
+            Ok(f)
+        })?;
         let x_out = if self.cfg.flavor == Flavor::Beit {
             Some(if self.cfg.add_vit_feature {
                 // (B, HW, D) → (B, D, H, W)

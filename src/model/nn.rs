@@ -45,6 +45,48 @@ pub fn tensor(v: Vec<f32>, shape: &[usize]) -> Result<Tensor> {
     Ok(Tensor::from_vec(v, shape, &Device::Cpu)?)
 }
 
+/// `bias` repeated for `rows` rows, filled in parallel.
+pub fn repeat_rows(bias: &[f32], rows: usize) -> Vec<f32> {
+    use rayon::prelude::*;
+    let mut y = vec![0f32; rows * bias.len()];
+    y.par_chunks_mut(64 * bias.len().max(1)).for_each(|c| c.chunks_mut(bias.len()).for_each(|r| r.copy_from_slice(bias)));
+    y
+}
+
+/// `y (rows, n) (+)= x (rows, k) · w (k, n)` with `y`, `x` contiguous row-major and `w`
+/// addressed by `w_strides` = (row stride, column stride); `n` is `y.len() / rows`.
+/// Adds to `y` when `accumulate`, else overwrites it. Multi-threaded when large.
+pub fn gemm_acc(y: &mut [f32], accumulate: bool, x: &[f32], k: usize, w: &[f32], w_strides: (usize, usize)) {
+    let rows = x.len() / k.max(1);
+    if rows == 0 || k == 0 {
+        return;
+    }
+    let n = y.len() / rows;
+    assert!(rows * k == x.len() && rows * n == y.len(), "gemm_acc: shapes do not match");
+    let (rs, cs) = w_strides;
+    assert!((k - 1) * rs + (n - 1) * cs < w.len(), "gemm_acc: w is too small");
+    let threads = rayon::current_num_threads();
+    let par = if threads > 1 && rows * n * k > 1 << 16 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: y is rows×n and x rows×k, contiguous row-major as asserted above; every
+    // element of w gemm reads, (i·rs + j·cs) for i < k and j < n, is in bounds (asserted).
+    unsafe {
+        gemm::gemm(
+            rows, n, k,
+            y.as_mut_ptr(), 1, n as isize,
+            accumulate,
+            x.as_ptr(), 1, k as isize,
+            w.as_ptr(), cs as isize, rs as isize,
+            1.0, 1.0,
+            false, false, false,
+            par,
+        );
+    }
+}
+
 /// `nn.Linear`: weight (out, in), run as one GEMM with the bias preloaded in the output.
 pub struct Linear {
     /// (out, in), row-major.
@@ -75,33 +117,11 @@ impl Linear {
         let rows = x.len() / self.in_dim;
         assert_eq!(rows * self.in_dim, x.len(), "Linear input is (rows, {})", self.in_dim);
         let mut y = match &self.bias {
-            Some(b) => b.repeat(rows),
+            Some(b) => repeat_rows(b, rows),
             None => vec![0f32; rows * self.out_dim],
         };
-        if rows == 0 {
-            return y;
-        }
-        let threads = rayon::current_num_threads();
-        let par = if threads > 1 && rows * self.out_dim * self.in_dim > 1 << 16 {
-            gemm::Parallelism::Rayon(threads)
-        } else {
-            gemm::Parallelism::None
-        };
-        // y (rows, out) += x (rows, in) · Wᵀ (in, out); Wᵀ read in place from W (out, in).
-        // SAFETY: y is rows×out, x rows×in and W out×in, all contiguous row-major, and the
-        // strides below address exactly those shapes.
-        unsafe {
-            gemm::gemm(
-                rows, self.out_dim, self.in_dim,
-                y.as_mut_ptr(), 1, self.out_dim as isize,
-                self.bias.is_some(),
-                x.as_ptr(), 1, self.in_dim as isize,
-                self.weight.as_ptr(), self.in_dim as isize, 1,
-                1.0, 1.0,
-                false, false, false,
-                par,
-            );
-        }
+        // Wᵀ (in, out) read in place from W (out, in): row stride 1, column stride in.
+        gemm_acc(&mut y, self.bias.is_some(), x, self.in_dim, &self.weight, (1, self.in_dim));
         y
     }
 
@@ -168,16 +188,6 @@ impl BatchNorm {
         }
         Ok(BatchNorm { scale, shift })
     }
-
-    /// In place on a channels-last buffer (…, C).
-    pub fn apply_nhwc(&self, x: &mut [f32]) {
-        let c = self.scale.len();
-        for row in x.chunks_mut(c) {
-            for ((v, s), t) in row.iter_mut().zip(&self.scale).zip(&self.shift) {
-                *v = *v * s + t;
-            }
-        }
-    }
 }
 
 /// A dense `nn.Conv2d` on NCHW, with an optional BatchNorm folded in at load time
@@ -232,7 +242,7 @@ impl Conv2d {
 /// an optional BatchNorm folded in and an optional fused ReLU.
 pub struct ConvNhwc {
     /// (k·k·C_in, C_out), rows ordered (ky, kx, c_in).
-    weight: Tensor,
+    weight: Vec<f32>,
     bias: Vec<f32>,
     k: usize,
     stride: usize,
@@ -269,7 +279,7 @@ impl ConvNhwc {
                 bias[o] = bn.shift[o];
             }
         }
-        Ok(ConvNhwc { weight: tensor(m, &[k * k * cin, cout])?, bias, k, stride, padding, relu })
+        Ok(ConvNhwc { weight: m, bias, k, stride, padding, relu })
     }
 
     pub fn out_channels(&self) -> usize {
@@ -284,23 +294,19 @@ impl ConvNhwc {
         let cout = self.bias.len();
         let kc = self.k * self.k * c;
         let total = b * oh * ow;
-        let mut out = Vec::with_capacity(total * cout);
+        let mut out = repeat_rows(&self.bias, total);
         let mut scratch = vec![0f32; IM2COL_ROWS.min(total) * kc];
-        let mut r0 = 0;
-        while r0 < total {
-            let r1 = (r0 + IM2COL_ROWS).min(total);
-            let rows = r1 - r0;
-            ops::im2col_nhwc(x, dims, self.k, self.stride, self.padding, (oh, ow), r0..r1, &mut scratch[..rows * kc]);
-            // (rows, k·k·C_in)
-            let cols = Tensor::from_slice(&scratch[..rows * kc], (rows, kc), &Device::Cpu)?;
-            let y = values(&cols.matmul(&self.weight)?)?;
-            for row in y.chunks(cout) {
-                for (o, v) in row.iter().enumerate() {
-                    let v = v + self.bias[o];
-                    out.push(if self.relu { v.max(0.0) } else { v });
-                }
-            }
-            r0 = r1;
+        for (i, dst) in out.chunks_mut(IM2COL_ROWS * cout).enumerate() {
+            let r0 = i * IM2COL_ROWS;
+            let rows = dst.len() / cout;
+            let cols = &mut scratch[..rows * kc];
+            ops::im2col_nhwc(x, dims, self.k, self.stride, self.padding, (oh, ow), r0..r0 + rows, cols);
+            // (rows, C_out) += (rows, k·k·C_in) · (k·k·C_in, C_out)
+            gemm_acc(dst, true, cols, kc, &self.weight, (cout, 1));
+        }
+        if self.relu {
+            use rayon::prelude::*;
+            out.par_chunks_mut(1 << 14).for_each(|c| c.iter_mut().for_each(|v| *v = v.max(0.0)));
         }
         Ok((out, oh, ow))
     }
@@ -361,19 +367,28 @@ pub fn add_scaled(x: &Tensor, gamma: Option<&[f32]>, y: &Tensor, at: usize) -> R
     let (b, nx, c) = x.dims3()?;
     let ny = y.dim(1)?;
     assert!(at + ny <= nx && y.dim(0)? == b && y.dim(2)? == c, "add_scaled: y does not fit x");
-    let mut out = values(x)?;
-    with_values(y, |yv| {
-        for bi in 0..b {
-            let dst = &mut out[(bi * nx + at) * c..][..ny * c];
-            let src = &yv[bi * ny * c..][..ny * c];
-            dst.par_chunks_mut(64 * c).zip(src.par_chunks(64 * c)).for_each(|(d, s)| match gamma {
-                Some(g) => d.chunks_mut(c).zip(s.chunks(c)).for_each(|(d, s)| {
-                    d.iter_mut().zip(s).zip(g).for_each(|((d, s), g)| *d += s * g);
-                }),
-                None => d.iter_mut().zip(s).for_each(|(d, s)| *d += s),
+    let out = with_values(x, |xv| {
+        with_values(y, |yv| {
+            let mut out = vec![0f32; xv.len()];
+            // one task per 64 tokens; token t of image bi takes y's token t − at when inside
+            out.par_chunks_mut(64 * c).zip(xv.par_chunks(64 * c)).enumerate().for_each(|(i, (o, xs))| {
+                for (j, (o, xs)) in o.chunks_mut(c).zip(xs.chunks(c)).enumerate() {
+                    let t = i * 64 + j;
+                    let (bi, ti) = (t / nx, t % nx);
+                    if ti < at || ti >= at + ny {
+                        o.copy_from_slice(xs);
+                        continue;
+                    }
+                    let ys = &yv[(bi * ny + ti - at) * c..][..c];
+                    match gamma {
+                        Some(g) => o.iter_mut().zip(xs).zip(ys).zip(g).for_each(|(((o, x), y), g)| *o = x + y * g),
+                        None => o.iter_mut().zip(xs).zip(ys).for_each(|((o, x), y)| *o = x + y),
+                    }
+                }
             });
-        }
-    })?;
+            out
+        })
+    })??;
     tensor(out, &[b, nx, c])
 }
 

@@ -373,6 +373,31 @@ pub fn im2col_nhwc(
     });
 }
 
+/// Channels-last (B, HW, C) → channels-first (B, C, HW), optionally with a per-channel
+/// affine `v·scale + shift` (an inference BatchNorm) applied on the way. Works on blocks of
+/// 16 channels so every read is one cache line.
+pub fn nhwc_to_nchw(x: &[f32], b: usize, hw: usize, c: usize, affine: Option<(&[f32], &[f32])>) -> Vec<f32> {
+    const BLOCK: usize = 16;
+    let mut out = vec![0f32; b * hw * c];
+    out.par_chunks_mut(hw * c).enumerate().for_each(|(bi, img)| {
+        let src = &x[bi * hw * c..][..hw * c];
+        img.par_chunks_mut(BLOCK * hw).enumerate().for_each(|(blk, planes)| {
+            let c0 = blk * BLOCK;
+            let nc = planes.len() / hw;
+            for p in 0..hw {
+                let row = &src[p * c + c0..][..nc];
+                for (j, v) in row.iter().enumerate() {
+                    planes[j * hw + p] = match affine {
+                        Some((s, t)) => v * s[c0 + j] + t[c0 + j],
+                        None => *v,
+                    };
+                }
+            }
+        });
+    });
+    out
+}
+
 /// `nn.MaxPool2d(3, 2, 1)` on a channels-last map; returns the map and its (H, W).
 pub fn max_pool_3s2p1_nhwc(x: &[f32], b: usize, h: usize, w: usize, c: usize) -> (Vec<f32>, usize, usize) {
     let oh = (h + 2 - 3) / 2 + 1;
@@ -477,6 +502,22 @@ mod tests {
         let s2 = DeformShape { points: 2, ..s };
         let out = ms_deform_attn(&value, &levels, &[[0.25, 0.25]], &[0.0, 0.0, 1.0, 1.0], &[0.0, 0.0], s2);
         close(&out, &[2.5]);
+    }
+
+    #[test]
+    fn nhwc_to_nchw_transposes_with_affine() {
+        // (1, HW = 3, C = 17): one full 16-channel block and a partial one
+        let x: Vec<f32> = (0..3 * 17).map(|v| v as f32).collect();
+        let out = nhwc_to_nchw(&x, 1, 3, 17, None);
+        for ch in 0..17 {
+            for p in 0..3 {
+                assert_eq!(out[ch * 3 + p], x[p * 17 + ch]);
+            }
+        }
+        let s = vec![2.0; 17];
+        let t = vec![1.0; 17];
+        let out = nhwc_to_nchw(&x, 1, 3, 17, Some((&s, &t)));
+        assert_eq!(out[16 * 3 + 2], x[2 * 17 + 16] * 2.0 + 1.0);
     }
 
     #[test]
