@@ -99,7 +99,7 @@ pub fn exp_fast(x: f32) -> f32 {
     p = p * r + 8.333_452e-3;
     p = p * r + 4.166_579_6e-2;
     p = p * r + 1.666_666_5e-1;
-    p = p * r + 5.000_000_1e-1;
+    p = p * r + 0.5;
     let y = p * r * r + r + 1.0;
     y * f32::from_bits(((n as i32 + 127) as u32) << 23)
 }
@@ -204,7 +204,7 @@ pub struct AttnShape {
 }
 
 /// Query rows per task: a (rows, N) logits block stays in L2.
-const ATTN_ROWS: usize = 64;
+const ATTN_ROWS: usize = 128;
 
 /// `softmax(scale·q kᵀ + bias) v` for every sequence and head. `qkv` is (seqs, N, 3, heads,
 /// head_dim) as the `qkv` Linear writes it; `bias`, if any, is (heads, N, N). Returns

@@ -294,11 +294,18 @@ pub fn ms_deform_attn(
         let q = row % lq;
         let [rx, ry] = refs[q];
         let vbase = bi * s.len_in;
-        let mut weights = vec![0f32; lp];
+        // level×point weights on the stack (upstream uses 3 levels × 4 points)
+        let (mut stack, mut heap) = ([0f32; 32], Vec::new());
+        let weights: &mut [f32] = if lp <= stack.len() {
+            &mut stack[..lp]
+        } else {
+            heap.resize(lp, 0f32);
+            &mut heap
+        };
         for m in 0..s.heads {
             let ab = (row * s.heads + m) * lp;
             weights.copy_from_slice(&logits[ab..ab + lp]);
-            softmax_row(&mut weights);
+            softmax_row(weights);
             let acc = &mut dst[m * s.head_dim..(m + 1) * s.head_dim];
             for (li, l) in levels.iter().enumerate() {
                 let (wf, hf) = (l.w as f32, l.h as f32);
