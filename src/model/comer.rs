@@ -244,18 +244,19 @@ impl CtiToV {
         let (b, n, d) = c1.dims3()?;
         let (h, w) = (g.h, g.w);
         let [_, l2, l3] = g.levels;
+        // per image: level 1 (2h×2w) and level 3 (h/2×w/2) resampled to h×w, read in place
         let (s1, s2, s3) = with_values(&c1, |v| {
             let (mut s1, mut s2, mut s3) = (Vec::new(), Vec::new(), Vec::new());
             for img in v.chunks(n * d) {
-                s1.extend_from_slice(&img[..l2.start * d]);
-                s2.extend_from_slice(&img[l2.start * d..l3.start * d]);
-                s3.extend_from_slice(&img[l3.start * d..]);
+                let (a, rest) = img.split_at(l2.start * d);
+                let (m, z) = rest.split_at((l3.start - l2.start) * d);
+                s1.extend(ops::resize_bilinear_nhwc(a, 1, 2 * h, 2 * w, d, h, w, Some(0.5)));
+                s2.extend_from_slice(m);
+                s3.extend(ops::resize_bilinear_nhwc(z, 1, h / 2, w / 2, d, h, w, Some(2.0)));
             }
             (s1, s2, s3)
         })?;
-        let s1 = ops::resize_bilinear_nhwc(&s1, b, 2 * h, 2 * w, d, h, w, Some(0.5));
-        let s3 = ops::resize_bilinear_nhwc(&s3, b, h / 2, w / 2, d, h, w, Some(2.0));
-        let sum: Vec<f32> = s1.iter().zip(&s2).zip(&s3).map(|((a, b), c)| a + b + c).collect();
+        let sum: Vec<f32> = s1.par_iter().zip(&s2).zip(&s3).map(|((a, b), c)| a + b + c).collect();
         // (B, HW, D)
         let sum = tensor(sum, &[b, h * w, d])?;
         add_scaled(x, Some(&self.gamma), &sum, 0)
