@@ -10,10 +10,12 @@
 //! `ops/modules/ms_deform_attn.py`.
 
 use candle_core::Tensor;
+use rayon::prelude::*;
 
 use super::config::{ComerConfig, ConfigError, Flavor};
 use super::error::ModelError;
-use super::nn::{BatchNorm, Conv2d, ConvNhwc, DwConv, LayerNorm, Linear, Result, gelu, tensor, values};
+use super::kernels::{self, Path};
+use super::nn::{BatchNorm, Conv2d, ConvNhwc, DwConv, LayerNorm, Linear, Result, add, add_scaled, tensor, values, with_values};
 use super::ops::{self, DeformShape, Level};
 use super::vit::Block;
 use super::weights::Vb;
@@ -51,9 +53,9 @@ impl MsDeformAttn {
     pub fn forward(&self, query: &Tensor, refs: &[[f32; 2]], feat: &Tensor, levels: &[Level]) -> Result<Tensor> {
         let (b, lq, _) = query.dims3()?;
         let len_in = feat.dim(1)?;
-        let value = values(&self.value_proj.forward(feat)?)?;
-        let offsets = values(&self.sampling_offsets.forward(query)?)?;
-        let logits = values(&self.attention_weights.forward(query)?)?;
+        let value = with_values(feat, |v| self.value_proj.forward_values(v))?;
+        let (offsets, logits) =
+            with_values(query, |q| (self.sampling_offsets.forward_values(q), self.attention_weights.forward_values(q)))?;
         let s = DeformShape { batch: b, len_in, heads: self.heads, head_dim: self.head_dim, points: self.points };
         let out = super::profile::timed("msdeform core", || ops::ms_deform_attn(&value, levels, refs, &offsets, &logits, s));
         // (B, Lq, heads·head_dim)
@@ -62,10 +64,14 @@ impl MsDeformAttn {
 }
 
 /// Apply `f(level, src, dst, dims)` to each of the three token levels of every image of a
-/// (B, 21·HW/4, C) tensor, writing a tensor of the same shape.
-fn per_level(x: &Tensor, h: usize, w: usize, f: impl Fn(usize, &[f32], &mut [f32], (usize, usize, usize, usize))) -> Result<Tensor> {
-    let (b, n, c) = x.dims3()?;
-    let src = values(x)?;
+/// (B, 21·HW/4, C) buffer, writing a buffer of the same shape.
+fn per_level(
+    src: &[f32],
+    (b, n, c): (usize, usize, usize),
+    h: usize,
+    w: usize,
+    f: impl Fn(usize, &[f32], &mut [f32], (usize, usize, usize, usize)),
+) -> Vec<f32> {
     let mut dst = vec![0f32; src.len()];
     for bi in 0..b {
         for (li, l) in ops::pyramid_levels(h, w).iter().enumerate() {
@@ -74,7 +80,7 @@ fn per_level(x: &Tensor, h: usize, w: usize, f: impl Fn(usize, &[f32], &mut [f32
             f(li, &src[lo..hi], &mut dst[lo..hi], (1, l.h, l.w, c));
         }
     }
-    tensor(dst, &[b, n, c])
+    dst
 }
 
 /// `ConvFFN`: fc1 → depthwise 3×3 per level (`DWConv`) → GELU → fc2.
@@ -94,9 +100,12 @@ impl ConvFfn {
     }
 
     pub fn forward(&self, x: &Tensor, h: usize, w: usize) -> Result<Tensor> {
-        let y = self.fc1.forward(x)?;
-        let y = per_level(&y, h, w, |_, s, d, dims| self.dwconv.run(s, d, dims, 0))?;
-        self.fc2.forward(&gelu(&y)?)
+        let (b, n, _) = x.dims3()?;
+        let y = with_values(x, |v| self.fc1.forward_values(v))?;
+        let mut y = per_level(&y, (b, n, self.fc1.out_dim), h, w, |_, s, d, dims| self.dwconv.run(s, d, dims, 0));
+        kernels::gelu_inplace(&mut y, 1, Path::Best);
+        // (B, N, D)
+        tensor(self.fc2.forward_values(&y), &[b, n, self.fc2.out_dim])
     }
 }
 
@@ -127,15 +136,18 @@ impl Mrfp {
     }
 
     pub fn forward(&self, x: &Tensor, h: usize, w: usize) -> Result<Tensor> {
-        let y = self.fc1.forward(x)?;
-        let y = per_level(&y, h, w, |li, s, d, dims| {
+        let (b, n, _) = x.dims3()?;
+        let y = with_values(x, |v| self.fc1.forward_values(v))?;
+        let mut y = per_level(&y, (b, n, self.fc1.out_dim), h, w, |li, s, d, dims| {
             let (a, b) = &self.convs[li];
             a.run(s, d, dims, 0);
             b.run(s, d, dims, self.half);
-        })?;
+        });
         // `MultiDWConv` ends with its own GELU after the BatchNorm, and `MRFP` applies
         // `act` once more: upstream runs GELU twice here.
-        self.fc2.forward(&gelu(&gelu(&y)?)?)
+        kernels::gelu_inplace(&mut y, 2, Path::Best);
+        // (B, N, D)
+        tensor(self.fc2.forward_values(&y), &[b, n, self.fc2.out_dim])
     }
 }
 
@@ -193,9 +205,9 @@ impl CfInter {
 
     fn forward(&self, query: &Tensor, feat: &Tensor, g: &Geometry) -> Result<Tensor> {
         let a = self.attn.forward(&self.query_norm.forward(query)?, &g.refs, &self.feat_norm.forward(feat)?, &g.levels)?;
-        let mut q = (query + a)?;
+        let mut q = add(query, &a)?;
         if let Some((norm, ffn)) = &self.ffn {
-            q = (&q + ffn.forward(&norm.forward(&q)?, g.h, g.w)?)?;
+            q = add(&q, &ffn.forward(&norm.forward(&q)?, g.h, g.w)?)?;
         }
         Ok(q)
     }
@@ -207,7 +219,7 @@ pub struct CtiToV {
     query_norm: LayerNorm,
     feat_norm: LayerNorm,
     attn: MsDeformAttn,
-    gamma: Tensor,
+    gamma: Vec<f32>,
     ffn_norm: LayerNorm,
     ffn: ConvFfn,
 }
@@ -220,7 +232,7 @@ impl CtiToV {
             query_norm: LayerNorm::new(&vb.pp("query_norm"), d)?,
             feat_norm: LayerNorm::new(&vb.pp("feat_norm"), d)?,
             attn: MsDeformAttn::new(&vb.pp("attn"), cfg)?,
-            gamma: vb.get("gamma", &[d])?,
+            gamma: vb.vec("gamma", &[d])?,
             ffn_norm,
             ffn,
         })
@@ -228,17 +240,26 @@ impl CtiToV {
 
     fn forward(&self, x: &Tensor, c: &Tensor, g: &Geometry) -> Result<Tensor> {
         let c1 = self.attn.forward(&self.query_norm.forward(c)?, &g.refs, &self.feat_norm.forward(c)?, &g.levels)?;
-        let c1 = (&c1 + self.ffn.forward(&self.ffn_norm.forward(&c1)?, g.h, g.w)?)?;
-        let [s1, s2, s3] = g.split(&c1)?;
-        let (b, _, d) = c1.dims3()?;
+        let c1 = add(&c1, &self.ffn.forward(&self.ffn_norm.forward(&c1)?, g.h, g.w)?)?;
+        let (b, n, d) = c1.dims3()?;
         let (h, w) = (g.h, g.w);
-        let s1 = ops::resize_bilinear_nhwc(&values(&s1)?, b, 2 * h, 2 * w, d, h, w, Some(0.5));
-        let s3 = ops::resize_bilinear_nhwc(&values(&s3)?, b, h / 2, w / 2, d, h, w, Some(2.0));
-        let s2 = values(&s2)?;
-        let sum: Vec<f32> = s1.iter().zip(&s2).zip(&s3).map(|((a, b), c)| a + b + c).collect();
+        let [_, l2, l3] = g.levels;
+        // per image: level 1 (2h×2w) and level 3 (h/2×w/2) resampled to h×w, read in place
+        let (s1, s2, s3) = with_values(&c1, |v| {
+            let (mut s1, mut s2, mut s3) = (Vec::new(), Vec::new(), Vec::new());
+            for img in v.chunks(n * d) {
+                let (a, rest) = img.split_at(l2.start * d);
+                let (m, z) = rest.split_at((l3.start - l2.start) * d);
+                s1.extend(ops::resize_bilinear_nhwc(a, 1, 2 * h, 2 * w, d, h, w, Some(0.5)));
+                s2.extend_from_slice(m);
+                s3.extend(ops::resize_bilinear_nhwc(z, 1, h / 2, w / 2, d, h, w, Some(2.0)));
+            }
+            (s1, s2, s3)
+        })?;
+        let sum: Vec<f32> = s1.par_iter().zip(&s2).zip(&s3).map(|((a, b), c)| a + b + c).collect();
         // (B, HW, D)
         let sum = tensor(sum, &[b, h * w, d])?;
-        Ok(x.add(&sum.broadcast_mul(&self.gamma)?)?)
+        add_scaled(x, Some(&self.gamma), &sum, 0)
     }
 }
 
@@ -264,10 +285,9 @@ impl CtiToC {
     }
 
     fn forward(&self, c: &Tensor, x: &Tensor, g: &Geometry) -> Result<Tensor> {
-        let [c1, c2, c3] = g.split(c)?;
-        let mut c = Tensor::cat(&[c1, (c2 + x)?, c3], 1)?;
+        let mut c = add_scaled(c, None, x, g.levels[1].start)?;
         if let Some((norm, ffn)) = &self.ffn {
-            c = (&c + ffn.forward(&norm.forward(&c)?, g.h, g.w)?)?;
+            c = add(&c, &ffn.forward(&norm.forward(&c)?, g.h, g.w)?)?;
         }
         if let Some(cf) = &self.cfinter {
             c = cf.forward(&self.query_norm.forward(&c)?, &self.feat_norm.forward(&c)?, g)?;
@@ -312,8 +332,7 @@ impl Interaction {
             if let Some(m) = &self.mrfp {
                 c = super::profile::timed("mrfp", || m.forward(&c, g.h, g.w))?;
             }
-            let [c1, c2, c3] = g.split(&c)?;
-            c = Tensor::cat(&[c1, (c2 + &x)?, c3], 1)?;
+            c = add_scaled(&c, None, &x, g.levels[1].start)?;
             x = super::profile::timed("cti_tov", || tov.forward(&x, &c, g))?;
         }
         for blk in &blocks[self.blocks.clone()] {
@@ -493,7 +512,7 @@ impl Comer {
         let mut taps = Vec::new();
         let ([c1, c2, c3, c4], (h1, w1)) = super::profile::timed("spm", || self.spm.forward(img))?;
         // (B, H·W, D) → (B, D, H, W)
-        let c1_nchw = c1.transpose(1, 2)?.reshape((b, d, h1, w1))?.contiguous()?;
+        let c1_nchw = tensor(with_values(&c1, |v| ops::nhwc_to_nchw(v, b, h1 * w1, d, None))?, &[b, d, h1, w1])?;
         taps.push(("spm.c1".to_string(), c1_nchw));
         taps.push(("spm.c2".to_string(), c2.clone()));
         taps.push(("spm.c3".to_string(), c3.clone()));
@@ -501,7 +520,7 @@ impl Comer {
         let le = |i: usize| self.level_embed.get(i);
         let c = Tensor::cat(&[c2.broadcast_add(&le(0)?)?, c3.broadcast_add(&le(1)?)?, c4.broadcast_add(&le(2)?)?], 1)?;
 
-        let pe = self.patch_embed.forward(img)?;
+        let pe = super::profile::timed("patch embed", || self.patch_embed.forward(img))?;
         let (h, w) = (pe.dim(2)?, pe.dim(3)?);
         // (B, D, H, W) → (B, HW, D)
         let mut x = pe.flatten_from(2)?.transpose(1, 2)?.contiguous()?;
@@ -523,49 +542,52 @@ impl Comer {
             outs.push(x.clone());
         }
 
-        // pyramid, channels-last
-        let [t2, t3, t4] = g.split(&c)?;
-        let up = values(&self.up.forward(&t2)?)?; // (B, 2H·2W, D·4) as (o, dy, dx)
-        let mut f1 = values(&c1)?; // (B, 4H, 4W, D)
-        for bi in 0..b {
-            for y in 0..2 * h {
+        let f = super::profile::timed("output pyramid", || -> Result<Vec<Tensor>> {
+            // pyramid, channels-last
+            let [t2, t3, t4] = g.split(&c)?;
+            let up = values(&self.up.forward(&t2)?)?; // (B, 2H·2W, D·4) as (o, dy, dx)
+            let mut f1 = values(&c1)?; // (B, 4H, 4W, D)
+            // one task per source row (bi, y): output rows 2y and 2y+1
+            f1.par_chunks_mut(2 * w1 * d).enumerate().for_each(|(row, dst)| {
                 for xx in 0..2 * w {
-                    let src = &up[((bi * 2 * h + y) * 2 * w + xx) * d * 4..][..d * 4];
+                    let src = &up[(row * 2 * w + xx) * d * 4..][..d * 4];
                     for dy in 0..2 {
                         for dx in 0..2 {
-                            let o = ((bi * h1 + 2 * y + dy) * w1 + 2 * xx + dx) * d;
+                            let o = (dy * w1 + 2 * xx + dx) * d;
                             for ch in 0..d {
-                                f1[o + ch] += src[ch * 4 + dy * 2 + dx] + self.up_bias[ch];
+                                dst[o + ch] += src[ch * 4 + dy * 2 + dx] + self.up_bias[ch];
                             }
                         }
                     }
                 }
+            });
+            let mut f2 = values(&t2)?;
+            let mut f3 = values(&t3)?;
+            let mut f4 = values(&t4)?;
+            if self.cfg.add_vit_feature {
+                let maps: Vec<Vec<f32>> = if self.cfg.flavor == Flavor::Seg {
+                    outs.iter().map(values).collect::<Result<_>>()?
+                } else {
+                    let v = values(&x)?;
+                    vec![v.clone(), v.clone(), v.clone(), v]
+                };
+                let add = |dst: &mut [f32], src: &[f32]| dst.iter_mut().zip(src).for_each(|(a, s)| *a += s);
+                add(&mut f1, &ops::resize_bilinear_nhwc(&maps[0], b, h, w, d, h1, w1, Some(4.0)));
+                add(&mut f2, &ops::resize_bilinear_nhwc(&maps[1], b, h, w, d, 2 * h, 2 * w, Some(2.0)));
+                add(&mut f3, &maps[2]);
+                add(&mut f4, &ops::resize_bilinear_nhwc(&maps[3], b, h, w, d, h / 2, w / 2, Some(0.5)));
             }
-        }
-        let mut f2 = values(&t2)?;
-        let mut f3 = values(&t3)?;
-        let mut f4 = values(&t4)?;
-        if self.cfg.add_vit_feature {
-            let maps: Vec<Vec<f32>> = if self.cfg.flavor == Flavor::Seg {
-                outs.iter().map(values).collect::<Result<_>>()?
-            } else {
-                let v = values(&x)?;
-                vec![v.clone(), v.clone(), v.clone(), v]
-            };
-            let add = |dst: &mut [f32], src: &[f32]| dst.iter_mut().zip(src).for_each(|(a, s)| *a += s);
-            add(&mut f1, &ops::resize_bilinear_nhwc(&maps[0], b, h, w, d, h1, w1, Some(4.0)));
-            add(&mut f2, &ops::resize_bilinear_nhwc(&maps[1], b, h, w, d, 2 * h, 2 * w, Some(2.0)));
-            add(&mut f3, &maps[2]);
-            add(&mut f4, &ops::resize_bilinear_nhwc(&maps[3], b, h, w, d, h / 2, w / 2, Some(0.5)));
-        }
-        let sizes = [(h1, w1), (2 * h, 2 * w), (h, w), (h / 2, w / 2)];
-        let mut f = Vec::new();
-        for (i, mut v) in [f1, f2, f3, f4].into_iter().enumerate() {
-            self.norms[i].apply_nhwc(&mut v);
-            let (fh, fw) = sizes[i];
-            // (B, H, W, D) → (B, D, H, W)
-            f.push(tensor(v, &[b, fh, fw, d])?.permute((0, 3, 1, 2))?.contiguous()?);
-        }
+            let sizes = [(h1, w1), (2 * h, 2 * w), (h, w), (h / 2, w / 2)];
+            let mut f: Vec<Tensor> = Vec::new();
+            for (i, v) in [f1, f2, f3, f4].into_iter().enumerate() {
+                let (fh, fw) = sizes[i];
+                let bn = &self.norms[i];
+                // (B, H, W, D) → (B, D, H, W), BatchNorm applied on the way
+                let v = ops::nhwc_to_nchw(&v, b, fh * fw, d, Some((&bn.scale, &bn.shift)));
+                f.push(tensor(v, &[b, d, fh, fw])?);
+            }
+            Ok(f)
+        })?;
         let x_out = if self.cfg.flavor == Flavor::Beit {
             Some(if self.cfg.add_vit_feature {
                 // (B, HW, D) → (B, D, H, W)

@@ -5,6 +5,7 @@
 pub mod comer;
 pub mod config;
 pub mod error;
+pub mod kernels;
 pub mod nn;
 pub mod ops;
 pub mod layout;

@@ -6,7 +6,9 @@
 //! `base/beit.py` build (`nn.Linear`, `nn.LayerNorm(eps=1e-6)`, `nn.SyncBatchNorm` /
 //! `nn.BatchNorm2d` with running statistics, eps 1e-5, `nn.Conv2d`).
 
-use candle_core::{Device, Tensor};
+use candle_core::{Device, Storage, Tensor};
+
+use super::kernels::{self, Path};
 
 use super::error::ModelError;
 use super::ops;
@@ -24,15 +26,73 @@ pub fn values(t: &Tensor) -> Result<Vec<f32>> {
     Ok(t.flatten_all()?.to_vec1::<f32>()?)
 }
 
+/// Run `f` on the values of `t`, borrowed in place when `t` is a contiguous f32 CPU
+/// tensor (no copy), else on a copy.
+pub fn with_values<T>(t: &Tensor, f: impl FnOnce(&[f32]) -> T) -> Result<T> {
+    {
+        let (storage, layout) = t.storage_and_layout();
+        if let (Storage::Cpu(cpu), Some((lo, hi))) = (&*storage, layout.contiguous_offsets())
+            && let Ok(v) = cpu.as_slice::<f32>()
+        {
+            return Ok(f(&v[lo..hi]));
+        }
+    }
+    Ok(f(&values(t)?))
+}
+
 /// A tensor from values and a shape.
 pub fn tensor(v: Vec<f32>, shape: &[usize]) -> Result<Tensor> {
     Ok(Tensor::from_vec(v, shape, &Device::Cpu)?)
 }
 
-/// `nn.Linear`: weight (out, in) kept transposed and contiguous for the GEMM.
+/// `bias` repeated for `rows` rows, filled in parallel.
+pub fn repeat_rows(bias: &[f32], rows: usize) -> Vec<f32> {
+    use rayon::prelude::*;
+    let mut y = vec![0f32; rows * bias.len()];
+    y.par_chunks_mut(64 * bias.len().max(1)).for_each(|c| c.chunks_mut(bias.len()).for_each(|r| r.copy_from_slice(bias)));
+    y
+}
+
+/// `y (rows, n) (+)= x (rows, k) · w (k, n)` with `y`, `x` contiguous row-major and `w`
+/// addressed by `w_strides` = (row stride, column stride); `n` is `y.len() / rows`.
+/// Adds to `y` when `accumulate`, else overwrites it. Multi-threaded when large.
+pub fn gemm_acc(y: &mut [f32], accumulate: bool, x: &[f32], k: usize, w: &[f32], w_strides: (usize, usize)) {
+    let rows = x.len() / k.max(1);
+    if rows == 0 || k == 0 {
+        return;
+    }
+    let n = y.len() / rows;
+    assert!(rows * k == x.len() && rows * n == y.len(), "gemm_acc: shapes do not match");
+    let (rs, cs) = w_strides;
+    assert!((k - 1) * rs + (n - 1) * cs < w.len(), "gemm_acc: w is too small");
+    let threads = rayon::current_num_threads();
+    let par = if threads > 1 && rows * n * k > 1 << 16 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: y is rows×n and x rows×k, contiguous row-major as asserted above; every
+    // element of w gemm reads, (i·rs + j·cs) for i < k and j < n, is in bounds (asserted).
+    unsafe {
+        gemm::gemm(
+            rows, n, k,
+            y.as_mut_ptr(), 1, n as isize,
+            accumulate,
+            x.as_ptr(), 1, k as isize,
+            w.as_ptr(), cs as isize, rs as isize,
+            1.0, 1.0,
+            false, false, false,
+            par,
+        );
+    }
+}
+
+/// `nn.Linear`: weight (out, in), run as one GEMM with the bias preloaded in the output.
 pub struct Linear {
-    weight_t: Tensor,
-    bias: Option<Tensor>,
+    /// (out, in), row-major.
+    weight: Vec<f32>,
+    bias: Option<Vec<f32>>,
+    pub in_dim: usize,
     pub out_dim: usize,
 }
 
@@ -44,26 +104,46 @@ impl Linear {
     }
 
     pub fn from_parts(weight: Tensor, bias: Option<Tensor>) -> Result<Linear> {
-        let out_dim = weight.dim(0)?;
-        Ok(Linear { weight_t: weight.t()?.contiguous()?, bias, out_dim })
+        let (out_dim, in_dim) = weight.dims2()?;
+        let bias = match bias {
+            Some(b) => Some(values(&b)?),
+            None => None,
+        };
+        Ok(Linear { weight: values(&weight)?, bias, in_dim, out_dim })
+    }
+
+    /// Rows of `x` (rows, in) → (rows, out) values.
+    pub fn forward_values(&self, x: &[f32]) -> Vec<f32> {
+        let rows = x.len() / self.in_dim;
+        assert_eq!(rows * self.in_dim, x.len(), "Linear input is (rows, {})", self.in_dim);
+        let mut y = match &self.bias {
+            Some(b) => repeat_rows(b, rows),
+            None => vec![0f32; rows * self.out_dim],
+        };
+        // Wᵀ (in, out) read in place from W (out, in): row stride 1, column stride in.
+        gemm_acc(&mut y, self.bias.is_some(), x, self.in_dim, &self.weight, (1, self.in_dim));
+        y
     }
 
     /// (…, in) → (…, out)
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let dims = x.dims().to_vec();
-        let in_dim = dims[dims.len() - 1];
-        let rows = x.elem_count() / in_dim;
-        // (B·N, C_in)
-        let y = x.reshape((rows, in_dim))?.matmul(&self.weight_t)?;
-        let y = match &self.bias {
-            Some(b) => y.broadcast_add(b)?,
-            None => y,
-        };
-        let mut out = dims;
+        let y = with_values(x, |v| self.forward_values(v))?;
+        let mut out = x.dims().to_vec();
         let last = out.len() - 1;
         out[last] = self.out_dim;
         // (B, N, C_out)
-        Ok(y.reshape(out)?)
+        tensor(y, &out)
+    }
+
+    /// `GELU(self(x))`, the activation fused after the GEMM.
+    pub fn forward_gelu(&self, x: &Tensor) -> Result<Tensor> {
+        let mut y = with_values(x, |v| self.forward_values(v))?;
+        kernels::gelu_inplace(&mut y, 1, Path::Best);
+        let mut out = x.dims().to_vec();
+        let last = out.len() - 1;
+        out[last] = self.out_dim;
+        // (B, N, C_out)
+        tensor(y, &out)
     }
 }
 
@@ -80,7 +160,7 @@ impl LayerNorm {
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let c = self.weight.len();
-        let v = ops::layer_norm_rows(&values(x)?, c, &self.weight, &self.bias, LN_EPS);
+        let v = with_values(x, |x| ops::layer_norm_rows(x, c, &self.weight, &self.bias, LN_EPS))?;
         tensor(v, x.dims())
     }
 }
@@ -107,16 +187,6 @@ impl BatchNorm {
             shift.push((b[i] as f64 - m[i] as f64 * s) as f32);
         }
         Ok(BatchNorm { scale, shift })
-    }
-
-    /// In place on a channels-last buffer (…, C).
-    pub fn apply_nhwc(&self, x: &mut [f32]) {
-        let c = self.scale.len();
-        for row in x.chunks_mut(c) {
-            for ((v, s), t) in row.iter_mut().zip(&self.scale).zip(&self.shift) {
-                *v = *v * s + t;
-            }
-        }
     }
 }
 
@@ -172,7 +242,7 @@ impl Conv2d {
 /// an optional BatchNorm folded in and an optional fused ReLU.
 pub struct ConvNhwc {
     /// (k·k·C_in, C_out), rows ordered (ky, kx, c_in).
-    weight: Tensor,
+    weight: Vec<f32>,
     bias: Vec<f32>,
     k: usize,
     stride: usize,
@@ -209,7 +279,7 @@ impl ConvNhwc {
                 bias[o] = bn.shift[o];
             }
         }
-        Ok(ConvNhwc { weight: tensor(m, &[k * k * cin, cout])?, bias, k, stride, padding, relu })
+        Ok(ConvNhwc { weight: m, bias, k, stride, padding, relu })
     }
 
     pub fn out_channels(&self) -> usize {
@@ -224,23 +294,19 @@ impl ConvNhwc {
         let cout = self.bias.len();
         let kc = self.k * self.k * c;
         let total = b * oh * ow;
-        let mut out = Vec::with_capacity(total * cout);
+        let mut out = repeat_rows(&self.bias, total);
         let mut scratch = vec![0f32; IM2COL_ROWS.min(total) * kc];
-        let mut r0 = 0;
-        while r0 < total {
-            let r1 = (r0 + IM2COL_ROWS).min(total);
-            let rows = r1 - r0;
-            ops::im2col_nhwc(x, dims, self.k, self.stride, self.padding, (oh, ow), r0..r1, &mut scratch[..rows * kc]);
-            // (rows, k·k·C_in)
-            let cols = Tensor::from_slice(&scratch[..rows * kc], (rows, kc), &Device::Cpu)?;
-            let y = values(&cols.matmul(&self.weight)?)?;
-            for row in y.chunks(cout) {
-                for (o, v) in row.iter().enumerate() {
-                    let v = v + self.bias[o];
-                    out.push(if self.relu { v.max(0.0) } else { v });
-                }
-            }
-            r0 = r1;
+        for (i, dst) in out.chunks_mut(IM2COL_ROWS * cout).enumerate() {
+            let r0 = i * IM2COL_ROWS;
+            let rows = dst.len() / cout;
+            let cols = &mut scratch[..rows * kc];
+            ops::im2col_nhwc(x, dims, self.k, self.stride, self.padding, (oh, ow), r0..r0 + rows, cols);
+            // (rows, C_out) += (rows, k·k·C_in) · (k·k·C_in, C_out)
+            gemm_acc(dst, true, cols, kc, &self.weight, (cout, 1));
+        }
+        if self.relu {
+            use rayon::prelude::*;
+            out.par_chunks_mut(1 << 14).for_each(|c| c.iter_mut().for_each(|v| *v = v.max(0.0)));
         }
         Ok((out, oh, ow))
     }
@@ -286,12 +352,47 @@ impl DwConv {
     }
 }
 
-/// GELU with erf (PyTorch's default `nn.GELU`).
-pub fn gelu(x: &Tensor) -> Result<Tensor> {
-    Ok(x.gelu_erf()?)
+/// GELU with erf (PyTorch's default `nn.GELU`), `times` times over.
+pub fn gelu(x: &Tensor, times: usize) -> Result<Tensor> {
+    let mut v = values(x)?;
+    kernels::gelu_inplace(&mut v, times, Path::Best);
+    tensor(v, x.dims())
 }
 
-/// `x + gamma·y` with `gamma` broadcast over the last axis.
-pub fn add_scaled(x: &Tensor, gamma: &Tensor, y: &Tensor) -> Result<Tensor> {
-    Ok(x.add(&y.broadcast_mul(gamma)?)?)
+/// `x + gamma·y` (gamma over channels, or 1) on (B, N_x, C) and (B, N_y, C), with `y`
+/// added at tokens `at..at+N_y` of every image of `x`: residual adds and the level-2 add
+/// of the CTI modules in one elementwise pass, no broadcast tensors.
+pub fn add_scaled(x: &Tensor, gamma: Option<&[f32]>, y: &Tensor, at: usize) -> Result<Tensor> {
+    use rayon::prelude::*;
+    let (b, nx, c) = x.dims3()?;
+    let ny = y.dim(1)?;
+    assert!(at + ny <= nx && y.dim(0)? == b && y.dim(2)? == c, "add_scaled: y does not fit x");
+    let out = with_values(x, |xv| {
+        with_values(y, |yv| {
+            let mut out = vec![0f32; xv.len()];
+            // one task per 64 tokens; token t of image bi takes y's token t − at when inside
+            out.par_chunks_mut(64 * c).zip(xv.par_chunks(64 * c)).enumerate().for_each(|(i, (o, xs))| {
+                for (j, (o, xs)) in o.chunks_mut(c).zip(xs.chunks(c)).enumerate() {
+                    let t = i * 64 + j;
+                    let (bi, ti) = (t / nx, t % nx);
+                    if ti < at || ti >= at + ny {
+                        o.copy_from_slice(xs);
+                        continue;
+                    }
+                    let ys = &yv[(bi * ny + ti - at) * c..][..c];
+                    match gamma {
+                        Some(g) => o.iter_mut().zip(xs).zip(ys).zip(g).for_each(|(((o, x), y), g)| *o = x + y * g),
+                        None => o.iter_mut().zip(xs).zip(ys).for_each(|((o, x), y)| *o = x + y),
+                    }
+                }
+            });
+            out
+        })
+    })??;
+    tensor(out, &[b, nx, c])
+}
+
+/// `x + y`, both (B, N, C).
+pub fn add(x: &Tensor, y: &Tensor) -> Result<Tensor> {
+    add_scaled(x, None, y, 0)
 }

@@ -14,6 +14,8 @@
 
 use rayon::prelude::*;
 
+use super::kernels::{Path, lane_sum, multiversion};
+
 /// Bicubic coefficient A of PyTorch's `upsample_bicubic2d`.
 const CUBIC_A: f32 = -0.75;
 
@@ -137,7 +139,7 @@ pub fn dwconv_nhwc(
 ) {
     let (_b, h, w, c) = dims;
     let pad = (k / 2) as isize;
-    out.par_chunks_mut(w * c).enumerate().for_each(|(row, dst)| {
+    out.par_chunks_mut(w * c).enumerate().for_each(|(row, dst)| multiversion!(Path::Best, {
         let bi = row / h;
         let oy = (row % h) as isize;
         for ox in 0..w as isize {
@@ -162,7 +164,7 @@ pub fn dwconv_nhwc(
                 }
             }
         }
-    });
+    }));
 }
 
 /// `nn.MaxPool2d(kernel_size=3, stride=2, padding=1)` on an NCHW map; returns the map and
@@ -188,17 +190,19 @@ pub fn max_pool_3s2p1_nchw(x: &[f32], b: usize, c: usize, h: usize, w: usize) ->
     (out, oh, ow)
 }
 
-/// LayerNorm over the last axis (length `c`) of every row.
+/// LayerNorm over the last axis (length `c`) of every row: two passes in f32 lane sums
+/// (mean, then the variance around it).
 pub fn layer_norm_rows(x: &[f32], c: usize, weight: &[f32], bias: &[f32], eps: f32) -> Vec<f32> {
     let mut out = vec![0f32; x.len()];
-    out.par_chunks_mut(c).zip(x.par_chunks(c)).for_each(|(o, r)| {
-        let mean = r.iter().map(|&v| v as f64).sum::<f64>() / c as f64;
-        let var = r.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / c as f64;
-        let rstd = (1.0 / (var + eps as f64).sqrt()) as f32;
-        let mean = mean as f32;
-        for i in 0..c {
-            o[i] = (r[i] - mean) * rstd * weight[i] + bias[i];
-        }
+    out.par_chunks_mut(c).zip(x.par_chunks(c)).with_min_len(16).for_each(|(o, r)| {
+        multiversion!(Path::Best, {
+            let mean = lane_sum(r, |v| v) / c as f32;
+            let var = lane_sum(r, |v| (v - mean) * (v - mean)) / c as f32;
+            let rstd = 1.0 / (var + eps).sqrt();
+            for i in 0..c {
+                o[i] = (r[i] - mean) * rstd * weight[i] + bias[i];
+            }
+        })
     });
     out
 }
@@ -285,16 +289,23 @@ pub fn ms_deform_attn(
     let lp = nl * s.points;
     let cdim = s.heads * s.head_dim;
     let mut out = vec![0f32; s.batch * lq * cdim];
-    out.par_chunks_mut(cdim).enumerate().for_each(|(row, dst)| {
+    out.par_chunks_mut(cdim).enumerate().for_each(|(row, dst)| multiversion!(Path::Best, {
         let bi = row / lq;
         let q = row % lq;
         let [rx, ry] = refs[q];
         let vbase = bi * s.len_in;
-        let mut weights = vec![0f32; lp];
+        // level×point weights on the stack (upstream uses 3 levels × 4 points)
+        let (mut stack, mut heap) = ([0f32; 32], Vec::new());
+        let weights: &mut [f32] = if lp <= stack.len() {
+            &mut stack[..lp]
+        } else {
+            heap.resize(lp, 0f32);
+            &mut heap
+        };
         for m in 0..s.heads {
             let ab = (row * s.heads + m) * lp;
             weights.copy_from_slice(&logits[ab..ab + lp]);
-            softmax_row(&mut weights);
+            softmax_row(weights);
             let acc = &mut dst[m * s.head_dim..(m + 1) * s.head_dim];
             for (li, l) in levels.iter().enumerate() {
                 let (wf, hf) = (l.w as f32, l.h as f32);
@@ -330,7 +341,7 @@ pub fn ms_deform_attn(
                 }
             }
         }
-    });
+    }));
     out
 }
 
@@ -367,6 +378,31 @@ pub fn im2col_nhwc(
             }
         }
     });
+}
+
+/// Channels-last (B, HW, C) → channels-first (B, C, HW), optionally with a per-channel
+/// affine `v·scale + shift` (an inference BatchNorm) applied on the way. Works on blocks of
+/// 16 channels so every read is one cache line.
+pub fn nhwc_to_nchw(x: &[f32], b: usize, hw: usize, c: usize, affine: Option<(&[f32], &[f32])>) -> Vec<f32> {
+    const BLOCK: usize = 16;
+    let mut out = vec![0f32; b * hw * c];
+    out.par_chunks_mut(hw * c).enumerate().for_each(|(bi, img)| {
+        let src = &x[bi * hw * c..][..hw * c];
+        img.par_chunks_mut(BLOCK * hw).enumerate().for_each(|(blk, planes)| {
+            let c0 = blk * BLOCK;
+            let nc = planes.len() / hw;
+            for p in 0..hw {
+                let row = &src[p * c + c0..][..nc];
+                for (j, v) in row.iter().enumerate() {
+                    planes[j * hw + p] = match affine {
+                        Some((s, t)) => v * s[c0 + j] + t[c0 + j],
+                        None => *v,
+                    };
+                }
+            }
+        });
+    });
+    out
 }
 
 /// `nn.MaxPool2d(3, 2, 1)` on a channels-last map; returns the map and its (H, W).
@@ -473,6 +509,22 @@ mod tests {
         let s2 = DeformShape { points: 2, ..s };
         let out = ms_deform_attn(&value, &levels, &[[0.25, 0.25]], &[0.0, 0.0, 1.0, 1.0], &[0.0, 0.0], s2);
         close(&out, &[2.5]);
+    }
+
+    #[test]
+    fn nhwc_to_nchw_transposes_with_affine() {
+        // (1, HW = 3, C = 17): one full 16-channel block and a partial one
+        let x: Vec<f32> = (0..3 * 17).map(|v| v as f32).collect();
+        let out = nhwc_to_nchw(&x, 1, 3, 17, None);
+        for ch in 0..17 {
+            for p in 0..3 {
+                assert_eq!(out[ch * 3 + p], x[p * 17 + ch]);
+            }
+        }
+        let s = vec![2.0; 17];
+        let t = vec![1.0; 17];
+        let out = nhwc_to_nchw(&x, 1, 3, 17, Some((&s, &t)));
+        assert_eq!(out[16 * 3 + 2], x[2 * 17 + 16] * 2.0 + 1.0);
     }
 
     #[test]

@@ -16,7 +16,8 @@ use candle_core::Tensor;
 
 use super::config::{ComerConfig, Flavor};
 use super::error::ModelError;
-use super::nn::{LayerNorm, Linear, Result, add_scaled, gelu, tensor, values};
+use super::kernels::{self, AttnShape, Path};
+use super::nn::{LayerNorm, Linear, Result, add_scaled, tensor, with_values};
 use super::weights::Vb;
 
 /// Upstream's `relative_position_index` for a `w×w` window: (w², w²).
@@ -45,9 +46,7 @@ pub struct Attention {
     /// The `qkv` row of a padded token (timm: zeros; BEiT: the qkv bias).
     pad_row: Vec<f32>,
     /// BEiT: relative-position bias (heads, w², w²) and its window w.
-    rel_bias: Option<(usize, Tensor)>,
-    /// BEiT scales q before `q @ kᵀ`; timm scales the product.
-    scale_q_first: bool,
+    rel_bias: Option<(usize, Vec<f32>)>,
     block: usize,
 }
 
@@ -69,7 +68,6 @@ impl Attention {
                 window: if windowed { cfg.window_size[block] } else { None },
                 pad_row: vec![0.0; 3 * d],
                 rel_bias: None,
-                scale_q_first: false,
                 block,
             });
         }
@@ -105,78 +103,41 @@ impl Attention {
             scale: cfg.qk_scale.filter(|s| *s != 0.0).unwrap_or((head_dim as f64).powf(-0.5)),
             window: if windowed { Some(ws) } else { None },
             pad_row: bias,
-            rel_bias: Some((ws, tensor(rb, &[heads, n, n])?)),
-            scale_q_first: true,
+            rel_bias: Some((ws, rb)),
             block,
         })
     }
 
-    /// (Bw, n, 3C) → (Bw, n, C)
-    fn core(&self, qkv: &Tensor) -> Result<Tensor> {
-        let (bw, n, _) = qkv.dims3()?;
-        let c = self.heads * self.head_dim;
-        // (3, Bw, heads, n, head_dim)
-        let qkv = qkv.reshape((bw, n, 3, self.heads, self.head_dim))?.permute((2, 0, 3, 1, 4))?.contiguous()?;
-        let (q, k, v) = (qkv.get(0)?, qkv.get(1)?, qkv.get(2)?);
-        // (Bw, heads, n, n); scale, bias and softmax in one pass over the logits
-        let scale = self.scale as f32;
-        let (logits, scale_after) = if self.scale_q_first {
-            ((q * self.scale)?.matmul(&k.t()?)?, None)
-        } else {
-            (q.matmul(&k.t()?)?, Some(scale))
-        };
-        let mut a = values(&logits)?;
-        let rb = match &self.rel_bias {
-            Some((_, t)) => Some(values(t)?),
-            None => None,
-        };
-        super::profile::timed("softmax", || {
-            softmax_scaled(&mut a, n, self.heads, scale_after, rb.as_deref())
-        });
-        let attn = tensor(a, &[bw, self.heads, n, n])?;
-        // (Bw, heads, n, head_dim) → (Bw, n, heads, head_dim) → (Bw, n, C)
-        Ok(attn.matmul(&v)?.transpose(1, 2)?.reshape((bw, n, c))?)
+    /// (Bw, n, 3C) values → (Bw, n, C) values. BEiT scales q before `q @ kᵀ` and timm
+    /// scales the product; both are the scale applied inside the one fused kernel here.
+    fn core(&self, qkv: &[f32], bw: usize, n: usize) -> Vec<f32> {
+        let s = AttnShape { seqs: bw, n, heads: self.heads, head_dim: self.head_dim, scale: self.scale as f32 };
+        let bias = self.rel_bias.as_ref().map(|(_, b)| &b[..]);
+        kernels::attention(qkv, bias, s, Path::Best)
     }
 
     /// (B, N, C) → (B, N, C) on an `h×w` token grid.
     pub fn forward(&self, x: &Tensor, h: usize, w: usize) -> Result<Tensor> {
         let (b, n, c) = x.dims3()?;
-        let qkv = self.qkv.forward(x)?;
+        let qkv = with_values(x, |v| self.qkv.forward_values(v))?;
         let out = match self.window {
             None => {
                 if let Some((ws, _)) = self.rel_bias.as_ref().filter(|(ws, _)| ws * ws != n) {
                     return Err(ModelError::GlobalWindow { block: self.block, window: *ws, h, w });
                 }
-                self.core(&qkv)?
+                self.core(&qkv, b, n)
             }
             Some(win) => {
-                let (wins, ny, nx) = gather_windows(&values(&qkv)?, (b, h, w, 3 * c), win, &self.pad_row);
                 // (B·L, win², 3C)
-                let wins = tensor(wins, &[b * ny * nx, win * win, 3 * c])?;
-                let o = self.core(&wins)?;
-                let o = scatter_windows(&values(&o)?, (b, h, w, c), win, ny, nx);
-                // (B, N, C)
-                tensor(o, &[b, n, c])?
+                let (wins, ny, nx) = gather_windows(&qkv, (b, h, w, 3 * c), win, &self.pad_row);
+                let o = self.core(&wins, b * ny * nx, win * win);
+                scatter_windows(&o, (b, h, w, c), win, ny, nx)
             }
         };
+        // (B, N, C)
+        let out = tensor(out, &[b, n, c])?;
         self.proj.forward(&out)
     }
-}
-
-/// In place over (Bw, heads, n, n) logits: optional scale, optional per-head bias
-/// (heads, n, n), softmax over the last axis.
-fn softmax_scaled(a: &mut [f32], n: usize, heads: usize, scale: Option<f32>, bias: Option<&[f32]>) {
-    use rayon::prelude::*;
-    a.par_chunks_mut(n).enumerate().for_each(|(row, r)| {
-        if let Some(s) = scale {
-            r.iter_mut().for_each(|v| *v *= s);
-        }
-        if let Some(b) = bias {
-            let hr = row % (heads * n);
-            r.iter_mut().zip(&b[hr * n..(hr + 1) * n]).for_each(|(v, b)| *v += b);
-        }
-        super::ops::softmax_row(r);
-    });
 }
 
 /// Partition a channels-last (B, H, W, C) map into `win×win` windows after padding bottom
@@ -223,8 +184,8 @@ pub struct Block {
     norm2: LayerNorm,
     fc1: Linear,
     fc2: Linear,
-    gamma1: Option<Tensor>,
-    gamma2: Option<Tensor>,
+    gamma1: Option<Vec<f32>>,
+    gamma2: Option<Vec<f32>>,
 }
 
 impl Block {
@@ -235,7 +196,7 @@ impl Block {
             Flavor::Beit => ("gamma_1", "gamma_2", cfg.init_values.is_some()),
             _ => ("gamma1", "gamma2", cfg.layer_scale),
         };
-        let (gamma1, gamma2) = if has_ls { (Some(vb.get(g1, &[d])?), Some(vb.get(g2, &[d])?)) } else { (None, None) };
+        let (gamma1, gamma2) = if has_ls { (Some(vb.vec(g1, &[d])?), Some(vb.vec(g2, &[d])?)) } else { (None, None) };
         Ok(Block {
             norm1: LayerNorm::new(&vb.pp("norm1"), d)?,
             attn: Attention::new(&vb.pp("attn"), cfg, i)?,
@@ -250,17 +211,10 @@ impl Block {
     /// (B, N, C) → (B, N, C)
     pub fn forward(&self, x: &Tensor, h: usize, w: usize) -> Result<Tensor> {
         let a = super::profile::timed("attention", || self.attn.forward(&self.norm1.forward(x)?, h, w))?;
-        let x = match &self.gamma1 {
-            Some(g) => add_scaled(x, g, &a)?,
-            None => (x + a)?,
-        };
-        let h1 = super::profile::timed("mlp fc1", || self.fc1.forward(&self.norm2.forward(&x)?))?;
-        let h1 = super::profile::timed("gelu", || gelu(&h1))?;
+        let x = add_scaled(x, self.gamma1.as_deref(), &a, 0)?;
+        let h1 = super::profile::timed("mlp fc1", || self.fc1.forward_gelu(&self.norm2.forward(&x)?))?;
         let m = super::profile::timed("mlp fc2", || self.fc2.forward(&h1))?;
-        Ok(match &self.gamma2 {
-            Some(g) => add_scaled(&x, g, &m)?,
-            None => (x + m)?,
-        })
+        add_scaled(&x, self.gamma2.as_deref(), &m, 0)
     }
 }
 
