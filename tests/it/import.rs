@@ -26,20 +26,7 @@ fn layout_of(p: &Path) -> Vec<(String, Vec<usize>, DType)> {
 }
 
 fn import(src: &str, case: &str, extra: &[&str], dir: &Path) -> PathBuf {
-    let out = dir.join(format!("{}.safetensors", src.replace('/', "_")));
-    let st = bin()
-        .arg("import")
-        .arg(fixture(&format!("sources/{src}")))
-        .arg("--config")
-        .arg(fixture(&format!("forward/{case}/case.json")))
-        .arg("-o")
-        .arg(&out)
-        .arg("--force")
-        .args(extra)
-        .output()
-        .expect("runs");
-    assert!(st.status.success(), "{src}: {}", String::from_utf8_lossy(&st.stderr));
-    out
+    crate::util::import_source(src, &fixture(&format!("forward/{case}/case.json")), extra, dir)
 }
 
 #[test]

@@ -44,3 +44,22 @@ pub fn temp_file(name: &str, bytes: &[u8]) -> PathBuf {
 pub fn siblings(p: &Path) -> usize {
     std::fs::read_dir(p.parent().expect("parent")).map(|d| d.count()).unwrap_or(0)
 }
+
+/// `comer-port import sources/SRC --config CFG -o DIR/<src>.safetensors --force EXTRA…`,
+/// asserted to succeed; returns the artifact's path.
+pub fn import_source(src: &str, cfg: &Path, extra: &[&str], dir: &Path) -> PathBuf {
+    let out = dir.join(format!("{}.safetensors", src.replace('/', "_")));
+    let st = bin()
+        .arg("import")
+        .arg(fixture(&format!("sources/{src}")))
+        .arg("--config")
+        .arg(cfg)
+        .arg("-o")
+        .arg(&out)
+        .arg("--force")
+        .args(extra)
+        .output()
+        .expect("runs");
+    assert!(st.status.success(), "import {src}: {}", String::from_utf8_lossy(&st.stderr));
+    out
+}

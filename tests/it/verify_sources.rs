@@ -5,7 +5,7 @@
 //! cannot express (CLIP `ln_pre`/QuickGELU, Uni-Perceiver `embeddings_norm`, a float16 copy of
 //! the golden's weights, a twice-resized position table) skipped with its measured figures.
 
-use crate::util::{bin, fixture, tmpdir};
+use crate::util::{bin, fixture, import_source as import, tmpdir};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 
@@ -44,23 +44,6 @@ fn beit_global(k: &mut Value) {
 fn det_96(k: &mut Value) {
     k["pretrain_size"] = serde_json::json!(96);
     k["img_size"] = serde_json::json!(96);
-}
-
-fn import(src: &str, cfg: &Path, extra: &[&str], dir: &Path) -> PathBuf {
-    let out = dir.join(format!("{}.safetensors", src.replace('/', "_")));
-    let st = bin()
-        .arg("import")
-        .arg(fixture(&format!("sources/{src}")))
-        .arg("--config")
-        .arg(cfg)
-        .arg("-o")
-        .arg(&out)
-        .arg("--force")
-        .args(extra)
-        .output()
-        .expect("runs");
-    assert!(st.status.success(), "import {src}: {}", String::from_utf8_lossy(&st.stderr));
-    out
 }
 
 /// `verify ART --source sources/SRC --golden sources/FOLDER --json`: exit code and report.
