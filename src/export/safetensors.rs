@@ -78,7 +78,7 @@ pub fn write<E: From<WriteError>, B: AsRef<[u8]>>(
     metadata: &BTreeMap<String, String>,
     produce: impl FnMut(usize) -> Result<B, E>,
 ) -> Result<(), E> {
-    write_late(dest, force, tensors, metadata, Vec::new(), produce)
+    write_late(dest, force, tensors, metadata, Vec::new(), produce, |_, _| {})
 }
 
 /// A metadata value known only after the tensors are written (the source hash computed
@@ -86,13 +86,19 @@ pub fn write<E: From<WriteError>, B: AsRef<[u8]>>(
 /// `placeholder`, which `value(tmp)` replaces in place before the file is committed. `tmp` is
 /// the complete, flushed file under its temporary name. The value is right-padded with spaces
 /// to the placeholder's length (a JSON string value padded inside its quotes); a longer one
-/// is an error, as it would shift the data.
+/// is an error, as it would shift the data. A value that fails aborts the write.
 pub struct LateValue<'a> {
     pub placeholder: String,
-    pub value: Box<dyn FnOnce(&Path) -> String + 'a>,
+    pub value: Box<dyn FnOnce(&Path) -> std::io::Result<String> + 'a>,
 }
 
-/// [`write`] with [`LateValue`]s.
+/// Bytes of a tensor handed to the file at a time; `inspect` sees each piece right after it
+/// was copied, while it is still in cache.
+pub const PIECE: usize = 256 << 10;
+
+/// [`write`] with [`LateValue`]s, and `inspect(i, piece)` called on every piece of tensor
+/// i's bytes as it is written (a second look at the data at cache speed, e.g. counting
+/// non-finite values, instead of a separate pass over memory).
 pub fn write_late<E: From<WriteError>, B: AsRef<[u8]>>(
     dest: &Path,
     force: bool,
@@ -100,6 +106,7 @@ pub fn write_late<E: From<WriteError>, B: AsRef<[u8]>>(
     metadata: &BTreeMap<String, String>,
     late: Vec<LateValue>,
     mut produce: impl FnMut(usize) -> Result<B, E>,
+    mut inspect: impl FnMut(usize, &[u8]),
 ) -> Result<(), E> {
     let mut f = AtomicFile::create_streaming(dest, force)?;
     let io = |e| WriteError::Io { path: dest.to_path_buf(), source: e };
@@ -108,11 +115,14 @@ pub fn write_late<E: From<WriteError>, B: AsRef<[u8]>>(
     for (i, t) in tensors.iter().enumerate() {
         let bytes = produce(i)?;
         debug_assert_eq!(bytes.as_ref().len(), t.nbytes(), "{}", t.name);
-        f.write_all(bytes.as_ref()).map_err(io)?;
+        for piece in bytes.as_ref().chunks(PIECE) {
+            f.write_all(piece).map_err(io)?;
+            inspect(i, piece);
+        }
     }
     for l in late {
         f.flush().map_err(io)?;
-        let mut value = (l.value)(f.tmp_path()).into_bytes();
+        let mut value = (l.value)(f.tmp_path()).map_err(io)?.into_bytes();
         let at = head.windows(l.placeholder.len()).position(|w| w == l.placeholder.as_bytes());
         let Some(at) = at else { continue };
         if value.len() > l.placeholder.len() {

@@ -224,29 +224,42 @@ pub fn outputs(plan: &Plan, dtype: DType, no_buffers: bool) -> (Vec<OutTensor>, 
     (out, idx)
 }
 
-fn sha256_path(path: &Path) -> String {
+/// SHA-256 of a file, or of a folder's files in name order. Read through a map, 64 MiB at a
+/// time, each stretch dropped from the resident set once hashed; a read error is an error,
+/// never a wrong hash.
+fn sha256_path(path: &Path) -> std::io::Result<String> {
     use sha2::Digest;
-    use std::io::Read;
     let mut h = sha2::Sha256::new();
     let mut files = vec![path.to_path_buf()];
     if path.is_dir() {
-        files = std::fs::read_dir(path)
-            .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_file()).collect())
-            .unwrap_or_default();
+        files = std::fs::read_dir(path)?
+            .map(|e| e.map(|e| e.path()))
+            .collect::<std::io::Result<Vec<_>>>()?
+            .into_iter()
+            .filter(|p| p.is_file())
+            .collect();
         files.sort();
     }
-    let mut buf = vec![0u8; 1 << 20];
+    const STEP: usize = 64 << 20;
     for f in files {
-        if let Ok(mut file) = std::fs::File::open(&f) {
-            while let Ok(n) = file.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                h.update(&buf[..n]);
+        let file = std::fs::File::open(&f)?;
+        if file.metadata()?.len() == 0 {
+            continue;
+        }
+        // SAFETY: a read-only map of the source, the hazard `formats::open` accepts too.
+        let map = unsafe { memmap2::Mmap::map(&file) }?;
+        for start in (0..map.len()).step_by(STEP) {
+            let end = (start + STEP).min(map.len());
+            h.update(&map[start..end]);
+            // SAFETY: read-only shared file mapping, never written through: MADV_DONTNEED only
+            // drops this process's page-table entries (see `formats::Storage::release`).
+            #[cfg(unix)]
+            unsafe {
+                let _ = map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start);
             }
         }
     }
-    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// Every file an import with `opts` writes.
@@ -366,24 +379,40 @@ pub fn run(source: &Path, bytes: Option<&[u8]>, opts: &ImportOptions) -> Result<
     // A renamed tensor already in the output dtype is written straight from the mapped
     // source (no copy), and its pages are released from the resident set once written: the
     // import never holds two copies, and never the whole input.
+    let count_while_writing = opts.out.is_some() && !opts.strict_finite;
+    let renamed_f32 = |j: usize| {
+        let p = &plan.targets[idx[j]];
+        match &p.origin {
+            Origin::Source { keys, transform: mapping::Transform::Rename, .. }
+                if outs[j].dtype == DType::F32
+                    && lookup.get(keys[0].as_str()).is_some_and(|v| v.dtype == DType::F32 && v.shape == p.entry.shape) =>
+            {
+                Some(keys[0].as_str())
+            }
+            _ => None,
+        }
+    };
+    let mut bad_counts = vec![0usize; outs.len()];
     let produce = |j: usize, warn: &mut Vec<String>| -> Result<Cow<'_, [u8]>, PipelineError> {
         let p = &plan.targets[idx[j]];
-        if let Origin::Source { keys, transform: mapping::Transform::Rename, .. } = &p.origin
-            && outs[j].dtype == DType::F32
-            && let Some(v) = lookup.get(keys[0].as_str())
-            && v.dtype == DType::F32
-            && v.shape == p.entry.shape
+        if let Some(key) = renamed_f32(j)
+            && let Some(v) = lookup.get(key)
         {
             let b = match v.le_bytes_borrowed() {
                 Some(b) => Cow::Borrowed(b),
                 None => Cow::Owned(v.to_le_bytes()),
             };
-            let bad = count_non_finite_f32(&b);
-            if bad > 0 {
-                if opts.strict_finite {
-                    return Err(ImportError::NonFinite { source_key: keys[0].clone(), count: bad }.into());
+            // Into the safetensors file the bytes are counted as they are written (`inspect`
+            // below: a look at cache-hot pieces instead of a pass over memory); --strict-finite
+            // refuses before writing, and the .pth-only import counts here.
+            if !count_while_writing {
+                let bad = count_non_finite_f32(&b);
+                if bad > 0 {
+                    if opts.strict_finite {
+                        return Err(ImportError::NonFinite { source_key: key.to_string(), count: bad }.into());
+                    }
+                    warn.push(format!("{key}: {bad} non-finite values"));
                 }
-                warn.push(format!("{}: {bad} non-finite values", keys[0]));
             }
             return Ok(b);
         }
@@ -418,9 +447,9 @@ pub fn run(source: &Path, bytes: Option<&[u8]>, opts: &ImportOptions) -> Result<
         let handle = scope.spawn(|| match bytes {
             Some(b) => {
                 use sha2::Digest;
-                sha2::Sha256::digest(b).iter().map(|x| format!("{x:02x}")).collect::<String>()
+                Ok(sha2::Sha256::digest(b).iter().map(|x| format!("{x:02x}")).collect::<String>())
             }
-            None => sha256_path(source),
+            None => sha256_path(source).map_err(|e| ImportError::Input { path: source.to_path_buf(), reason: format!("hashing: {e}") }),
         });
         let mut hash = None;
         if let Some(out) = &opts.out {
@@ -428,9 +457,13 @@ pub fn run(source: &Path, bytes: Option<&[u8]>, opts: &ImportOptions) -> Result<
             let mut late = vec![crate::export::safetensors::LateValue {
                 placeholder: PLACEHOLDER.into(),
                 value: Box::new(|_: &Path| {
-                    let h = handle.join().unwrap_or_default();
+                    let h = match handle.join() {
+                        Ok(Ok(h)) => h,
+                        Ok(Err(e)) => return Err(std::io::Error::other(e.to_string())),
+                        Err(_) => return Err(std::io::Error::other("the hashing thread panicked")),
+                    };
                     hash = Some(h.clone());
-                    h
+                    Ok(h)
                 }),
             }];
             if will_verify {
@@ -452,7 +485,7 @@ pub fn run(source: &Path, bytes: Option<&[u8]>, opts: &ImportOptions) -> Result<
                             room -= 256;
                         };
                         *report = Some(r);
-                        text
+                        Ok(text)
                     }),
                 });
             }
@@ -463,13 +496,25 @@ pub fn run(source: &Path, bytes: Option<&[u8]>, opts: &ImportOptions) -> Result<
                 let b = produce(j, &mut warnings);
                 bar.inc(outs[j].nbytes() as u64);
                 b
+            }, |j, piece| {
+                if count_while_writing && renamed_f32(j).is_some() {
+                    bad_counts[j] += count_non_finite_f32(piece);
+                }
             })?;
             if let Some(last) = outs.len().checked_sub(1) {
                 release(last);
             }
+            for (j, &bad) in bad_counts.iter().enumerate() {
+                if bad > 0 && let Some(key) = renamed_f32(j) {
+                    warnings.push(format!("{key}: {bad} non-finite values"));
+                }
+            }
             return Ok(hash.unwrap_or_default());
         }
-        Ok(handle.join().unwrap_or_default())
+        match handle.join() {
+            Ok(h) => Ok(h?),
+            Err(_) => Err(ImportError::Input { path: source.to_path_buf(), reason: "the hashing thread panicked".into() }.into()),
+        }
     })?;
     meta.insert("comer_port.source_sha256".into(), hasher);
     if let Some(r) = &verify_report {

@@ -474,6 +474,8 @@ fn import_of_a_source_with_nan_fails_verify_names_it_and_records_it() {
     let stderr = String::from_utf8_lossy(&st.stderr);
     assert_eq!(st.status.code(), Some(1), "a failed verification is a failed check: {stderr}");
     assert!(stderr.contains("failed verification"), "{stderr}");
+    let stdout = String::from_utf8_lossy(&st.stdout);
+    assert!(stdout.contains("blocks.1.mlp.fc1.weight: 1 non-finite values"), "counted while written: {stdout}");
     let v = verify_meta(&out);
     assert_eq!(v["verdict"], "failed", "{v}");
     assert!(v["first_failure"].as_str().is_some_and(|s| !s.is_empty()), "{v}");
