@@ -89,8 +89,11 @@ pub fn write<E: From<WriteError>, B: AsRef<[u8]>>(
 /// is an error, as it would shift the data. A value that fails aborts the write.
 pub struct LateValue<'a> {
     pub placeholder: String,
-    pub value: Box<dyn FnOnce(&Path) -> std::io::Result<String> + 'a>,
+    pub value: LateFn<'a>,
 }
+
+/// Computes a [`LateValue`] from the written file's temporary path.
+pub type LateFn<'a> = Box<dyn FnOnce(&Path) -> std::io::Result<String> + 'a>;
 
 /// Bytes of a tensor handed to the file at a time; `inspect` sees each piece right after it
 /// was copied, while it is still in cache.
