@@ -47,12 +47,29 @@ fn bilinear_axis(n_in: usize, n_out: usize) -> Vec<([usize; 2], [f64; 2])> {
 
 /// Resize `c` planes of `h`×`w` (row-major, channels first) to `oh`×`ow`.
 pub fn bicubic(src: &[f32], c: usize, h: usize, w: usize, oh: usize, ow: usize) -> Vec<f32> {
-    let (ay, ax) = (bicubic_axis(h, oh), bicubic_axis(w, ow));
-    let mut out = Vec::with_capacity(c * oh * ow);
+    separable(src, c, h, w, &bicubic_axis(h, oh), &bicubic_axis(w, ow))
+}
+
+/// Bilinear resize, same layout as [`bicubic`].
+pub fn bilinear(src: &[f32], c: usize, h: usize, w: usize, oh: usize, ow: usize) -> Vec<f32> {
+    separable(src, c, h, w, &bilinear_axis(h, oh), &bilinear_axis(w, ow))
+}
+
+/// A separable K-tap resize of `c` planes of `h`×`w`: per output pixel, Σ_a wy[a] · Σ_b
+/// wx[b] · src[iy[a], ix[b]] in f64.
+fn separable<const K: usize>(
+    src: &[f32],
+    c: usize,
+    h: usize,
+    w: usize,
+    ay: &[([usize; K], [f64; K])],
+    ax: &[([usize; K], [f64; K])],
+) -> Vec<f32> {
+    let mut out = Vec::with_capacity(c * ay.len() * ax.len());
     for ch in 0..c {
         let plane = &src[ch * h * w..(ch + 1) * h * w];
-        for (iy, wy) in &ay {
-            for (ix, wx) in &ax {
+        for (iy, wy) in ay {
+            for (ix, wx) in ax {
                 let mut acc = 0.0f64;
                 for (a, &yy) in iy.iter().enumerate() {
                     let mut row = 0.0f64;
@@ -60,27 +77,6 @@ pub fn bicubic(src: &[f32], c: usize, h: usize, w: usize, oh: usize, ow: usize) 
                         row += wx[b] * plane[yy * w + xx] as f64;
                     }
                     acc += wy[a] * row;
-                }
-                out.push(acc as f32);
-            }
-        }
-    }
-    out
-}
-
-/// Bilinear resize, same layout as [`bicubic`].
-pub fn bilinear(src: &[f32], c: usize, h: usize, w: usize, oh: usize, ow: usize) -> Vec<f32> {
-    let (ay, ax) = (bilinear_axis(h, oh), bilinear_axis(w, ow));
-    let mut out = Vec::with_capacity(c * oh * ow);
-    for ch in 0..c {
-        let plane = &src[ch * h * w..(ch + 1) * h * w];
-        for (iy, wy) in &ay {
-            for (ix, wx) in &ax {
-                let mut acc = 0.0f64;
-                for a in 0..2 {
-                    for b in 0..2 {
-                        acc += wy[a] * wx[b] * plane[iy[a] * w + ix[b]] as f64;
-                    }
                 }
                 out.push(acc as f32);
             }
