@@ -5,9 +5,8 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::model::{Comer, ComerConfig, Store};
-use crate::verify::keys::{self, ArtifactKey};
-use crate::verify::{Check, Report, Weights, artifact, golden as golden_folder};
+use crate::model::ComerConfig;
+use crate::verify::{Report, artifact};
 
 /// Arguments of `comer-port verify`.
 #[derive(clap::Args, Debug)]
@@ -54,63 +53,11 @@ pub fn report(
     cfg: &ComerConfig,
     seed: u64,
 ) -> anyhow::Result<Report> {
-    let mut report = Report::default();
-
-    // (c) first: a file that does not re-read makes every other figure meaningless.
-    for c in artifact::round_trip_checks(artifact)? {
-        report.push(c);
-    }
-
-    // The key set against upstream's layout: a renamed or transposed tensor is named here.
-    let ck = crate::formats::open(artifact)?;
-    let keys: Vec<ArtifactKey> = ck.tensors().into_iter().map(|(k, t)| (k, t.shape.clone(), t.dtype)).collect();
-    report.push(keys::layout_check(&keys, cfg));
-    let target = Weights::from_checkpoint(&ck)?;
-
-    // (a)
     let source = match source {
         Some(src) => Some(crate::formats::open(src)?),
         None => None,
     };
-    if let Some(source) = &source {
-        let mut parity = Report::default();
-        for c in artifact::parity_checks(source, &target, cfg, seed)? {
-            parity.push(c);
-        }
-        // What the artifact declares approximate (--lossy, f16/bf16) is judged as import judged it.
-        let approx = crate::verify::on_import::approximations(
-            ck.metadata.get("comer_port.transforms").map(String::as_str),
-            crate::verify::on_import::float_dtype(&ck),
-        );
-        crate::verify::on_import::apply_approximations(&mut parity, &approx);
-        parity.checks.into_iter().for_each(|c| report.push(c));
-    }
-
-    // (d) for a sources/* folder: the ViT branch alone, no full model needed.
-    if let Some(dir) = golden.filter(|d| golden_folder::is_source_folder(d)) {
-        let side = golden_folder::ArtifactSide { weights: &target, metadata: &ck.metadata, cfg };
-        for c in golden_folder::source_golden_checks(dir, &side, source.as_ref())? {
-            report.push(c);
-        }
-    }
-
-    // (b) and (d): a model that does not load is a failed check naming the key.
-    let store = Store::from_safetensors(artifact)?;
-    let model = Comer::new(&store.root(), cfg).and_then(|m| store.finish().map(|()| m));
-    match model {
-        Ok(model) => {
-            for c in artifact::backbone_checks(&model, cfg, seed)? {
-                report.push(c);
-            }
-            if let Some(dir) = golden.filter(|d| !golden_folder::is_source_folder(d)) {
-                for c in artifact::golden_checks(&model, dir)? {
-                    report.push(c);
-                }
-            }
-        }
-        Err(e) => report.push(Check::outcome("backbone load", &[1], 1, Some(0), Some(e.to_string()))),
-    }
-    Ok(report)
+    Ok(artifact::artifact_report(artifact, source.as_ref(), golden, cfg, seed)?)
 }
 
 pub fn run(a: Args) -> anyhow::Result<i32> {

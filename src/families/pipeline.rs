@@ -362,7 +362,7 @@ pub fn run(source: &Path, bytes: Option<&[u8]>, opts: &ImportOptions) -> Result<
     meta.insert("comer_port.seed".into(), opts.seed.to_string());
     meta.insert("comer_port.transforms".into(), transforms.to_string());
     meta.insert("format".into(), "pt".into());
-    let verify_placeholder = format!("pending{}", "~".repeat(crate::verify::on_import::VERDICT_ROOM - 7));
+    let verify_placeholder = crate::verify::on_import::verdict_placeholder();
     let will_verify = opts.verify && opts.out.is_some();
     meta.insert(
         "comer_port.verify".into(),
@@ -374,7 +374,6 @@ pub fn run(source: &Path, bytes: Option<&[u8]>, opts: &ImportOptions) -> Result<
         },
     );
     let mut verify_report: Option<crate::verify::Report> = None;
-    let approx = crate::verify::on_import::approximations(Some(&transforms.to_string()), opts.dtype);
 
     // A renamed tensor already in the output dtype is written straight from the mapped
     // source (no copy), and its pages are released from the resident set once written: the
@@ -443,6 +442,15 @@ pub fn run(source: &Path, bytes: Option<&[u8]>, opts: &ImportOptions) -> Result<
     } else {
         indicatif::ProgressBar::hidden()
     };
+    // One tensor of either writer: release what the previous one read, produce, count progress.
+    let step = |j: usize, warn: &mut Vec<String>| {
+        if j > 0 {
+            release(j - 1);
+        }
+        let b = produce(j, warn);
+        bar.inc(outs[j].nbytes() as u64);
+        b
+    };
     let hasher = std::thread::scope(|scope| -> Result<String, PipelineError> {
         let handle = scope.spawn(|| match bytes {
             Some(b) => {
@@ -471,32 +479,16 @@ pub fn run(source: &Path, bytes: Option<&[u8]>, opts: &ImportOptions) -> Result<
                 late.push(crate::export::safetensors::LateValue {
                     placeholder: verify_placeholder.clone(),
                     value: Box::new(move |tmp: &Path| {
-                        let mut r = crate::verify::on_import::import_checks(ck, tmp, out, cfg, opts.seed);
-                        crate::verify::on_import::apply_approximations(&mut r, &approx);
-                        // The room counts the JSON-escaped text, as it sits inside a string.
-                        let mut room = crate::verify::on_import::VERDICT_ROOM;
-                        let text = loop {
-                            let t = crate::verify::on_import::compact_verdict(&r, room);
-                            let escaped = serde_json::Value::String(t).to_string();
-                            let inner = escaped[1..escaped.len() - 1].to_string();
-                            if inner.len() <= crate::verify::on_import::VERDICT_ROOM || room < 64 {
-                                break inner;
-                            }
-                            room -= 256;
-                        };
+                        // Approximations (f16/bf16, --lossy) are read back from the written
+                        // metadata, exactly as `comer-port verify` reads them.
+                        let r = crate::verify::on_import::import_checks(ck, tmp, out, cfg, opts.seed);
+                        let text = crate::verify::on_import::header_verdict(&r);
                         *report = Some(r);
                         Ok(text)
                     }),
                 });
             }
-            crate::export::safetensors::write_late(out, opts.force, &outs, &meta, late, |j| {
-                if j > 0 {
-                    release(j - 1);
-                }
-                let b = produce(j, &mut warnings);
-                bar.inc(outs[j].nbytes() as u64);
-                b
-            }, |j, piece| {
+            crate::export::safetensors::write_late(out, opts.force, &outs, &meta, late, |j| step(j, &mut warnings), |j, piece| {
                 if count_while_writing && renamed_f32(j).is_some() {
                     bad_counts[j] += count_non_finite_f32(piece);
                 }
@@ -524,14 +516,7 @@ pub fn run(source: &Path, bytes: Option<&[u8]>, opts: &ImportOptions) -> Result<
         bar.set_position(0);
         let pmeta: Vec<(String, String)> = meta.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         let mut w2 = Vec::new();
-        crate::export::pth::write(pth, opts.force, &outs, &pmeta, |j| {
-            if j > 0 {
-                release(j - 1);
-            }
-            let b = produce(j, &mut w2);
-            bar.inc(outs[j].nbytes() as u64);
-            b
-        })?;
+        crate::export::pth::write(pth, opts.force, &outs, &pmeta, |j| step(j, &mut w2))?;
         if let Some(last) = outs.len().checked_sub(1) {
             release(last);
         }

@@ -444,3 +444,59 @@ pub fn golden_checks(model: &Comer, dir: &Path) -> Result<Vec<Check>> {
     }
     Ok(checks)
 }
+
+/// Every check `comer-port verify` runs, in its order: (c) round trips first (a file that
+/// does not re-read makes every other figure meaningless), the key set against upstream's
+/// layout, (a) mapping parity against `source` judged under the approximations the artifact
+/// declares (`verify::on_import::approximations`), (d) a `sources/*` golden folder on the ViT
+/// branch, then (b) the backbone and a `forward/*` golden folder. A model that does not load
+/// is a failed check naming the key. Shared by `verify`, `demo` and `import`.
+pub fn artifact_report(
+    artifact: &Path,
+    source: Option<&Checkpoint>,
+    golden: Option<&Path>,
+    cfg: &ComerConfig,
+    seed: u64,
+) -> Result<super::Report> {
+    use super::golden as golden_folder;
+    use super::keys::{ArtifactKey, layout_check};
+    use super::on_import::{apply_approximations, approximations, float_dtype};
+    let mut report = super::Report::default();
+    for c in round_trip_checks(artifact)? {
+        report.push(c);
+    }
+    let ck = formats::open(artifact)?;
+    let keys: Vec<ArtifactKey> = ck.tensors().into_iter().map(|(k, t)| (k, t.shape.clone(), t.dtype)).collect();
+    report.push(layout_check(&keys, cfg));
+    let target = Weights::from_checkpoint(&ck)?;
+    if let Some(source) = source {
+        let mut parity = super::Report::default();
+        for c in parity_checks(source, &target, cfg, seed)? {
+            parity.push(c);
+        }
+        let approx = approximations(ck.metadata.get("comer_port.transforms").map(String::as_str), float_dtype(&ck));
+        apply_approximations(&mut parity, &approx);
+        parity.checks.into_iter().for_each(|c| report.push(c));
+    }
+    if let Some(dir) = golden.filter(|d| golden_folder::is_source_folder(d)) {
+        let side = golden_folder::ArtifactSide { weights: &target, metadata: &ck.metadata, cfg };
+        for c in golden_folder::source_golden_checks(dir, &side, source)? {
+            report.push(c);
+        }
+    }
+    let store = crate::model::Store::from_safetensors(artifact)?;
+    match Comer::new(&store.root(), cfg).and_then(|m| store.finish().map(|()| m)) {
+        Ok(model) => {
+            for c in backbone_checks(&model, cfg, seed)? {
+                report.push(c);
+            }
+            if let Some(dir) = golden.filter(|d| !golden_folder::is_source_folder(d)) {
+                for c in golden_checks(&model, dir)? {
+                    report.push(c);
+                }
+            }
+        }
+        Err(e) => report.push(Check::outcome("backbone load", &[1], 1, Some(0), Some(e.to_string()))),
+    }
+    Ok(report)
+}

@@ -7,11 +7,10 @@
 
 use std::path::Path;
 
+use super::artifact;
 use super::compare::{Check, Report};
-use super::keys::{ArtifactKey, layout_check};
-use super::{Weights, artifact};
 use crate::formats::{Checkpoint, DType};
-use crate::model::{Comer, ComerConfig, Store};
+use crate::model::ComerConfig;
 
 /// Parity bound of an artifact stored in float16: each weight is rounded to 11 significant
 /// bits (relative error ≤ 2⁻¹¹ ≈ 4.9e-4); through a few blocks that stays well inside 1e-2.
@@ -103,54 +102,42 @@ pub fn apply_approximations(report: &mut Report, approx: &[Approximation]) {
 /// Room reserved in the safetensors header for the verdict (see [`compact_verdict`]).
 pub const VERDICT_ROOM: usize = 2048;
 
-/// Run the checks on `artifact` (a written safetensors file, possibly still under its
-/// temporary name; checks are named after `dest`, the name it will have, so the recorded
-/// verdict does not depend on the temporary name). A check that cannot run is a failed
-/// check naming why, never a panic.
+/// Run `verify`'s checks ([`artifact::artifact_report`]) on `artifact_path`, a written
+/// safetensors file still under its temporary name; checks are named after `dest`, the name
+/// it will have, so the recorded verdict does not depend on the temporary name. A check
+/// sequence that cannot run is a failed check naming why, never a panic.
 pub fn import_checks(source: &Checkpoint, artifact_path: &Path, dest: &Path, cfg: &ComerConfig, seed: u64) -> Report {
-    let mut report = Report::default();
-    let failed = |name: &str, why: String| Check::outcome(name, &[1], 1, Some(0), Some(why));
     let file_name = |p: &Path| p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let (tmp_name, dest_name) = (file_name(artifact_path), file_name(dest));
-    match artifact::round_trip_checks(artifact_path) {
-        Ok(cs) => cs.into_iter().for_each(|mut c| {
+    match artifact::artifact_report(artifact_path, Some(source), None, cfg, seed) {
+        Ok(mut report) => {
             if !tmp_name.is_empty() {
-                c.name = c.name.replace(&tmp_name, &dest_name);
+                report.checks.iter_mut().for_each(|c| c.name = c.name.replace(&tmp_name, &dest_name));
             }
-            report.push(c)
-        }),
-        Err(e) => report.push(failed("round trip", e.to_string())),
-    }
-    match crate::formats::open(artifact_path) {
-        Ok(ck) => {
-            let keys: Vec<ArtifactKey> = ck.tensors().into_iter().map(|(k, t)| (k, t.shape.clone(), t.dtype)).collect();
-            report.push(layout_check(&keys, cfg));
+            report
         }
-        Err(e) => report.push(failed("key set", e.to_string())),
+        Err(e) => Report { checks: vec![Check::outcome("verify", &[1], 1, Some(0), Some(e.to_string()))] },
     }
-    match crate::formats::open(artifact_path) {
-        Ok(ck) => match Weights::from_checkpoint(&ck) {
-            Ok(target) => match artifact::parity_checks(source, &target, cfg, seed) {
-                Ok(cs) => cs.into_iter().for_each(|c| report.push(c)),
-                Err(e) => report.push(failed("mapping parity", e.to_string())),
-            },
-            Err(e) => report.push(failed("mapping parity", e.to_string())),
-        },
-        Err(e) => report.push(failed("mapping parity", e.to_string())),
+}
+
+/// The metadata value `import` writes before verifying: [`VERDICT_ROOM`] bytes, replaced by
+/// [`header_verdict`] once the checks ran.
+pub fn verdict_placeholder() -> String {
+    format!("pending{}", "~".repeat(VERDICT_ROOM - "pending".len()))
+}
+
+/// The verdict as it sits inside the header's JSON string: escaped, at most [`VERDICT_ROOM`]
+/// bytes once escaped (the per-check list is shortened until it fits).
+pub fn header_verdict(report: &Report) -> String {
+    let mut room = VERDICT_ROOM;
+    loop {
+        let escaped = serde_json::Value::String(compact_verdict(report, room)).to_string();
+        let inner = &escaped[1..escaped.len() - 1];
+        if inner.len() <= VERDICT_ROOM || room < 64 {
+            return inner.to_string();
+        }
+        room -= 256;
     }
-    let model = Store::from_safetensors(artifact_path)
-        .map_err(|e| e.to_string())
-        .and_then(|store| {
-            Comer::new(&store.root(), cfg).and_then(|m| store.finish().map(|()| m)).map_err(|e| e.to_string())
-        });
-    match model {
-        Ok(model) => match artifact::backbone_checks(&model, cfg, seed) {
-            Ok(cs) => cs.into_iter().for_each(|c| report.push(c)),
-            Err(e) => report.push(failed("backbone", e.to_string())),
-        },
-        Err(e) => report.push(failed("backbone load", e)),
-    }
-    report
 }
 
 /// The verdict as one JSON object of at most `room` bytes: `passed`, counts, the first
