@@ -12,6 +12,7 @@
 use candle_core::Tensor;
 use rayon::prelude::*;
 
+use super::buffer::par_filled;
 use super::config::{ComerConfig, ConfigError, Flavor};
 use super::error::ModelError;
 use super::kernels::{self, Path};
@@ -63,24 +64,33 @@ impl MsDeformAttn {
     }
 }
 
-/// Apply `f(level, src, dst, dims)` to each of the three token levels of every image of a
-/// (B, 21·HW/4, C) buffer, writing a buffer of the same shape.
+/// Apply `f(level, src, dst, (H_l, W_l, C), y, x0)` to the three token levels of every
+/// image of a (B, 21·HW/4, C) buffer, writing a buffer of the same shape: `src` is the
+/// level's map in one image, and `dst` the output tokens `x0..` of its row `y`. The work is
+/// split into row segments of W/2 tokens (the narrowest level's row), in parallel.
 fn per_level(
     src: &[f32],
     (b, n, c): (usize, usize, usize),
     h: usize,
     w: usize,
-    f: impl Fn(usize, &[f32], &mut [f32], (usize, usize, usize, usize)),
+    f: impl Fn(usize, &[f32], &mut [f32], (usize, usize, usize), usize, usize) + Sync + Send,
 ) -> Vec<f32> {
-    let mut dst = vec![0f32; src.len()];
-    for bi in 0..b {
-        for (li, l) in ops::pyramid_levels(h, w).iter().enumerate() {
-            let lo = (bi * n + l.start) * c;
-            let hi = lo + l.h * l.w * c;
-            f(li, &src[lo..hi], &mut dst[lo..hi], (1, l.h, l.w, c));
-        }
-    }
-    dst
+    let levels = ops::pyramid_levels(h, w);
+    // Row widths 2W, W, W/2 and level starts 0, 4HW, 5HW are all multiples of W/2 for an
+    // even W (the forward only admits those); fall back to single tokens otherwise.
+    let seg = if w.is_multiple_of(2) { (w / 2).max(1) } else { 1 };
+    super::profile::timed("dwconv", || {
+        par_filled(b * n * c, seg * c, |i, dst| {
+            let t = i * seg;
+            let (bi, ti) = (t / n, t % n);
+            // the last level that starts at or before token ti
+            let li = levels.iter().rposition(|l| l.start <= ti).unwrap_or(0);
+            let l = levels[li];
+            let local = ti - l.start;
+            let img = &src[(bi * n + l.start) * c..][..l.h * l.w * c];
+            f(li, img, dst, (l.h, l.w, c), local / l.w, local % l.w);
+        })
+    })
 }
 
 /// `ConvFFN`: fc1 → depthwise 3×3 per level (`DWConv`) → GELU → fc2.
@@ -102,8 +112,8 @@ impl ConvFfn {
     pub fn forward(&self, x: &Tensor, h: usize, w: usize) -> Result<Tensor> {
         let (b, n, _) = x.dims3()?;
         let y = with_values(x, |v| self.fc1.forward_values(v))?;
-        let mut y = per_level(&y, (b, n, self.fc1.out_dim), h, w, |_, s, d, dims| self.dwconv.run(s, d, dims, 0));
-        kernels::gelu_inplace(&mut y, 1, Path::Best);
+        let mut y = per_level(&y, (b, n, self.fc1.out_dim), h, w, |_, s, d, dims, oy, x0| self.dwconv.run(s, d, dims, oy, x0, 0));
+        super::profile::timed("gelu", || kernels::gelu_inplace(&mut y, 1, Path::Best));
         // (B, N, D)
         tensor(self.fc2.forward_values(&y), &[b, n, self.fc2.out_dim])
     }
@@ -138,14 +148,14 @@ impl Mrfp {
     pub fn forward(&self, x: &Tensor, h: usize, w: usize) -> Result<Tensor> {
         let (b, n, _) = x.dims3()?;
         let y = with_values(x, |v| self.fc1.forward_values(v))?;
-        let mut y = per_level(&y, (b, n, self.fc1.out_dim), h, w, |li, s, d, dims| {
+        let mut y = per_level(&y, (b, n, self.fc1.out_dim), h, w, |li, s, d, dims, oy, x0| {
             let (a, b) = &self.convs[li];
-            a.run(s, d, dims, 0);
-            b.run(s, d, dims, self.half);
+            a.run(s, d, dims, oy, x0, 0);
+            b.run(s, d, dims, oy, x0, self.half);
         });
         // `MultiDWConv` ends with its own GELU after the BatchNorm, and `MRFP` applies
         // `act` once more: upstream runs GELU twice here.
-        kernels::gelu_inplace(&mut y, 2, Path::Best);
+        super::profile::timed("gelu", || kernels::gelu_inplace(&mut y, 2, Path::Best));
         // (B, N, D)
         tensor(self.fc2.forward_values(&y), &[b, n, self.fc2.out_dim])
     }
@@ -244,22 +254,29 @@ impl CtiToV {
         let (b, n, d) = c1.dims3()?;
         let (h, w) = (g.h, g.w);
         let [_, l2, l3] = g.levels;
-        // per image: level 1 (2h×2w) and level 3 (h/2×w/2) resampled to h×w, read in place
-        let (s1, s2, s3) = with_values(&c1, |v| {
-            let (mut s1, mut s2, mut s3) = (Vec::new(), Vec::new(), Vec::new());
-            for img in v.chunks(n * d) {
-                let (a, rest) = img.split_at(l2.start * d);
-                let (m, z) = rest.split_at((l3.start - l2.start) * d);
-                s1.extend(ops::resize_bilinear_nhwc(a, 1, 2 * h, 2 * w, d, h, w, Some(0.5)));
-                s2.extend_from_slice(m);
-                s3.extend(ops::resize_bilinear_nhwc(z, 1, h / 2, w / 2, d, h, w, Some(2.0)));
-            }
-            (s1, s2, s3)
-        })?;
-        let sum: Vec<f32> = s1.par_iter().zip(&s2).zip(&s3).map(|((a, b), c)| a + b + c).collect();
+        // Per output row of the h×w grid: level 1 (2h×2w) and level 3 (h/2×w/2) resampled
+        // to h×w, summed with level 2 in upstream's order ((c1 + c2) + c3), then
+        // x + gamma·sum, all in one pass read in place from c1 and x.
+        let out = with_values(&c1, |v| {
+            with_values(x, |xv| {
+                par_filled(b * h * w * d, w * d, |row, dst| {
+                    let (bi, oy) = (row / h, row % h);
+                    let img = &v[bi * n * d..][..n * d];
+                    let (a, rest) = img.split_at(l2.start * d);
+                    let (m, z) = rest.split_at((l3.start - l2.start) * d);
+                    ops::bilinear_row(a, (2 * h, 2 * w, d), (h, w), Some(0.5), oy, dst, |o, v| *o = v);
+                    dst.iter_mut().zip(&m[oy * w * d..][..w * d]).for_each(|(o, m)| *o += m);
+                    ops::bilinear_row(z, (h / 2, w / 2, d), (h, w), Some(2.0), oy, dst, |o, v| *o += v);
+                    let xs = &xv[row * w * d..][..w * d];
+                    for (t, o) in dst.chunks_mut(d).enumerate() {
+                        let xt = &xs[t * d..][..d];
+                        o.iter_mut().zip(xt).zip(&self.gamma).for_each(|((o, x), g)| *o = x + *o * g);
+                    }
+                })
+            })
+        })??;
         // (B, HW, D)
-        let sum = tensor(sum, &[b, h * w, d])?;
-        add_scaled(x, Some(&self.gamma), &sum, 0)
+        tensor(out, &[b, h * w, d])
     }
 }
 

@@ -216,8 +216,7 @@ pub fn attention(qkv: &[f32], bias: Option<&[f32]>, s: AttnShape, path: Path) ->
     if let Some(b) = bias {
         assert_eq!(b.len(), s.heads * n * n, "bias is (heads, N, N)");
     }
-    let mut out = vec![0f32; s.seqs * n * c];
-    out.par_chunks_mut(n * c).enumerate().for_each(|(seq, out_seq)| {
+    super::buffer::par_filled(s.seqs * n * c, n * c, |seq, out_seq| {
         let qkv = &qkv[seq * n * 3 * c..(seq + 1) * n * 3 * c];
         out_seq.par_chunks_mut(ATTN_ROWS * c).enumerate().for_each(|(blk, dst)| {
             let r0 = blk * ATTN_ROWS;
@@ -272,8 +271,7 @@ pub fn attention(qkv: &[f32], bias: Option<&[f32]>, s: AttnShape, path: Path) ->
                 }
             }
         });
-    });
-    out
+    })
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 //! flavours (`vit-comer-det`, `vit-comer-seg`, `beit-comer`), loaded by target state-dict
 //! names, plus the numeric kernels they need.
 
+pub mod buffer;
 pub mod comer;
 pub mod config;
 pub mod error;

@@ -10,6 +10,7 @@ use candle_core::{Device, Storage, Tensor};
 
 use super::kernels::{self, Path};
 
+use super::buffer::par_filled;
 use super::error::ModelError;
 use super::ops;
 use super::weights::Vb;
@@ -47,10 +48,8 @@ pub fn tensor(v: Vec<f32>, shape: &[usize]) -> Result<Tensor> {
 
 /// `bias` repeated for `rows` rows, filled in parallel.
 pub fn repeat_rows(bias: &[f32], rows: usize) -> Vec<f32> {
-    use rayon::prelude::*;
-    let mut y = vec![0f32; rows * bias.len()];
-    y.par_chunks_mut(64 * bias.len().max(1)).for_each(|c| c.chunks_mut(bias.len()).for_each(|r| r.copy_from_slice(bias)));
-    y
+    let n = bias.len().max(1);
+    par_filled(rows * bias.len(), 64 * n, |_, c| c.chunks_mut(n).for_each(|r| r.copy_from_slice(bias)))
 }
 
 /// `y (rows, n) (+)= x (rows, k) · w (k, n)` with `y`, `x` contiguous row-major and `w`
@@ -114,11 +113,15 @@ impl Linear {
 
     /// Rows of `x` (rows, in) → (rows, out) values.
     pub fn forward_values(&self, x: &[f32]) -> Vec<f32> {
+        super::profile::timed("linear", || self.forward_values_untimed(x))
+    }
+
+    fn forward_values_untimed(&self, x: &[f32]) -> Vec<f32> {
         let rows = x.len() / self.in_dim;
         assert_eq!(rows * self.in_dim, x.len(), "Linear input is (rows, {})", self.in_dim);
         let mut y = match &self.bias {
             Some(b) => repeat_rows(b, rows),
-            None => vec![0f32; rows * self.out_dim],
+            None => par_filled(rows * self.out_dim, 64 * self.out_dim, |_, _| {}),
         };
         // Wᵀ (in, out) read in place from W (out, in): row stride 1, column stride in.
         gemm_acc(&mut y, self.bias.is_some(), x, self.in_dim, &self.weight, (1, self.in_dim));
@@ -160,8 +163,10 @@ impl LayerNorm {
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let c = self.weight.len();
-        let v = with_values(x, |x| ops::layer_norm_rows(x, c, &self.weight, &self.bias, LN_EPS))?;
-        tensor(v, x.dims())
+        super::profile::timed("layernorm", || {
+            let v = with_values(x, |x| ops::layer_norm_rows(x, c, &self.weight, &self.bias, LN_EPS))?;
+            tensor(v, x.dims())
+        })
     }
 }
 
@@ -295,7 +300,7 @@ impl ConvNhwc {
         let kc = self.k * self.k * c;
         let total = b * oh * ow;
         let mut out = repeat_rows(&self.bias, total);
-        let mut scratch = vec![0f32; IM2COL_ROWS.min(total) * kc];
+        let mut scratch = par_filled(IM2COL_ROWS.min(total) * kc, kc, |_, _| {});
         for (i, dst) in out.chunks_mut(IM2COL_ROWS * cout).enumerate() {
             let r0 = i * IM2COL_ROWS;
             let rows = dst.len() / cout;
@@ -346,9 +351,10 @@ impl DwConv {
         }
     }
 
-    /// Channels `c0..c0+C` of `x` (B, H, W, C_total) into the same channels of `out`.
-    pub fn run(&self, x: &[f32], out: &mut [f32], dims: (usize, usize, usize, usize), c0: usize) {
-        ops::dwconv_nhwc(x, out, dims, c0, self.bias.len(), &self.weight_t, &self.bias, self.k);
+    /// Channels `c0..c0+C` of one image `x` (H, W, C_total) into the same channels of
+    /// `out`, output tokens `x0..` of row `oy` (see [`ops::dwconv_row`]).
+    pub fn run(&self, x: &[f32], out: &mut [f32], dims: (usize, usize, usize), oy: usize, x0: usize, c0: usize) {
+        ops::dwconv_row(x, out, dims, oy, x0, c0, &self.weight_t, &self.bias, self.k);
     }
 }
 
@@ -363,15 +369,18 @@ pub fn gelu(x: &Tensor, times: usize) -> Result<Tensor> {
 /// added at tokens `at..at+N_y` of every image of `x`: residual adds and the level-2 add
 /// of the CTI modules in one elementwise pass, no broadcast tensors.
 pub fn add_scaled(x: &Tensor, gamma: Option<&[f32]>, y: &Tensor, at: usize) -> Result<Tensor> {
-    use rayon::prelude::*;
+    super::profile::timed("add", || add_scaled_untimed(x, gamma, y, at))
+}
+
+fn add_scaled_untimed(x: &Tensor, gamma: Option<&[f32]>, y: &Tensor, at: usize) -> Result<Tensor> {
     let (b, nx, c) = x.dims3()?;
     let ny = y.dim(1)?;
     assert!(at + ny <= nx && y.dim(0)? == b && y.dim(2)? == c, "add_scaled: y does not fit x");
     let out = with_values(x, |xv| {
         with_values(y, |yv| {
-            let mut out = vec![0f32; xv.len()];
             // one task per 64 tokens; token t of image bi takes y's token t − at when inside
-            out.par_chunks_mut(64 * c).zip(xv.par_chunks(64 * c)).enumerate().for_each(|(i, (o, xs))| {
+            par_filled(xv.len(), 64 * c, |i, o| {
+                let xs = &xv[i * 64 * c..][..o.len()];
                 for (j, (o, xs)) in o.chunks_mut(c).zip(xs.chunks(c)).enumerate() {
                     let t = i * 64 + j;
                     let (bi, ti) = (t / nx, t % nx);
@@ -385,8 +394,7 @@ pub fn add_scaled(x: &Tensor, gamma: Option<&[f32]>, y: &Tensor, at: usize) -> R
                         None => o.iter_mut().zip(xs).zip(ys).for_each(|((o, x), y)| *o = x + y),
                     }
                 }
-            });
-            out
+            })
         })
     })??;
     tensor(out, &[b, nx, c])

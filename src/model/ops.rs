@@ -14,7 +14,8 @@
 
 use rayon::prelude::*;
 
-use super::kernels::{Path, lane_sum, multiversion};
+use super::buffer::{par_filled, par_filled_with};
+use super::kernels::{Path, exp_fast, lane_sum, multiversion};
 
 /// Bicubic coefficient A of PyTorch's `upsample_bicubic2d`.
 const CUBIC_A: f32 = -0.75;
@@ -43,14 +44,12 @@ fn pixel_scale(input: usize, output: usize, factor: Option<f64>) -> f32 {
 /// `F.interpolate(mode='bicubic', align_corners=False)` to (`oh`, `ow`) on a
 /// channels-last map (B, H, W, C); borders clamp.
 pub fn resize_bicubic_nhwc(src: &[f32], b: usize, h: usize, w: usize, c: usize, oh: usize, ow: usize) -> Vec<f32> {
-    let mut out = vec![0f32; b * oh * ow * c];
     if h == oh && w == ow {
-        out.copy_from_slice(&src[..b * h * w * c]);
-        return out;
+        return src[..b * h * w * c].to_vec();
     }
     let sh = pixel_scale(h, oh, None);
     let sw = pixel_scale(w, ow, None);
-    out.par_chunks_mut(ow * c).enumerate().for_each(|(row, dst)| {
+    par_filled(b * oh * ow * c, ow * c, |row, dst| {
         let bi = row / oh;
         let oy = row % oh;
         let ry = sh * (oy as f32 + 0.5) - 0.5;
@@ -76,8 +75,7 @@ pub fn resize_bicubic_nhwc(src: &[f32], b: usize, h: usize, w: usize, c: usize, 
                 dst[ox * c + ch] = rows[0] * cy[0] + rows[1] * cy[1] + rows[2] * cy[2] + rows[3] * cy[3];
             }
         }
-    });
-    out
+    })
 }
 
 /// One axis of PyTorch's bilinear rule: (index, next-index step, weight of the next).
@@ -102,48 +100,63 @@ pub fn resize_bilinear_nhwc(
     ow: usize,
     factor: Option<f64>,
 ) -> Vec<f32> {
+    let img = h * w * c;
+    par_filled(b * oh * ow * c, ow * c, |row, dst| {
+        let bi = row / oh;
+        bilinear_row(&src[bi * img..(bi + 1) * img], (h, w, c), (oh, ow), factor, row % oh, dst, |o, v| *o = v);
+    })
+}
+
+/// Output row `oy` of [`resize_bilinear_nhwc`] for one image `src` (H, W, C): each value
+/// `v` goes to `put(&mut dst[i], v)` (store or accumulate).
+pub fn bilinear_row(
+    src: &[f32],
+    (h, w, c): (usize, usize, usize),
+    (oh, ow): (usize, usize),
+    factor: Option<f64>,
+    oy: usize,
+    dst: &mut [f32],
+    put: impl Fn(&mut f32, f32),
+) {
     let sh = pixel_scale(h, oh, factor);
     let sw = pixel_scale(w, ow, factor);
-    let mut out = vec![0f32; b * oh * ow * c];
-    out.par_chunks_mut(ow * c).enumerate().for_each(|(row, dst)| {
-        let bi = row / oh;
-        let (y0, ys, ly1) = bilinear_axis(sh, row % oh, h);
-        let ly0 = 1.0 - ly1;
-        for ox in 0..ow {
-            let (x0, xs, lx1) = bilinear_axis(sw, ox, w);
-            let lx0 = 1.0 - lx1;
-            let p = |y: usize, x: usize| ((bi * h + y) * w + x) * c;
-            let (a, bb, cc, d) = (p(y0, x0), p(y0, x0 + xs), p(y0 + ys, x0), p(y0 + ys, x0 + xs));
-            let o = &mut dst[ox * c..(ox + 1) * c];
-            for ch in 0..c {
-                o[ch] = ly0 * (lx0 * src[a + ch] + lx1 * src[bb + ch]) + ly1 * (lx0 * src[cc + ch] + lx1 * src[d + ch]);
-            }
+    let (y0, ys, ly1) = bilinear_axis(sh, oy, h);
+    let ly0 = 1.0 - ly1;
+    for ox in 0..ow {
+        let (x0, xs, lx1) = bilinear_axis(sw, ox, w);
+        let lx0 = 1.0 - lx1;
+        let p = |y: usize, x: usize| (y * w + x) * c;
+        let (a, bb, cc, d) = (p(y0, x0), p(y0, x0 + xs), p(y0 + ys, x0), p(y0 + ys, x0 + xs));
+        let o = &mut dst[ox * c..(ox + 1) * c];
+        for ch in 0..c {
+            put(&mut o[ch], ly0 * (lx0 * src[a + ch] + lx1 * src[bb + ch]) + ly1 * (lx0 * src[cc + ch] + lx1 * src[d + ch]));
         }
-    });
-    out
+    }
 }
 
 /// Depthwise `k×k` convolution, stride 1, zero padding `k/2`, with bias, on channels
-/// `c0..c0+cn` of a channels-last map (B, H, W, C); writes the same channels of `out`.
+/// `c0..c0+cn` (`cn` = `bias.len()`) of one channels-last image `x` (H, W, C): output
+/// tokens `x0..x0 + dst.len()/C` of row `oy`, written to the same channels of `dst`.
 /// `weight_t` is the PyTorch weight (cn, 1, k, k) transposed to (k, k, cn).
 #[allow(clippy::too_many_arguments)]
-pub fn dwconv_nhwc(
+pub fn dwconv_row(
     x: &[f32],
-    out: &mut [f32],
-    dims: (usize, usize, usize, usize),
+    dst: &mut [f32],
+    (h, w, c): (usize, usize, usize),
+    oy: usize,
+    x0: usize,
     c0: usize,
-    cn: usize,
     weight_t: &[f32],
     bias: &[f32],
     k: usize,
 ) {
-    let (_b, h, w, c) = dims;
+    let cn = bias.len();
     let pad = (k / 2) as isize;
-    out.par_chunks_mut(w * c).enumerate().for_each(|(row, dst)| multiversion!(Path::Best, {
-        let bi = row / h;
-        let oy = (row % h) as isize;
-        for ox in 0..w as isize {
-            let o = &mut dst[ox as usize * c + c0..ox as usize * c + c0 + cn];
+    let oy = oy as isize;
+    multiversion!(Path::Best, {
+        for (i, o) in dst.chunks_mut(c).enumerate() {
+            let ox = (x0 + i) as isize;
+            let o = &mut o[c0..c0 + cn];
             o.copy_from_slice(bias);
             for ky in 0..k as isize {
                 let iy = oy + ky - pad;
@@ -155,7 +168,7 @@ pub fn dwconv_nhwc(
                     if ix < 0 || ix >= w as isize {
                         continue;
                     }
-                    let base = ((bi * h + iy as usize) * w + ix as usize) * c + c0;
+                    let base = (iy as usize * w + ix as usize) * c + c0;
                     let src = &x[base..base + cn];
                     let wt = &weight_t[(ky as usize * k + kx as usize) * cn..][..cn];
                     for ch in 0..cn {
@@ -164,52 +177,26 @@ pub fn dwconv_nhwc(
                 }
             }
         }
-    }));
-}
-
-/// `nn.MaxPool2d(kernel_size=3, stride=2, padding=1)` on an NCHW map; returns the map and
-/// its (H, W).
-pub fn max_pool_3s2p1_nchw(x: &[f32], b: usize, c: usize, h: usize, w: usize) -> (Vec<f32>, usize, usize) {
-    let oh = (h + 2 - 3) / 2 + 1;
-    let ow = (w + 2 - 3) / 2 + 1;
-    let mut out = vec![0f32; b * c * oh * ow];
-    out.par_chunks_mut(oh * ow).enumerate().for_each(|(plane, dst)| {
-        let src = &x[plane * h * w..(plane + 1) * h * w];
-        for oy in 0..oh {
-            for ox in 0..ow {
-                let mut m = f32::NEG_INFINITY;
-                for iy in (2 * oy).saturating_sub(1)..(2 * oy + 2).min(h) {
-                    for ix in (2 * ox).saturating_sub(1)..(2 * ox + 2).min(w) {
-                        m = m.max(src[iy * w + ix]);
-                    }
-                }
-                dst[oy * ow + ox] = m;
-            }
-        }
-    });
-    (out, oh, ow)
+    })
 }
 
 /// LayerNorm over the last axis (length `c`) of every row: two passes in f32 lane sums
 /// (mean, then the variance around it).
 pub fn layer_norm_rows(x: &[f32], c: usize, weight: &[f32], bias: &[f32], eps: f32) -> Vec<f32> {
-    let mut out = vec![0f32; x.len()];
-    out.par_chunks_mut(c).zip(x.par_chunks(c)).with_min_len(16).for_each(|(o, r)| {
+    const ROWS: usize = 16;
+    par_filled(x.len(), ROWS * c, |i, out| {
+        let src = &x[i * ROWS * c..][..out.len()];
         multiversion!(Path::Best, {
-            let mean = lane_sum(r, |v| v) / c as f32;
-            let var = lane_sum(r, |v| (v - mean) * (v - mean)) / c as f32;
-            let rstd = 1.0 / (var + eps).sqrt();
-            for i in 0..c {
-                o[i] = (r[i] - mean) * rstd * weight[i] + bias[i];
+            for (o, r) in out.chunks_mut(c).zip(src.chunks(c)) {
+                let mean = lane_sum(r, |v| v) / c as f32;
+                let var = lane_sum(r, |v| (v - mean) * (v - mean)) / c as f32;
+                let rstd = 1.0 / (var + eps).sqrt();
+                for i in 0..c {
+                    o[i] = (r[i] - mean) * rstd * weight[i] + bias[i];
+                }
             }
         })
-    });
-    out
-}
-
-/// Softmax in place over each contiguous row of length `n`.
-pub fn softmax_rows(x: &mut [f32], n: usize) {
-    x.par_chunks_mut(n).for_each(softmax_row);
+    })
 }
 
 /// Softmax in place over one row.
@@ -285,64 +272,104 @@ pub fn ms_deform_attn(
     s: DeformShape,
 ) -> Vec<f32> {
     let lq = refs.len();
-    let nl = levels.len();
-    let lp = nl * s.points;
+    let lp = levels.len() * s.points;
+    // sampling points per query: k = (head, level, point)
+    let n = s.heads * lp;
     let cdim = s.heads * s.head_dim;
-    let mut out = vec![0f32; s.batch * lq * cdim];
-    out.par_chunks_mut(cdim).enumerate().for_each(|(row, dst)| multiversion!(Path::Best, {
-        let bi = row / lq;
-        let q = row % lq;
-        let [rx, ry] = refs[q];
-        let vbase = bi * s.len_in;
-        // level×point weights on the stack (upstream uses 3 levels × 4 points)
-        let (mut stack, mut heap) = ([0f32; 32], Vec::new());
-        let weights: &mut [f32] = if lp <= stack.len() {
-            &mut stack[..lp]
-        } else {
-            heap.resize(lp, 0f32);
-            &mut heap
-        };
+    // per sampling point: its level's width and height, and where the level starts
+    let wk: Vec<f32> = (0..n).map(|k| levels[(k % lp) / s.points].w as f32).collect();
+    let hk: Vec<f32> = (0..n).map(|k| levels[(k % lp) / s.points].h as f32).collect();
+    let scratch = || PointScratch { aw: vec![0.0; n], ix: vec![0.0; n], iy: vec![0.0; n], taps: vec![(0, 0.0); 4 * lp] };
+    par_filled_with(s.batch * lq * cdim, cdim, scratch, |st, row, dst| {
+        let [rx, ry] = refs[row % lq];
+        let vbase = (row / lq) * s.len_in;
+        let PointScratch { aw, ix, iy, taps } = st;
+        let off = &offsets[row * 2 * n..(row + 1) * 2 * n];
+        let lg = &logits[row * n..(row + 1) * n];
+        multiversion!(Path::Best, {
+            // softmax over level×point, per head
+            for (a, l) in aw.chunks_mut(lp).zip(lg.chunks(lp)) {
+                let mx = l.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let mut sum = 0f32;
+                for (a, l) in a.iter_mut().zip(l) {
+                    *a = exp_fast(l - mx);
+                    sum += *a;
+                }
+                let inv = 1.0 / sum;
+                a.iter_mut().for_each(|a| *a *= inv);
+            }
+            // sampling location in [0, 1], then grid_sample's unnormalisation
+            for k in 0..n {
+                let gx = 2.0 * (rx + off[2 * k] / wk[k]) - 1.0;
+                let gy = 2.0 * (ry + off[2 * k + 1] / hk[k]) - 1.0;
+                ix[k] = ((gx + 1.0) * wk[k] - 1.0) / 2.0;
+                iy[k] = ((gy + 1.0) * hk[k] - 1.0) / 2.0;
+            }
+        });
         for m in 0..s.heads {
-            let ab = (row * s.heads + m) * lp;
-            weights.copy_from_slice(&logits[ab..ab + lp]);
-            softmax_row(weights);
-            let acc = &mut dst[m * s.head_dim..(m + 1) * s.head_dim];
-            for (li, l) in levels.iter().enumerate() {
-                let (wf, hf) = (l.w as f32, l.h as f32);
-                for p in 0..s.points {
-                    let k = li * s.points + p;
-                    let o = (ab + k) * 2;
-                    let aw = weights[k];
-                    // sampling location in [0, 1], then grid_sample's unnormalisation
-                    let gx = 2.0 * (rx + offsets[o] / wf) - 1.0;
-                    let gy = 2.0 * (ry + offsets[o + 1] / hf) - 1.0;
-                    let ix = ((gx + 1.0) * wf - 1.0) / 2.0;
-                    let iy = ((gy + 1.0) * hf - 1.0) / 2.0;
-                    let x0 = ix.floor();
-                    let y0 = iy.floor();
-                    let (x1, y1) = (x0 + 1.0, y0 + 1.0);
-                    let taps = [
-                        (x0, y0, (x1 - ix) * (y1 - iy)),
-                        (x1, y0, (ix - x0) * (y1 - iy)),
-                        (x0, y1, (x1 - ix) * (iy - y0)),
-                        (x1, y1, (ix - x0) * (iy - y0)),
-                    ];
-                    for (tx, ty, tw) in taps {
-                        if tx < 0.0 || ty < 0.0 || tx >= wf || ty >= hf {
-                            continue;
-                        }
-                        let tok = vbase + l.start + ty as usize * l.w + tx as usize;
-                        let v = &value[(tok * s.heads + m) * s.head_dim..][..s.head_dim];
-                        let f = aw * tw;
-                        for d in 0..s.head_dim {
-                            acc[d] += f * v[d];
-                        }
+            // every in-bounds bilinear tap of this head: (offset of its values, weight)
+            let mut nt = 0;
+            for k in m * lp..(m + 1) * lp {
+                let l = &levels[(k % lp) / s.points];
+                let (wf, hf) = (wk[k], hk[k]);
+                let (x0, y0) = (ix[k].floor(), iy[k].floor());
+                let (x1, y1) = (x0 + 1.0, y0 + 1.0);
+                let corners = [
+                    (x0, y0, (x1 - ix[k]) * (y1 - iy[k])),
+                    (x1, y0, (ix[k] - x0) * (y1 - iy[k])),
+                    (x0, y1, (x1 - ix[k]) * (iy[k] - y0)),
+                    (x1, y1, (ix[k] - x0) * (iy[k] - y0)),
+                ];
+                for (tx, ty, tw) in corners {
+                    if tx < 0.0 || ty < 0.0 || tx >= wf || ty >= hf {
+                        continue;
                     }
+                    let tok = vbase + l.start + ty as usize * l.w + tx as usize;
+                    taps[nt] = ((tok * s.heads + m) * s.head_dim, aw[k] * tw);
+                    nt += 1;
                 }
             }
+            let out = &mut dst[m * s.head_dim..(m + 1) * s.head_dim];
+            match s.head_dim {
+                64 => gather_taps::<64>(value, &taps[..nt], out),
+                32 => gather_taps::<32>(value, &taps[..nt], out),
+                _ => multiversion!(Path::Best, {
+                    for &(off, f) in &taps[..nt] {
+                        let v = &value[off..off + out.len()];
+                        out.iter_mut().zip(v).for_each(|(a, v)| *a += f * v);
+                    }
+                }),
+            }
         }
-    }));
-    out
+    })
+}
+
+/// Per-query work arrays of [`ms_deform_attn`], made once per rayon job: attention
+/// weights and sampling pixels of every (head, level, point), and one head's taps.
+struct PointScratch {
+    aw: Vec<f32>,
+    ix: Vec<f32>,
+    iy: Vec<f32>,
+    taps: Vec<(usize, f32)>,
+}
+
+/// `out = Σ f·value[off..off + HD]` over `taps`, in order, with the sum held in registers
+/// (the same additions, in the same order, as accumulating into `out` from zero).
+#[inline(always)]
+fn gather_taps<const HD: usize>(value: &[f32], taps: &[(usize, f32)], out: &mut [f32]) {
+    multiversion!(Path::Best, {
+        let mut acc = [0f32; HD];
+        for &(off, f) in taps {
+            let v: &[f32; HD] = match value[off..off + HD].try_into() {
+                Ok(v) => v,
+                Err(_) => unreachable!("a slice of HD values"),
+            };
+            for d in 0..HD {
+                acc[d] += f * v[d];
+            }
+        }
+        out.copy_from_slice(&acc);
+    })
 }
 
 /// im2col rows `r0..r1` of a `k×k`, stride `s`, padding `p` convolution on a channels-last
@@ -384,35 +411,32 @@ pub fn im2col_nhwc(
 /// affine `v·scale + shift` (an inference BatchNorm) applied on the way. Works on blocks of
 /// 16 channels so every read is one cache line.
 pub fn nhwc_to_nchw(x: &[f32], b: usize, hw: usize, c: usize, affine: Option<(&[f32], &[f32])>) -> Vec<f32> {
-    const BLOCK: usize = 16;
-    let mut out = vec![0f32; b * hw * c];
-    out.par_chunks_mut(hw * c).enumerate().for_each(|(bi, img)| {
+    // the widest block of up to 16 channels that divides C, so no block spans two images
+    let block = [16, 8, 4, 2, 1].into_iter().find(|k| c.is_multiple_of(*k)).unwrap_or(1);
+    let blocks = c / block;
+    par_filled(b * hw * c, block * hw, |i, planes| {
+        let (bi, c0) = (i / blocks, (i % blocks) * block);
         let src = &x[bi * hw * c..][..hw * c];
-        img.par_chunks_mut(BLOCK * hw).enumerate().for_each(|(blk, planes)| {
-            let c0 = blk * BLOCK;
-            let nc = planes.len() / hw;
-            for p in 0..hw {
-                let row = &src[p * c + c0..][..nc];
-                for (j, v) in row.iter().enumerate() {
-                    planes[j * hw + p] = match affine {
-                        Some((s, t)) => v * s[c0 + j] + t[c0 + j],
-                        None => *v,
-                    };
-                }
+        for p in 0..hw {
+            let row = &src[p * c + c0..][..block];
+            for (j, v) in row.iter().enumerate() {
+                planes[j * hw + p] = match affine {
+                    Some((s, t)) => v * s[c0 + j] + t[c0 + j],
+                    None => *v,
+                };
             }
-        });
-    });
-    out
+        }
+    })
 }
 
 /// `nn.MaxPool2d(3, 2, 1)` on a channels-last map; returns the map and its (H, W).
 pub fn max_pool_3s2p1_nhwc(x: &[f32], b: usize, h: usize, w: usize, c: usize) -> (Vec<f32>, usize, usize) {
     let oh = (h + 2 - 3) / 2 + 1;
     let ow = (w + 2 - 3) / 2 + 1;
-    let mut out = vec![f32::NEG_INFINITY; b * oh * ow * c];
-    out.par_chunks_mut(ow * c).enumerate().for_each(|(row, dst)| {
+    let out = par_filled(b * oh * ow * c, ow * c, |row, dst| {
         let bi = row / oh;
         let oy = row % oh;
+        dst.fill(f32::NEG_INFINITY);
         for ox in 0..ow {
             let o = &mut dst[ox * c..(ox + 1) * c];
             for iy in (2 * oy).saturating_sub(1)..(2 * oy + 2).min(h) {
@@ -471,14 +495,20 @@ mod tests {
     fn dwconv_3x3_sums_neighbourhood() {
         let x = vec![1.0f32; 9];
         let mut out = vec![0f32; 9];
-        dwconv_nhwc(&x, &mut out, (1, 3, 3, 1), 0, 1, &[1.0; 9], &[0.5], 3);
+        for (oy, row) in out.chunks_mut(3).enumerate() {
+            dwconv_row(&x, row, (3, 3, 1), oy, 0, 0, &[1.0; 9], &[0.5], 3);
+        }
         close(&out, &[4.5, 6.5, 4.5, 6.5, 9.5, 6.5, 4.5, 6.5, 4.5]);
+        // a row segment starting mid-row writes only its own tokens
+        let mut seg = vec![0f32; 2];
+        dwconv_row(&x, &mut seg, (3, 3, 1), 1, 1, 0, &[1.0; 9], &[0.5], 3);
+        close(&seg, &[9.5, 6.5]);
     }
 
     #[test]
     fn max_pool_pads_with_minus_infinity() {
         let x: Vec<f32> = (0..16).map(|v| -(v as f32)).collect();
-        let (out, oh, ow) = max_pool_3s2p1_nchw(&x, 1, 1, 4, 4);
+        let (out, oh, ow) = max_pool_3s2p1_nhwc(&x, 1, 4, 4, 1);
         assert_eq!((oh, ow), (2, 2));
         close(&out, &[0.0, -1.0, -4.0, -5.0]);
     }
@@ -488,7 +518,7 @@ mod tests {
         let out = layer_norm_rows(&[1.0, 3.0], 2, &[1.0, 1.0], &[0.0, 0.0], 0.0);
         close(&out, &[-1.0, 1.0]);
         let mut s = [0.0f32, 0.0, (3f32).ln()];
-        softmax_rows(&mut s, 3);
+        softmax_row(&mut s);
         close(&s, &[0.2, 0.2, 0.6]);
     }
 
