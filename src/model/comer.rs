@@ -259,20 +259,20 @@ impl CtiToV {
         // x + gamma·sum, all in one pass read in place from c1 and x.
         let out = with_values(&c1, |v| {
             with_values(x, |xv| {
-                par_filled(b * h * w * d, w * d, |row, dst| {
+                par_filled(b * h * w * d, w * d, |row, dst| kernels::multiversion!(Path::Best, {
                     let (bi, oy) = (row / h, row % h);
                     let img = &v[bi * n * d..][..n * d];
                     let (a, rest) = img.split_at(l2.start * d);
                     let (m, z) = rest.split_at((l3.start - l2.start) * d);
-                    ops::bilinear_row(a, (2 * h, 2 * w, d), (h, w), Some(0.5), oy, dst, |o, v| *o = v);
+                    ops::bilinear_row(a, (2 * h, 2 * w, d), (h, w), Some(0.5), oy, dst, false);
                     dst.iter_mut().zip(&m[oy * w * d..][..w * d]).for_each(|(o, m)| *o += m);
-                    ops::bilinear_row(z, (h / 2, w / 2, d), (h, w), Some(2.0), oy, dst, |o, v| *o += v);
+                    ops::bilinear_row(z, (h / 2, w / 2, d), (h, w), Some(2.0), oy, dst, true);
                     let xs = &xv[row * w * d..][..w * d];
                     for (t, o) in dst.chunks_mut(d).enumerate() {
                         let xt = &xs[t * d..][..d];
                         o.iter_mut().zip(xt).zip(&self.gamma).for_each(|((o, x), g)| *o = x + *o * g);
                     }
-                })
+                }))
             })
         })??;
         // (B, HW, D)

@@ -56,26 +56,36 @@ pub fn resize_bicubic_nhwc(src: &[f32], b: usize, h: usize, w: usize, c: usize, 
         let iy = ry.floor();
         let cy = cubic_coeffs(ry - iy);
         let iy = iy as isize;
-        for ox in 0..ow {
+        let ys: [usize; 4] = std::array::from_fn(|k| (iy - 1 + k as isize).clamp(0, h as isize - 1) as usize);
+        for (ox, o) in dst.chunks_mut(c).enumerate() {
             let rx = sw * (ox as f32 + 0.5) - 0.5;
             let ix = rx.floor();
             let cx = cubic_coeffs(rx - ix);
             let ix = ix as isize;
-            for ch in 0..c {
-                let mut rows = [0f32; 4];
-                for (k, r) in rows.iter_mut().enumerate() {
-                    let y = (iy - 1 + k as isize).clamp(0, h as isize - 1) as usize;
-                    let mut v = 0f32;
-                    for (j, cj) in cx.iter().enumerate() {
-                        let x = (ix - 1 + j as isize).clamp(0, w as isize - 1) as usize;
-                        v += src[((bi * h + y) * w + x) * c + ch] * cj;
-                    }
-                    *r = v;
-                }
-                dst[ox * c + ch] = rows[0] * cy[0] + rows[1] * cy[1] + rows[2] * cy[2] + rows[3] * cy[3];
-            }
+            let xs: [usize; 4] = std::array::from_fn(|j| (ix - 1 + j as isize).clamp(0, w as isize - 1) as usize);
+            // the 4×4 source pixels, each C values
+            let t: [[&[f32]; 4]; 4] = std::array::from_fn(|k| std::array::from_fn(|j| &src[((bi * h + ys[k]) * w + xs[j]) * c..][..c]));
+            cubic_mix(o, &t, &cx, &cy);
         }
     })
+}
+
+/// One output pixel of the bicubic resize from its 4×4 source pixels `t` (rows, then
+/// columns): along x first, then y, each sum from zero in tap order, as PyTorch.
+fn cubic_mix(o: &mut [f32], t: &[[&[f32]; 4]; 4], cx: &[f32; 4], cy: &[f32; 4]) {
+    multiversion!(Path::Best, {
+        for ch in 0..o.len() {
+            let r = [cubic_row(&t[0], ch, cx), cubic_row(&t[1], ch, cx), cubic_row(&t[2], ch, cx), cubic_row(&t[3], ch, cx)];
+            o[ch] = r[0] * cy[0] + r[1] * cy[1] + r[2] * cy[2] + r[3] * cy[3];
+        }
+    })
+}
+
+/// Channel `ch` of one source row's four taps weighted by `cx`, summed from zero in tap
+/// order.
+#[inline(always)]
+fn cubic_row(t: &[&[f32]; 4], ch: usize, cx: &[f32; 4]) -> f32 {
+    0.0 + t[0][ch] * cx[0] + t[1][ch] * cx[1] + t[2][ch] * cx[2] + t[3][ch] * cx[3]
 }
 
 /// One axis of PyTorch's bilinear rule: (index, next-index step, weight of the next).
@@ -103,12 +113,12 @@ pub fn resize_bilinear_nhwc(
     let img = h * w * c;
     par_filled(b * oh * ow * c, ow * c, |row, dst| {
         let bi = row / oh;
-        bilinear_row(&src[bi * img..(bi + 1) * img], (h, w, c), (oh, ow), factor, row % oh, dst, |o, v| *o = v);
+        bilinear_row(&src[bi * img..(bi + 1) * img], (h, w, c), (oh, ow), factor, row % oh, dst, false);
     })
 }
 
-/// Output row `oy` of [`resize_bilinear_nhwc`] for one image `src` (H, W, C): each value
-/// `v` goes to `put(&mut dst[i], v)` (store or accumulate).
+/// Output row `oy` of [`resize_bilinear_nhwc`] for one image `src` (H, W, C), stored in
+/// `dst` or, with `accumulate`, added to it.
 pub fn bilinear_row(
     src: &[f32],
     (h, w, c): (usize, usize, usize),
@@ -116,22 +126,36 @@ pub fn bilinear_row(
     factor: Option<f64>,
     oy: usize,
     dst: &mut [f32],
-    put: impl Fn(&mut f32, f32),
+    accumulate: bool,
 ) {
     let sh = pixel_scale(h, oh, factor);
     let sw = pixel_scale(w, ow, factor);
     let (y0, ys, ly1) = bilinear_axis(sh, oy, h);
     let ly0 = 1.0 - ly1;
-    for ox in 0..ow {
+    for (ox, o) in dst[..ow * c].chunks_mut(c).enumerate() {
         let (x0, xs, lx1) = bilinear_axis(sw, ox, w);
         let lx0 = 1.0 - lx1;
-        let p = |y: usize, x: usize| (y * w + x) * c;
-        let (a, bb, cc, d) = (p(y0, x0), p(y0, x0 + xs), p(y0 + ys, x0), p(y0 + ys, x0 + xs));
-        let o = &mut dst[ox * c..(ox + 1) * c];
-        for ch in 0..c {
-            put(&mut o[ch], ly0 * (lx0 * src[a + ch] + lx1 * src[bb + ch]) + ly1 * (lx0 * src[cc + ch] + lx1 * src[d + ch]));
-        }
+        let p = |y: usize, x: usize| &src[(y * w + x) * c..][..c];
+        let taps = [p(y0, x0), p(y0, x0 + xs), p(y0 + ys, x0), p(y0 + ys, x0 + xs)];
+        bilinear_mix(o, taps, [lx0, lx1, ly0, ly1], accumulate);
     }
+}
+
+/// `o (=|+=) ly0·(lx0·a + lx1·b) + ly1·(lx0·c + lx1·d)` per channel, PyTorch's order.
+fn bilinear_mix(o: &mut [f32], [a, b, c, d]: [&[f32]; 4], [lx0, lx1, ly0, ly1]: [f32; 4], accumulate: bool) {
+    multiversion!(Path::Best, {
+        let n = o.len();
+        let (a, b, c, d) = (&a[..n], &b[..n], &c[..n], &d[..n]);
+        if accumulate {
+            for ch in 0..n {
+                o[ch] += ly0 * (lx0 * a[ch] + lx1 * b[ch]) + ly1 * (lx0 * c[ch] + lx1 * d[ch]);
+            }
+        } else {
+            for ch in 0..n {
+                o[ch] = ly0 * (lx0 * a[ch] + lx1 * b[ch]) + ly1 * (lx0 * c[ch] + lx1 * d[ch]);
+            }
+        }
+    })
 }
 
 /// Depthwise `k×k` convolution, stride 1, zero padding `k/2`, with bias, on channels
@@ -276,81 +300,105 @@ pub fn ms_deform_attn(
     // sampling points per query: k = (head, level, point)
     let n = s.heads * lp;
     let cdim = s.heads * s.head_dim;
-    // per sampling point: its level's width and height, and where the level starts
-    let wk: Vec<f32> = (0..n).map(|k| levels[(k % lp) / s.points].w as f32).collect();
-    let hk: Vec<f32> = (0..n).map(|k| levels[(k % lp) / s.points].h as f32).collect();
-    let scratch = || PointScratch { aw: vec![0.0; n], ix: vec![0.0; n], iy: vec![0.0; n], taps: vec![(0, 0.0); 4 * lp] };
-    par_filled_with(s.batch * lq * cdim, cdim, scratch, |st, row, dst| {
+    // per sampling point k: its level's width and height (as f32 and as a token count),
+    // and the value offset of its level's first token for its head in image 0
+    let level = |k: usize| &levels[(k % lp) / s.points];
+    let wk: Vec<f32> = (0..n).map(|k| level(k).w as f32).collect();
+    let hk: Vec<f32> = (0..n).map(|k| level(k).h as f32).collect();
+    let kbase: Vec<usize> = (0..n).map(|k| (level(k).start * s.heads + k / lp) * s.head_dim).collect();
+    // value offset of one token step
+    let tok_stride = s.heads * s.head_dim;
+    let scratch = || PointScratch::new(n, lp);
+    par_filled_with(s.batch * lq * cdim, cdim, scratch, |st, row, dst| multiversion!(Path::Best, {
         let [rx, ry] = refs[row % lq];
-        let vbase = (row / lq) * s.len_in;
-        let PointScratch { aw, ix, iy, taps } = st;
+        let vbase = (row / lq) * s.len_in * tok_stride;
+        let PointScratch { aw, corner, taps } = st;
         let off = &offsets[row * 2 * n..(row + 1) * 2 * n];
         let lg = &logits[row * n..(row + 1) * n];
-        multiversion!(Path::Best, {
-            // softmax over level×point, per head
-            for (a, l) in aw.chunks_mut(lp).zip(lg.chunks(lp)) {
-                let mx = l.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let mut sum = 0f32;
-                for (a, l) in a.iter_mut().zip(l) {
-                    *a = exp_fast(l - mx);
-                    sum += *a;
-                }
-                let inv = 1.0 / sum;
-                a.iter_mut().for_each(|a| *a *= inv);
+        // softmax over level×point, per head
+        for (a, l) in aw.chunks_mut(lp).zip(lg.chunks(lp)) {
+            let mx = l.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let mut sum = 0f32;
+            for (a, l) in a.iter_mut().zip(l) {
+                *a = exp_fast(l - mx);
+                sum += *a;
             }
+            let inv = 1.0 / sum;
+            a.iter_mut().for_each(|a| *a *= inv);
+        }
+        // Every point's four bilinear corners (x0,y0), (x1,y0), (x0,y1), (x1,y1): weight,
+        // whether it is inside the level, token index within the level. Lanes over k.
+        let [c0, c1, c2, c3] = corner;
+        for k in 0..n {
             // sampling location in [0, 1], then grid_sample's unnormalisation
-            for k in 0..n {
-                let gx = 2.0 * (rx + off[2 * k] / wk[k]) - 1.0;
-                let gy = 2.0 * (ry + off[2 * k + 1] / hk[k]) - 1.0;
-                ix[k] = ((gx + 1.0) * wk[k] - 1.0) / 2.0;
-                iy[k] = ((gy + 1.0) * hk[k] - 1.0) / 2.0;
-            }
-        });
+            let gx = 2.0 * (rx + off[2 * k] / wk[k]) - 1.0;
+            let gy = 2.0 * (ry + off[2 * k + 1] / hk[k]) - 1.0;
+            let ix = ((gx + 1.0) * wk[k] - 1.0) / 2.0;
+            let iy = ((gy + 1.0) * hk[k] - 1.0) / 2.0;
+            let (x0, y0) = (ix.floor(), iy.floor());
+            let (x1, y1) = (x0 + 1.0, y0 + 1.0);
+            let (wf, hf) = (wk[k], hk[k]);
+            // a corner is skipped only when it is certainly outside (NaN stays in, as before)
+            let inside = |tx: f32, ty: f32| !(tx < 0.0 || ty < 0.0 || tx >= wf || ty >= hf);
+            let put = |c: &mut Corners, tx: f32, ty: f32, tw: f32| {
+                c.weight[k] = aw[k] * tw;
+                c.inside[k] = inside(tx, ty);
+                c.token[k] = ty * wf + tx;
+            };
+            put(c0, x0, y0, (x1 - ix) * (y1 - iy));
+            put(c1, x1, y0, (ix - x0) * (y1 - iy));
+            put(c2, x0, y1, (x1 - ix) * (iy - y0));
+            put(c3, x1, y1, (ix - x0) * (iy - y0));
+        }
         for m in 0..s.heads {
-            // every in-bounds bilinear tap of this head: (offset of its values, weight)
+            // this head's in-bounds taps, in (level, point, corner) order: (offset of its
+            // head_dim values, weight); written unconditionally, kept when inside
             let mut nt = 0;
             for k in m * lp..(m + 1) * lp {
-                let l = &levels[(k % lp) / s.points];
-                let (wf, hf) = (wk[k], hk[k]);
-                let (x0, y0) = (ix[k].floor(), iy[k].floor());
-                let (x1, y1) = (x0 + 1.0, y0 + 1.0);
-                let corners = [
-                    (x0, y0, (x1 - ix[k]) * (y1 - iy[k])),
-                    (x1, y0, (ix[k] - x0) * (y1 - iy[k])),
-                    (x0, y1, (x1 - ix[k]) * (iy[k] - y0)),
-                    (x1, y1, (ix[k] - x0) * (iy[k] - y0)),
-                ];
-                for (tx, ty, tw) in corners {
-                    if tx < 0.0 || ty < 0.0 || tx >= wf || ty >= hf {
-                        continue;
-                    }
-                    let tok = vbase + l.start + ty as usize * l.w + tx as usize;
-                    taps[nt] = ((tok * s.heads + m) * s.head_dim, aw[k] * tw);
-                    nt += 1;
+                for c in [&*c0, &*c1, &*c2, &*c3] {
+                    // an inside corner's token is a small exact integer; an outside one's
+                    // offset is never read (wrapping: it may be any value)
+                    let at = (c.token[k] as usize).wrapping_mul(tok_stride).wrapping_add(vbase + kbase[k]);
+                    taps[nt] = (at, c.weight[k]);
+                    nt += usize::from(c.inside[k]);
                 }
             }
             let out = &mut dst[m * s.head_dim..(m + 1) * s.head_dim];
             match s.head_dim {
                 64 => gather_taps::<64>(value, &taps[..nt], out),
                 32 => gather_taps::<32>(value, &taps[..nt], out),
-                _ => multiversion!(Path::Best, {
+                _ => {
                     for &(off, f) in &taps[..nt] {
                         let v = &value[off..off + out.len()];
                         out.iter_mut().zip(v).for_each(|(a, v)| *a += f * v);
                     }
-                }),
+                }
             }
         }
-    })
+    }))
 }
 
-/// Per-query work arrays of [`ms_deform_attn`], made once per rayon job: attention
-/// weights and sampling pixels of every (head, level, point), and one head's taps.
+/// One bilinear corner of every sampling point of a query (see [`ms_deform_attn`]).
+struct Corners {
+    weight: Vec<f32>,
+    inside: Vec<bool>,
+    /// `y·W_l + x` as f32 (exact for any level below 2²⁴ tokens).
+    token: Vec<f32>,
+}
+
+/// Per-query work arrays of [`ms_deform_attn`], made once per rayon job: the attention
+/// weights and four corners of every (head, level, point), and one head's taps.
 struct PointScratch {
     aw: Vec<f32>,
-    ix: Vec<f32>,
-    iy: Vec<f32>,
+    corner: [Corners; 4],
     taps: Vec<(usize, f32)>,
+}
+
+impl PointScratch {
+    fn new(n: usize, lp: usize) -> PointScratch {
+        let c = || Corners { weight: vec![0.0; n], inside: vec![false; n], token: vec![0.0; n] };
+        PointScratch { aw: vec![0.0; n], corner: [c(), c(), c(), c()], taps: vec![(0, 0.0); 4 * lp] }
+    }
 }
 
 /// `out = Σ f·value[off..off + HD]` over `taps`, in order, with the sum held in registers
@@ -563,4 +611,3 @@ mod tests {
         assert_eq!(refs, vec![[0.25, 0.5], [0.75, 0.5]]);
     }
 }
-
