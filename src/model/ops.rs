@@ -297,127 +297,168 @@ pub fn ms_deform_attn(
 ) -> Vec<f32> {
     let lq = refs.len();
     let lp = levels.len() * s.points;
-    // sampling points per query: k = (head, level, point)
+    // sampling points per query, k = (head, level, point), in blocks of PTS lanes
     let n = s.heads * lp;
+    let blocks = n.div_ceil(PTS);
+    let np = blocks * PTS;
     let cdim = s.heads * s.head_dim;
-    // per sampling point k: its level's width and height (as f32 and as a token count),
+    // per sampling point k: its level's width and height (padding points: a 1×1 level),
     // and the value offset of its level's first token for its head in image 0
     let level = |k: usize| &levels[(k % lp) / s.points];
-    let wk: Vec<f32> = (0..n).map(|k| level(k).w as f32).collect();
-    let hk: Vec<f32> = (0..n).map(|k| level(k).h as f32).collect();
+    let wk: Vec<f32> = (0..np).map(|k| if k < n { level(k).w as f32 } else { 1.0 }).collect();
+    let hk: Vec<f32> = (0..np).map(|k| if k < n { level(k).h as f32 } else { 1.0 }).collect();
     let kbase: Vec<usize> = (0..n).map(|k| (level(k).start * s.heads + k / lp) * s.head_dim).collect();
     // value offset of one token step
     let tok_stride = s.heads * s.head_dim;
-    let scratch = || PointScratch::new(n, lp);
+    let scratch = || QueryScratch { aw: vec![0.0; np], off: vec![0.0; 2 * np], corners: vec![CornerBlock::default(); blocks] };
     par_filled_with(s.batch * lq * cdim, cdim, scratch, |st, row, dst| multiversion!(Path::Best, {
         let [rx, ry] = refs[row % lq];
         let vbase = (row / lq) * s.len_in * tok_stride;
-        let PointScratch { aw, corner, taps } = st;
-        let off = &offsets[row * 2 * n..(row + 1) * 2 * n];
+        let QueryScratch { aw, off, corners } = st;
+        // this query's offsets; the padding points keep offset 0 and weight 0
+        off[..2 * n].copy_from_slice(&offsets[row * 2 * n..(row + 1) * 2 * n]);
+        // softmax over level×point, per head: the shifted exponentials in lanes over all
+        // points, then each head's sum in order
         let lg = &logits[row * n..(row + 1) * n];
-        // softmax over level×point, per head
         for (a, l) in aw.chunks_mut(lp).zip(lg.chunks(lp)) {
-            let mx = l.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let mut sum = 0f32;
-            for (a, l) in a.iter_mut().zip(l) {
-                *a = exp_fast(l - mx);
-                sum += *a;
-            }
-            let inv = 1.0 / sum;
+            a.fill(l.iter().copied().fold(f32::NEG_INFINITY, f32::max));
+        }
+        aw[..n].iter_mut().zip(lg).for_each(|(a, l)| *a = exp_fast(l - *a));
+        for a in aw[..n].chunks_mut(lp) {
+            let inv = 1.0 / a.iter().fold(0f32, |s, a| s + a);
             a.iter_mut().for_each(|a| *a *= inv);
         }
-        // Every point's four bilinear corners (x0,y0), (x1,y0), (x0,y1), (x1,y1): weight,
-        // whether it is inside the level, token index within the level. Lanes over k.
-        let [c0, c1, c2, c3] = corner;
-        for k in 0..n {
-            // sampling location in [0, 1], then grid_sample's unnormalisation
-            let gx = 2.0 * (rx + off[2 * k] / wk[k]) - 1.0;
-            let gy = 2.0 * (ry + off[2 * k + 1] / hk[k]) - 1.0;
-            let ix = ((gx + 1.0) * wk[k] - 1.0) / 2.0;
-            let iy = ((gy + 1.0) * hk[k] - 1.0) / 2.0;
-            let (x0, y0) = (ix.floor(), iy.floor());
-            let (x1, y1) = (x0 + 1.0, y0 + 1.0);
-            let (wf, hf) = (wk[k], hk[k]);
-            // a corner is skipped only when it is certainly outside (NaN stays in, as before)
-            let inside = |tx: f32, ty: f32| !(tx < 0.0 || ty < 0.0 || tx >= wf || ty >= hf);
-            let put = |c: &mut Corners, tx: f32, ty: f32, tw: f32| {
-                c.weight[k] = aw[k] * tw;
-                c.inside[k] = inside(tx, ty);
-                c.token[k] = ty * wf + tx;
-            };
-            put(c0, x0, y0, (x1 - ix) * (y1 - iy));
-            put(c1, x1, y0, (ix - x0) * (y1 - iy));
-            put(c2, x0, y1, (x1 - ix) * (iy - y0));
-            put(c3, x1, y1, (ix - x0) * (iy - y0));
+        for (bi, cb) in corners.iter_mut().enumerate() {
+            let lanes = bi * PTS..(bi + 1) * PTS;
+            let off2 = bi * 2 * PTS..(bi + 1) * 2 * PTS;
+            corner_block([rx, ry], lanes_of(&off[off2]), lanes_of(&aw[lanes.clone()]), lanes_of(&wk[lanes.clone()]), lanes_of(&hk[lanes]), cb);
         }
         for m in 0..s.heads {
-            // this head's in-bounds taps, in (level, point, corner) order: (offset of its
-            // head_dim values, weight); written unconditionally, kept when inside
-            let mut nt = 0;
-            for k in m * lp..(m + 1) * lp {
-                for c in [&*c0, &*c1, &*c2, &*c3] {
-                    // an inside corner's token is a small exact integer; an outside one's
-                    // offset is never read (wrapping: it may be any value)
-                    let at = (c.token[k] as usize).wrapping_mul(tok_stride).wrapping_add(vbase + kbase[k]);
-                    taps[nt] = (at, c.weight[k]);
-                    nt += usize::from(c.inside[k]);
-                }
-            }
             let out = &mut dst[m * s.head_dim..(m + 1) * s.head_dim];
+            let pts = m * lp..(m + 1) * lp;
             match s.head_dim {
-                64 => gather_taps::<64>(value, &taps[..nt], out),
-                32 => gather_taps::<32>(value, &taps[..nt], out),
+                64 => gather_head::<64>(value, corners, pts, &kbase, vbase, tok_stride, out),
+                32 => gather_head::<32>(value, corners, pts, &kbase, vbase, tok_stride, out),
                 _ => {
-                    for &(off, f) in &taps[..nt] {
-                        let v = &value[off..off + out.len()];
-                        out.iter_mut().zip(v).for_each(|(a, v)| *a += f * v);
-                    }
+                    for_each_tap(corners, pts, &kbase, vbase, tok_stride, |at, f| {
+                        out.iter_mut().zip(&value[at..at + s.head_dim]).for_each(|(a, v)| *a += f * v)
+                    });
                 }
             }
         }
     }))
 }
 
-/// One bilinear corner of every sampling point of a query (see [`ms_deform_attn`]).
-struct Corners {
-    weight: Vec<f32>,
-    inside: Vec<bool>,
-    /// `y·W_l + x` as f32 (exact for any level below 2²⁴ tokens).
-    token: Vec<f32>,
+/// Sampling points whose corners are computed together, one AVX-512 register wide.
+const PTS: usize = 16;
+
+/// The four bilinear corners (x0,y0), (x1,y0), (x0,y1), (x1,y1) of [`PTS`] sampling
+/// points: weight (attention weight × bilinear weight), whether the corner may be read
+/// (not certainly outside its level), and its token `y·W_l + x` within the level.
+#[derive(Debug, Clone, Copy, Default)]
+struct CornerBlock {
+    weight: [[f32; PTS]; 4],
+    inside: [[bool; PTS]; 4],
+    token: [[u32; PTS]; 4],
 }
 
-/// Per-query work arrays of [`ms_deform_attn`], made once per rayon job: the attention
-/// weights and four corners of every (head, level, point), and one head's taps.
-struct PointScratch {
+/// Per-query work arrays of [`ms_deform_attn`], made once per rayon job.
+struct QueryScratch {
     aw: Vec<f32>,
-    corner: [Corners; 4],
-    taps: Vec<(usize, f32)>,
+    off: Vec<f32>,
+    corners: Vec<CornerBlock>,
 }
 
-impl PointScratch {
-    fn new(n: usize, lp: usize) -> PointScratch {
-        let c = || Corners { weight: vec![0.0; n], inside: vec![false; n], token: vec![0.0; n] };
-        PointScratch { aw: vec![0.0; n], corner: [c(), c(), c(), c()], taps: vec![(0, 0.0); 4 * lp] }
+/// A slice of exactly `N` values as an array reference.
+#[inline(always)]
+fn lanes_of<const N: usize>(s: &[f32]) -> &[f32; N] {
+    match s.try_into() {
+        Ok(a) => a,
+        Err(_) => unreachable!("callers slice exactly N values"),
     }
 }
 
-/// `out = Σ f·value[off..off + HD]` over `taps`, in order, with the sum held in registers
-/// (the same additions, in the same order, as accumulating into `out` from zero).
+/// The corners of [`PTS`] sampling points around reference point `r` (x, y in [0, 1]):
+/// `off` their (x, y) offsets in pixels of their level, `aw` their attention weights, `wk`
+/// and `hk` their levels' sizes. Straight-line code over the lanes, so it vectorises.
 #[inline(always)]
-fn gather_taps<const HD: usize>(value: &[f32], taps: &[(usize, f32)], out: &mut [f32]) {
-    multiversion!(Path::Best, {
-        let mut acc = [0f32; HD];
-        for &(off, f) in taps {
-            let v: &[f32; HD] = match value[off..off + HD].try_into() {
-                Ok(v) => v,
-                Err(_) => unreachable!("a slice of HD values"),
-            };
-            for d in 0..HD {
-                acc[d] += f * v[d];
+fn corner_block(r: [f32; 2], off: &[f32; 2 * PTS], aw: &[f32; PTS], wk: &[f32; PTS], hk: &[f32; PTS], cb: &mut CornerBlock) {
+    // An integer-valued float t in [0, 2²³) plus 2²³ has t in its low mantissa bits.
+    const MAGIC: f32 = 8_388_608.0;
+    // One loop per quantity, each over the lanes (a loop mixing x and y would be
+    // vectorised two lanes wide, x beside y, instead of PTS wide).
+    let (mut ix, mut iy) = ([0f32; PTS], [0f32; PTS]);
+    for j in 0..PTS {
+        // sampling location in [0, 1], then grid_sample's unnormalisation
+        let gx = 2.0 * (r[0] + off[2 * j] / wk[j]) - 1.0;
+        ix[j] = ((gx + 1.0) * wk[j] - 1.0) / 2.0;
+    }
+    for j in 0..PTS {
+        let gy = 2.0 * (r[1] + off[2 * j + 1] / hk[j]) - 1.0;
+        iy[j] = ((gy + 1.0) * hk[j] - 1.0) / 2.0;
+    }
+    for c in 0..4 {
+        let (dx, dy) = (c % 2, c / 2);
+        for j in 0..PTS {
+            let (x0, y0) = (ix[j].floor(), iy[j].floor());
+            let (x1, y1) = (x0 + 1.0, y0 + 1.0);
+            let (tx, wx) = if dx == 0 { (x0, x1 - ix[j]) } else { (x1, ix[j] - x0) };
+            let (ty, wy) = if dy == 0 { (y0, y1 - iy[j]) } else { (y1, iy[j] - y0) };
+            cb.weight[c][j] = aw[j] * (wx * wy);
+            // skipped only when certainly outside: a NaN location stays in, as in PyTorch
+            cb.inside[c][j] = !(tx < 0.0 || ty < 0.0 || tx >= wk[j] || ty >= hk[j]);
+            // exact for an inside corner; an outside one's token is never read
+            cb.token[c][j] = (ty * wk[j] + tx + MAGIC).to_bits().wrapping_sub(MAGIC.to_bits());
+        }
+    }
+}
+
+/// `f(value offset, weight)` for every readable corner of sampling points `pts`, in
+/// (level, point, corner) order.
+#[inline(always)]
+fn for_each_tap(
+    corners: &[CornerBlock],
+    pts: std::ops::Range<usize>,
+    kbase: &[usize],
+    vbase: usize,
+    tok_stride: usize,
+    mut f: impl FnMut(usize, f32),
+) {
+    for k in pts {
+        let cb = &corners[k / PTS];
+        let j = k % PTS;
+        for c in 0..4 {
+            if cb.inside[c][j] {
+                f(vbase + kbase[k] + cb.token[c][j] as usize * tok_stride, cb.weight[c][j]);
             }
         }
-        out.copy_from_slice(&acc);
-    })
+    }
+}
+
+/// `out = Σ weight·value[at..at + HD]` over one head's taps, in order, with the sum held
+/// in registers (the same additions, in the same order, as accumulating into `out` from
+/// zero).
+#[inline(always)]
+fn gather_head<const HD: usize>(
+    value: &[f32],
+    corners: &[CornerBlock],
+    pts: std::ops::Range<usize>,
+    kbase: &[usize],
+    vbase: usize,
+    tok_stride: usize,
+    out: &mut [f32],
+) {
+    let mut acc = [0f32; HD];
+    for_each_tap(corners, pts, kbase, vbase, tok_stride, |at, f| {
+        let v: &[f32; HD] = match value[at..at + HD].try_into() {
+            Ok(v) => v,
+            Err(_) => unreachable!("a slice of HD values"),
+        };
+        for d in 0..HD {
+            acc[d] += f * v[d];
+        }
+    });
+    out.copy_from_slice(&acc);
 }
 
 /// im2col rows `r0..r1` of a `k×k`, stride `s`, padding `p` convolution on a channels-last
@@ -568,6 +609,74 @@ mod tests {
         let mut s = [0.0f32, 0.0, (3f32).ln()];
         softmax_row(&mut s);
         close(&s, &[0.2, 0.2, 0.6]);
+    }
+
+    /// `ms_deform_attn` written out plainly, one tap at a time (upstream's
+    /// `ms_deform_attn_core_pytorch` with `grid_sample`'s zero padding).
+    fn deform_reference(value: &[f32], levels: &[Level], refs: &[[f32; 2]], offsets: &[f32], logits: &[f32], s: DeformShape) -> Vec<f32> {
+        let (lq, lp) = (refs.len(), levels.len() * s.points);
+        let mut out = vec![0f32; s.batch * lq * s.heads * s.head_dim];
+        for row in 0..s.batch * lq {
+            let [rx, ry] = refs[row % lq];
+            for m in 0..s.heads {
+                let ab = (row * s.heads + m) * lp;
+                let mut w = logits[ab..ab + lp].to_vec();
+                softmax_row(&mut w);
+                for (li, l) in levels.iter().enumerate() {
+                    for p in 0..s.points {
+                        let k = li * s.points + p;
+                        let (wf, hf) = (l.w as f32, l.h as f32);
+                        let ix = ((2.0 * (rx + offsets[(ab + k) * 2] / wf) - 1.0 + 1.0) * wf - 1.0) / 2.0;
+                        let iy = ((2.0 * (ry + offsets[(ab + k) * 2 + 1] / hf) - 1.0 + 1.0) * hf - 1.0) / 2.0;
+                        let (x0, y0) = (ix.floor(), iy.floor());
+                        for (tx, ty, tw) in [
+                            (x0, y0, (x0 + 1.0 - ix) * (y0 + 1.0 - iy)),
+                            (x0 + 1.0, y0, (ix - x0) * (y0 + 1.0 - iy)),
+                            (x0, y0 + 1.0, (x0 + 1.0 - ix) * (iy - y0)),
+                            (x0 + 1.0, y0 + 1.0, (ix - x0) * (iy - y0)),
+                        ] {
+                            if tx < 0.0 || ty < 0.0 || tx >= wf || ty >= hf {
+                                continue;
+                            }
+                            let tok = (row / lq) * s.len_in + l.start + ty as usize * l.w + tx as usize;
+                            for d in 0..s.head_dim {
+                                out[(row * s.heads + m) * s.head_dim + d] += w[k] * tw * value[(tok * s.heads + m) * s.head_dim + d];
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn deform_attn_matches_plain_reference_for_every_head_width() {
+        let levels = pyramid_levels(4, 6);
+        let refs = reference_points(&levels);
+        let mut r = 0x2545_f491_u64;
+        let mut rnd = move || {
+            r ^= r << 13;
+            r ^= r >> 7;
+            r ^= r << 17;
+            (r >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+        };
+        // head widths 64 and 32 (register paths) and 5 (plain path); 2 images; offsets up
+        // to ±3 pixels, so many corners fall outside their level
+        for (heads, head_dim) in [(2, 64), (3, 32), (2, 5)] {
+            let len_in = refs.len();
+            let s = DeformShape { batch: 2, len_in, heads, head_dim, points: 4 };
+            let n = 2 * len_in * heads * 12;
+            let value: Vec<f32> = (0..2 * len_in * heads * head_dim).map(|_| rnd()).collect();
+            let offsets: Vec<f32> = (0..2 * n).map(|_| rnd() * 6.0).collect();
+            let logits: Vec<f32> = (0..n).map(|_| rnd() * 4.0).collect();
+            let got = ms_deform_attn(&value, &levels, &refs, &offsets, &logits, s);
+            let want = deform_reference(&value, &levels, &refs, &offsets, &logits, s);
+            assert_eq!(got.len(), want.len());
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert!((g - w).abs() <= 1e-5 * w.abs().max(1.0), "heads {heads} × {head_dim}: [{i}] {g} vs {w}");
+            }
+        }
     }
 
     #[test]
