@@ -10,7 +10,6 @@
 //! `ops/modules/ms_deform_attn.py`.
 
 use candle_core::Tensor;
-use rayon::prelude::*;
 
 use super::buffer::par_filled;
 use super::config::{ComerConfig, ConfigError, Flavor};
@@ -452,7 +451,8 @@ pub struct Comer {
     level_embed: Tensor,
     spm: Spm,
     interactions: Vec<Interaction>,
-    /// `up` ConvTranspose2d(D, D, 2, 2) as a (D_in, D_out·4) matrix, and its bias.
+    /// `up` ConvTranspose2d(D, D, 2, 2) as a Linear D_in → 4·D_out, outputs ordered
+    /// (dy, dx, o), and its bias.
     up: Linear,
     up_bias: Vec<f32>,
     norms: [BatchNorm; 4],
@@ -494,8 +494,9 @@ impl Comer {
             .map(|i| Interaction::new(&vb.pp("interactions").pp(i), cfg, i))
             .collect::<Result<Vec<_>>>()?;
         let up_w = vb.pp("up").get("weight", &[d, d, 2, 2])?;
-        // (D_in, D_out, 2, 2) → (D_in, D_out·4) → transposed to (D_out·4, D_in) for Linear
-        let up = Linear::from_parts(up_w.reshape((d, d * 4))?.t()?.contiguous()?, None)?;
+        // (D_in, D_out, 2, 2) → (2, 2, D_out, D_in) → (4·D_out, D_in) for Linear: output
+        // column (dy·2 + dx)·D + o, so each (dy, dx) tap is D contiguous values
+        let up = Linear::from_parts(up_w.permute((2, 3, 1, 0))?.contiguous()?.reshape((4 * d, d))?, None)?;
         Ok(Comer {
             cfg: cfg.clone(),
             patch_embed: Conv2d::new(&vb.pp("patch_embed").pp("proj"), cfg.in_chans, d, ps, ps, 0, true, None)?,
@@ -560,47 +561,60 @@ impl Comer {
         }
 
         let f = super::profile::timed("output pyramid", || -> Result<Vec<Tensor>> {
-            // pyramid, channels-last
+            // pyramid, channels-last; the ViT maps added per level when add_vit_feature
             let [t2, t3, t4] = g.split(&c)?;
-            let up = values(&self.up.forward(&t2)?)?; // (B, 2H·2W, D·4) as (o, dy, dx)
-            let mut f1 = values(&c1)?; // (B, 4H, 4W, D)
-            // one task per source row (bi, y): output rows 2y and 2y+1
-            f1.par_chunks_mut(2 * w1 * d).enumerate().for_each(|(row, dst)| {
-                for xx in 0..2 * w {
-                    let src = &up[(row * 2 * w + xx) * d * 4..][..d * 4];
-                    for dy in 0..2 {
-                        for dx in 0..2 {
-                            let o = (dy * w1 + 2 * xx + dx) * d;
-                            for ch in 0..d {
-                                dst[o + ch] += src[ch * 4 + dy * 2 + dx] + self.up_bias[ch];
-                            }
-                        }
+            let maps: Vec<Vec<f32>> = match (self.cfg.add_vit_feature, self.cfg.flavor) {
+                (false, _) => Vec::new(),
+                (true, Flavor::Seg) => outs.iter().map(values).collect::<Result<_>>()?,
+                (true, _) => vec![values(&x)?; 4],
+            };
+            let img = h * w * d;
+            // f1 = c1 + (up(c2) + bias) (+ ViT map ×4), one output row (bi, Y) per task
+            let up = with_values(&t2, |v| self.up.forward_values(v))?; // (B, 2H·2W, 4·D) as (dy, dx, o)
+            let f1 = with_values(&c1, |c1v| {
+                par_filled(b * h1 * w1 * d, w1 * d, |row, dst| {
+                    let (bi, yy) = (row / h1, row % h1);
+                    let (y, dy) = (yy / 2, yy % 2);
+                    let c1row = &c1v[row * w1 * d..][..w1 * d];
+                    for (xx, (o, c)) in dst.chunks_mut(d).zip(c1row.chunks(d)).enumerate() {
+                        let (x, dx) = (xx / 2, xx % 2);
+                        let src = &up[((bi * 2 * h + y) * 2 * w + x) * 4 * d + (dy * 2 + dx) * d..][..d];
+                        o.iter_mut().zip(c).zip(src).zip(&self.up_bias).for_each(|(((o, c), u), bias)| *o = c + (u + bias));
                     }
-                }
-            });
-            let mut f2 = values(&t2)?;
-            let mut f3 = values(&t3)?;
-            let mut f4 = values(&t4)?;
-            if self.cfg.add_vit_feature {
-                let maps: Vec<Vec<f32>> = if self.cfg.flavor == Flavor::Seg {
-                    outs.iter().map(values).collect::<Result<_>>()?
-                } else {
-                    let v = values(&x)?;
-                    vec![v.clone(), v.clone(), v.clone(), v]
-                };
-                let add = |dst: &mut [f32], src: &[f32]| dst.iter_mut().zip(src).for_each(|(a, s)| *a += s);
-                add(&mut f1, &ops::resize_bilinear_nhwc(&maps[0], b, h, w, d, h1, w1, Some(4.0)));
-                add(&mut f2, &ops::resize_bilinear_nhwc(&maps[1], b, h, w, d, 2 * h, 2 * w, Some(2.0)));
-                add(&mut f3, &maps[2]);
-                add(&mut f4, &ops::resize_bilinear_nhwc(&maps[3], b, h, w, d, h / 2, w / 2, Some(0.5)));
-            }
+                    if let Some(m) = maps.first() {
+                        ops::bilinear_row(&m[bi * img..][..img], (h, w, d), (h1, w1), Some(4.0), yy, dst, true);
+                    }
+                })
+            })?;
+            // f2..f4 = the CNN level (+ its ViT map resampled ×2, ×1, ×0.5)
+            let level = |t: &Tensor, i: usize, (lh, lw): (usize, usize), factor: f64| {
+                with_values(t, |tv| {
+                    par_filled(b * lh * lw * d, lw * d, |row, dst| {
+                        dst.copy_from_slice(&tv[row * lw * d..][..lw * d]);
+                        match maps.get(i) {
+                            // same grid: the map itself, added as upstream adds it
+                            Some(m) if (lh, lw) == (h, w) => {
+                                dst.iter_mut().zip(&m[row * lw * d..][..lw * d]).for_each(|(o, v)| *o += v)
+                            }
+                            Some(m) => {
+                                let (bi, yy) = (row / lh, row % lh);
+                                ops::bilinear_row(&m[bi * img..][..img], (h, w, d), (lh, lw), Some(factor), yy, dst, true);
+                            }
+                            None => {}
+                        }
+                    })
+                })
+            };
+            let f2 = level(&t2, 1, (2 * h, 2 * w), 2.0)?;
+            let f3 = level(&t3, 2, (h, w), 1.0)?;
+            let f4 = level(&t4, 3, (h / 2, w / 2), 0.5)?;
             let sizes = [(h1, w1), (2 * h, 2 * w), (h, w), (h / 2, w / 2)];
             let mut f: Vec<Tensor> = Vec::new();
             for (i, v) in [f1, f2, f3, f4].into_iter().enumerate() {
                 let (fh, fw) = sizes[i];
                 let bn = &self.norms[i];
                 // (B, H, W, D) → (B, D, H, W), BatchNorm applied on the way
-                let v = ops::nhwc_to_nchw(&v, b, fh * fw, d, Some((&bn.scale, &bn.shift)));
+                let v = super::profile::timed("to nchw", || ops::nhwc_to_nchw(&v, b, fh * fw, d, Some((&bn.scale, &bn.shift))));
                 f.push(tensor(v, &[b, d, fh, fw])?);
             }
             Ok(f)

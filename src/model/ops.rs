@@ -12,7 +12,6 @@
 // Index loops below mirror the kernels' arithmetic over several arrays at once.
 #![allow(clippy::needless_range_loop)]
 
-use rayon::prelude::*;
 
 use super::buffer::{par_filled, par_filled_with};
 use super::kernels::{Path, exp_fast, lane_sum, multiversion};
@@ -461,7 +460,7 @@ fn gather_head<const HD: usize>(
     out.copy_from_slice(&acc);
 }
 
-/// im2col rows `r0..r1` of a `k×k`, stride `s`, padding `p` convolution on a channels-last
+/// im2col rows `r0..r1` (on the calling thread) of a `k×k`, stride `s`, padding `p` convolution on a channels-last
 /// map (B, H, W, C): each row is (ky, kx, c) for one output pixel, zeros outside.
 #[allow(clippy::too_many_arguments)]
 pub fn im2col_nhwc(
@@ -477,7 +476,7 @@ pub fn im2col_nhwc(
     let (_b, h, w, c) = dims;
     let (oh, ow) = out_hw;
     let kc = k * k * c;
-    dst.par_chunks_mut(kc).zip(rows).for_each(|(row, r)| {
+    dst.chunks_mut(kc).zip(rows).for_each(|(row, r)| {
         let bi = r / (oh * ow);
         let oy = (r / ow) % oh;
         let ox = r % ow;
@@ -503,19 +502,28 @@ pub fn nhwc_to_nchw(x: &[f32], b: usize, hw: usize, c: usize, affine: Option<(&[
     // the widest block of up to 16 channels that divides C, so no block spans two images
     let block = [16, 8, 4, 2, 1].into_iter().find(|k| c.is_multiple_of(*k)).unwrap_or(1);
     let blocks = c / block;
-    par_filled(b * hw * c, block * hw, |i, planes| {
+    // identity affine when none is given (v·1 + 0 = v; a −0 comes out as +0)
+    let (ones, zeros) = (vec![1f32; c], vec![0f32; c]);
+    let (scale, shift) = affine.unwrap_or((&ones, &zeros));
+    par_filled(b * hw * c, block * hw, |i, planes| multiversion!(Path::Best, {
         let (bi, c0) = (i / blocks, (i % blocks) * block);
         let src = &x[bi * hw * c..][..hw * c];
-        for p in 0..hw {
-            let row = &src[p * c + c0..][..block];
-            for (j, v) in row.iter().enumerate() {
-                planes[j * hw + p] = match affine {
-                    Some((s, t)) => v * s[c0 + j] + t[c0 + j],
-                    None => *v,
-                };
+        let (s, t) = (&scale[c0..c0 + block], &shift[c0..c0 + block]);
+        // tiles of 16 pixels × the block's channels, transposed through the stack
+        let mut tile = [[0f32; 16]; 16];
+        for p0 in (0..hw).step_by(16) {
+            let np = 16.min(hw - p0);
+            for (i, r) in tile[..np].iter_mut().enumerate() {
+                r[..block].copy_from_slice(&src[(p0 + i) * c + c0..][..block]);
+            }
+            for j in 0..block {
+                let dst = &mut planes[j * hw + p0..][..np];
+                for (i, o) in dst.iter_mut().enumerate() {
+                    *o = tile[i][j] * s[j] + t[j];
+                }
             }
         }
-    })
+    }))
 }
 
 /// `nn.MaxPool2d(3, 2, 1)` on a channels-last map; returns the map and its (H, W).
