@@ -15,7 +15,7 @@ use super::buffer::par_filled;
 use super::config::{ComerConfig, ConfigError, Flavor};
 use super::error::ModelError;
 use super::kernels::{self, Path};
-use super::nn::{BatchNorm, Conv2d, ConvNhwc, DwConv, LayerNorm, Linear, Result, add, add_scaled, tensor, values, with_values};
+use super::nn::{BatchNorm, Conv2d, ConvNhwc, DwConv, LayerNorm, Linear, Result, add_scaled, tensor, values, with_values};
 use super::ops::{self, DeformShape, Level};
 use super::vit::Block;
 use super::weights::Vb;
@@ -49,8 +49,16 @@ impl MsDeformAttn {
         })
     }
 
-    /// query (B, Lq, D), feat (B, Len, D) → (B, Lq, D)
-    pub fn forward(&self, query: &Tensor, refs: &[[f32; 2]], feat: &Tensor, levels: &[Level]) -> Result<Tensor> {
+    /// query (B, Lq, D), feat (B, Len, D) → (B, Lq, D), plus `residual` (B, Lq, D) when
+    /// given (added by the output projection's GEMM).
+    pub fn forward(
+        &self,
+        query: &Tensor,
+        refs: &[[f32; 2]],
+        feat: &Tensor,
+        levels: &[Level],
+        residual: Option<&Tensor>,
+    ) -> Result<Tensor> {
         let (b, lq, _) = query.dims3()?;
         let len_in = feat.dim(1)?;
         let value = with_values(feat, |v| self.value_proj.forward_values(v))?;
@@ -58,8 +66,13 @@ impl MsDeformAttn {
             with_values(query, |q| (self.sampling_offsets.forward_values(q), self.attention_weights.forward_values(q)))?;
         let s = DeformShape { batch: b, len_in, heads: self.heads, head_dim: self.head_dim, points: self.points };
         let out = super::profile::timed("msdeform core", || ops::ms_deform_attn(&value, levels, refs, &offsets, &logits, s));
-        // (B, Lq, heads·head_dim)
-        self.output_proj.forward(&tensor(out, &[b, lq, self.heads * self.head_dim])?)
+        let d = self.output_proj.out_dim;
+        let y = match residual {
+            Some(r) => with_values(r, |r| self.output_proj.forward_values_residual(&out, r))?,
+            None => self.output_proj.forward_values(&out),
+        };
+        // (B, Lq, D)
+        tensor(y, &[b, lq, d])
     }
 }
 
@@ -108,13 +121,17 @@ impl ConvFfn {
         })
     }
 
-    pub fn forward(&self, x: &Tensor, h: usize, w: usize) -> Result<Tensor> {
+    /// `residual + self(x)`: the residual (B, N, D) added by fc2's GEMM.
+    pub fn forward(&self, x: &Tensor, h: usize, w: usize, residual: &Tensor) -> Result<Tensor> {
         let (b, n, _) = x.dims3()?;
         let y = with_values(x, |v| self.fc1.forward_values(v))?;
-        let mut y = per_level(&y, (b, n, self.fc1.out_dim), h, w, |_, s, d, dims, oy, x0| self.dwconv.run(s, d, dims, oy, x0, 0));
-        super::profile::timed("gelu", || kernels::gelu_inplace(&mut y, 1, Path::Best));
+        // GELU on each row segment as soon as its convolution is written
+        let y = per_level(&y, (b, n, self.fc1.out_dim), h, w, |_, s, d, dims, oy, x0| {
+            self.dwconv.run(s, d, dims, oy, x0, 0);
+            kernels::gelu_chunk(d, 1, Path::Best);
+        });
         // (B, N, D)
-        tensor(self.fc2.forward_values(&y), &[b, n, self.fc2.out_dim])
+        tensor(with_values(residual, |r| self.fc2.forward_values_residual(&y, r))?, &[b, n, self.fc2.out_dim])
     }
 }
 
@@ -147,14 +164,14 @@ impl Mrfp {
     pub fn forward(&self, x: &Tensor, h: usize, w: usize) -> Result<Tensor> {
         let (b, n, _) = x.dims3()?;
         let y = with_values(x, |v| self.fc1.forward_values(v))?;
-        let mut y = per_level(&y, (b, n, self.fc1.out_dim), h, w, |li, s, d, dims, oy, x0| {
+        let y = per_level(&y, (b, n, self.fc1.out_dim), h, w, |li, s, d, dims, oy, x0| {
             let (a, b) = &self.convs[li];
             a.run(s, d, dims, oy, x0, 0);
             b.run(s, d, dims, oy, x0, self.half);
+            // `MultiDWConv` ends with its own GELU after the BatchNorm, and `MRFP` applies
+            // `act` once more: upstream runs GELU twice here.
+            kernels::gelu_chunk(d, 2, Path::Best);
         });
-        // `MultiDWConv` ends with its own GELU after the BatchNorm, and `MRFP` applies
-        // `act` once more: upstream runs GELU twice here.
-        super::profile::timed("gelu", || kernels::gelu_inplace(&mut y, 2, Path::Best));
         // (B, N, D)
         tensor(self.fc2.forward_values(&y), &[b, n, self.fc2.out_dim])
     }
@@ -213,10 +230,10 @@ impl CfInter {
     }
 
     fn forward(&self, query: &Tensor, feat: &Tensor, g: &Geometry) -> Result<Tensor> {
-        let a = self.attn.forward(&self.query_norm.forward(query)?, &g.refs, &self.feat_norm.forward(feat)?, &g.levels)?;
-        let mut q = add(query, &a)?;
+        // query + attn(…), then q + ffn(…): each residual added by the GEMM before it
+        let mut q = self.attn.forward(&self.query_norm.forward(query)?, &g.refs, &self.feat_norm.forward(feat)?, &g.levels, Some(query))?;
         if let Some((norm, ffn)) = &self.ffn {
-            q = add(&q, &ffn.forward(&norm.forward(&q)?, g.h, g.w)?)?;
+            q = ffn.forward(&norm.forward(&q)?, g.h, g.w, &q)?;
         }
         Ok(q)
     }
@@ -248,8 +265,8 @@ impl CtiToV {
     }
 
     fn forward(&self, x: &Tensor, c: &Tensor, g: &Geometry) -> Result<Tensor> {
-        let c1 = self.attn.forward(&self.query_norm.forward(c)?, &g.refs, &self.feat_norm.forward(c)?, &g.levels)?;
-        let c1 = add(&c1, &self.ffn.forward(&self.ffn_norm.forward(&c1)?, g.h, g.w)?)?;
+        let c1 = self.attn.forward(&self.query_norm.forward(c)?, &g.refs, &self.feat_norm.forward(c)?, &g.levels, None)?;
+        let c1 = self.ffn.forward(&self.ffn_norm.forward(&c1)?, g.h, g.w, &c1)?;
         let (b, n, d) = c1.dims3()?;
         let (h, w) = (g.h, g.w);
         let [_, l2, l3] = g.levels;
@@ -303,7 +320,7 @@ impl CtiToC {
     fn forward(&self, c: &Tensor, x: &Tensor, g: &Geometry) -> Result<Tensor> {
         let mut c = add_scaled(c, None, x, g.levels[1].start)?;
         if let Some((norm, ffn)) = &self.ffn {
-            c = add(&c, &ffn.forward(&norm.forward(&c)?, g.h, g.w)?)?;
+            c = ffn.forward(&norm.forward(&c)?, g.h, g.w, &c)?;
         }
         if let Some(cf) = &self.cfinter {
             c = cf.forward(&self.query_norm.forward(&c)?, &self.feat_norm.forward(&c)?, g)?;

@@ -126,14 +126,18 @@ pub fn gelu_fast(x: f32) -> f32 {
 
 /// GELU in place, `times` times over (MRFP applies it twice), split over the thread pool.
 pub fn gelu_inplace(x: &mut [f32], times: usize, path: Path) {
-    x.par_chunks_mut(1 << 14).for_each(|c| {
-        multiversion!(path, {
-            // Passes outermost: a loop inside the element loop would not vectorise.
-            for _ in 0..times {
-                c.iter_mut().for_each(|v| *v = gelu_fast(*v));
-            }
-        })
-    });
+    x.par_chunks_mut(1 << 14).for_each(|c| gelu_chunk(c, times, path));
+}
+
+/// GELU in place on the calling thread, `times` times over (for a chunk a parallel
+/// kernel has just written, while it is in cache).
+pub fn gelu_chunk(c: &mut [f32], times: usize, path: Path) {
+    multiversion!(path, {
+        // Passes outermost: a loop inside the element loop would not vectorise.
+        for _ in 0..times {
+            c.iter_mut().for_each(|v| *v = gelu_fast(*v));
+        }
+    })
 }
 
 /// `Σ f(v)` over a row, in [`LANES`] partial sums (so it vectorises).
@@ -207,14 +211,18 @@ pub struct AttnShape {
     pub scale: f32,
 }
 
-/// Query rows per task: a (rows, N) logits block stays in L2.
-const ATTN_ROWS: usize = 128;
+/// Query rows per task, at most: each row is K and V's packed operand reused once more.
+const ATTN_ROWS: usize = 256;
+/// Logits per task, at most (1 MB): the (rows, N) block stays in L2 beside K and V.
+const ATTN_LOGITS: usize = 1 << 18;
 
 /// `softmax(scale·q kᵀ + bias) v` for every sequence and head. `qkv` is (seqs, N, 3, heads,
 /// head_dim) as the `qkv` Linear writes it; `bias`, if any, is (heads, N, N). Returns
-/// (seqs, N, heads·head_dim). Works on blocks of [`ATTN_ROWS`] query rows in parallel.
+/// (seqs, N, heads·head_dim). Works on blocks of query rows in parallel, as many as fit
+/// [`ATTN_LOGITS`] (at most [`ATTN_ROWS`], at least 16).
 pub fn attention(qkv: &[f32], bias: Option<&[f32]>, s: AttnShape, path: Path) -> Vec<f32> {
     let (n, hd) = (s.n, s.head_dim);
+    let block_rows = (ATTN_LOGITS / n.max(1)).clamp(16, ATTN_ROWS);
     let c = s.heads * hd;
     assert_eq!(qkv.len(), s.seqs * n * 3 * c, "qkv is (seqs, N, 3C)");
     if let Some(b) = bias {
@@ -222,8 +230,8 @@ pub fn attention(qkv: &[f32], bias: Option<&[f32]>, s: AttnShape, path: Path) ->
     }
     super::buffer::par_filled(s.seqs * n * c, n * c, |seq, out_seq| {
         let qkv = &qkv[seq * n * 3 * c..(seq + 1) * n * 3 * c];
-        out_seq.par_chunks_mut(ATTN_ROWS * c).enumerate().for_each(|(blk, dst)| {
-            let r0 = blk * ATTN_ROWS;
+        out_seq.par_chunks_mut(block_rows * c).enumerate().for_each(|(blk, dst)| {
+            let r0 = blk * block_rows;
             let rows = dst.len() / c;
             let mut logits = vec![0f32; rows * n];
             for h in 0..s.heads {

@@ -133,6 +133,29 @@ impl Linear {
         y
     }
 
+    /// `r + self(x)` on rows: the residual `r` (rows, out) and the bias are preloaded in the
+    /// output and the GEMM adds into it, instead of a separate pass adding two buffers.
+    /// The sum is taken as `(r + b) + x·Wᵀ` rather than upstream's `r + (x·Wᵀ + b)`: the
+    /// same terms, rounded in another order.
+    pub fn forward_values_residual(&self, x: &[f32], r: &[f32]) -> Vec<f32> {
+        super::profile::timed("linear", || {
+            let rows = x.len() / self.in_dim;
+            let n = self.out_dim;
+            assert!(rows * self.in_dim == x.len() && r.len() == rows * n, "residual is (rows, {n})");
+            let mut y = par_filled(rows * n, 64 * n, |i, c| {
+                let rs = &r[i * 64 * n..][..c.len()];
+                match &self.bias {
+                    Some(b) => c.chunks_mut(n).zip(rs.chunks(n)).for_each(|(o, r)| {
+                        o.iter_mut().zip(r).zip(b).for_each(|((o, r), b)| *o = r + b)
+                    }),
+                    None => c.copy_from_slice(rs),
+                }
+            });
+            gemm_acc(&mut y, true, x, self.in_dim, &self.weight, (1, self.in_dim));
+            y
+        })
+    }
+
     /// (…, in) → (…, out)
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let y = with_values(x, |v| self.forward_values(v))?;
@@ -407,7 +430,3 @@ fn add_scaled_untimed(x: &Tensor, gamma: Option<&[f32]>, y: &Tensor, at: usize) 
     tensor(out, &[b, nx, c])
 }
 
-/// `x + y`, both (B, N, C).
-pub fn add(x: &Tensor, y: &Tensor) -> Result<Tensor> {
-    add_scaled(x, None, y, 0)
-}
