@@ -406,8 +406,10 @@ fn corner_block(r: [f32; 2], off: &[f32; 2 * PTS], aw: &[f32; PTS], wk: &[f32; P
             cb.weight[c][j] = aw[j] * (wx * wy);
             // skipped only when certainly outside: a NaN location stays in, as in PyTorch
             cb.inside[c][j] = !(tx < 0.0 || ty < 0.0 || tx >= wk[j] || ty >= hk[j]);
-            // exact for an inside corner; an outside one's token is never read
-            cb.token[c][j] = (ty * wk[j] + tx + MAGIC).to_bits().wrapping_sub(MAGIC.to_bits());
+            // exact for an inside corner; an outside one's token is never read; a NaN
+            // location reads the level's first token (its weight is NaN, so the output is)
+            let tok = (ty * wk[j] + tx).max(0.0).min(wk[j] * hk[j] - 1.0);
+            cb.token[c][j] = (tok + MAGIC).to_bits().wrapping_sub(MAGIC.to_bits());
         }
     }
 }
@@ -672,6 +674,15 @@ mod tests {
         // head widths 64 and 32 (register paths) and 5 (plain path); 2 images; offsets up
         // to ±3 pixels, so many corners fall outside their level
         for (heads, head_dim) in [(2, 64), (3, 32), (2, 5)] {
+            // a NaN offset makes that head's output NaN, as upstream's, without a panic
+            let levels1 = [Level { h: 2, w: 2, start: 0 }];
+            let s1 = DeformShape { batch: 1, len_in: 4, heads, head_dim, points: 1 };
+            let v1 = vec![1f32; 4 * heads * head_dim];
+            let mut off1 = vec![0f32; 2 * heads];
+            off1[1] = f32::NAN;
+            let out = ms_deform_attn(&v1, &levels1, &[[0.5, 0.5]], &off1, &vec![0f32; heads], s1);
+            assert!(out[..head_dim].iter().all(|v| v.is_nan()), "head 0 reads a NaN location");
+            assert!(out[head_dim..].iter().all(|v| (v - 1.0).abs() < 1e-6), "other heads are untouched");
             let len_in = refs.len();
             let s = DeformShape { batch: 2, len_in, heads, head_dim, points: 4 };
             let n = 2 * len_in * heads * 12;
