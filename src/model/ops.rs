@@ -301,11 +301,14 @@ pub fn ms_deform_attn(
     let blocks = n.div_ceil(PTS);
     let np = blocks * PTS;
     let cdim = s.heads * s.head_dim;
-    // per sampling point k: its level's width and height (padding points: a 1×1 level),
-    // and the value offset of its level's first token for its head in image 0
+    // per sampling point k: its level's width, height and last token (padding points: a
+    // 1×1 level), and the value offset of its level's first token for its head in image 0
     let level = |k: usize| &levels[(k % lp) / s.points];
     let wk: Vec<f32> = (0..np).map(|k| if k < n { level(k).w as f32 } else { 1.0 }).collect();
     let hk: Vec<f32> = (0..np).map(|k| if k < n { level(k).h as f32 } else { 1.0 }).collect();
+    let last: Vec<u32> = (0..np)
+        .map(|k| if k < n { u32::try_from((level(k).h * level(k).w).saturating_sub(1)).unwrap_or(u32::MAX) } else { 0 })
+        .collect();
     let kbase: Vec<usize> = (0..n).map(|k| (level(k).start * s.heads + k / lp) * s.head_dim).collect();
     // value offset of one token step
     let tok_stride = s.heads * s.head_dim;
@@ -330,7 +333,8 @@ pub fn ms_deform_attn(
         for (bi, cb) in corners.iter_mut().enumerate() {
             let lanes = bi * PTS..(bi + 1) * PTS;
             let off2 = bi * 2 * PTS..(bi + 1) * 2 * PTS;
-            corner_block([rx, ry], lanes_of(&off[off2]), lanes_of(&aw[lanes.clone()]), lanes_of(&wk[lanes.clone()]), lanes_of(&hk[lanes]), cb);
+            let level_lanes = (lanes_of(&wk[lanes.clone()]), lanes_of(&hk[lanes.clone()]), lanes_of(&last[lanes.clone()]));
+            corner_block([rx, ry], lanes_of(&off[off2]), lanes_of(&aw[lanes]), level_lanes, cb);
         }
         for m in 0..s.heads {
             let out = &mut dst[m * s.head_dim..(m + 1) * s.head_dim];
@@ -370,7 +374,7 @@ struct QueryScratch {
 
 /// A slice of exactly `N` values as an array reference.
 #[inline(always)]
-fn lanes_of<const N: usize>(s: &[f32]) -> &[f32; N] {
+fn lanes_of<T, const N: usize>(s: &[T]) -> &[T; N] {
     match s.try_into() {
         Ok(a) => a,
         Err(_) => unreachable!("callers slice exactly N values"),
@@ -381,7 +385,13 @@ fn lanes_of<const N: usize>(s: &[f32]) -> &[f32; N] {
 /// `off` their (x, y) offsets in pixels of their level, `aw` their attention weights, `wk`
 /// and `hk` their levels' sizes. Straight-line code over the lanes, so it vectorises.
 #[inline(always)]
-fn corner_block(r: [f32; 2], off: &[f32; 2 * PTS], aw: &[f32; PTS], wk: &[f32; PTS], hk: &[f32; PTS], cb: &mut CornerBlock) {
+fn corner_block(
+    r: [f32; 2],
+    off: &[f32; 2 * PTS],
+    aw: &[f32; PTS],
+    (wk, hk, last): (&[f32; PTS], &[f32; PTS], &[u32; PTS]),
+    cb: &mut CornerBlock,
+) {
     // An integer-valued float t in [0, 2²³) plus 2²³ has t in its low mantissa bits.
     const MAGIC: f32 = 8_388_608.0;
     // One loop per quantity, each over the lanes (a loop mixing x and y would be
@@ -407,9 +417,10 @@ fn corner_block(r: [f32; 2], off: &[f32; 2 * PTS], aw: &[f32; PTS], wk: &[f32; P
             // skipped only when certainly outside: a NaN location stays in, as in PyTorch
             cb.inside[c][j] = !(tx < 0.0 || ty < 0.0 || tx >= wk[j] || ty >= hk[j]);
             // exact for an inside corner; an outside one's token is never read; a NaN
-            // location reads the level's first token (its weight is NaN, so the output is)
-            let tok = (ty * wk[j] + tx).max(0.0).min(wk[j] * hk[j] - 1.0);
-            cb.token[c][j] = (tok + MAGIC).to_bits().wrapping_sub(MAGIC.to_bits());
+            // location reads the level's last token (its weight is NaN, so the output is)
+            // (clamped as an integer: f32::max/min or a select here would not vectorise)
+            let tok = (ty * wk[j] + tx + MAGIC).to_bits().wrapping_sub(MAGIC.to_bits());
+            cb.token[c][j] = tok.min(last[j]);
         }
     }
 }
