@@ -174,26 +174,27 @@ pub fn dwconv_row(
     k: usize,
 ) {
     let cn = bias.len();
-    let pad = (k / 2) as isize;
-    let oy = oy as isize;
+    let ntok = dst.len() / c;
+    let pad = k / 2;
     multiversion!(Path::Best, {
-        for (i, o) in dst.chunks_mut(c).enumerate() {
-            let ox = (x0 + i) as isize;
-            let o = &mut o[c0..c0 + cn];
-            o.copy_from_slice(bias);
-            for ky in 0..k as isize {
-                let iy = oy + ky - pad;
-                if iy < 0 || iy >= h as isize {
-                    continue;
-                }
-                for kx in 0..k as isize {
-                    let ix = ox + kx - pad;
-                    if ix < 0 || ix >= w as isize {
-                        continue;
-                    }
-                    let base = (iy as usize * w + ix as usize) * c + c0;
-                    let src = &x[base..base + cn];
-                    let wt = &weight_t[(ky as usize * k + kx as usize) * cn..][..cn];
+        for o in dst.chunks_mut(c) {
+            o[c0..c0 + cn].copy_from_slice(bias);
+        }
+        // Taps outermost, the segment's tokens inside: the output segment stays in L1 and
+        // each tap streams one input row. Every output still sums its taps in (ky, kx)
+        // order after the bias, as before.
+        for ky in 0..k {
+            let Some(iy) = (oy + ky).checked_sub(pad).filter(|iy| *iy < h) else { continue };
+            let row = &x[iy * w * c..][..w * c];
+            for kx in 0..k {
+                let wt = &weight_t[(ky * k + kx) * cn..][..cn];
+                // tokens x0 + i whose input column x0 + i + kx − pad lies in 0..w
+                let first = pad.saturating_sub(x0 + kx);
+                let end = ntok.min((w + pad).saturating_sub(x0 + kx));
+                for i in first..end {
+                    let ix = x0 + i + kx - pad;
+                    let src = &row[ix * c + c0..][..cn];
+                    let o = &mut dst[i * c + c0..][..cn];
                     for ch in 0..cn {
                         o[ch] += src[ch] * wt[ch];
                     }
