@@ -6,6 +6,10 @@
 //! heap), so `calloc` has to `memset` them. At 8 MB per CTI activation that was 6% of the
 //! forward's cycles, all of it on one core while the other waited. [`par_filled`] clears
 //! each chunk on the worker that then fills it, while the chunk sits in that core's cache.
+//! [`par_written`] skips even that clear for kernels that write every value themselves
+//! (LayerNorm, residual adds, bias preloads, deformable attention): the clear still cost
+//! about 6% of the forward (measured beside it), because it is the clear, not the kernel,
+//! that first pulls each line of fresh memory into the cache.
 //!
 //! No upstream counterpart: PyTorch allocates its outputs with `torch.empty`.
 
@@ -40,6 +44,25 @@ pub fn par_filled_with<S>(
     v
 }
 
+/// `n` values whose consecutive chunks of `chunk` values (the last may be shorter) are
+/// written by `f(chunk_index, chunk)` in parallel, with no clear first.
+///
+/// # Safety
+///
+/// `f` must initialise every element of each chunk it is given (for example with
+/// `MaybeUninit::write` in a loop over the whole chunk, or `write_copy_of_slice` of the
+/// chunk's full length) before it returns. A chunk left partly unwritten would make the
+/// returned Vec hold uninitialised values.
+pub unsafe fn par_written(n: usize, chunk: usize, f: impl Fn(usize, &mut [MaybeUninit<f32>]) + Sync + Send) -> Vec<f32> {
+    let mut v: Vec<f32> = Vec::with_capacity(n);
+    v.spare_capacity_mut()[..n].par_chunks_mut(chunk.max(1)).enumerate().for_each(|(i, c)| f(i, c));
+    // SAFETY: the capacity is at least n, the chunks cover the first n values, and the
+    // caller guarantees `f` initialised all of each; a panic in `f` propagates before
+    // this line and the Vec drops with length 0.
+    unsafe { v.set_len(n) };
+    v
+}
+
 /// Write zeros into `c` and view it as initialised.
 fn zeroed(c: &mut [MaybeUninit<f32>]) -> &mut [f32] {
     c.fill(MaybeUninit::new(0.0));
@@ -60,5 +83,18 @@ mod tests {
         });
         assert_eq!(v, (0..10).map(|x| x as f32).collect::<Vec<_>>());
         assert!(par_filled(0, 4, |_, _| unreachable!("no chunk of an empty buffer")).is_empty());
+    }
+
+    #[test]
+    fn written_chunks_cover_everything() {
+        // SAFETY: the closure writes every element of each chunk it is given.
+        let v = unsafe {
+            par_written(10, 4, |i, c| {
+                for (j, x) in c.iter_mut().enumerate() {
+                    x.write((i * 4 + j) as f32);
+                }
+            })
+        };
+        assert_eq!(v, (0..10).map(|x| x as f32).collect::<Vec<_>>());
     }
 }

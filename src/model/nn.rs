@@ -10,7 +10,7 @@ use candle_core::{Device, Storage, Tensor};
 
 use super::kernels::{self, Path};
 
-use super::buffer::{par_filled, par_filled_with};
+use super::buffer::{par_filled, par_filled_with, par_written};
 use super::error::ModelError;
 use super::ops;
 use super::weights::Vb;
@@ -49,7 +49,15 @@ pub fn tensor(v: Vec<f32>, shape: &[usize]) -> Result<Tensor> {
 /// `bias` repeated for `rows` rows, filled in parallel.
 pub fn repeat_rows(bias: &[f32], rows: usize) -> Vec<f32> {
     let n = bias.len().max(1);
-    par_filled(rows * bias.len(), 64 * n, |_, c| c.chunks_mut(n).for_each(|r| r.copy_from_slice(bias)))
+    // SAFETY: each chunk is whole rows of n = bias.len() values (64·n, the last a multiple
+    // of n), each written in full by write_copy_of_slice.
+    unsafe {
+        par_written(rows * bias.len(), 64 * n, |_, c| {
+            c.chunks_mut(n).for_each(|r| {
+                r.write_copy_of_slice(bias);
+            })
+        })
+    }
 }
 
 /// `y (rows, n) (+)= x (rows, k) · w (k, n)` with `y`, `x` contiguous row-major and `w`
@@ -142,15 +150,24 @@ impl Linear {
             let rows = x.len() / self.in_dim;
             let n = self.out_dim;
             assert!(rows * self.in_dim == x.len() && r.len() == rows * n, "residual is (rows, {n})");
-            let mut y = par_filled(rows * n, 64 * n, |i, c| {
-                let rs = &r[i * 64 * n..][..c.len()];
-                match &self.bias {
-                    Some(b) => c.chunks_mut(n).zip(rs.chunks(n)).for_each(|(o, r)| {
-                        o.iter_mut().zip(r).zip(b).for_each(|((o, r), b)| *o = r + b)
-                    }),
-                    None => c.copy_from_slice(rs),
-                }
-            });
+            // SAFETY: each chunk is whole rows of n values; with a bias every row is written
+            // element by element over its n values (b has n), else the chunk is copied
+            // whole from the residual rows of the same length.
+            let mut y = unsafe {
+                par_written(rows * n, 64 * n, |i, c| {
+                    let rs = &r[i * 64 * n..][..c.len()];
+                    match &self.bias {
+                        Some(b) => c.chunks_mut(n).zip(rs.chunks(n)).for_each(|(o, r)| {
+                            o.iter_mut().zip(r).zip(&b[..n]).for_each(|((o, r), b)| {
+                                o.write(r + b);
+                            })
+                        }),
+                        None => {
+                            c.write_copy_of_slice(rs);
+                        }
+                    }
+                })
+            };
             gemm_acc(&mut y, true, x, self.in_dim, &self.weight, (1, self.in_dim));
             y
         })
@@ -409,22 +426,31 @@ fn add_scaled_untimed(x: &Tensor, gamma: Option<&[f32]>, y: &Tensor, at: usize) 
     let out = with_values(x, |xv| {
         with_values(y, |yv| {
             // one task per 64 tokens; token t of image bi takes y's token t − at when inside
-            par_filled(xv.len(), 64 * c, |i, o| {
-                let xs = &xv[i * 64 * c..][..o.len()];
-                for (j, (o, xs)) in o.chunks_mut(c).zip(xs.chunks(c)).enumerate() {
-                    let t = i * 64 + j;
-                    let (bi, ti) = (t / nx, t % nx);
-                    if ti < at || ti >= at + ny {
-                        o.copy_from_slice(xs);
-                        continue;
+            // SAFETY: each chunk is whole tokens of c values; every token is either copied
+            // whole from x or written element by element over its c values (xs, ys and
+            // g all have c).
+            unsafe {
+                par_written(xv.len(), 64 * c, |i, o| {
+                    let xs = &xv[i * 64 * c..][..o.len()];
+                    for (j, (o, xs)) in o.chunks_mut(c).zip(xs.chunks(c)).enumerate() {
+                        let t = i * 64 + j;
+                        let (bi, ti) = (t / nx, t % nx);
+                        if ti < at || ti >= at + ny {
+                            o.write_copy_of_slice(xs);
+                            continue;
+                        }
+                        let ys = &yv[(bi * ny + ti - at) * c..][..c];
+                        match gamma {
+                            Some(g) => o.iter_mut().zip(xs).zip(ys).zip(&g[..c]).for_each(|(((o, x), y), g)| {
+                                o.write(x + y * g);
+                            }),
+                            None => o.iter_mut().zip(xs).zip(ys).for_each(|((o, x), y)| {
+                                o.write(x + y);
+                            }),
+                        }
                     }
-                    let ys = &yv[(bi * ny + ti - at) * c..][..c];
-                    match gamma {
-                        Some(g) => o.iter_mut().zip(xs).zip(ys).zip(g).for_each(|(((o, x), y), g)| *o = x + y * g),
-                        None => o.iter_mut().zip(xs).zip(ys).for_each(|((o, x), y)| *o = x + y),
-                    }
-                }
-            })
+                })
+            }
         })
     })??;
     tensor(out, &[b, nx, c])

@@ -13,7 +13,9 @@
 #![allow(clippy::needless_range_loop)]
 
 
-use super::buffer::{par_filled, par_filled_with};
+use std::mem::MaybeUninit;
+
+use super::buffer::{par_filled, par_filled_with, par_written};
 use super::kernels::{Path, exp_fast, lane_sum, multiversion};
 
 /// Bicubic coefficient A of PyTorch's `upsample_bicubic2d`.
@@ -208,7 +210,9 @@ pub fn dwconv_row(
 /// (mean, then the variance around it).
 pub fn layer_norm_rows(x: &[f32], c: usize, weight: &[f32], bias: &[f32], eps: f32) -> Vec<f32> {
     const ROWS: usize = 16;
-    par_filled(x.len(), ROWS * c, |i, out| {
+    assert!(c > 0 && x.len().is_multiple_of(c), "LayerNorm input is whole rows of {c}");
+    let (weight, bias) = (&weight[..c], &bias[..c]);
+    let rows = |i: usize, out: &mut [MaybeUninit<f32>]| {
         let src = &x[i * ROWS * c..][..out.len()];
         multiversion!(Path::Best, {
             for (o, r) in out.chunks_mut(c).zip(src.chunks(c)) {
@@ -216,11 +220,14 @@ pub fn layer_norm_rows(x: &[f32], c: usize, weight: &[f32], bias: &[f32], eps: f
                 let var = lane_sum(r, |v| (v - mean) * (v - mean)) / c as f32;
                 let rstd = 1.0 / (var + eps).sqrt();
                 for i in 0..c {
-                    o[i] = (r[i] - mean) * rstd * weight[i] + bias[i];
+                    o[i].write((r[i] - mean) * rstd * weight[i] + bias[i]);
                 }
             }
         })
-    })
+    };
+    // SAFETY: every chunk is whole rows of c values (a multiple of c, asserted above), and
+    // `rows` writes o[i] for every i < c of every row.
+    unsafe { par_written(x.len(), ROWS * c, rows) }
 }
 
 /// Softmax in place over one row.
