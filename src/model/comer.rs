@@ -580,11 +580,14 @@ impl Comer {
         let f = super::profile::timed("output pyramid", || -> Result<Vec<Tensor>> {
             // pyramid, channels-last; the ViT maps added per level when add_vit_feature
             let [t2, t3, t4] = g.split(&c)?;
+            // seg adds each interaction's output to its level; det and beit add the last x to
+            // all four (one copy, read by every level)
             let maps: Vec<Vec<f32>> = match (self.cfg.add_vit_feature, self.cfg.flavor) {
                 (false, _) => Vec::new(),
                 (true, Flavor::Seg) => outs.iter().map(values).collect::<Result<_>>()?,
-                (true, _) => vec![values(&x)?; 4],
+                (true, _) => vec![values(&x)?],
             };
+            let map = |level: usize| if maps.len() == 1 { maps.first() } else { maps.get(level) };
             let img = h * w * d;
             // f1 = c1 + (up(c2) + bias) (+ ViT map ×4), one output row (bi, Y) per task
             let up = with_values(&t2, |v| self.up.forward_values(v))?; // (B, 2H·2W, 4·D) as (dy, dx, o)
@@ -598,7 +601,7 @@ impl Comer {
                         let src = &up[((bi * 2 * h + y) * 2 * w + x) * 4 * d + (dy * 2 + dx) * d..][..d];
                         o.iter_mut().zip(c).zip(src).zip(&self.up_bias).for_each(|(((o, c), u), bias)| *o = c + (u + bias));
                     }
-                    if let Some(m) = maps.first() {
+                    if let Some(m) = map(0) {
                         ops::bilinear_row(&m[bi * img..][..img], (h, w, d), (h1, w1), Some(4.0), yy, dst, true);
                     }
                 })
@@ -608,7 +611,7 @@ impl Comer {
                 with_values(t, |tv| {
                     par_filled(b * lh * lw * d, lw * d, |row, dst| {
                         dst.copy_from_slice(&tv[row * lw * d..][..lw * d]);
-                        match maps.get(i) {
+                        match map(i) {
                             // same grid: the map itself, added as upstream adds it
                             Some(m) if (lh, lw) == (h, w) => {
                                 dst.iter_mut().zip(&m[row * lw * d..][..lw * d]).for_each(|(o, v)| *o += v)

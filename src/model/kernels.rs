@@ -382,14 +382,17 @@ mod tests {
 
     #[test]
     fn attention_matches_candle_on_both_paths() {
-        // N = 70 leaves a partial row block and partial exp lanes; two sequences.
-        let s = AttnShape { seqs: 2, n: 70, heads: 3, head_dim: 8, scale: 0.35 };
-        let qkv: Vec<f32> = seeded(2 * 70 * 3 * 24, 3).iter().map(|v| v * 3.0).collect();
-        let bias = seeded(3 * 70 * 70, 4);
-        for b in [None, Some(&bias[..])] {
-            let want = attention_candle(&qkv, b, s);
-            for path in [Path::Best, Path::Portable] {
-                rel_close(&attention(&qkv, b, s, path), &want, 2e-6);
+        // N = 70: one block of rows, partial exp lanes, two sequences; N = 300: a full
+        // 256-row block and a partial one.
+        for (seqs, n) in [(2, 70), (1, 300)] {
+            let s = AttnShape { seqs, n, heads: 3, head_dim: 8, scale: 0.35 };
+            let qkv: Vec<f32> = seeded(seqs * n * 3 * 24, 3).iter().map(|v| v * 3.0).collect();
+            let bias = seeded(3 * n * n, 4);
+            for b in [None, Some(&bias[..])] {
+                let want = attention_candle(&qkv, b, s);
+                for path in [Path::Best, Path::Portable] {
+                    rel_close(&attention(&qkv, b, s, path), &want, 2e-6);
+                }
             }
         }
     }

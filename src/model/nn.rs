@@ -176,21 +176,21 @@ impl Linear {
     /// (…, in) → (…, out)
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let y = with_values(x, |v| self.forward_values(v))?;
-        let mut out = x.dims().to_vec();
-        let last = out.len() - 1;
-        out[last] = self.out_dim;
-        // (B, N, C_out)
-        tensor(y, &out)
+        self.output_tensor(x, y)
     }
 
     /// `GELU(self(x))`, the activation fused after the GEMM.
     pub fn forward_gelu(&self, x: &Tensor) -> Result<Tensor> {
         let mut y = with_values(x, |v| self.forward_values(v))?;
         kernels::gelu_inplace(&mut y, 1, Path::Best);
+        self.output_tensor(x, y)
+    }
+
+    /// The output values `y` of input `x` (…, in) as a tensor (…, out).
+    fn output_tensor(&self, x: &Tensor, y: Vec<f32>) -> Result<Tensor> {
         let mut out = x.dims().to_vec();
         let last = out.len() - 1;
         out[last] = self.out_dim;
-        // (B, N, C_out)
         tensor(y, &out)
     }
 }
@@ -403,13 +403,6 @@ impl DwConv {
     pub fn run(&self, x: &[f32], out: &mut [f32], dims: (usize, usize, usize), oy: usize, x0: usize, c0: usize) {
         ops::dwconv_row(x, out, dims, oy, x0, c0, &self.weight_t, &self.bias, self.k);
     }
-}
-
-/// GELU with erf (PyTorch's default `nn.GELU`), `times` times over.
-pub fn gelu(x: &Tensor, times: usize) -> Result<Tensor> {
-    let mut v = values(x)?;
-    kernels::gelu_inplace(&mut v, times, Path::Best);
-    tensor(v, x.dims())
 }
 
 /// `x + gamma·y` (gamma over channels, or 1) on (B, N_x, C) and (B, N_y, C), with `y`

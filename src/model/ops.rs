@@ -12,7 +12,6 @@
 // Index loops below mirror the kernels' arithmetic over several arrays at once.
 #![allow(clippy::needless_range_loop)]
 
-
 use std::mem::MaybeUninit;
 
 use super::buffer::{par_filled, par_filled_with, par_written};
@@ -481,8 +480,9 @@ fn gather_head<const HD: usize>(
     out.copy_from_slice(&acc);
 }
 
-/// im2col rows `r0..r1` (on the calling thread) of a `k×k`, stride `s`, padding `p` convolution on a channels-last
-/// map (B, H, W, C): each row is (ky, kx, c) for one output pixel, zeros outside.
+/// im2col rows `r0..r1`, on the calling thread, of a `k×k`, stride `s`, padding `p`
+/// convolution on a channels-last map (B, H, W, C): each row is (ky, kx, c) for one output
+/// pixel, zeros outside.
 #[allow(clippy::too_many_arguments)]
 pub fn im2col_nhwc(
     x: &[f32],
@@ -738,7 +738,17 @@ mod tests {
 
     #[test]
     fn nhwc_to_nchw_transposes_with_affine() {
-        // (1, HW = 3, C = 17): one full 16-channel block and a partial one
+        // C = 32 (two 16-channel blocks) over 2 images of HW = 19 (a full 16-pixel tile and
+        // a partial one), then C = 17 (no block wider than 1 divides it)
+        let x: Vec<f32> = (0..2 * 19 * 32).map(|v| v as f32).collect();
+        let out = nhwc_to_nchw(&x, 2, 19, 32, None);
+        for bi in 0..2 {
+            for ch in 0..32 {
+                for p in 0..19 {
+                    assert_eq!(out[(bi * 32 + ch) * 19 + p], x[(bi * 19 + p) * 32 + ch]);
+                }
+            }
+        }
         let x: Vec<f32> = (0..3 * 17).map(|v| v as f32).collect();
         let out = nhwc_to_nchw(&x, 1, 3, 17, None);
         for ch in 0..17 {
