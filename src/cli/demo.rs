@@ -2,7 +2,7 @@
 //! inspect the source, import it into the `vit-comer-det` tiny layout, verify the artifact
 //! against its source, run the forward on a seeded image with the PCA view, export ONNX —
 //! printing each step's figures and the files it wrote. Every step calls the function its
-//! own subcommand uses (`pipeline::run`, `verify::report`, `run::forward_to_files`,
+//! own subcommand uses (`import::run`, `verify::report`, `run::forward_to_files`,
 //! `export::write_onnx`), so the demo proves what the commands do, not a copy of them.
 
 use std::path::{Path, PathBuf};
@@ -15,7 +15,8 @@ use crate::export::atomic::{self, WriteError};
 use crate::export::onnx::{self, ExportOptions};
 use crate::families::detect;
 use crate::families::mapping::{Origin, PlanOptions};
-use crate::families::pipeline::{self, ImportOptions, TargetSpec};
+use crate::import::{self, ImportOptions};
+use crate::target::TargetSpec;
 use crate::formats::DType;
 use crate::model::ComerConfig;
 use crate::verify::parity::seeded_values;
@@ -132,13 +133,13 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         format!(
             "wrote the bundled source and read it: {}, family {}, {}, {} tensors",
             ck.format.name(),
-            det.family.name(),
+            det.family,
             dims.as_deref().unwrap_or("config not inferred"),
             sd.len()
         ),
         serde_json::json!({
             "format": ck.format.name(),
-            "family": det.family.name(),
+            "family": det.family,
             "config": det.config,
             "tensors": sd.len(),
             "bytes": super::import::BUNDLED.len(),
@@ -173,7 +174,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         // `verify` (with the .pth round trip) the way a user would.
         verify: true,
     };
-    let s = pipeline::run(&source, None, &opts)?;
+    let s = import::run(&source, None, &opts)?;
     let fresh = s.plan.targets.iter().filter(|p| matches!(p.origin, Origin::Fresh { .. })).count();
     let total = s.plan.targets.len();
     log.done(

@@ -1,9 +1,11 @@
 //! `comer-port import`: remap a checkpoint into an upstream ViT-CoMer layout with fresh
 //! CTI/MRFP parameters, write safetensors / `.pth` / `config.json` and a provenance report.
-//! The work is in `families::pipeline`; this file parses arguments and prints the summary.
+//! The work is in `import` (plan → write → verify → commit); this file parses arguments and
+//! prints the summary.
 
 use crate::families::mapping::PlanOptions;
-use crate::families::pipeline::{self, ImportOptions, TargetSpec};
+use crate::import::{self, ImportOptions};
+use crate::target::TargetSpec;
 use crate::formats::DType;
 use crate::model::Flavor;
 use std::path::PathBuf;
@@ -147,7 +149,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         progress: true,
         verify: !a.no_verify,
     };
-    let s = pipeline::run(&source, if bundled { Some(BUNDLED) } else { None }, &opts)?;
+    let s = import::run(&source, if bundled { Some(BUNDLED) } else { None }, &opts)?;
     let fresh = s.plan.targets.iter().filter(|p| matches!(p.origin, crate::families::mapping::Origin::Fresh { .. })).count();
     println!(
         "imported {} ({}) into {}: {} target keys ({} from the source, {} fresh, seed {})",

@@ -232,7 +232,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
             "structure": structure(&ck.root, 0),
             "wrapper": wrapper,
             "metadata": ck.metadata,
-            "family": det.family.name(),
+            "family": det.family,
             "reason": det.reason,
             "config": det.config,
             "tensors": list,
@@ -304,7 +304,7 @@ fn print_table(
     let bytes: usize = tensors.iter().map(|(_, t)| t.nbytes()).sum();
     println!("total      {} tensors, {numel} values, {}", tensors.len(), human(bytes as u64));
     println!();
-    println!("family     {}", det.family.name());
+    println!("family     {}", det.family);
     println!("reason     {}", det.reason);
     if let Some(c) = &det.config {
         println!(

@@ -94,8 +94,8 @@ pub fn exit_code_for(err: &anyhow::Error) -> i32 {
         // `PipelineError::Write` is transparent, so the chain never shows the WriteError itself.
         if cause.is::<crate::export::atomic::WriteError>()
             || matches!(
-                cause.downcast_ref::<crate::families::error::PipelineError>(),
-                Some(crate::families::error::PipelineError::Write(_))
+                cause.downcast_ref::<crate::import::PipelineError>(),
+                Some(crate::import::PipelineError::Write(_))
             )
         {
             return EXIT_OUTPUT;

@@ -78,67 +78,98 @@ pub fn write<E: From<WriteError>, B: AsRef<[u8]>>(
     metadata: &BTreeMap<String, String>,
     produce: impl FnMut(usize) -> Result<B, E>,
 ) -> Result<(), E> {
-    write_late(dest, force, tensors, metadata, Vec::new(), produce, |_, _| {})
+    let mut f = Pending::begin(dest, force, tensors, metadata)?;
+    f.write_tensors(tensors, produce, |_, _| {})?;
+    f.commit()?;
+    Ok(())
 }
-
-/// A metadata value known only after the tensors are written (the source hash computed
-/// beside the write, the verify verdict computed on the written file): the header holds
-/// `placeholder`, which `value(tmp)` replaces in place before the file is committed. `tmp` is
-/// the complete, flushed file under its temporary name. The value is right-padded with spaces
-/// to the placeholder's length (a JSON string value padded inside its quotes); a longer one
-/// is an error, as it would shift the data. A value that fails aborts the write.
-pub struct LateValue<'a> {
-    pub placeholder: String,
-    pub value: LateFn<'a>,
-}
-
-/// Computes a [`LateValue`] from the written file's temporary path.
-pub type LateFn<'a> = Box<dyn FnOnce(&Path) -> std::io::Result<String> + 'a>;
 
 /// Bytes of a tensor handed to the file at a time; `inspect` sees each piece right after it
 /// was copied, while it is still in cache.
 pub const PIECE: usize = 256 << 10;
 
-/// [`write`] with [`LateValue`]s, and `inspect(i, piece)` called on every piece of tensor
-/// i's bytes as it is written (a second look at the data at cache speed, e.g. counting
-/// non-finite values, instead of a separate pass over memory).
-pub fn write_late<E: From<WriteError>, B: AsRef<[u8]>>(
-    dest: &Path,
-    force: bool,
-    tensors: &[OutTensor],
-    metadata: &BTreeMap<String, String>,
-    late: Vec<LateValue>,
-    mut produce: impl FnMut(usize) -> Result<B, E>,
-    mut inspect: impl FnMut(usize, &[u8]),
-) -> Result<(), E> {
-    let mut f = AtomicFile::create_streaming(dest, force)?;
-    let io = |e| WriteError::Io { path: dest.to_path_buf(), source: e };
-    let head = header(tensors, metadata);
-    f.write_all(&head).map_err(io)?;
-    for (i, t) in tensors.iter().enumerate() {
-        let bytes = produce(i)?;
-        debug_assert_eq!(bytes.as_ref().len(), t.nbytes(), "{}", t.name);
-        for piece in bytes.as_ref().chunks(PIECE) {
-            f.write_all(piece).map_err(io)?;
-            inspect(i, piece);
-        }
+/// A safetensors file written under its temporary name and not yet published: its tensors
+/// can be read back (verified) before [`Pending::commit`], and metadata values known only
+/// then (the source hash computed beside the write, the verdict computed on the written
+/// file) fill fixed-length placeholders in the header ([`Pending::fill`]). Dropped without
+/// commit, the temporary file is removed.
+pub struct Pending {
+    f: AtomicFile,
+    head: Vec<u8>,
+    dest: std::path::PathBuf,
+}
+
+impl Pending {
+    /// Create the temporary file and write the header for `tensors` with `metadata`.
+    pub fn begin(
+        dest: &Path,
+        force: bool,
+        tensors: &[OutTensor],
+        metadata: &BTreeMap<String, String>,
+    ) -> Result<Pending, WriteError> {
+        let mut f = AtomicFile::create_streaming(dest, force)?;
+        let head = header(tensors, metadata);
+        f.write_all(&head).map_err(|e| WriteError::Io { path: dest.to_path_buf(), source: e })?;
+        Ok(Pending { f, head, dest: dest.to_path_buf() })
     }
-    for l in late {
-        f.flush().map_err(io)?;
-        let mut value = (l.value)(f.tmp_path()).map_err(io)?.into_bytes();
-        let at = head.windows(l.placeholder.len()).position(|w| w == l.placeholder.as_bytes());
-        let Some(at) = at else { continue };
-        if value.len() > l.placeholder.len() {
-            return Err(io(std::io::Error::other(format!(
-                "a late metadata value of {} bytes does not fit its {}-byte placeholder",
+
+    fn io(&self, e: std::io::Error) -> WriteError {
+        WriteError::Io { path: self.dest.clone(), source: e }
+    }
+
+    /// Write every tensor's bytes in order: `produce(i)` returns tensor i's little-endian
+    /// bytes, and `inspect(i, piece)` sees every piece as it is written (a second look at the
+    /// data at cache speed, e.g. counting non-finite values, instead of a pass over memory).
+    pub fn write_tensors<E: From<WriteError>, B: AsRef<[u8]>>(
+        &mut self,
+        tensors: &[OutTensor],
+        mut produce: impl FnMut(usize) -> Result<B, E>,
+        mut inspect: impl FnMut(usize, &[u8]),
+    ) -> Result<(), E> {
+        for (i, t) in tensors.iter().enumerate() {
+            let bytes = produce(i)?;
+            debug_assert_eq!(bytes.as_ref().len(), t.nbytes(), "{}", t.name);
+            for piece in bytes.as_ref().chunks(PIECE) {
+                self.f.write_all(piece).map_err(|e| self.io(e))?;
+                inspect(i, piece);
+            }
+        }
+        Ok(())
+    }
+
+    /// Flush what was written: the temporary file is complete and readable at the path
+    /// returned.
+    pub fn flushed(&mut self) -> Result<&Path, WriteError> {
+        self.f.flush().map_err(|e| self.io(e))?;
+        Ok(self.f.tmp_path())
+    }
+
+    /// Replace the metadata value of `key`, written as `placeholder`, by `value` (JSON-string
+    /// content, already escaped), right-padded with spaces to the placeholder's length. The
+    /// place is found as `"key":"placeholder"`, which input data (file names, keys) cannot
+    /// imitate: their quotes are escaped. A longer value is an error, as it would shift the
+    /// data.
+    pub fn fill(&mut self, key: &str, placeholder: &str, value: &str) -> Result<(), WriteError> {
+        let needle = format!("{}:\"{placeholder}\"", serde_json::Value::String(key.to_string()));
+        let Some(at) = self.head.windows(needle.len()).position(|w| w == needle.as_bytes()) else {
+            return Err(self.io(std::io::Error::other(format!("metadata `{key}` holds no placeholder"))));
+        };
+        if value.len() > placeholder.len() {
+            return Err(self.io(std::io::Error::other(format!(
+                "metadata `{key}`: a value of {} bytes does not fit its {}-byte placeholder",
                 value.len(),
-                l.placeholder.len()
-            )))
-            .into());
+                placeholder.len()
+            ))));
         }
-        value.resize(l.placeholder.len(), b' ');
-        f.patch(at as u64, &value).map_err(io)?;
+        let mut bytes = value.as_bytes().to_vec();
+        bytes.resize(placeholder.len(), b' ');
+        let start = at + needle.len() - placeholder.len() - 1;
+        self.head[start..start + bytes.len()].copy_from_slice(&bytes);
+        self.f.patch(start as u64, &bytes).map_err(|e| self.io(e))
     }
-    f.commit()?;
-    Ok(())
+
+    /// fsync and rename into place.
+    pub fn commit(self) -> Result<(), WriteError> {
+        self.f.commit()
+    }
 }

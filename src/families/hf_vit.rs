@@ -1,12 +1,165 @@
-//! Family `hf-vit`: Hugging Face ViTModel folders (transformers 4.x and 5.x names). Rules in `mappings/hf-vit.toml`.
+//! Family `hf-vit`: Hugging Face `ViTModel` folders (`model.safetensors` + `config.json`),
+//! mirroring transformers `models/vit/modeling_vit.py`. Rules in `mappings/hf-vit.toml`.
 
-/// The mapping file, embedded.
-pub const MAPPING: &str = include_str!("../../mappings/hf-vit.toml");
+use super::detect::{Activation, Keys, Meta, QkvStyle, RelPos, SourceConfig, heads_or_assumed, square};
+use super::Family;
+use crate::model::plain_vit::{
+    Attention, Block, LayerNorm, Linear, PatchEmbed, PlainVit, PosEmbed, Result, Weights, embed_dim,
+    hidden_of, mlp_depth, pick_prefix, rows2,
+};
+use candle_core::Tensor;
 
-/// Whether a state dict's keys look like this family.
-pub fn looks_like(keys: &[&str]) -> bool {
-    let has = |k: &str| keys.contains(&k);
-    let any = |p: &str| keys.iter().any(|k| k.starts_with(p));
-    let _ = (&has, &any);
-    any("encoder.layer.") && any("embeddings.patch_embeddings.")
+/// The Hugging Face ViT family.
+pub struct HfVit;
+
+impl Family for HfVit {
+    fn name(&self) -> &'static str {
+        "hf-vit"
+    }
+    fn mapping(&self) -> &'static str {
+        include_str!("../../mappings/hf-vit.toml")
+    }
+    fn recognise(&self, k: &Keys<'_>, _: &Meta) -> Option<String> {
+        k.prefix_of("embeddings.patch_embeddings.projection.weight").map(|_| {
+            "Hugging Face ViTModel names (embeddings.patch_embeddings, encoder.layer.N.attention.attention.query/key/value)"
+                .to_string()
+        })
+    }
+    fn config(&self, k: &Keys<'_>, metadata: &Meta) -> std::result::Result<SourceConfig, String> {
+        let p = k.prefix_of("embeddings.patch_embeddings.projection.weight").unwrap_or_default();
+        let key = |s: &str| format!("{p}{s}");
+        let cfg = |s: &str| metadata.get(&format!("config.{s}"));
+        let Some(embed) = k.dim(&key("embeddings.patch_embeddings.projection.weight"), 0) else {
+            return Err("HF ViT without a patch projection".into());
+        };
+        let mut assumed = Vec::new();
+        let mut notes = Vec::new();
+        let heads = match cfg("num_attention_heads").and_then(|h| h.parse::<usize>().ok()) {
+            Some(h) if h > 0 => {
+                notes.push("num_heads from config.json".to_string());
+                h
+            }
+            _ => heads_or_assumed(embed, &mut assumed, &mut notes),
+        };
+        let eps = match cfg("layer_norm_eps").and_then(|e| e.parse::<f64>().ok()) {
+            Some(e) => e,
+            None => {
+                assumed.push("layernorm_eps".into());
+                notes.push("no config.json layer_norm_eps: assumed transformers' default 1e-12".into());
+                1e-12
+            }
+        };
+        let activation = match cfg("hidden_act").map(String::as_str) {
+            Some("quick_gelu") => Activation::QuickGelu,
+            Some("gelu") => Activation::Gelu,
+            other => {
+                assumed.push("activation".into());
+                notes.push(format!("hidden_act {other:?}: assumed GELU"));
+                Activation::Gelu
+            }
+        };
+        let has_cls = k.has(&key("embeddings.cls_token"));
+        let pretrain_grid = k
+            .dim(&key("embeddings.position_embeddings"), 1)
+            .and_then(|n| n.checked_sub(has_cls as usize))
+            .and_then(square)
+            .map(|s| (s, s));
+        Ok(SourceConfig {
+            embed_dim: embed,
+            depth: k.count_indexed(&key("encoder.layer.")),
+            num_heads: heads,
+            patch_size: k.dim(&key("embeddings.patch_embeddings.projection.weight"), 2).unwrap_or(16),
+            pretrain_grid,
+            prefix_tokens: has_cls as usize,
+            num_registers: 0,
+            mlp_hidden: k.dim(&key("encoder.layer.0.intermediate.dense.weight"), 0).unwrap_or(4 * embed),
+            qkv: QkvStyle::Separate,
+            layer_scale: None,
+            rel_pos: RelPos::None,
+            activation,
+            layernorm_eps: eps,
+            pre_norm: None,
+            assumed,
+            prefix: p,
+            notes,
+        })
+    }
+    fn source_vit(&self, w: &Weights, sc: &SourceConfig) -> Result<PlainVit> {
+        load_hf(w, sc.num_heads, sc.layernorm_eps)
+    }
+}
+
+/// Hugging Face `ViTModel`: separate `query/key/value` fused here in q, k, v order.
+fn load_hf(w: &Weights, heads: usize, eps: f64) -> Result<PlainVit> {
+    let m = pick_prefix(w, "vit.", "embeddings.position_embeddings");
+    let kernel_key = format!("{m}embeddings.patch_embeddings.projection.weight");
+    let kernel = w.get(&kernel_key)?;
+    let c = embed_dim(&kernel_key, &kernel, heads)?;
+    let pos_key = format!("{m}embeddings.position_embeddings");
+    let pos = PosEmbed::from_rows(&pos_key, &rows2(&pos_key, w.get(&pos_key)?)?, 1)?;
+    let layers = format!("{m}encoder.layer");
+    let depth = mlp_depth(w, &layers, "layernorm_before.weight")?;
+    let mut blocks = Vec::with_capacity(depth);
+    for i in 0..depth {
+        let p = format!("{layers}.{i}");
+        let a = format!("{p}.attention.attention");
+        let get = |n: &str, s: &[usize]| w.get_shaped(&format!("{a}.{n}"), s);
+        let weight = Tensor::cat(
+            &[
+                get("query.weight", &[c, c])?,
+                get("key.weight", &[c, c])?,
+                get("value.weight", &[c, c])?,
+            ],
+            0,
+        )?;
+        let bias = Tensor::cat(
+            &[
+                get("query.bias", &[c])?,
+                get("key.bias", &[c])?,
+                get("value.bias", &[c])?,
+            ],
+            0,
+        )?;
+        let hidden = hidden_of(w, &format!("{p}.intermediate.dense.weight"))?;
+        blocks.push(Block {
+            name: p.clone(),
+            norm1: LayerNorm::load(
+                w,
+                &format!("{p}.layernorm_before"),
+                ("weight", "bias"),
+                c,
+                eps,
+            )?,
+            attn: Attention {
+                qkv: Linear {
+                    weight,
+                    bias: Some(bias),
+                },
+                proj: Linear::load(w, &format!("{p}.attention.output.dense"), c, c)?,
+                num_heads: heads,
+                rel_pos: None,
+            },
+            norm2: LayerNorm::load(
+                w,
+                &format!("{p}.layernorm_after"),
+                ("weight", "bias"),
+                c,
+                eps,
+            )?,
+            fc1: Linear::load(w, &format!("{p}.intermediate.dense"), hidden, c)?,
+            fc2: Linear::load(w, &format!("{p}.output.dense"), c, hidden)?,
+            act: Activation::Gelu,
+            gamma1: None,
+            gamma2: None,
+        });
+    }
+    Ok(PlainVit {
+        patch_embed: PatchEmbed {
+            weight: kernel,
+            bias: w.opt(&format!("{m}embeddings.patch_embeddings.projection.bias")),
+        },
+        pos_embed: Some(pos),
+        pre_norm: None,
+        blocks,
+    })
 }

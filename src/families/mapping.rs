@@ -39,6 +39,10 @@ pub enum Transform {
     ResizePosGrid,
     /// Patch-embedding kernel to the target patch size (bilinear, or pinv when asked).
     ResizePatchKernel,
+    /// SigLIP 2: a patch-embedding Linear `(C, p·p·3)` over `(p, p, 3)`-flattened pixels →
+    /// the convolution kernel `(C, 3, p, p)`, then as [`Transform::ResizePatchKernel`] (a
+    /// 4-D kernel, SigLIP's, goes straight there).
+    LinearPatchKernel,
     /// Uni-Perceiver: spatial table + temporal row 0 → `pos_embed` with a zero cls row.
     FoldTemporal,
     /// Prepend a zero cls row to a position table that has none.
@@ -64,6 +68,7 @@ impl Transform {
             Transform::ResizeRelposTable => "resize_relpos_table",
             Transform::ResizePosGrid => "resize_pos_grid",
             Transform::ResizePatchKernel => "resize_patch_kernel",
+            Transform::LinearPatchKernel => "linear_patch_kernel",
             Transform::FoldTemporal => "fold_temporal",
             Transform::PadClsRow => "pad_cls_row",
             Transform::ZeroBias => "zero_bias",
@@ -110,28 +115,11 @@ struct RawDrop {
     lossy: bool,
 }
 
-/// Where the source's dimensions are read from: `"key:dim"`.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct InferSpec {
-    pub embed_dim: Option<String>,
-    pub mlp_hidden: Option<String>,
-    pub patch_size: Option<String>,
-    pub num_heads: Option<String>,
-    /// Regex with one capture: the block index.
-    pub block: Option<String>,
-    /// Key of the position table and how many prefix (cls/dist) rows it has when not
-    /// derivable (registers live elsewhere).
-    pub pos_embed: Option<String>,
-}
-
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawMapping {
     family: String,
     description: String,
-    #[serde(default)]
-    infer: InferSpec,
     #[serde(default)]
     prefix_if: Option<PrefixIf>,
     #[serde(default)]
@@ -173,7 +161,6 @@ pub struct DropRule {
 pub struct Mapping {
     pub family: String,
     pub description: String,
-    pub infer: InferSpec,
     pub prefix_if: Option<PrefixIf>,
     pub map: Vec<MapRule>,
     pub drop: Vec<DropRule>,
@@ -205,7 +192,7 @@ impl Mapping {
         for d in raw.drop {
             drop.push(DropRule { source: re(&d.source)?, reason: d.reason, lossy: d.lossy });
         }
-        Ok(Mapping { family: raw.family, description: raw.description, infer: raw.infer, prefix_if: raw.prefix_if, map, drop })
+        Ok(Mapping { family: raw.family, description: raw.description, prefix_if: raw.prefix_if, map, drop })
     }
 }
 
@@ -350,7 +337,7 @@ pub fn plan(
             if !opts.lossy {
                 return Err(ImportError::Inexpressible { source_key: key.clone(), reason: d.reason.clone() });
             }
-            decisions.push(format!("dropped '{key}' (--lossy): {}", d.reason));
+            decisions.push(crate::meta::dropped_decision(key, &d.reason));
         }
         sources.push(SourceFate {
             key: key.clone(),
@@ -488,19 +475,29 @@ pub fn produce(
             let out = tf::resize_pos_embed(&table, d, prefix, keep, (g, g), (dst, dst));
             (out, vec![1, keep + dst * dst, d])
         }
-        Transform::ResizePatchKernel => {
+        Transform::ResizePatchKernel | Transform::LinearPatchKernel => {
             let v = views[0];
-            let [o, c, k, k2] = v.shape[..] else { return Err(fail(format!("needs 4-D, got {:?}", v.shape))) };
+            let (kernel, shape) = if transform == Transform::LinearPatchKernel && v.shape.len() == 2 {
+                let [o, n] = v.shape[..] else { return Err(fail(format!("needs 2-D, got {:?}", v.shape))) };
+                let k = square_below(n / 3);
+                if 3 * k * k != n {
+                    return Err(fail(format!("{n} inputs are not p*p*3 pixels")));
+                }
+                (tf::patch_linear_to_conv(&v.to_f32(), o, k), vec![o, 3, k, k])
+            } else {
+                (v.to_f32(), v.shape.clone())
+            };
+            let [o, c, k, k2] = shape[..] else { return Err(fail(format!("needs 4-D, got {:?}", v.shape))) };
             let dst = e.shape[2];
             if k != k2 {
                 return Err(fail("non-square kernel".into()));
             }
             if k == dst {
-                (v.to_f32(), v.shape.clone())
+                (kernel, shape)
             } else if opts.patch_pinv {
-                (tf::resize_patch_pinv(&v.to_f32(), o, c, k, dst).map_err(fail)?, vec![o, c, dst, dst])
+                (tf::resize_patch_pinv(&kernel, o, c, k, dst).map_err(fail)?, vec![o, c, dst, dst])
             } else {
-                (tf::resize_patch_bilinear(&v.to_f32(), o, c, k, dst), vec![o, c, dst, dst])
+                (tf::resize_patch_bilinear(&kernel, o, c, k, dst), vec![o, c, dst, dst])
             }
         }
         Transform::ZeroBias => (vec![0.0; e.numel()], e.shape.clone()),
@@ -560,50 +557,6 @@ pub fn square_below(n: usize) -> usize {
         g -= 1;
     }
     g
-}
-
-/// The source's dimensions, read through a mapping's `[infer]` spec.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct SourceDims {
-    pub embed_dim: Option<usize>,
-    pub depth: Option<usize>,
-    pub num_heads: Option<usize>,
-    pub mlp_hidden: Option<usize>,
-    pub patch_size: Option<usize>,
-    /// Side of the position grid (prefix rows removed), when the source has one.
-    pub grid: Option<usize>,
-}
-
-/// Read the source dimensions named by `spec`.
-pub fn infer_dims(spec: &InferSpec, sd: &[(String, &TensorView)]) -> SourceDims {
-    // `"key:dim"`, or alternatives `"a:1|b:1"` (the first present wins).
-    let look = |s: &Option<String>| -> Option<usize> {
-        s.as_ref()?.split('|').find_map(|alt| {
-            let (key, dim) = alt.rsplit_once(':')?;
-            let dim: usize = dim.parse().ok()?;
-            sd.iter().find(|(k, _)| k == key).and_then(|(_, v)| v.shape.get(dim).copied())
-        })
-    };
-    let depth = spec.block.as_ref().and_then(|b| Regex::new(b).ok()).and_then(|re| {
-        sd.iter()
-            .filter_map(|(k, _)| re.captures(k).and_then(|c| c.get(1)).and_then(|m| m.as_str().parse::<usize>().ok()))
-            .max()
-            .map(|m| m + 1)
-    });
-    let embed_dim = look(&spec.embed_dim);
-    let grid = spec.pos_embed.as_ref().and_then(|keys| {
-        let v = keys.split('|').find_map(|key| sd.iter().find(|(k, _)| k == key))?.1;
-        let rows = if v.shape.len() == 3 { v.shape[1] } else { v.shape[0] };
-        Some(square_below(rows))
-    });
-    SourceDims {
-        embed_dim,
-        depth,
-        num_heads: look(&spec.num_heads),
-        mlp_hidden: look(&spec.mlp_hidden),
-        patch_size: look(&spec.patch_size),
-        grid,
-    }
 }
 
 #[cfg(test)]

@@ -290,6 +290,22 @@ pub fn resize_relpos_geometric(table: &[f32], heads: usize, dst_window: usize) -
     Ok(out)
 }
 
+/// SigLIP 2's patch Linear `(o, k·k·3)` (pixels flattened `(k, k, 3)`, its processor's
+/// order) as a convolution kernel `(o, 3, k, k)`.
+pub fn patch_linear_to_conv(w: &[f32], o: usize, k: usize) -> Vec<f32> {
+    let mut out = vec![0.0f32; w.len()];
+    for oc in 0..o {
+        for y in 0..k {
+            for x in 0..k {
+                for ch in 0..3 {
+                    out[((oc * 3 + ch) * k + y) * k + x] = w[((oc * k + y) * k + x) * 3 + ch];
+                }
+            }
+        }
+    }
+    out
+}
+
 /// Patch-embedding kernel `(O, C, k, k)` resized to `(O, C, k', k')` with plain bilinear
 /// interpolation (upstream's `convert_14to16`: `F.interpolate(w, size=16, mode="bilinear")`).
 pub fn resize_patch_bilinear(w: &[f32], o: usize, c: usize, k: usize, k2: usize) -> Vec<f32> {

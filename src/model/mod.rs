@@ -9,6 +9,7 @@ pub mod error;
 pub mod kernels;
 pub mod nn;
 pub mod ops;
+pub mod plain_vit;
 pub mod layout;
 pub mod presets;
 pub mod profile;

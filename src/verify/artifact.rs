@@ -1,11 +1,12 @@
 //! `verify/artifact.rs`: the checks `comer-port verify` runs on an imported artifact.
 //!
 //! (a) mapping parity against the source checkpoint (`parity.rs`), with the family detected
-//! and the bound chosen per family here ([`family_fit`]): exact mappings 1e-5 relative, a
-//! LayerNorm eps change 1e-4; what the plain-ViT layout cannot express (CLIP `ln_pre` and
-//! QuickGELU, Uni-Perceiver `embeddings_norm`, DINOv2 registers) is measured and reported as
-//! skipped with the figures; what has no reference at all (windowed attention, resized patch
-//! kernels or relative-position tables, cross-layout imports) is skipped with the reason.
+//! by the registry and the bound its declared [`Fit`] earns (`policy.rs`): exact mappings
+//! 1e-5 relative, a LayerNorm eps change 1e-4, a declared approximation its own bound; what
+//! the plain-ViT layout cannot express (CLIP `ln_pre` and QuickGELU, Uni-Perceiver
+//! `embeddings_norm`, DINOv2 registers) is measured and reported as skipped with the
+//! figures; what has no reference at all (windowed attention, resized patch kernels or
+//! relative-position tables, cross-layout imports) is skipped with the reason.
 //! A resized absolute position table is held to the family's bound at the target grid.
 //! The artifact's key set is checked against upstream's layout in `keys.rs`.
 //! (b) the full backbone (`model::Comer`) on a seeded image at `img_size`: finite outputs of
@@ -21,134 +22,22 @@ use candle_core::{DType, Device, Tensor};
 
 use super::compare::Check;
 use super::error::VerifyError;
-use super::parity::{EXACT_BOUND, artifact_failure, parity_of, seeded_images, seeded_values};
-use super::source_vit::{SourceFamily, hf_checkpoint_eps, source_vit};
+use super::parity::{Result, artifact_failure, parity_of, seeded_images, seeded_values};
+use super::policy::{EXACT_BOUND, GOLDEN_BOUND, apply_approximations, approximations, fit_bound};
 use super::target_vit::{TargetFlavour, target_vit};
-use super::vit::{Activation, Result, Weights};
-use crate::families::detect::{self, Family};
+use crate::families::detect::{self, QkvStyle, RelPos, SourceConfig};
+use crate::families::{Family, Fit};
 use crate::formats::{self, Checkpoint};
-use crate::model::{Comer, ComerConfig, Flavor};
-
-/// Bound of a documented approximate mapping: a LayerNorm eps change (HF 1e-12, CLIP and
-/// Uni-Perceiver 1e-5 against upstream's 1e-6).
-pub const EPS_CHANGE_BOUND: f64 = 1e-4;
-/// Bound of the golden comparison: `1e-4 · max(1, max|expected|)`.
-pub const GOLDEN_BOUND: f64 = 1e-4;
-/// LayerNorm eps of upstream's ViT blocks.
-const TARGET_EPS: f64 = 1e-6;
-
-/// The target layout of the plain-ViT branch for a flavour.
-pub fn target_flavour(f: Flavor) -> TargetFlavour {
-    match f {
-        Flavor::Det | Flavor::Seg => TargetFlavour::VitComer,
-        Flavor::Beit => TargetFlavour::BeitComer,
-    }
-}
-
-/// How far a family's source forward and the plain ViT-CoMer layout can agree, decided per
-/// family (for mapping parity and for the `sources/*` goldens alike).
-#[derive(Debug, Clone, PartialEq)]
-pub enum Fit {
-    /// Renames, splits, concatenations and transposes only: [`EXACT_BOUND`].
-    Exact,
-    /// Exact tensors, but the source's LayerNorm eps (`from`) becomes upstream's 1e-6:
-    /// [`EPS_CHANGE_BOUND`].
-    EpsChange { from: f64 },
-    /// Something the source computes has no place in the target layout: no stated bound,
-    /// the figures are reported as skipped with this reason.
-    Inexpressible(String),
-}
-
-impl Fit {
-    /// The bound a check is held to, and the note that explains an approximate one.
-    pub fn bound(&self) -> (f64, Option<String>) {
-        match self {
-            Fit::Exact | Fit::Inexpressible(_) => (EXACT_BOUND, None),
-            Fit::EpsChange { from } => (
-                EPS_CHANGE_BOUND,
-                Some(format!(
-                    "approximate: LayerNorm eps {from:e} -> {TARGET_EPS:e}, bound {EPS_CHANGE_BOUND:e}"
-                )),
-            ),
-        }
-    }
-}
-
-/// The fit of `family`, decided per family; `activation` and `registers` when a source
-/// checkpoint says so, `eps` the source's LayerNorm eps.
-pub fn family_fit(family: Family, activation: Option<detect::Activation>, registers: usize, eps: f64) -> Fit {
-    match family {
-        // CLIP: `ln_pre` (a LayerNorm between the position embedding and the first block) is
-        // dropped under --lossy, and for OpenAI weights QuickGELU becomes upstream's exact
-        // GELU; a LayerNorm cannot be folded into the patch kernel or the position table, so
-        // no bound follows from the weights. Reported as skipped, with the measured figures.
-        Family::Clip => Fit::Inexpressible(format!(
-            "CLIP: `ln_pre` was dropped at import (a LayerNorm before the blocks has no place in \
-             upstream's layout){}, LayerNorm eps 1e-5 -> 1e-6: no stated bound",
-            match activation {
-                Some(detect::Activation::QuickGelu) => ", QuickGELU became exact GELU",
-                Some(detect::Activation::Gelu) => "",
-                None => ", and the activation is not recorded (QuickGELU assumed; upstream uses exact GELU)",
-            }
-        )),
-        // Uni-Perceiver: `embeddings_norm` is dropped under --lossy (same reason as CLIP's
-        // `ln_pre`); the temporal position row folds exactly into `pos_embed`.
-        Family::Uniperceiver => Fit::Inexpressible(
-            "Uni-Perceiver: `embeddings_norm` was dropped at import (a LayerNorm before the blocks has \
-             no place in upstream's layout), LayerNorm eps 1e-5 -> 1e-6: no stated bound"
-                .into(),
-        ),
-        // DINOv2 with registers: upstream's ViT branch has no register tokens, and every patch
-        // token attends to them in the source, so dropping them changes every block's output.
-        Family::Dinov2 if registers > 0 => Fit::Inexpressible(format!(
-            "DINOv2 with {registers} register tokens: they were dropped at import and every patch token \
-             attends to them in the source: no stated bound"
-        )),
-        // Hugging Face ViT: exact tensors, LayerNorm eps from config.json (1e-12) -> 1e-6.
-        _ if (eps - TARGET_EPS).abs() > 1e-12 => Fit::EpsChange { from: eps },
-        // DeiT (all containers, distilled), timm ViT, MAE encoder, AugReg .npz, DINOv2, BEiT:
-        // renames, q/k/v concatenation, kernel permutes, cls rows dropped: exact.
-        _ => Fit::Exact,
-    }
-}
-
-/// The verify-side forward of a detected family (`None` when verify has none).
-pub fn source_family(det: &detect::Detection, ckpt: &Checkpoint) -> Option<SourceFamily> {
-    let sc = det.config.as_ref()?;
-    Some(match det.family {
-        Family::Deit | Family::TimmVit | Family::Mae => SourceFamily::Timm,
-        Family::Dinov2 => SourceFamily::Dinov2,
-        Family::Beit => SourceFamily::Beit,
-        Family::Clip => SourceFamily::Clip {
-            activation: match sc.activation {
-                detect::Activation::Gelu => Activation::Gelu,
-                detect::Activation::QuickGelu => Activation::QuickGelu,
-            },
-        },
-        Family::HfVit => SourceFamily::HfVit { layer_norm_eps: hf_checkpoint_eps(ckpt) },
-        Family::Uniperceiver => SourceFamily::UniPerceiver,
-        Family::AugregNpz => SourceFamily::AugRegNpz,
-        Family::Unknown => return None,
-    })
-}
-
-/// The fit of a detected source checkpoint.
-pub fn detected_fit(det: &detect::Detection, family: SourceFamily) -> Fit {
-    let Some(sc) = det.config.as_ref() else { return Fit::Exact };
-    let eps = match family {
-        SourceFamily::HfVit { layer_norm_eps } => layer_norm_eps,
-        _ => sc.layernorm_eps,
-    };
-    // CLIP checkpoints do not record the activation unless the container names it.
-    let activation = (!sc.assumed.iter().any(|a| a == "activation")).then_some(sc.activation);
-    family_fit(det.family, activation, sc.num_registers, eps)
-}
+use crate::model::plain_vit::Weights;
+use crate::model::{Comer, ComerConfig};
 
 /// Why the artifact's ViT branch is not the source's function at all (cross-layout import,
 /// windowed attention, resized patch kernel), or `None` when parity can run.
-fn structural_skip(family: Family, sc: &detect::SourceConfig, cfg: &ComerConfig) -> Option<String> {
-    let flavour = target_flavour(cfg.flavor);
-    if (family == Family::Beit) != (flavour == TargetFlavour::BeitComer) {
+fn structural_skip(family: &dyn Family, sc: &SourceConfig, cfg: &ComerConfig) -> Option<String> {
+    let flavour = TargetFlavour::of(cfg.flavor);
+    // BEiT blocks: q/v bias or relative position tables (what BEiT's detector reads).
+    let beit_source = sc.qkv == QkvStyle::FusedQvBias || sc.rel_pos != RelPos::None;
+    if beit_source != (flavour == TargetFlavour::BeitComer) {
         return Some(format!(
             "{} source into {}: the layouts differ (BEiT blocks with relative position bias against timm \
              blocks with an absolute position table), a lossy import with no stated bound",
@@ -172,7 +61,7 @@ fn structural_skip(family: Family, sc: &detect::SourceConfig, cfg: &ComerConfig)
         ));
     }
     let tg = cfg.pretrain_size / cfg.patch_size.max(1);
-    if sc.rel_pos != detect::RelPos::None
+    if sc.rel_pos != RelPos::None
         && let Some(g) = sc.pretrain_grid
         && g != (tg, tg)
     {
@@ -203,22 +92,22 @@ fn is_comparison(c: &Check) -> bool {
 pub fn parity_checks(source: &Checkpoint, artifact: &Weights, cfg: &ComerConfig, seed: u64) -> Result<Vec<Check>> {
     const NAME: &str = "mapping parity";
     let det = detect::detect_checkpoint(source);
-    let (Some(sc), Some(family)) = (det.config.as_ref(), source_family(&det, source)) else {
+    let (Some(sc), Some(family)) = (det.config.as_ref(), det.family()) else {
         return Ok(vec![Check::skipped(NAME, format!("source family not recognised: {}", det.reason))]);
     };
-    if let Some(reason) = structural_skip(det.family, sc, cfg) {
-        return Ok(vec![Check::skipped(format!("{NAME} ({})", det.family.name()), reason)]);
+    if let Some(reason) = structural_skip(family, sc, cfg) {
+        return Ok(vec![Check::skipped(format!("{NAME} ({})", det.family), reason)]);
     }
-    let fit = detected_fit(&det, family);
-    let (bound, why) = fit.bound();
+    let fit = family.fit(sc);
+    let (bound, why) = fit_bound(&fit);
     let src_w = Weights::from_checkpoint(source)?;
     let mut inputs = seeded_images(seed, (cfg.pretrain_size, cfg.pretrain_size), cfg.patch_size)?;
     let second = inputs.pop();
     let tg = cfg.pretrain_size / cfg.patch_size.max(1);
-    let resized_pos = sc.rel_pos == detect::RelPos::None && sc.pretrain_grid.is_some_and(|g| g != (tg, tg));
+    let resized_pos = sc.rel_pos == RelPos::None && sc.pretrain_grid.is_some_and(|g| g != (tg, tg));
     let mut second_skip = None;
     if let Some(s) = second {
-        if sc.rel_pos != detect::RelPos::None {
+        if sc.rel_pos != RelPos::None {
             second_skip = Some((
                 s.0,
                 None,
@@ -239,11 +128,10 @@ pub fn parity_checks(source: &Checkpoint, artifact: &Weights, cfg: &ComerConfig,
             inputs.push(s);
         }
     }
-    let flavour = target_flavour(cfg.flavor);
-    let src = source_vit(family, &src_w, cfg.num_heads)?;
-    let tgt = match target_vit(flavour, artifact, cfg.num_heads) {
+    let src = family.source_vit(&src_w, sc)?;
+    let tgt = match target_vit(TargetFlavour::of(cfg.flavor), artifact, cfg.num_heads) {
         Ok(t) => t,
-        Err(e) => return Ok(vec![artifact_failure(&format!("{NAME} ({})", det.family.name()), &e)]),
+        Err(e) => return Ok(vec![artifact_failure(&format!("{NAME} ({})", det.family), &e)]),
     };
     let mut checks = parity_of(&src, &tgt, &inputs, bound)?.checks;
     if let Some((input, image, reason)) = second_skip {
@@ -256,7 +144,7 @@ pub fn parity_checks(source: &Checkpoint, artifact: &Weights, cfg: &ComerConfig,
         }
     }
     for c in &mut checks {
-        c.name = format!("{} ({})", c.name, det.family.name());
+        c.name = format!("{} ({})", c.name, det.family);
         if !is_comparison(c) {
             continue;
         }
@@ -448,7 +336,7 @@ pub fn golden_checks(model: &Comer, dir: &Path) -> Result<Vec<Check>> {
 /// Every check `comer-port verify` runs, in its order: (c) round trips first (a file that
 /// does not re-read makes every other figure meaningless), the key set against upstream's
 /// layout, (a) mapping parity against `source` judged under the approximations the artifact
-/// declares (`verify::on_import::approximations`), (d) a `sources/*` golden folder on the ViT
+/// declares (`policy::approximations`), (d) a `sources/*` golden folder on the ViT
 /// branch, then (b) the backbone and a `forward/*` golden folder. A model that does not load
 /// is a failed check naming the key. Shared by `verify`, `demo` and `import`.
 pub fn artifact_report(
@@ -460,7 +348,6 @@ pub fn artifact_report(
 ) -> Result<super::Report> {
     use super::golden as golden_folder;
     use super::keys::{ArtifactKey, layout_check};
-    use super::on_import::{apply_approximations, approximations, float_dtype};
     let mut report = super::Report::default();
     for c in round_trip_checks(artifact)? {
         report.push(c);
@@ -474,7 +361,7 @@ pub fn artifact_report(
         for c in parity_checks(source, &target, cfg, seed)? {
             parity.push(c);
         }
-        let approx = approximations(ck.metadata.get("comer_port.transforms").map(String::as_str), float_dtype(&ck));
+        let approx = approximations(&crate::meta::ArtifactMeta::transforms_of(&ck.metadata), float_dtype(&ck));
         apply_approximations(&mut parity, &approx);
         parity.checks.into_iter().for_each(|c| report.push(c));
     }
@@ -499,4 +386,10 @@ pub fn artifact_report(
         Err(e) => report.push(Check::outcome("backbone load", &[1], 1, Some(0), Some(e.to_string()))),
     }
     Ok(report)
+}
+
+/// The float dtype of an artifact: that of its first floating-point tensor.
+pub fn float_dtype(ck: &Checkpoint) -> crate::formats::DType {
+    use crate::formats::DType as D;
+    ck.tensors().iter().map(|(_, t)| t.dtype).find(|d| matches!(d, D::F32 | D::F16 | D::BF16 | D::F64)).unwrap_or(D::F32)
 }

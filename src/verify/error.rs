@@ -9,21 +9,10 @@ use crate::formats::FormatError;
 /// Everything that stops a parity check or a source forward.
 #[derive(Debug, thiserror::Error)]
 pub enum VerifyError {
-    /// A tensor the forward needs is not in the checkpoint or artifact.
-    #[error("tensor `{key}` is missing")]
-    MissingTensor { key: String },
-
-    /// A tensor has a shape the forward cannot use.
-    #[error("tensor `{key}` has shape {got:?}, expected {expected}")]
-    Shape {
-        key: String,
-        got: Vec<usize>,
-        expected: String,
-    },
-
-    /// The input image or a position table does not fit the patch grid.
-    #[error("`{key}`: {reason}")]
-    Grid { key: String, reason: String },
+    /// A plain-ViT forward (the source family's or the artifact's ViT branch) could not load
+    /// or run: names the key, the block or the image.
+    #[error(transparent)]
+    Vit(#[from] crate::model::plain_vit::VitError),
 
     /// The two sides of a comparison part beyond the stated bound.
     #[error(
@@ -34,14 +23,6 @@ pub enum VerifyError {
         index: Vec<usize>,
         max_rel: f64,
         bound: f64,
-    },
-
-    /// A tensor operation failed inside a block.
-    #[error("tensor operation failed in `{block}`: {source}")]
-    Tensor {
-        block: String,
-        #[source]
-        source: candle_core::Error,
     },
 
     /// The checkpoint could not be read.
@@ -57,57 +38,15 @@ pub enum VerifyError {
     Fixture { path: std::path::PathBuf, reason: String },
 }
 
-impl VerifyError {
-    /// Wrap a candle error with the block it came from.
-    pub fn tensor(block: impl Into<String>) -> impl FnOnce(candle_core::Error) -> VerifyError {
-        let block = block.into();
-        move |source| VerifyError::Tensor { block, source }
-    }
-}
-
 impl From<candle_core::Error> for VerifyError {
     fn from(source: candle_core::Error) -> Self {
-        VerifyError::Tensor {
-            block: String::new(),
-            source,
-        }
+        VerifyError::Vit(source.into())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{Device, Tensor};
-
-    #[test]
-    fn missing_tensor_names_key() {
-        let e = VerifyError::MissingTensor {
-            key: "blocks.0.attn.qkv.weight".into(),
-        };
-        assert!(
-            matches!(e, VerifyError::MissingTensor { ref key } if key == "blocks.0.attn.qkv.weight")
-        );
-        assert!(e.to_string().contains("blocks.0.attn.qkv.weight"));
-    }
-
-    #[test]
-    fn shape_names_key() {
-        let e = VerifyError::Shape {
-            key: "pos_embed".into(),
-            got: vec![1, 17, 48],
-            expected: "(1, 10, 48)".into(),
-        };
-        assert!(matches!(e, VerifyError::Shape { ref key, .. } if key == "pos_embed"));
-    }
-
-    #[test]
-    fn grid_names_key() {
-        let e = VerifyError::Grid {
-            key: "image".into(),
-            reason: "smaller than one patch".into(),
-        };
-        assert!(matches!(e, VerifyError::Grid { ref key, .. } if key == "image"));
-    }
 
     #[test]
     fn parted_names_key_and_index() {
@@ -122,14 +61,10 @@ mod tests {
     }
 
     #[test]
-    fn tensor_error_names_block() {
-        let a = Tensor::zeros((2, 3), candle_core::DType::F32, &Device::Cpu).unwrap();
-        let b = Tensor::zeros((4, 5), candle_core::DType::F32, &Device::Cpu).unwrap();
-        let e = a
-            .matmul(&b)
-            .map_err(VerifyError::tensor("blocks.2.attn"))
-            .unwrap_err();
-        assert!(matches!(e, VerifyError::Tensor { ref block, .. } if block == "blocks.2.attn"));
+    fn vit_error_passes_through() {
+        let e: VerifyError = crate::model::plain_vit::VitError::MissingTensor { key: "pos_embed".into() }.into();
+        assert!(matches!(e, VerifyError::Vit(_)));
+        assert!(e.to_string().contains("pos_embed"));
     }
 
     #[test]

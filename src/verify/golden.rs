@@ -7,14 +7,15 @@
 //! without its prefix rows (resized bicubically when the image grid differs), through every
 //! block, no final norm (see the fixtures README, "golden keys"). Here the artifact's ViT
 //! branch (`target_vit.rs`, every CTI injection off) runs on each golden image and is held to
-//! the family's bound from [`super::artifact::family_fit`]: exact families 1e-5 relative, a
-//! LayerNorm eps change 1e-4, and what the plain layout cannot express (CLIP `ln_pre` and
-//! QuickGELU, Uni-Perceiver `embeddings_norm`) measured and reported as skipped.
+//! the bound of the family's declared fit (`Family::fit`, judged in `policy.rs`): exact
+//! families 1e-5 relative, a LayerNorm eps change 1e-4, a declared approximation its bound,
+//! and what the plain layout cannot express (CLIP `ln_pre` and QuickGELU, Uni-Perceiver
+//! `embeddings_norm`) measured and reported as skipped.
 //!
 //! A folder may hold several checkpoints and several golden variants (`vit_tokens_distilled`,
 //! `vit_tokens_gelu`, …). The reference source is `--source`, else the file the artifact's
 //! `comer_port.source` metadata names inside the folder. With one, the variant is the key its
-//! own forward (`source_vit.rs`) reproduces best, and a golden that forward does not reproduce
+//! own forward (`Family::source_vit`) reproduces best, and a golden that forward does not reproduce
 //! within 1e-5 (computed from other weights: a float16 copy, another file of the folder) is
 //! reported as skipped with both figures. Without one, the closest variant is used and said so.
 //! The resize goldens are held against the artifact's own tensors where the artifact was
@@ -26,17 +27,16 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 
-use super::artifact::{Fit, detected_fit, family_fit, source_family, target_flavour};
 use super::compare::Check;
 use super::error::VerifyError;
-use super::parity::{EXACT_BOUND, artifact_failure};
-use super::source_vit::source_vit;
+use super::parity::{Result, artifact_failure};
+use super::policy::{EXACT_BOUND, fit_bound};
 use super::target_vit::{TargetFlavour, target_vit};
-use super::source_vit::SourceFamily;
-use super::vit::{Activation, Result, Weights};
-use crate::families::detect::{self, Family};
+use crate::families::detect::{self, Activation, QkvStyle, RelPos, SourceConfig};
+use crate::families::{Family, Fit};
 use crate::formats::{self, Checkpoint};
 use crate::model::ComerConfig;
+use crate::model::plain_vit::Weights;
 
 /// Key prefix of the plain-ViT goldens.
 const TOKENS: &str = "vit_tokens";
@@ -46,9 +46,14 @@ const TOKENS: &str = "vit_tokens";
 pub struct SourceFolder {
     /// `family` as the folder names it (`deit`, `beitv2`, `hf-vit`, …).
     pub family: String,
+    /// `config.patch_size`.
     pub patch_size: usize,
+    /// `config.img_size`.
     pub img_size: usize,
+    /// `config.layernorm_eps` (or `layer_norm_eps`), 1e-6 when absent.
     pub layernorm_eps: f64,
+    /// `config.hidden_act` when the folder names the activation.
+    pub hidden_act: Option<String>,
 }
 
 impl SourceFolder {
@@ -71,23 +76,53 @@ impl SourceFolder {
             family: family.to_string(),
             patch_size: dim("patch_size")?,
             img_size: dim("img_size")?,
-            layernorm_eps: v["config"]["layernorm_eps"].as_f64().unwrap_or(1e-6),
+            layernorm_eps: v["config"]["layernorm_eps"].as_f64().or(v["config"]["layer_norm_eps"].as_f64()).unwrap_or(1e-6),
+            hidden_act: v["config"]["hidden_act"].as_str().map(str::to_string),
         })
     }
 
-    /// The detected family this folder's name stands for.
-    pub fn detected_family(&self) -> Family {
-        match self.family.as_str() {
-            "deit" => Family::Deit,
-            "timm-vit" => Family::TimmVit,
-            "mae" => Family::Mae,
-            "augreg" | "augreg-npz" => Family::AugregNpz,
-            "hf-vit" | "hf_vit" => Family::HfVit,
-            "dinov2" => Family::Dinov2,
-            "beit" | "beitv2" => Family::Beit,
-            "clip" => Family::Clip,
-            "uniperceiver" => Family::Uniperceiver,
-            _ => Family::Unknown,
+    /// The registered family this folder's name stands for (folders use a few older
+    /// spellings: `beitv2`, `augreg`, `hf_vit`).
+    pub fn family(&self) -> Option<&'static dyn Family> {
+        let name = match self.family.as_str() {
+            "augreg" => "augreg-npz",
+            "hf_vit" => "hf-vit",
+            "beitv2" => "beit",
+            "siglip2" => "siglip",
+            other => other,
+        };
+        crate::families::by_name(name).ok()
+    }
+
+    /// What `source.json` alone says of the source (no checkpoint at hand): its patch, eps and
+    /// activation; the activation is recorded as assumed when the folder does not name it.
+    pub fn nominal_config(&self) -> SourceConfig {
+        let hf = self.family().is_some_and(|f| f.name() == "hf-vit");
+        let activation = match self.hidden_act.as_deref() {
+            Some("gelu_pytorch_tanh") | Some("gelu_new") => Some(Activation::GeluTanh),
+            Some("quick_gelu") => Some(Activation::QuickGelu),
+            Some("gelu") => Some(Activation::Gelu),
+            _ => None,
+        };
+        SourceConfig {
+            embed_dim: 0,
+            depth: 0,
+            num_heads: 0,
+            patch_size: self.patch_size,
+            pretrain_grid: Some((self.grid(), self.grid())),
+            prefix_tokens: 0,
+            num_registers: 0,
+            mlp_hidden: 0,
+            qkv: if self.family().is_some_and(|f| f.name() == "beit") { QkvStyle::FusedQvBias } else { QkvStyle::FusedBias },
+            layer_scale: None,
+            rel_pos: RelPos::None,
+            activation: activation.unwrap_or(Activation::Gelu),
+            // HF ViT keeps its eps in config.json; hub ViT files use 1e-12.
+            layernorm_eps: if hf { 1e-12 } else { self.layernorm_eps },
+            pre_norm: None,
+            assumed: if activation.is_none() { vec!["activation".into()] } else { Vec::new() },
+            prefix: String::new(),
+            notes: Vec::new(),
         }
     }
 
@@ -185,24 +220,20 @@ pub fn source_golden_checks(dir: &Path, art: &ArtifactSide, source: Option<&Chec
     let fit = match source {
         Some(ck) => {
             let det = detect::detect_checkpoint(ck);
-            match source_family(&det, ck) {
-                Some(f) => {
+            match (det.family(), det.config.as_ref()) {
+                (Some(f), Some(sc)) => {
                     let w = Weights::from_checkpoint(ck)?;
-                    let unknown_activation =
-                        det.config.as_ref().is_some_and(|c| c.assumed.iter().any(|a| a == "activation"));
-                    let families = match f {
-                        SourceFamily::Clip { .. } if unknown_activation => vec![
-                            SourceFamily::Clip { activation: Activation::Gelu },
-                            SourceFamily::Clip { activation: Activation::QuickGelu },
-                        ],
-                        _ => vec![f],
+                    let variants = if sc.assumed.iter().any(|a| a == "activation") {
+                        vec![Activation::Gelu, Activation::QuickGelu]
+                    } else {
+                        vec![sc.activation]
                     };
-                    for f in families {
-                        src_vits.push(source_vit(f, &w, art.cfg.num_heads)?);
+                    for activation in variants {
+                        src_vits.push(f.source_vit(&w, &SourceConfig { activation, ..sc.clone() })?);
                     }
-                    detected_fit(&det, f)
+                    f.fit(sc)
                 }
-                None => folder_fit(&folder),
+                _ => folder_fit(&folder),
             }
         }
         None => folder_fit(&folder),
@@ -211,14 +242,14 @@ pub fn source_golden_checks(dir: &Path, art: &ArtifactSide, source: Option<&Chec
         checks.push(Check::skipped(format!("{label} {TOKENS}"), reason));
         return Ok(checks);
     }
-    let tgt = match target_vit(target_flavour(art.cfg.flavor), art.weights, art.cfg.num_heads) {
+    let tgt = match target_vit(TargetFlavour::of(art.cfg.flavor), art.weights, art.cfg.num_heads) {
         Ok(t) => t,
         Err(e) => {
             checks.push(artifact_failure(&format!("{label} {TOKENS}"), &e));
             return Ok(checks);
         }
     };
-    let (bound, why) = fit.bound();
+    let (bound, why) = fit_bound(&fit);
     let resized = resized_table(&folder, art.cfg);
     for (image, keys) in by_image {
         let img = golden[image].to_dtype(DType::F32)?;
@@ -298,18 +329,16 @@ pub fn source_golden_checks(dir: &Path, art: &ArtifactSide, source: Option<&Chec
 
 /// The fit from the folder's `source.json` alone (no source checkpoint at hand).
 fn folder_fit(folder: &SourceFolder) -> Fit {
-    let eps = match folder.detected_family() {
-        // HF ViT keeps its eps in config.json; hub ViT files use 1e-12.
-        Family::HfVit => 1e-12,
-        _ => folder.layernorm_eps,
-    };
-    family_fit(folder.detected_family(), None, 0, eps)
+    match folder.family() {
+        Some(f) => f.fit(&folder.nominal_config()),
+        None => Fit::Exact,
+    }
 }
 
 /// Why the golden images cannot say anything about this artifact's ViT branch, if so.
 fn structural_skip(folder: &SourceFolder, cfg: &ComerConfig) -> Option<String> {
-    let beit = folder.detected_family() == Family::Beit;
-    if beit != (target_flavour(cfg.flavor) == TargetFlavour::BeitComer) {
+    let beit = folder.nominal_config().qkv == QkvStyle::FusedQvBias;
+    if beit != (TargetFlavour::of(cfg.flavor) == TargetFlavour::BeitComer) {
         return Some(format!(
             "{} golden against a {} artifact: the layouts differ (a lossy cross-layout import), no stated bound",
             folder.family,
@@ -366,15 +395,11 @@ fn resize_goldens(
     has_block_table: bool,
 ) -> Vec<Check> {
     let mut out = Vec::new();
-    let transforms: serde_json::Value = art
-        .metadata
-        .get("comer_port.transforms")
-        .and_then(|t| serde_json::from_str(t).ok())
-        .unwrap_or_default();
+    let transforms = crate::meta::ArtifactMeta::transforms_of(art.metadata);
     let p = art.cfg.patch_size;
-    let kernel_key = match transforms["patch_resize"].as_str() {
-        Some("pinv") => Some(format!("patch_embed.proj.weight.pi_resize_{p}")),
-        Some("bilinear") => Some(format!("patch_embed.proj.weight.bilinear_{p}")),
+    let kernel_key = match transforms.patch_resize.as_str() {
+        "pinv" => Some(format!("patch_embed.proj.weight.pi_resize_{p}")),
+        "bilinear" => Some(format!("patch_embed.proj.weight.bilinear_{p}")),
         _ => None,
     };
     let (g, tg) = (folder.grid(), art.cfg.pretrain_size / p.max(1));
@@ -389,9 +414,9 @@ fn resize_goldens(
         if side * side != rows || w == g || !has_block_table {
             return None;
         }
-        match transforms["relpos_resize"].as_str() {
-            Some("bicubic") => Some(format!("relpos_bicubic.block0.{}to{side}", 2 * g - 1)),
-            Some("geometric") => Some(format!("relpos_geometric.block0.{g}to{w}")),
+        match transforms.relpos_resize.as_str() {
+            "bicubic" => Some(format!("relpos_bicubic.block0.{}to{side}", 2 * g - 1)),
+            "geometric" => Some(format!("relpos_geometric.block0.{g}to{w}")),
             _ => None,
         }
     });
@@ -434,7 +459,7 @@ mod tests {
         let f = SourceFolder::read(&folder("clip")).expect("source.json");
         assert_eq!(f.family, "clip");
         assert_eq!((f.patch_size, f.img_size, f.layernorm_eps), (16, 64, 1e-5));
-        assert_eq!(f.detected_family(), Family::Clip);
+        assert_eq!(f.family().map(|f| f.name()), Some("clip"));
         assert!(is_source_folder(&folder("deit")));
         assert!(!is_source_folder(&folder("../forward/det_tiny")));
     }

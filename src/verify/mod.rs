@@ -1,20 +1,22 @@
 //! `verify/`: numerical proof that an import lost nothing (parity reports, round trips).
+//!
+//! Module graph (no cycles): `policy` (bounds, fits, approximations, verdicts) and `compare`
+//! are leaves; `target_vit` builds the artifact's ViT branch; `parity` runs two forwards;
+//! `keys` checks the key set; `golden` runs fixture folders; `artifact` sequences every check
+//! on a file. The source families' own forwards come from `families/`, the plain-ViT blocks
+//! from `model::plain_vit`.
 
 pub mod artifact;
 pub mod compare;
 pub mod error;
 pub mod golden;
 pub mod keys;
-pub mod on_import;
 pub mod parity;
+pub mod policy;
 pub mod resize;
-pub mod source_vit;
 pub mod target_vit;
-pub mod vit;
 
 pub use compare::{Check, Comparison, Report, compare};
 pub use error::VerifyError;
 pub use parity::{mapping_parity, seeded_images};
-pub use source_vit::{SourceFamily, source_vit, source_vit_tokens};
 pub use target_vit::{TargetFlavour, target_vit};
-pub use vit::{Activation, PlainVit, Weights};

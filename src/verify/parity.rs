@@ -1,6 +1,6 @@
 //! `verify/parity.rs`: mapping parity, verify check (a) of issue 5.
 //!
-//! Runs the source family's own forward (`source_vit.rs`) and the imported artifact's ViT
+//! Runs the source family's own forward (`families/<family>.rs`) and the imported artifact's ViT
 //! branch with every CTI injection off (`target_vit.rs`) on deterministic seeded images, at
 //! the pretrain size and at a second, non-square size, and reports max abs / relative error
 //! and cosine similarity per input against a stated bound. When an input fails, the per-block
@@ -9,13 +9,13 @@
 use candle_core::{Device, Tensor};
 
 use super::compare::{Check, Report};
-use super::source_vit::{SourceFamily, source_vit};
-use super::target_vit::{TargetFlavour, target_vit};
 use super::error::VerifyError;
-use super::vit::{PlainVit, Result, Weights};
+use super::target_vit::{TargetFlavour, target_vit};
+use crate::families::{Family, SourceConfig};
+use crate::model::plain_vit::{PlainVit, VitError, Weights};
 
-/// Relative bound for exact mappings (renames, splits, transposes).
-pub const EXACT_BOUND: f64 = 1e-5;
+/// Result of the verify runners.
+pub type Result<T> = std::result::Result<T, VerifyError>;
 
 /// Deterministic values in about [-2, 2] from a SplitMix64 stream (same on every platform).
 pub fn seeded_values(seed: u64, n: usize) -> Vec<f32> {
@@ -54,30 +54,37 @@ pub fn seeded_images(
     Ok(out)
 }
 
-/// The source side of a parity run.
+/// The source side of a parity run: the family, the source's own config, its tensors.
 pub struct SourceSide<'a> {
-    pub family: SourceFamily,
+    /// The source family (its forward).
+    pub family: &'a dyn Family,
+    /// The source's config (head count, eps, activation) as its detector read it.
+    pub config: &'a SourceConfig,
+    /// The source's tensors (wrapper stripped).
     pub weights: &'a Weights,
 }
 
 /// The artifact side of a parity run.
 pub struct TargetSide<'a> {
+    /// The artifact's layout.
     pub flavour: TargetFlavour,
+    /// The artifact's tensors.
     pub weights: &'a Weights,
+    /// The artifact's head count.
+    pub num_heads: usize,
 }
 
 /// Compare the source forward with the artifact's ViT branch on each input, against `bound`
-/// (relative, [`EXACT_BOUND`] for exact mappings). A failing check names the first block
-/// whose output parts.
+/// (relative, `policy::EXACT_BOUND` for exact mappings). A failing check names the first
+/// block whose output parts.
 pub fn mapping_parity(
     source: &SourceSide,
     target: &TargetSide,
-    num_heads: usize,
     inputs: &[(String, Tensor)],
     bound: f64,
 ) -> Result<Report> {
-    let src = source_vit(source.family, source.weights, num_heads)?;
-    let tgt = match target_vit(target.flavour, target.weights, num_heads) {
+    let src = source.family.source_vit(source.weights, source.config)?;
+    let tgt = match target_vit(target.flavour, target.weights, target.num_heads) {
         Ok(t) => t,
         Err(e) => {
             let mut report = Report::default();
@@ -125,7 +132,7 @@ pub fn parity_of(
 
 /// A failed check for an artifact whose ViT branch cannot be built or run (a missing,
 /// renamed or mis-shaped tensor): the error names the key.
-pub fn artifact_failure(name: &str, e: &VerifyError) -> Check {
+pub fn artifact_failure(name: &str, e: &VitError) -> Check {
     Check::outcome(name, &[1], 1, Some(0), Some(format!("the artifact's ViT branch: {e}")))
 }
 

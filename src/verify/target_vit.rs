@@ -8,8 +8,8 @@
 //! block globally, which is what verify (a) compares against the source family's forward.
 //! This is not the ViT-CoMer forward (that lives in `model/`).
 
-use super::source_vit::{load_beit, load_timm};
-use super::vit::{PlainVit, Result, Weights};
+use crate::model::Flavor;
+use crate::model::plain_vit::{PlainVit, Result, Weights, load_beit, load_timm};
 
 /// The upstream target layouts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -20,6 +20,16 @@ pub enum TargetFlavour {
     /// `beit-comer`: BEiT blocks, `attn.{qkv.weight, q_bias, v_bias,
     /// relative_position_bias_table}`, `gamma_1/gamma_2`, no absolute position embedding.
     BeitComer,
+}
+
+impl TargetFlavour {
+    /// The layout of a flavour's ViT branch.
+    pub fn of(f: Flavor) -> TargetFlavour {
+        match f {
+            Flavor::Det | Flavor::Seg => TargetFlavour::VitComer,
+            Flavor::Beit => TargetFlavour::BeitComer,
+        }
+    }
 }
 
 /// Build the ViT branch of an artifact's tensors (target keys).

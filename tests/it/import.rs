@@ -3,7 +3,8 @@
 
 use crate::util::{bin, fixture};
 use comer_port::families::mapping::{self, Origin, PlanOptions, Values};
-use comer_port::families::pipeline::{self, TargetSpec};
+use comer_port::import as pipeline;
+use comer_port::target::TargetSpec;
 use comer_port::formats::{self, DType, Storage, TensorView};
 use comer_port::model::presets::{preset, preset_layout};
 use std::collections::HashMap;
@@ -320,7 +321,8 @@ fn vit_keys(d: usize, depth: usize, patch: usize, grid: usize, beit: Option<usiz
 fn check_preset(family: &str, preset_name: &str, keys: Vec<(String, Vec<usize>)>) {
     let owned = synth(&keys);
     let sd: Vec<(String, &TensorView)> = owned.iter().map(|(k, v)| (k.clone(), v)).collect();
-    let (_, _, plan) = pipeline::plan_state_dict(family, &sd, &TargetSpec::Preset(preset_name.into()), &PlanOptions::default())
+    let f = comer_port::families::by_name(family).expect("family");
+    let (_, _, plan) = pipeline::plan_state_dict(f, &sd, &Default::default(), &TargetSpec::Preset(preset_name.into()), &PlanOptions::default())
         .unwrap_or_else(|e| panic!("{preset_name}: {e}"));
     let got: Vec<(String, Vec<usize>)> = plan.targets.iter().map(|p| (p.entry.name.clone(), p.entry.shape.clone())).collect();
     let want: Vec<(String, Vec<usize>)> = preset_layout(preset_name).expect("layout").into_iter().map(|(n, s, _)| (n, s)).collect();
@@ -507,6 +509,6 @@ fn import_and_inspect_name_the_same_family() {
             ..pipeline::ImportOptions::default()
         };
         let s = pipeline::run(&path, None, &opts).unwrap_or_else(|e| panic!("{src}: {e}"));
-        assert_eq!(s.family, detected.name(), "{src}");
+        assert_eq!(s.family, detected, "{src}");
     }
 }

@@ -1,20 +1,42 @@
-//! Source-family forwards (`verify::source_vit`) against the `vit_tokens.*` goldens of
-//! `fixtures/sources/*/golden.safetensors` (issue 5), and mapping parity on target names.
+//! Source-family forwards (`Family::source_vit`, one per `families/<family>.rs`) against the
+//! `vit_tokens.*` goldens of `fixtures/sources/*/golden.safetensors` (issue 5), and mapping
+//! parity on target names.
 //!
 //! Bound: max|got - exp| <= 1e-5 * max(1, max|exp|), the same for every family and container.
 
 use candle_core::Tensor;
+use comer_port::families::detect::{self, Activation};
+use comer_port::families::{self, Keys, SourceConfig};
 use comer_port::formats;
-use comer_port::verify::parity::{EXACT_BOUND, SourceSide, TargetSide};
-use comer_port::verify::source_vit::{hf_checkpoint_eps, hf_layer_norm_eps};
-use comer_port::verify::{
-    Activation, Check, SourceFamily, TargetFlavour, Weights, mapping_parity, seeded_images,
-    source_vit_tokens,
-};
+use comer_port::model::plain_vit::Weights;
+use comer_port::verify::parity::{SourceSide, TargetSide};
+use comer_port::verify::policy::EXACT_BOUND;
+use comer_port::verify::{Check, TargetFlavour, mapping_parity, seeded_images};
 
 use crate::util::fixture;
 
 const HEADS: usize = 3;
+
+/// The source's own config as `family`'s detector reads it (HF `config.json` included).
+fn source_config(family: &str, ckpt: &formats::Checkpoint) -> SourceConfig {
+    let (wrapper, sd) = ckpt.state_dict();
+    let meta = detect::checkpoint_meta(ckpt, wrapper);
+    families::by_name(family).unwrap().config(&Keys::new(&sd), &meta).unwrap()
+}
+
+/// `family`'s own forward of the checkpoint at `ckpt` on `image`; `activation` overrides
+/// the detected one (a CLIP state dict does not record it).
+fn source_tokens(family: &str, ckpt: &str, image: &Tensor, activation: Option<Activation>) -> Tensor {
+    let ck = formats::open(&fixture(ckpt)).unwrap_or_else(|e| panic!("{ckpt}: {e}"));
+    let mut sc = source_config(family, &ck);
+    assert_eq!(sc.num_heads, HEADS, "{ckpt}");
+    if let Some(a) = activation {
+        sc.activation = a;
+    }
+    let w = Weights::from_checkpoint(&ck).unwrap_or_else(|e| panic!("{ckpt}: {e}"));
+    let f = families::by_name(family).unwrap();
+    f.source_vit(&w, &sc).and_then(|v| v.forward(image)).unwrap_or_else(|e| panic!("{ckpt}: {e}"))
+}
 
 fn weights(rel: &str) -> Weights {
     let ckpt = formats::open(&fixture(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"));
@@ -26,12 +48,11 @@ fn flat(t: &Tensor) -> Vec<f32> {
 }
 
 /// Run `family` on the golden's `image` and hold it to `key` within 1e-5 relative.
-fn assert_golden(family: SourceFamily, ckpt: &str, dir: &str, key: &str, image: &str) {
+fn assert_golden(family: &str, activation: Option<Activation>, ckpt: &str, dir: &str, key: &str, image: &str) {
     let golden = weights(&format!("sources/{dir}/golden.safetensors"));
-    let w = weights(ckpt);
     let img = golden.get(image).unwrap();
     let exp = golden.get(key).unwrap();
-    let got = source_vit_tokens(family, &w, HEADS, &img).unwrap_or_else(|e| panic!("{ckpt}: {e}"));
+    let got = source_tokens(family, ckpt, &img, activation);
     assert_eq!(got.dims(), exp.dims(), "{ckpt}: {key}");
     let check = Check::new(
         format!("{ckpt} {key}"),
@@ -45,19 +66,7 @@ fn assert_golden(family: SourceFamily, ckpt: &str, dir: &str, key: &str, image: 
 
 #[test]
 fn hf_vit_matches_golden() {
-    let config =
-        std::fs::read_to_string(fixture("sources/hf_vit/vit-tiny-in21k/config.json")).unwrap();
-    let eps = hf_layer_norm_eps(&config);
-    assert_eq!(eps, 1e-12);
-    assert_golden(
-        SourceFamily::HfVit {
-            layer_norm_eps: eps,
-        },
-        "sources/hf_vit/vit-tiny-in21k/model.safetensors",
-        "hf_vit",
-        "vit_tokens.image64",
-        "image64",
-    );
+    assert_golden("hf-vit", None, "sources/hf_vit/vit-tiny-in21k", "hf_vit", "vit_tokens.image64", "image64");
 }
 
 #[test]
@@ -65,7 +74,8 @@ fn deit_matches_golden_at_pretrain_and_resized() {
     for image in ["image64", "image96x128"] {
         let key = format!("vit_tokens.{image}");
         assert_golden(
-            SourceFamily::Timm,
+            "deit",
+            None,
             "sources/deit/deit_tiny.pth",
             "deit",
             &key,
@@ -80,7 +90,7 @@ fn deit_distilled_drops_two_prefix_rows() {
         "sources/deit/deit_tiny_distilled.pth",
         "vit_tokens_distilled.image64",
     );
-    assert_golden(SourceFamily::Timm, ckpt, "deit", key, "image64");
+    assert_golden("deit", None, ckpt, "deit", key, "image64");
 }
 
 #[test]
@@ -90,7 +100,8 @@ fn deit_other_containers_match_golden() {
         "sources/deit/deit_tiny_ddp_wrapped.pth",
     ] {
         assert_golden(
-            SourceFamily::Timm,
+            "deit",
+            None,
             ckpt,
             "deit",
             "vit_tokens.image64",
@@ -103,7 +114,8 @@ fn deit_other_containers_match_golden() {
 fn beitv2_finetuned_matches_golden() {
     let ckpt = "sources/beitv2/beitv2_tiny_ft.pth";
     assert_golden(
-        SourceFamily::Beit,
+        "beit",
+        None,
         ckpt,
         "beitv2",
         "vit_tokens.image64",
@@ -127,7 +139,8 @@ fn clip_both_activations_match_golden() {
     ];
     for (ckpt, activation, key) in cases {
         assert_golden(
-            SourceFamily::Clip { activation },
+            "clip",
+            Some(activation),
             ckpt,
             "clip",
             key,
@@ -142,17 +155,15 @@ fn clip_torchscript_matches_golden() {
         "sources/clip/clip_tiny_quickgelu_visual_jit.pt",
         "vit_tokens_quickgelu.image64",
     );
-    let family = SourceFamily::Clip {
-        activation: Activation::QuickGelu,
-    };
-    assert_golden(family, ckpt, "clip", key, "image64");
+    assert_golden("clip", None, ckpt, "clip", key, "image64");
 }
 
 #[test]
 fn uniperceiver_matches_golden() {
     let ckpt = "sources/uniperceiver/uniperceiver_tiny_pretrained.pth";
     assert_golden(
-        SourceFamily::UniPerceiver,
+        "uniperceiver",
+        None,
         ckpt,
         "uniperceiver",
         "vit_tokens.image64",
@@ -164,7 +175,8 @@ fn uniperceiver_matches_golden() {
 fn augreg_npz_matches_golden() {
     let ckpt = "sources/augreg/augreg_tiny.npz";
     assert_golden(
-        SourceFamily::AugRegNpz,
+        "augreg-npz",
+        None,
         ckpt,
         "augreg",
         "vit_tokens.image64",
@@ -176,21 +188,13 @@ fn augreg_npz_matches_golden() {
 fn dinov2_and_mae_run_finite() {
     // No vit_tokens golden for these two: shape and finiteness only.
     let cases = [
-        (
-            "sources/dinov2/dinov2_tiny_vits14.pth",
-            SourceFamily::Dinov2,
-            56,
-        ),
-        (
-            "sources/dinov2/dinov2_tiny_vits14_reg4.pth",
-            SourceFamily::Dinov2,
-            56,
-        ),
-        ("sources/mae/mae_tiny_pretrain.pth", SourceFamily::Timm, 64),
+        ("sources/dinov2/dinov2_tiny_vits14.pth", "dinov2", 56),
+        ("sources/dinov2/dinov2_tiny_vits14_reg4.pth", "dinov2", 56),
+        ("sources/mae/mae_tiny_pretrain.pth", "mae", 64),
     ];
     for (ckpt, family, size) in cases {
         let img = &seeded_images(1, (size, size), 14).unwrap()[0].1;
-        let out = source_vit_tokens(family, &weights(ckpt), HEADS, img).unwrap();
+        let out = source_tokens(family, ckpt, img, None);
         assert_eq!(out.dims(), &[1, 16, 48], "{ckpt}");
         assert!(flat(&out).iter().all(|v| v.is_finite()), "{ckpt}");
     }
@@ -251,13 +255,11 @@ fn hf_as_vit_comer(hf: &Weights, tamper: Option<&str>) -> Weights {
 
 #[test]
 fn mapping_parity_hf_vit_eps_change_is_small_and_tamper_is_named() {
+    let ck = formats::open(&fixture("sources/hf_vit/vit-tiny-in21k")).unwrap();
+    let sc = source_config("hf-vit", &ck);
+    assert_eq!(sc.layernorm_eps, 1e-12);
     let hf = weights("sources/hf_vit/vit-tiny-in21k/model.safetensors");
-    let source = SourceSide {
-        family: SourceFamily::HfVit {
-            layer_norm_eps: 1e-12,
-        },
-        weights: &hf,
-    };
+    let source = SourceSide { family: families::by_name("hf-vit").unwrap(), config: &sc, weights: &hf };
     let inputs = seeded_images(5, (64, 64), 16).unwrap();
 
     // eps 1e-12 -> 1e-6 is an approximate mapping: stated bound 1e-4 relative.
@@ -265,8 +267,9 @@ fn mapping_parity_hf_vit_eps_change_is_small_and_tamper_is_named() {
     let target = TargetSide {
         flavour: TargetFlavour::VitComer,
         weights: &target_w,
+        num_heads: HEADS,
     };
-    let report = mapping_parity(&source, &target, HEADS, &inputs, 1e-4).unwrap();
+    let report = mapping_parity(&source, &target, &inputs, 1e-4).unwrap();
     assert!(report.passed(), "{}", report.render_table());
     assert_eq!(report.checks.len(), 2);
     assert!(report.checks.iter().all(|c| c.figures.cosine > 0.999_999));
@@ -277,8 +280,9 @@ fn mapping_parity_hf_vit_eps_change_is_small_and_tamper_is_named() {
     let target = TargetSide {
         flavour: TargetFlavour::VitComer,
         weights: &tampered,
+        num_heads: HEADS,
     };
-    let report = mapping_parity(&source, &target, HEADS, &inputs, EXACT_BOUND).unwrap();
+    let report = mapping_parity(&source, &target, &inputs, EXACT_BOUND).unwrap();
     assert!(!report.passed());
     let failed = report.first_failure().unwrap();
     assert_eq!(
@@ -308,7 +312,7 @@ fn relative_index_matches_the_stored_unilm_index() {
         .narrow(0, 1, 16)
         .and_then(|t| t.narrow(1, 1, 16))
         .unwrap(); // (16, 16)
-    let ours: Vec<f32> = comer_port::verify::vit::patch_index(4)
+    let ours: Vec<f32> = comer_port::model::plain_vit::patch_index(4)
         .iter()
         .map(|&i| i as f32)
         .collect();
@@ -334,22 +338,20 @@ fn shared_table_equals_the_same_table_per_block() {
         table.zeros_like().unwrap(),
     );
     let img = &seeded_images(9, (64, 64), 16).unwrap()[0].1;
-    let a = source_vit_tokens(SourceFamily::Beit, &shared, HEADS, img).unwrap();
-    let b = source_vit_tokens(SourceFamily::Beit, &per_block, HEADS, img).unwrap();
+    let ck = formats::open(&fixture("sources/beitv2/beitv2_tiny_pt_shared_relpos.pth")).unwrap();
+    let sc = source_config("beit", &ck);
+    let beit = families::by_name("beit").unwrap();
+    let a = beit.source_vit(&shared, &sc).and_then(|v| v.forward(img)).unwrap();
+    let b = beit.source_vit(&per_block, &sc).and_then(|v| v.forward(img)).unwrap();
     assert_eq!(flat(&a), flat(&b));
 }
 
 #[test]
 fn hf_vit_folder_matches_golden_with_eps_from_config() {
     let ckpt = formats::open(&fixture("sources/hf_vit/vit-tiny-in21k")).unwrap();
-    let eps = hf_checkpoint_eps(&ckpt);
-    assert_eq!(eps, 1e-12);
-    let w = Weights::from_checkpoint(&ckpt).unwrap();
+    assert_eq!(source_config("hf-vit", &ckpt).layernorm_eps, 1e-12);
     let golden = weights("sources/hf_vit/golden.safetensors");
-    let family = SourceFamily::HfVit {
-        layer_norm_eps: eps,
-    };
-    let got = source_vit_tokens(family, &w, HEADS, &golden.get("image64").unwrap()).unwrap();
+    let got = source_tokens("hf-vit", "sources/hf_vit/vit-tiny-in21k", &golden.get("image64").unwrap(), None);
     let exp = golden.get("vit_tokens.image64").unwrap();
     let check = Check::new("hf folder", exp.dims(), &flat(&got), &flat(&exp), 1e-5);
     assert!(check.passed, "{check:#?}");

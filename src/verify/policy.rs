@@ -1,72 +1,74 @@
-//! `verify/on_import.rs`: the checks `import` runs on the artifact it has just written,
-//! before the file is renamed into place, and the compact verdict it records in the
-//! artifact's `comer_port.verify` metadata. The same checks as `comer-port verify ARTIFACT
-//! --source SOURCE` (see `artifact.rs`): the written file re-read by two readers, mapping
-//! parity against the source, and the full backbone on a seeded image at `img_size`.
-//! Upstream has no equivalent: its loaders check nothing at load time.
+//! `verify/policy.rs`: how checks are judged, in one place. The bounds every runner holds
+//! its figures to, the bound a family's declared [`Fit`] earns, the approximations an
+//! artifact was made with (narrow float dtypes, `--lossy`) and how they restate mapping
+//! parity, and the compact verdict `import` records in the artifact. Runners
+//! (`parity.rs`, `artifact.rs`, `golden.rs`) use these; none of them parses what another
+//! module wrote. Upstream has no equivalent: its loaders check nothing at load time.
 
-use std::path::Path;
+use super::compare::Report;
+use crate::families::{Fit, TARGET_EPS};
+use crate::formats::DType;
+use crate::meta::Transforms;
 
-use super::artifact;
-use super::compare::{Check, Report};
-use crate::formats::{Checkpoint, DType};
-use crate::model::ComerConfig;
-
+/// Relative bound for exact mappings (renames, splits, transposes).
+pub const EXACT_BOUND: f64 = 1e-5;
+/// Bound of a documented approximate mapping: a LayerNorm eps change (HF 1e-12, CLIP and
+/// Uni-Perceiver 1e-5 against upstream's 1e-6).
+pub const EPS_CHANGE_BOUND: f64 = 1e-4;
+/// Bound of the golden comparison: `1e-4 · max(1, max|expected|)`.
+pub const GOLDEN_BOUND: f64 = 1e-4;
 /// Parity bound of an artifact stored in float16: each weight is rounded to 11 significant
 /// bits (relative error ≤ 2⁻¹¹ ≈ 4.9e-4); through a few blocks that stays well inside 1e-2.
 pub const F16_BOUND: f64 = 1e-2;
 /// Parity bound of an artifact stored in bfloat16 (8 significant bits, ≤ 2⁻⁸ ≈ 3.9e-3 each).
 pub const BF16_BOUND: f64 = 5e-2;
 
+/// The bound a check under `fit` is held to, and the note that explains an approximate one.
+/// An inexpressible fit is measured at the exact bound and reported as skipped by the runner.
+pub fn fit_bound(fit: &Fit) -> (f64, Option<String>) {
+    match fit {
+        Fit::Exact | Fit::Inexpressible(_) => (EXACT_BOUND, None),
+        Fit::EpsChange { from } => (
+            EPS_CHANGE_BOUND,
+            Some(format!("approximate: LayerNorm eps {from:e} -> {TARGET_EPS:e}, bound {EPS_CHANGE_BOUND:e}")),
+        ),
+        Fit::Approximation { what, bound } => (*bound, Some(format!("approximate: {what}, bound {bound:e}"))),
+    }
+}
+
 /// What makes an import approximate on purpose, and so changes how parity is judged.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Approximation {
     /// Stored in a narrower float type: parity is held to the stated bound for that type.
-    Dtype { name: &'static str, bound: f64 },
+    Dtype {
+        /// `f16` or `bf16`.
+        name: &'static str,
+        /// The bound.
+        bound: f64,
+    },
     /// `--lossy` dropped what the target cannot express: no bound can be stated, so a parity
     /// check beyond the exact bound is reported as skipped, with its measured figures.
-    Lossy { dropped: Vec<String> },
+    Lossy {
+        /// The dropped source keys.
+        dropped: Vec<String>,
+    },
 }
 
-/// The approximations an artifact declares: its float dtype, and the `lossy` flag and
-/// decisions of its `comer_port.transforms` metadata (written by `import`). Used by `import`
-/// before writing and by `verify` on a file, so both judge parity the same way.
-pub fn approximations(transforms_json: Option<&str>, float_dtype: DType) -> Vec<Approximation> {
+/// The approximations of an artifact: its float dtype, and what its transforms record as
+/// dropped under `--lossy`. Used on the file `import` has just written and by `verify` on
+/// any file, so both judge parity the same way.
+pub fn approximations(transforms: &Transforms, float_dtype: DType) -> Vec<Approximation> {
     let mut v = Vec::new();
     match float_dtype {
         DType::F16 => v.push(Approximation::Dtype { name: "f16", bound: F16_BOUND }),
         DType::BF16 => v.push(Approximation::Dtype { name: "bf16", bound: BF16_BOUND }),
         _ => {}
     }
-    let t: serde_json::Value = transforms_json.and_then(|t| serde_json::from_str(t).ok()).unwrap_or_default();
-    if t["lossy"] == serde_json::Value::Bool(true) {
-        // "dropped 'KEY' (--lossy): why" -> KEY; other decisions verbatim.
-        let dropped: Vec<String> = t["decisions"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|d| d.as_str())
-                    .map(|d| match d.strip_prefix("dropped '").and_then(|r| r.split_once('\'')) {
-                        Some((key, _)) => key.to_string(),
-                        None => d.to_string(),
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        if !dropped.is_empty() {
-            v.push(Approximation::Lossy { dropped });
-        }
+    let dropped = transforms.dropped();
+    if !dropped.is_empty() {
+        v.push(Approximation::Lossy { dropped });
     }
     v
-}
-
-/// The float dtype of an artifact: that of its first floating-point tensor.
-pub fn float_dtype(ck: &Checkpoint) -> DType {
-    ck.tensors()
-        .iter()
-        .map(|(_, t)| t.dtype)
-        .find(|d| matches!(d, DType::F32 | DType::F16 | DType::BF16 | DType::F64))
-        .unwrap_or(DType::F32)
 }
 
 /// Judge the mapping-parity checks of `report` under the import's approximations.
@@ -101,30 +103,6 @@ pub fn apply_approximations(report: &mut Report, approx: &[Approximation]) {
 
 /// Room reserved in the safetensors header for the verdict (see [`compact_verdict`]).
 pub const VERDICT_ROOM: usize = 2048;
-
-/// Run `verify`'s checks ([`artifact::artifact_report`]) on `artifact_path`, a written
-/// safetensors file still under its temporary name; checks are named after `dest`, the name
-/// it will have, so the recorded verdict does not depend on the temporary name. A check
-/// sequence that cannot run is a failed check naming why, never a panic.
-pub fn import_checks(source: &Checkpoint, artifact_path: &Path, dest: &Path, cfg: &ComerConfig, seed: u64) -> Report {
-    let file_name = |p: &Path| p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let (tmp_name, dest_name) = (file_name(artifact_path), file_name(dest));
-    match artifact::artifact_report(artifact_path, Some(source), None, cfg, seed) {
-        Ok(mut report) => {
-            if !tmp_name.is_empty() {
-                report.checks.iter_mut().for_each(|c| c.name = c.name.replace(&tmp_name, &dest_name));
-            }
-            report
-        }
-        Err(e) => Report { checks: vec![Check::outcome("verify", &[1], 1, Some(0), Some(e.to_string()))] },
-    }
-}
-
-/// The metadata value `import` writes before verifying: [`VERDICT_ROOM`] bytes, replaced by
-/// [`header_verdict`] once the checks ran.
-pub fn verdict_placeholder() -> String {
-    format!("pending{}", "~".repeat(VERDICT_ROOM - "pending".len()))
-}
 
 /// The verdict as it sits inside the header's JSON string: escaped, at most [`VERDICT_ROOM`]
 /// bytes once escaped (the per-check list is shortened until it fits).
@@ -190,18 +168,27 @@ pub fn compact_verdict(report: &Report, room: usize) -> String {
     text
 }
 
+/// The recorded verdict of an import that did not verify, and why.
+pub fn not_run_verdict(why: &str) -> String {
+    serde_json::json!({ "verdict": "not run", "why": why }).to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::verify::Check;
 
     #[test]
-    fn approximations_are_read_from_the_transforms_metadata() {
-        let t = r#"{"lossy":true,"decisions":["dropped 'visual.ln_pre.weight' (--lossy): no place","kept x"]}"#;
-        let a = approximations(Some(t), DType::F16);
+    fn approximations_are_read_from_the_transforms() {
+        let t = Transforms {
+            lossy: true,
+            decisions: vec![crate::meta::dropped_decision("visual.ln_pre.weight", "no place"), "kept x".into()],
+            ..Transforms::default()
+        };
+        let a = approximations(&t, DType::F16);
         assert_eq!(a[0], Approximation::Dtype { name: "f16", bound: F16_BOUND });
         assert_eq!(a[1], Approximation::Lossy { dropped: vec!["visual.ln_pre.weight".into(), "kept x".into()] });
-        assert!(approximations(Some(r#"{"lossy":false,"decisions":[]}"#), DType::F32).is_empty());
-        assert!(approximations(None, DType::F32).is_empty());
+        assert!(approximations(&Transforms::default(), DType::F32).is_empty());
     }
 
     #[test]
@@ -219,6 +206,15 @@ mod tests {
         assert!(why.contains("ln_pre") && why.contains("1.500e-3"), "{why}");
         assert!(lossy.passed(), "skipped, not failed");
         assert!(!r.passed(), "unchanged without approximations");
+    }
+
+    #[test]
+    fn fits_earn_their_bounds() {
+        assert_eq!(fit_bound(&Fit::Exact).0, EXACT_BOUND);
+        assert_eq!(fit_bound(&Fit::EpsChange { from: 1e-12 }).0, EPS_CHANGE_BOUND);
+        let (b, note) = fit_bound(&Fit::Approximation { what: "tanh GELU".into(), bound: 1e-2 });
+        assert_eq!(b, 1e-2);
+        assert!(note.unwrap_or_default().contains("tanh GELU"));
     }
 
     #[test]

@@ -1,21 +1,78 @@
-//! `verify/vit.rs`: the plain-ViT building blocks shared by the source and target forwards.
+//! `model/plain_vit.rs`: the plain-ViT building blocks shared by the source families'
+//! forwards (`families/<family>.rs`) and the artifact's ViT branch (`verify/target_vit.rs`).
 //!
 //! Mirrors timm `models/vision_transformer.py` (`PatchEmbed`, `Attention`, `Block` with
 //! optional `LayerScale`) and the BEiT block of microsoft/unilm `beit/modeling_finetune.py`
 //! (q/v bias, relative position bias, `gamma_1/gamma_2`), in candle-core on the CPU in f32.
-//! Every family loader in `source_vit.rs` and `target_vit.rs` fills these structs from its own
-//! tensor names; the forward computes patch tokens without any prefix token, plus the
-//! position embedding, through every block, with no final norm.
+//! Every family fills these structs from its own tensor names ([`load_timm`] and
+//! [`load_beit`] are the two layouts the targets share with their source families); the
+//! forward computes patch tokens without any prefix token, plus the position embedding,
+//! through every block, with no final norm. This is not the ViT-CoMer forward (`comer.rs`).
 
 use std::collections::BTreeMap;
 
 use candle_core::{D, Device, Tensor};
 
-use super::error::VerifyError;
-use super::resize::bicubic_resize;
 use crate::formats::Checkpoint;
+use crate::verify::resize::bicubic_resize;
 
-pub type Result<T> = std::result::Result<T, VerifyError>;
+/// Everything that stops a plain-ViT forward from loading or running.
+#[derive(Debug, thiserror::Error)]
+pub enum VitError {
+    /// A tensor the forward needs is not in the checkpoint or artifact.
+    #[error("tensor `{key}` is missing")]
+    MissingTensor {
+        /// The missing key.
+        key: String,
+    },
+
+    /// A tensor has a shape the forward cannot use.
+    #[error("tensor `{key}` has shape {got:?}, expected {expected}")]
+    Shape {
+        /// The offending key.
+        key: String,
+        /// Its shape.
+        got: Vec<usize>,
+        /// What the forward needs.
+        expected: String,
+    },
+
+    /// The input image or a position table does not fit the patch grid.
+    #[error("`{key}`: {reason}")]
+    Grid {
+        /// `image` or the position table's key.
+        key: String,
+        /// Why it does not fit.
+        reason: String,
+    },
+
+    /// A tensor operation failed inside a block.
+    #[error("tensor operation failed in `{block}`: {source}")]
+    Tensor {
+        /// The block (or key) it failed in; empty until named.
+        block: String,
+        /// candle's error.
+        #[source]
+        source: candle_core::Error,
+    },
+}
+
+impl VitError {
+    /// Wrap a candle error with the block it came from.
+    pub fn tensor(block: impl Into<String>) -> impl FnOnce(candle_core::Error) -> VitError {
+        let block = block.into();
+        move |source| VitError::Tensor { block, source }
+    }
+}
+
+impl From<candle_core::Error> for VitError {
+    fn from(source: candle_core::Error) -> Self {
+        VitError::Tensor { block: String::new(), source }
+    }
+}
+
+/// Result of the plain-ViT loaders and forwards.
+pub type Result<T> = std::result::Result<T, VitError>;
 
 /// Named f32 CPU tensors: a state dict ready for a forward.
 #[derive(Debug, Clone, Default)]
@@ -36,7 +93,7 @@ impl Weights {
 
     /// Insert one tensor from its elements and shape.
     pub fn insert_f32(&mut self, name: &str, data: Vec<f32>, shape: &[usize]) -> Result<()> {
-        let t = Tensor::from_vec(data, shape, &Device::Cpu).map_err(VerifyError::tensor(name))?;
+        let t = Tensor::from_vec(data, shape, &Device::Cpu).map_err(VitError::tensor(name))?;
         self.map.insert(name.to_string(), t);
         Ok(())
     }
@@ -58,7 +115,7 @@ impl Weights {
         self.map
             .get(name)
             .cloned()
-            .ok_or_else(|| VerifyError::MissingTensor {
+            .ok_or_else(|| VitError::MissingTensor {
                 key: name.to_string(),
             })
     }
@@ -72,7 +129,7 @@ impl Weights {
     pub fn get_shaped(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
         let t = self.get(name)?;
         if t.dims() != shape {
-            return Err(VerifyError::Shape {
+            return Err(VitError::Shape {
                 key: name.to_string(),
                 got: t.dims().to_vec(),
                 expected: format!("{shape:?}"),
@@ -90,8 +147,8 @@ impl Weights {
 }
 
 /// Shape error for `key` when it is not what a loader can use.
-pub fn shape_err(key: &str, t: &Tensor, expected: &str) -> VerifyError {
-    VerifyError::Shape {
+pub fn shape_err(key: &str, t: &Tensor, expected: &str) -> VitError {
+    VitError::Shape {
         key: key.to_string(),
         got: t.dims().to_vec(),
         expected: expected.into(),
@@ -105,12 +162,16 @@ pub enum Activation {
     Gelu,
     /// OpenAI CLIP `QuickGELU`: `x * sigmoid(1.702 x)`.
     QuickGelu,
+    /// `nn.GELU(approximate='tanh')` (SigLIP's `gelu_pytorch_tanh`).
+    GeluTanh,
 }
 
 impl Activation {
     fn forward(self, x: &Tensor) -> candle_core::Result<Tensor> {
         match self {
             Activation::Gelu => x.gelu_erf(),
+            // candle's `gelu` is the tanh approximation PyTorch computes for approximate='tanh'.
+            Activation::GeluTanh => x.gelu(),
             Activation::QuickGelu => {
                 // x / (1 + exp(-1.702 x))
                 let denom = (x.affine(-1.702, 0.0)?.exp()? + 1.0)?;
@@ -223,7 +284,7 @@ impl RelPosTable {
             .ok_or_else(|| shape_err(key, table, "((2w-1)^2 [+ 3], heads)"))?;
         let table = table
             .narrow(0, 0, side * side)
-            .map_err(VerifyError::tensor(key))?;
+            .map_err(VitError::tensor(key))?;
         Ok(RelPosTable {
             table,
             window: side.div_ceil(2),
@@ -234,7 +295,7 @@ impl RelPosTable {
     fn bias(&self, (gh, gw): (usize, usize)) -> Result<Tensor> {
         let w = self.window;
         if (gh, gw) != (w, w) {
-            return Err(VerifyError::Grid {
+            return Err(VitError::Grid {
                 key: "relative_position_bias_table".into(),
                 reason: format!("grid {gh}x{gw} differs from the table's window {w}x{w}"),
             });
@@ -348,7 +409,7 @@ impl PosEmbed {
         }
         let table = rows
             .narrow(0, prefix, side * side)
-            .map_err(VerifyError::tensor(key))?;
+            .map_err(VitError::tensor(key))?;
         Ok(PosEmbed {
             table,
             grid: (side, side),
@@ -394,7 +455,7 @@ impl PatchEmbed {
         let (cout, wcin, p, _) = self.weight.dims4()?;
         let (gh, gw) = (h / p, w / p);
         if gh == 0 || gw == 0 || cin != wcin {
-            return Err(VerifyError::Grid {
+            return Err(VitError::Grid {
                 key: "image".into(),
                 reason: format!("{cin}x{h}x{w} does not fit {wcin}-channel {p}x{p} patches"),
             });
@@ -462,12 +523,210 @@ impl PlainVit {
 }
 
 /// Name the block in an anonymous tensor error.
-fn in_block(e: VerifyError, name: &str) -> VerifyError {
+fn in_block(e: VitError, name: &str) -> VitError {
     match e {
-        VerifyError::Tensor { block, source } if block.is_empty() => VerifyError::Tensor {
+        VitError::Tensor { block, source } if block.is_empty() => VitError::Tensor {
             block: name.to_string(),
             source,
         },
         other => other,
+    }
+}
+
+// ---- loaders shared by the targets and their source families ----
+
+/// `prefix` when `probe` exists under it, else the empty prefix.
+pub fn pick_prefix(w: &Weights, prefix: &str, probe: &str) -> String {
+    if w.contains(&format!("{prefix}{probe}")) {
+        prefix.to_string()
+    } else {
+        String::new()
+    }
+}
+
+/// Embed width from a patch kernel `(C, 3, p, p)`, checked against the head count.
+pub fn embed_dim(key: &str, kernel: &Tensor, num_heads: usize) -> Result<usize> {
+    let dims = kernel.dims();
+    if dims.len() != 4 || num_heads == 0 || !dims[0].is_multiple_of(num_heads) {
+        return Err(shape_err(
+            key,
+            kernel,
+            &format!("(C, 3, p, p) with C divisible by {num_heads} heads"),
+        ));
+    }
+    Ok(dims[0])
+}
+
+/// A position table as `(rows, C)`, whether stored `(1, rows, C)` or `(rows, C)`.
+pub fn rows2(key: &str, t: Tensor) -> Result<Tensor> {
+    match t.dims() {
+        [1, _, _] => Ok(t.squeeze(0)?),
+        [_, _] => Ok(t),
+        _ => Err(shape_err(key, &t, "(1, rows, C) or (rows, C)")),
+    }
+}
+
+/// Hidden width of an MLP from its first weight `(hidden, C)`.
+pub fn hidden_of(w: &Weights, key: &str) -> Result<usize> {
+    let t = w.get(key)?;
+    t.dims()
+        .first()
+        .copied()
+        .ok_or_else(|| shape_err(key, &t, "(hidden, C)"))
+}
+
+/// Number of blocks `prefix.N.` that hold `probe`; none is a missing-tensor error.
+pub fn mlp_depth(w: &Weights, prefix: &str, probe: &str) -> Result<usize> {
+    match w.count_blocks(prefix, probe) {
+        0 => Err(VitError::MissingTensor {
+            key: format!("{prefix}.0.{probe}"),
+        }),
+        n => Ok(n),
+    }
+}
+
+/// timm / DeiT / MAE / DINOv2: `blocks.N.{norm1, attn.qkv, attn.proj, norm2, mlp.fc1, mlp.fc2}`
+/// with optional layer scale `blocks.N.{gammas[0], gammas[1]}` (DINOv2 `ls1.gamma`, ViT-CoMer
+/// `gamma1`); `prefix` leading `pos_embed` rows (cls, dist) are dropped.
+pub fn load_timm(
+    w: &Weights,
+    heads: usize,
+    prefix: usize,
+    gammas: [&str; 2],
+) -> Result<PlainVit> {
+    let eps = 1e-6;
+    let kernel = w.get("patch_embed.proj.weight")?;
+    let c = embed_dim("patch_embed.proj.weight", &kernel, heads)?;
+    let pos = rows2("pos_embed", w.get("pos_embed")?)?;
+    let pos = PosEmbed::from_rows("pos_embed", &pos, prefix)?;
+    let depth = mlp_depth(w, "blocks", "norm1.weight")?;
+    let mut blocks = Vec::with_capacity(depth);
+    for i in 0..depth {
+        let p = format!("blocks.{i}");
+        let hidden = hidden_of(w, &format!("{p}.mlp.fc1.weight"))?;
+        blocks.push(Block {
+            name: p.clone(),
+            norm1: LayerNorm::load(w, &format!("{p}.norm1"), ("weight", "bias"), c, eps)?,
+            attn: Attention {
+                qkv: Linear::load(w, &format!("{p}.attn.qkv"), 3 * c, c)?,
+                proj: Linear::load(w, &format!("{p}.attn.proj"), c, c)?,
+                num_heads: heads,
+                rel_pos: None,
+            },
+            norm2: LayerNorm::load(w, &format!("{p}.norm2"), ("weight", "bias"), c, eps)?,
+            fc1: Linear::load(w, &format!("{p}.mlp.fc1"), hidden, c)?,
+            fc2: Linear::load(w, &format!("{p}.mlp.fc2"), c, hidden)?,
+            act: Activation::Gelu,
+            gamma1: w.opt(&format!("{p}.{}", gammas[0])),
+            gamma2: w.opt(&format!("{p}.{}", gammas[1])),
+        });
+    }
+    Ok(PlainVit {
+        patch_embed: PatchEmbed {
+            weight: kernel,
+            bias: w.opt("patch_embed.proj.bias"),
+        },
+        pos_embed: Some(pos),
+        pre_norm: None,
+        blocks,
+    })
+}
+
+/// BEiT / BEiTv2 (unilm): qkv without bias plus `q_bias`/`v_bias` (k bias zero), a per-block
+/// `attn.relative_position_bias_table` or the shared `rel_pos_bias.relative_position_bias_table`
+/// (minus its 3 cls rows; ViT-CoMer `beit-comer` tables have none), `gamma_1/gamma_2`; an
+/// absolute `pos_embed` (with its cls row) only when stored.
+pub fn load_beit(w: &Weights, heads: usize) -> Result<PlainVit> {
+    let eps = 1e-6;
+    let kernel = w.get("patch_embed.proj.weight")?;
+    let c = embed_dim("patch_embed.proj.weight", &kernel, heads)?;
+    let pos_embed = match w.opt("pos_embed") {
+        Some(t) => Some(PosEmbed::from_rows(
+            "pos_embed",
+            &rows2("pos_embed", t)?,
+            1,
+        )?),
+        None => None,
+    };
+    let shared_key = "rel_pos_bias.relative_position_bias_table";
+    let shared = match w.opt(shared_key) {
+        Some(t) => Some(RelPosTable::from_table(shared_key, &t)?),
+        None => None,
+    };
+    let depth = mlp_depth(w, "blocks", "norm1.weight")?;
+    let mut blocks = Vec::with_capacity(depth);
+    for i in 0..depth {
+        let p = format!("blocks.{i}");
+        let hidden = hidden_of(w, &format!("{p}.mlp.fc1.weight"))?;
+        let q_bias = w.get_shaped(&format!("{p}.attn.q_bias"), &[c])?;
+        let v_bias = w.get_shaped(&format!("{p}.attn.v_bias"), &[c])?;
+        let qkv_bias = Tensor::cat(&[&q_bias, &q_bias.zeros_like()?, &v_bias], 0)?;
+        let table_key = format!("{p}.attn.relative_position_bias_table");
+        let rel_pos = match (w.opt(&table_key), &shared) {
+            (Some(t), _) => Some(RelPosTable::from_table(&table_key, &t)?),
+            (None, Some(s)) => Some(s.clone()),
+            (None, None) => None,
+        };
+        blocks.push(Block {
+            name: p.clone(),
+            norm1: LayerNorm::load(w, &format!("{p}.norm1"), ("weight", "bias"), c, eps)?,
+            attn: Attention {
+                qkv: Linear {
+                    weight: w.get_shaped(&format!("{p}.attn.qkv.weight"), &[3 * c, c])?,
+                    bias: Some(qkv_bias),
+                },
+                proj: Linear::load(w, &format!("{p}.attn.proj"), c, c)?,
+                num_heads: heads,
+                rel_pos,
+            },
+            norm2: LayerNorm::load(w, &format!("{p}.norm2"), ("weight", "bias"), c, eps)?,
+            fc1: Linear::load(w, &format!("{p}.mlp.fc1"), hidden, c)?,
+            fc2: Linear::load(w, &format!("{p}.mlp.fc2"), c, hidden)?,
+            act: Activation::Gelu,
+            gamma1: w.opt(&format!("{p}.gamma_1")),
+            gamma2: w.opt(&format!("{p}.gamma_2")),
+        });
+    }
+    Ok(PlainVit {
+        patch_embed: PatchEmbed {
+            weight: kernel,
+            bias: w.opt("patch_embed.proj.bias"),
+        },
+        pos_embed,
+        pre_norm: None,
+        blocks,
+    })
+}
+
+#[cfg(test)]
+mod error_tests {
+    use super::VitError;
+    use candle_core::{Device, Tensor};
+
+    #[test]
+    fn missing_tensor_names_key() {
+        let e = VitError::MissingTensor { key: "blocks.0.attn.qkv.weight".into() };
+        assert!(matches!(e, VitError::MissingTensor { ref key } if key == "blocks.0.attn.qkv.weight"));
+        assert!(e.to_string().contains("blocks.0.attn.qkv.weight"));
+    }
+
+    #[test]
+    fn shape_names_key() {
+        let e = VitError::Shape { key: "pos_embed".into(), got: vec![1, 17, 48], expected: "(1, 10, 48)".into() };
+        assert!(matches!(e, VitError::Shape { ref key, .. } if key == "pos_embed"));
+    }
+
+    #[test]
+    fn grid_names_key() {
+        let e = VitError::Grid { key: "image".into(), reason: "smaller than one patch".into() };
+        assert!(matches!(e, VitError::Grid { ref key, .. } if key == "image"));
+    }
+
+    #[test]
+    fn tensor_error_names_block() {
+        let a = Tensor::zeros((2, 3), candle_core::DType::F32, &Device::Cpu).unwrap();
+        let b = Tensor::zeros((4, 5), candle_core::DType::F32, &Device::Cpu).unwrap();
+        let e = a.matmul(&b).map_err(VitError::tensor("blocks.2.attn")).unwrap_err();
+        assert!(matches!(e, VitError::Tensor { ref block, .. } if block == "blocks.2.attn"));
     }
 }
