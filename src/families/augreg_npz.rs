@@ -2,7 +2,7 @@
 //! kernels, per-head q/k/v), read as timm's `_load_weights` reads them. Rules in
 //! `mappings/augreg-npz.toml`.
 
-use super::detect::{Activation, Keys, Meta, QkvStyle, RelPos, SourceConfig, heads_or_assumed, square};
+use super::detect::{Activation, Keys, Meta, PosResize, QkvStyle, RelPos, SourceConfig, heads_or_assumed, square};
 use super::Family;
 use crate::model::plain_vit::{
     Attention, Block, LayerNorm, Linear, PatchEmbed, PlainVit, PosEmbed, Result, VitError, Weights, embed_dim,
@@ -52,6 +52,7 @@ impl Family for AugregNpz {
             num_heads: heads,
             patch_size: k.dim("embedding/kernel", 0).unwrap_or(16),
             pretrain_grid,
+            pos_resize: PosResize::Bicubic,
             prefix_tokens: has_cls as usize,
             num_registers: 0,
             mlp_hidden: k.dim("Transformer/encoderblock_0/MlpBlock_3/Dense_0/kernel", 1).unwrap_or(4 * embed),

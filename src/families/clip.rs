@@ -2,7 +2,7 @@
 //! TorchScript archive), mirroring open_clip `transformer.py` `VisionTransformer`. Rules in
 //! `mappings/clip.toml`.
 
-use super::detect::{Activation, Keys, Meta, QkvStyle, RelPos, SourceConfig, heads_or_assumed, square};
+use super::detect::{Activation, Keys, Meta, PosResize, QkvStyle, RelPos, SourceConfig, heads_or_assumed, square};
 use super::{Family, Fit};
 use crate::model::plain_vit::{
     Attention, Block, LayerNorm, Linear, PatchEmbed, PlainVit, PosEmbed, Result, Weights, embed_dim,
@@ -68,6 +68,7 @@ impl Family for Clip {
             num_heads: heads,
             patch_size: k.dim(&key("conv1.weight"), 2).unwrap_or(16),
             pretrain_grid,
+            pos_resize: PosResize::Bicubic,
             prefix_tokens: 1,
             num_registers: 0,
             mlp_hidden: k.dim(&key("transformer.resblocks.0.mlp.c_fc.weight"), 0).unwrap_or(4 * embed),

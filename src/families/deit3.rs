@@ -1,12 +1,13 @@
 //! Family `deit3`: DeiT III checkpoints (facebookresearch/deit `models_v2.py`, timm
 //! `deit3_*`): `{"model"}` state dicts in timm names with `no_embed_class` (the position table
-//! has no cls row: the cls token is added after the positions) and layer scale
-//! `blocks.N.ls1.gamma` / `ls2.gamma`. Rules in `mappings/deit3.toml`.
+//! has no cls row: the cls token is added after the positions) and layer scale, named
+//! `blocks.N.ls1.gamma` / `ls2.gamma` by timm and `blocks.N.gamma_1` / `gamma_2` by the
+//! facebookresearch/deit release files. Rules in `mappings/deit3.toml`.
 
 use super::Family;
 use super::detect::{Keys, Meta, SourceConfig, square, timm_like_config, timm_prefix};
 use super::timm_vit::timm_source_vit;
-use crate::model::plain_vit::{PlainVit, Result, Weights};
+use crate::model::plain_vit::{PlainVit, Result, Weights, load_timm};
 
 /// The DeiT III family.
 pub struct Deit3;
@@ -25,7 +26,7 @@ impl Family for Deit3 {
         let key = |s: &str| format!("{p}{s}");
         let grid_only = k.dim(&key("pos_embed"), 1).and_then(square).is_some();
         (k.has(&key("cls_token"))
-            && k.has(&key("blocks.0.ls1.gamma"))
+            && (k.has(&key("blocks.0.ls1.gamma")) || k.has(&key("blocks.0.gamma_1")))
             && !k.has(&key("register_tokens"))
             && k.dim(&key("patch_embed.proj.weight"), 2) != Some(14)
             && grid_only)
@@ -43,6 +44,9 @@ impl Family for Deit3 {
         Ok(c)
     }
     fn source_vit(&self, w: &Weights, sc: &SourceConfig) -> Result<PlainVit> {
-        timm_source_vit(w, sc, 0)
+        match sc.layer_scale.as_deref() {
+            Some("gamma_1") => load_timm(w, sc.num_heads, 0, ["gamma_1", "gamma_2"]),
+            _ => timm_source_vit(w, sc, 0),
+        }
     }
 }

@@ -8,7 +8,7 @@
 //! `families/<family>.rs`.
 
 use crate::formats::{Checkpoint, TensorView};
-pub use crate::model::plain_vit::Activation;
+pub use crate::model::plain_vit::{Activation, PosResize};
 use serde::Serialize;
 use std::collections::BTreeMap;
 
@@ -67,6 +67,8 @@ pub struct SourceConfig {
     pub patch_size: usize,
     /// Position grid the model was pre-trained at (rows, cols), if it has absolute positions.
     pub pretrain_grid: Option<(usize, usize)>,
+    /// How the source resizes its position table at run time.
+    pub pos_resize: PosResize,
     /// Tokens before the patch tokens: cls, dist, registers.
     pub prefix_tokens: usize,
     /// Register tokens (DINOv2 with registers).
@@ -264,24 +266,19 @@ pub fn timm_like_config(k: &Keys<'_>, p: &str) -> Result<SourceConfig, String> {
         .and_then(square)
         .map(|s| (s, s));
     let num_heads = heads_or_assumed(embed, &mut assumed, &mut notes);
-    let layer_scale = if k.has(&key("blocks.0.ls1.gamma")) {
-        Some("ls1.gamma".to_string())
-    } else if k.has(&key("blocks.0.gamma1")) {
-        Some("gamma1".to_string())
-    } else {
-        None
-    };
+    let layer_scale = ["ls1.gamma", "gamma1", "gamma_1"].into_iter().find(|n| k.has(&key(&format!("blocks.0.{n}"))));
     Ok(SourceConfig {
         embed_dim: embed,
         depth: k.count_indexed(&key("blocks.")),
         num_heads,
         patch_size: k.dim(&key("patch_embed.proj.weight"), 2).unwrap_or(16),
         pretrain_grid,
+        pos_resize: PosResize::Bicubic,
         prefix_tokens: pos_prefix + registers,
         num_registers: registers,
         mlp_hidden: k.dim(&key("blocks.0.mlp.fc1.weight"), 0).unwrap_or(4 * embed),
         qkv: if k.has(&key("blocks.0.attn.qkv.bias")) { QkvStyle::FusedBias } else { QkvStyle::FusedNoBias },
-        layer_scale,
+        layer_scale: layer_scale.map(str::to_string),
         rel_pos: RelPos::None,
         activation: Activation::Gelu,
         layernorm_eps: 1e-6,

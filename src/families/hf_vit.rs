@@ -1,7 +1,7 @@
 //! Family `hf-vit`: Hugging Face `ViTModel` folders (`model.safetensors` + `config.json`),
 //! mirroring transformers `models/vit/modeling_vit.py`. Rules in `mappings/hf-vit.toml`.
 
-use super::detect::{Activation, Keys, Meta, QkvStyle, RelPos, SourceConfig, heads_or_assumed, square};
+use super::detect::{Activation, Keys, Meta, PosResize, QkvStyle, RelPos, SourceConfig, heads_or_assumed, square};
 use super::Family;
 use crate::model::plain_vit::{
     Attention, Block, LayerNorm, Linear, PatchEmbed, PlainVit, PosEmbed, Result, Weights, embed_dim,
@@ -70,6 +70,7 @@ impl Family for HfVit {
             num_heads: heads,
             patch_size: k.dim(&key("embeddings.patch_embeddings.projection.weight"), 2).unwrap_or(16),
             pretrain_grid,
+            pos_resize: PosResize::Bicubic,
             prefix_tokens: has_cls as usize,
             num_registers: 0,
             mlp_hidden: k.dim(&key("encoder.layer.0.intermediate.dense.weight"), 0).unwrap_or(4 * embed),

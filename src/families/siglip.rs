@@ -6,7 +6,7 @@
 //! embeds patches with a Linear over `(p, p, 3)`-flattened pixels instead of a convolution.
 //! Rules in `mappings/siglip.toml`.
 
-use super::detect::{Activation, Keys, Meta, QkvStyle, RelPos, SourceConfig, heads_or_assumed, square};
+use super::detect::{Activation, Keys, Meta, PosResize, QkvStyle, RelPos, SourceConfig, heads_or_assumed, square};
 use super::{Family, Fit};
 use crate::model::plain_vit::{
     Attention, Block, LayerNorm, Linear, PatchEmbed, PlainVit, PosEmbed, Result, Weights, embed_dim, hidden_of,
@@ -66,7 +66,18 @@ impl Family for Siglip {
     fn config(&self, k: &Keys<'_>, metadata: &Meta) -> std::result::Result<SourceConfig, String> {
         let p = tower_prefix(k).unwrap_or_default();
         let key = |s: &str| format!("{p}{s}");
-        let cfg = |s: &str| metadata.get(&format!("config.{s}"));
+        // A vision model's config.json holds the values at the top; a full SiglipModel's
+        // under `vision_config` (flattened by the reader as one JSON text).
+        let vision: serde_json::Value =
+            metadata.get("config.vision_config").and_then(|t| serde_json::from_str(t).ok()).unwrap_or_default();
+        let cfg = |s: &str| {
+            metadata.get(&format!("config.{s}")).cloned().or_else(|| {
+                vision.get(s).map(|v| match v {
+                    serde_json::Value::String(t) => t.clone(),
+                    other => other.to_string(),
+                })
+            })
+        };
         let Some(shape) = k.shape(&key(PATCH)) else { return Err("SigLIP without a patch embedding".into()) };
         let embed = shape[0];
         let patch = match shape {
@@ -91,7 +102,7 @@ impl Family for Siglip {
                 1e-6
             }
         };
-        let activation = match cfg("hidden_act").map(String::as_str) {
+        let activation = match cfg("hidden_act").as_deref() {
             Some("gelu") => Activation::Gelu,
             Some("gelu_pytorch_tanh") | Some("gelu_new") => Activation::GeluTanh,
             other => {
@@ -107,6 +118,8 @@ impl Family for Siglip {
             num_heads: heads,
             patch_size: patch,
             pretrain_grid: grid.map(|g| (g, g)),
+            // SigLIP resizes its table like timm (bicubic); SigLIP 2 bilinear with antialias.
+            pos_resize: if shape.len() == 2 { PosResize::BilinearAntialias } else { PosResize::Bicubic },
             prefix_tokens: 0,
             num_registers: 0,
             mlp_hidden: k.dim(&key("encoder.layers.0.mlp.fc1.weight"), 0).unwrap_or(4 * embed),
@@ -128,7 +141,7 @@ impl Family for Siglip {
         let kernel = patch_kernel(w, &kernel_key)?;
         let c = embed_dim(&kernel_key, &kernel, heads)?;
         let pos_key = format!("{m}embeddings.position_embedding.weight");
-        let pos = PosEmbed::from_rows(&pos_key, &rows2(&pos_key, w.get(&pos_key)?)?, 0)?;
+        let pos = PosEmbed { resize: sc.pos_resize, ..PosEmbed::from_rows(&pos_key, &rows2(&pos_key, w.get(&pos_key)?)?, 0)? };
         let layers = format!("{m}encoder.layers");
         let depth = mlp_depth(w, &layers, "layer_norm1.weight")?;
         let mut blocks = Vec::with_capacity(depth);

@@ -2,7 +2,7 @@
 //! inverted from ViT-Adapter's `uniperceiver_converter.py` (`UnifiedBertEncoder`). Rules in
 //! `mappings/uniperceiver.toml`.
 
-use super::detect::{Activation, Keys, Meta, QkvStyle, RelPos, SourceConfig, heads_or_assumed, square};
+use super::detect::{Activation, Keys, Meta, PosResize, QkvStyle, RelPos, SourceConfig, heads_or_assumed, square};
 use super::{Family, Fit};
 use crate::model::plain_vit::{
     Attention, Block, LayerNorm, Linear, PatchEmbed, PlainVit, PosEmbed, Result, Weights, embed_dim,
@@ -45,6 +45,7 @@ impl Family for Uniperceiver {
             num_heads: heads,
             patch_size: k.dim(&key("video_embed.embeddings.weight"), 2).unwrap_or(16),
             pretrain_grid,
+            pos_resize: PosResize::Bicubic,
             prefix_tokens: 0,
             num_registers: 0,
             mlp_hidden: k.dim(&key("layers.0.linear1.weight"), 0).unwrap_or(4 * embed),

@@ -389,12 +389,27 @@ fn scale(y: Tensor, gamma: &Option<Tensor>) -> candle_core::Result<Tensor> {
     }
 }
 
+/// How a source resizes its position table to another grid at run time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PosResize {
+    /// `F.interpolate(mode="bicubic", align_corners=False)`: timm, upstream ViT-CoMer.
+    #[default]
+    Bicubic,
+    /// `F.interpolate(mode="bilinear", align_corners=False, antialias=True)`: SigLIP 2.
+    /// Modelled for upsampling (where antialiasing changes nothing); a smaller grid is refused.
+    BilinearAntialias,
+}
+
 /// Absolute position embedding of the patch grid (prefix rows already removed).
 #[derive(Debug, Clone)]
 pub struct PosEmbed {
     /// `(gh * gw, C)` in row-major grid order.
     pub table: Tensor,
+    /// The table's grid.
     pub grid: (usize, usize),
+    /// How the source resizes it.
+    pub resize: PosResize,
 }
 
 impl PosEmbed {
@@ -410,10 +425,7 @@ impl PosEmbed {
         let table = rows
             .narrow(0, prefix, side * side)
             .map_err(VitError::tensor(key))?;
-        Ok(PosEmbed {
-            table,
-            grid: (side, side),
-        })
+        Ok(PosEmbed { table, grid: (side, side), resize: PosResize::Bicubic })
     }
 
     /// The embedding for an `(gh, gw)` grid, bicubically resized when it differs: `(1, N, C)`.
@@ -429,10 +441,54 @@ impl PosEmbed {
             .flatten_all()?
             .to_vec1::<f32>()?; // (C, N)
         debug_assert_eq!(chw.len(), n * c);
-        let out = bicubic_resize(&chw, c, self.grid, grid);
+        let out = match self.resize {
+            PosResize::Bicubic => bicubic_resize(&chw, c, self.grid, grid),
+            PosResize::BilinearAntialias if grid.0 >= self.grid.0 && grid.1 >= self.grid.1 => {
+                bilinear_upsample(&chw, c, self.grid, grid)
+            }
+            PosResize::BilinearAntialias => {
+                return Err(VitError::Grid {
+                    key: "pos_embed".into(),
+                    reason: format!(
+                        "an antialiased bilinear resize {:?} -> {grid:?} (downsampling) is not modelled",
+                        self.grid
+                    ),
+                });
+            }
+        };
         let t = Tensor::from_vec(out, (c, grid.0 * grid.1), &Device::Cpu)?; // (C, N')
         Ok(t.t()?.contiguous()?.unsqueeze(0)?) // (1, N', C)
     }
+}
+
+/// `F.interpolate(mode="bilinear", align_corners=False)` of a `(C, h, w)` grid to a larger
+/// `(C, oh, ow)` one (antialiasing changes nothing when upsampling). f64 weights, like the
+/// bicubic resize beside it.
+fn bilinear_upsample(src: &[f32], c: usize, (h, w): (usize, usize), (oh, ow): (usize, usize)) -> Vec<f32> {
+    let axis = |n_in: usize, n_out: usize| -> Vec<(usize, usize, f64)> {
+        (0..n_out)
+            .map(|o| {
+                let x = ((o as f64 + 0.5) * n_in as f64 / n_out as f64 - 0.5).max(0.0);
+                let i0 = (x.floor() as usize).min(n_in - 1);
+                let i1 = (i0 + 1).min(n_in - 1);
+                (i0, i1, x - i0 as f64)
+            })
+            .collect()
+    };
+    let (ay, ax) = (axis(h, oh), axis(w, ow));
+    let mut out = vec![0f32; c * oh * ow];
+    for ch in 0..c {
+        let plane = &src[ch * h * w..(ch + 1) * h * w];
+        for (y, &(y0, y1, fy)) in ay.iter().enumerate() {
+            for (x, &(x0, x1, fx)) in ax.iter().enumerate() {
+                let at = |yy: usize, xx: usize| plane[yy * w + xx] as f64;
+                let top = at(y0, x0) * (1.0 - fx) + at(y0, x1) * fx;
+                let bottom = at(y1, x0) * (1.0 - fx) + at(y1, x1) * fx;
+                out[(ch * oh + y) * ow + x] = (top * (1.0 - fy) + bottom * fy) as f32;
+            }
+        }
+    }
+    out
 }
 
 /// Patch embedding: a `p x p` convolution with stride `p`, as an unfold and a matmul.

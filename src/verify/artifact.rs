@@ -25,7 +25,7 @@ use super::error::VerifyError;
 use super::parity::{Result, artifact_failure, parity_of, seeded_images, seeded_values};
 use super::policy::{EXACT_BOUND, GOLDEN_BOUND, apply_approximations, approximations, fit_bound};
 use super::target_vit::{TargetFlavour, target_vit};
-use crate::families::detect::{self, QkvStyle, RelPos, SourceConfig};
+use crate::families::detect::{self, PosResize, QkvStyle, RelPos, SourceConfig};
 use crate::families::{Family, Fit};
 use crate::formats::{self, Checkpoint};
 use crate::model::plain_vit::Weights;
@@ -122,6 +122,16 @@ pub fn parity_checks(source: &Checkpoint, artifact: &Weights, cfg: &ComerConfig,
                     "position table resized {}x{} -> {tg}x{tg} at import: at this size the artifact resizes it a \
                      second time, the source once from {}x{}; two bicubic resizes against one have no stated bound",
                     g.0, g.1, g.0, g.1
+                ),
+            ));
+        } else if sc.pos_resize != PosResize::Bicubic {
+            second_skip = Some((
+                s.0.clone(),
+                Some(s.1),
+                format!(
+                    "the source resizes its position table {:?} at run time, upstream's ViT-CoMer bicubic: at a \
+                     grid other than {tg}x{tg} the two functions differ, with no stated bound",
+                    sc.pos_resize
                 ),
             ));
         } else {

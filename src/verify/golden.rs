@@ -110,6 +110,7 @@ impl SourceFolder {
             num_heads: 0,
             patch_size: self.patch_size,
             pretrain_grid: Some((self.grid(), self.grid())),
+            pos_resize: crate::model::plain_vit::PosResize::Bicubic,
             prefix_tokens: 0,
             num_registers: 0,
             mlp_hidden: 0,

@@ -26,3 +26,5 @@ mod verify_cli;
 mod demo_cli;
 /// `comer-port verify --source --golden sources/<family>` for every family fixture (issue 5).
 mod verify_sources;
+/// Families added as one file + one mapping each: SigLIP / SigLIP 2, DeiT III (issue 12).
+mod new_families;
