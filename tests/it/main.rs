@@ -28,3 +28,5 @@ mod demo_cli;
 mod verify_sources;
 /// Families added as one file + one mapping each: SigLIP / SigLIP 2, DeiT III (issue 12).
 mod new_families;
+/// No import cycle between the stage folders or inside one (issue 12).
+mod module_graph;
