@@ -4,13 +4,19 @@
 //! `formats/` reads containers without executing code, `families/` detects the source family
 //! and remaps it with the rules in `mappings/`, `model/` is the reference forward in
 //! candle-core, `export/` writes safetensors / `.pth` / ONNX atomically, `verify/` proves
-//! parity, `cli/` is the command line.
+//! parity. Beside them: `target` resolves which configuration an artifact targets (one
+//! resolver for every subcommand), `error` classifies the stages' typed errors for callers
+//! that report them. The command line (`src/cli/`) belongs to the `comer-port` binary, not to
+//! this library.
 
-pub mod cli;
+#![deny(missing_docs)]
+
+pub mod error;
 pub mod export;
 pub mod families;
 pub mod formats;
 pub mod model;
+pub mod target;
 pub mod verify;
 
 /// Tool version recorded in every artifact's metadata.

@@ -14,12 +14,16 @@ use std::path::Path;
 /// One tensor of an artifact: name, shape, dtype.
 #[derive(Debug, Clone)]
 pub struct OutTensor {
+    /// Target key.
     pub name: String,
+    /// Shape, outermost first.
     pub shape: Vec<usize>,
+    /// Element type as written.
     pub dtype: DType,
 }
 
 impl OutTensor {
+    /// Bytes of the tensor's data (elements × element size).
     pub fn nbytes(&self) -> usize {
         self.shape.iter().product::<usize>() * self.dtype.size()
     }
@@ -88,7 +92,9 @@ pub fn write<E: From<WriteError>, B: AsRef<[u8]>>(
 /// to the placeholder's length (a JSON string value padded inside its quotes); a longer one
 /// is an error, as it would shift the data. A value that fails aborts the write.
 pub struct LateValue<'a> {
+    /// The text the header holds until the value is known.
     pub placeholder: String,
+    /// Computes the value from the complete temporary file.
     pub value: LateFn<'a>,
 }
 

@@ -7,13 +7,16 @@ pub mod augreg_npz;
 pub mod beit;
 pub mod clip;
 pub mod deit;
+#[allow(missing_docs)] // docs land with the families/verify restructure
 pub mod detect;
 pub mod dinov2;
 pub mod error;
 pub mod hf_vit;
 pub mod init;
 pub mod mae;
+#[allow(missing_docs)] // docs land with the families/verify restructure
 pub mod mapping;
+#[allow(missing_docs)] // docs land with the families/verify restructure
 pub mod pipeline;
 pub mod timm_vit;
 pub mod transforms;
@@ -22,6 +25,7 @@ pub mod uniperceiver;
 pub use error::ImportError;
 
 /// One family: its name, embedded mapping and key-pattern test.
+#[allow(missing_docs)] // docs land with the families/verify restructure
 pub struct FamilyEntry {
     pub name: &'static str,
     pub mapping: &'static str,

@@ -9,19 +9,10 @@ use super::mapping::{self, Origin, Plan, PlanOptions, SourceDims, Values};
 use crate::export::safetensors::OutTensor;
 use crate::formats::{DType, TensorView};
 use crate::model::{ComerConfig, Flavor};
+use crate::target::{Basis, TargetSpec, resolve};
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-
-/// How the target is chosen.
-#[derive(Debug, Clone)]
-pub enum TargetSpec {
-    Preset(String),
-    ConfigFile(PathBuf),
-    Config(Box<ComerConfig>),
-    /// A flavour with dimensions inferred from the source.
-    Flavor(Flavor),
-}
 
 /// Everything `import` needs besides the source.
 #[derive(Debug, Clone)]
@@ -95,51 +86,6 @@ pub fn pick_family(given: Option<&str>, detected: super::detect::Family, keys: &
     })
 }
 
-/// Resolve the target config from the spec and the source's dimensions.
-pub fn resolve_config(spec: &TargetSpec, dims: &SourceDims) -> Result<ComerConfig, PipelineError> {
-    Ok(match spec {
-        TargetSpec::Preset(name) => crate::model::presets::preset(name)?,
-        TargetSpec::ConfigFile(p) => {
-            let text = std::fs::read_to_string(p)
-                .map_err(|e| ImportError::Input { path: p.clone(), reason: e.to_string() })?;
-            ComerConfig::from_case_json(&text)?
-        }
-        TargetSpec::Config(c) => (**c).clone(),
-        TargetSpec::Flavor(f) => config_from_dims(*f, dims)?,
-    })
-}
-
-/// A config of flavour `f` with the source's dimensions and upstream's defaults otherwise.
-pub fn config_from_dims(f: Flavor, d: &SourceDims) -> Result<ComerConfig, PipelineError> {
-    let need = |v: Option<usize>, what: &str| {
-        v.ok_or_else(|| ImportError::UnknownFamily { reason: format!("cannot infer the source's {what}; pass --config or --preset") })
-    };
-    let embed = need(d.embed_dim, "embed dim")?;
-    let depth = need(d.depth, "depth")?;
-    let heads = d.num_heads.unwrap_or((embed / 64).max(1));
-    let mlp = d.mlp_hidden.unwrap_or(embed * 4);
-    let grid = d.grid.unwrap_or(14);
-    let per = depth.div_ceil(4).max(1);
-    let idx: Vec<[usize; 2]> = (0..4)
-        .map(|i| [(i * per).min(depth - 1), ((i + 1) * per - 1).min(depth - 1)])
-        .collect();
-    let mut kw = serde_json::json!({
-        "embed_dim": embed, "depth": depth, "num_heads": heads,
-        "mlp_ratio": mlp as f64 / embed as f64,
-        "patch_size": 16, "img_size": grid * 16, "pretrain_size": grid * 16,
-        "interaction_indexes": idx, "deform_num_heads": heads,
-        "window_attn": vec![false; depth],
-        "window_size": vec![serde_json::Value::Null; depth],
-    });
-    if f == Flavor::Beit {
-        kw["qkv_bias"] = serde_json::json!(true);
-        kw["window_size"] = serde_json::json!(vec![grid; depth]);
-        kw["init_values"] = serde_json::json!(1e-6);
-    }
-    let map = kw.as_object().cloned().unwrap_or_default();
-    Ok(ComerConfig::from_kwargs(f, &map)?)
-}
-
 /// Refuse a source whose dimensions differ from the target's.
 pub fn check_dims(d: &SourceDims, c: &ComerConfig) -> Result<(), ImportError> {
     let mlp = (c.embed_dim as f64 * c.mlp_ratio) as usize;
@@ -168,7 +114,7 @@ pub fn plan_state_dict(
 ) -> Result<(ComerConfig, SourceDims, Plan), PipelineError> {
     let m = super::mapping_for(family)?;
     let dims = mapping::infer_dims(&m.infer, sd);
-    let cfg = resolve_config(target, &dims)?;
+    let cfg = resolve(target, Basis::Source(&dims))?;
     check_dims(&dims, &cfg)?;
     let layout = crate::model::layout::target_layout(&cfg);
     let plan = mapping::plan(&m, &layout, sd, opts)?;
@@ -222,44 +168,6 @@ pub fn outputs(plan: &Plan, dtype: DType, no_buffers: bool) -> (Vec<OutTensor>, 
         idx.push(i);
     }
     (out, idx)
-}
-
-/// SHA-256 of a file, or of a folder's files in name order. Read through a map, 64 MiB at a
-/// time, each stretch dropped from the resident set once hashed; a read error is an error,
-/// never a wrong hash.
-fn sha256_path(path: &Path) -> std::io::Result<String> {
-    use sha2::Digest;
-    let mut h = sha2::Sha256::new();
-    let mut files = vec![path.to_path_buf()];
-    if path.is_dir() {
-        files = std::fs::read_dir(path)?
-            .map(|e| e.map(|e| e.path()))
-            .collect::<std::io::Result<Vec<_>>>()?
-            .into_iter()
-            .filter(|p| p.is_file())
-            .collect();
-        files.sort();
-    }
-    const STEP: usize = 64 << 20;
-    for f in files {
-        let file = std::fs::File::open(&f)?;
-        if file.metadata()?.len() == 0 {
-            continue;
-        }
-        // SAFETY: a read-only map of the source, the hazard `formats::open` accepts too.
-        let map = unsafe { memmap2::Mmap::map(&file) }?;
-        for start in (0..map.len()).step_by(STEP) {
-            let end = (start + STEP).min(map.len());
-            h.update(&map[start..end]);
-            // SAFETY: read-only shared file mapping, never written through: MADV_DONTNEED only
-            // drops this process's page-table entries (see `formats::Storage::release`).
-            #[cfg(unix)]
-            unsafe {
-                let _ = map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start);
-            }
-        }
-    }
-    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// Every file an import with `opts` writes.
@@ -453,11 +361,8 @@ pub fn run(source: &Path, bytes: Option<&[u8]>, opts: &ImportOptions) -> Result<
     };
     let hasher = std::thread::scope(|scope| -> Result<String, PipelineError> {
         let handle = scope.spawn(|| match bytes {
-            Some(b) => {
-                use sha2::Digest;
-                Ok(sha2::Sha256::digest(b).iter().map(|x| format!("{x:02x}")).collect::<String>())
-            }
-            None => sha256_path(source).map_err(|e| ImportError::Input { path: source.to_path_buf(), reason: format!("hashing: {e}") }),
+            Some(b) => Ok(crate::formats::sha256_bytes(b)),
+            None => crate::formats::sha256(source).map_err(|e| ImportError::Input { path: source.to_path_buf(), reason: format!("hashing: {e}") }),
         });
         let mut hash = None;
         if let Some(out) = &opts.out {

@@ -11,35 +11,52 @@ use crate::formats::FormatError;
 pub enum VerifyError {
     /// A tensor the forward needs is not in the checkpoint or artifact.
     #[error("tensor `{key}` is missing")]
-    MissingTensor { key: String },
+    MissingTensor {
+        /// The key.
+        key: String,
+    },
 
     /// A tensor has a shape the forward cannot use.
     #[error("tensor `{key}` has shape {got:?}, expected {expected}")]
     Shape {
+        /// The key.
         key: String,
+        /// Its shape.
         got: Vec<usize>,
+        /// What the forward needs.
         expected: String,
     },
 
     /// The input image or a position table does not fit the patch grid.
     #[error("`{key}`: {reason}")]
-    Grid { key: String, reason: String },
+    Grid {
+        /// The input or table.
+        key: String,
+        /// Why it does not fit.
+        reason: String,
+    },
 
     /// The two sides of a comparison part beyond the stated bound.
     #[error(
         "`{key}` parts at index {index:?}: max relative error {max_rel:.3e} > bound {bound:.1e}"
     )]
     Parted {
+        /// The check or tensor.
         key: String,
+        /// Multi-index of the first element that parts.
         index: Vec<usize>,
+        /// The largest relative difference.
         max_rel: f64,
+        /// The bound it was held to.
         bound: f64,
     },
 
     /// A tensor operation failed inside a block.
     #[error("tensor operation failed in `{block}`: {source}")]
     Tensor {
+        /// The block (or step) it failed in.
         block: String,
+        /// What candle reported.
         #[source]
         source: candle_core::Error,
     },
@@ -54,7 +71,12 @@ pub enum VerifyError {
 
     /// A fixture folder or file is not what verify expects.
     #[error("{path}: {reason}")]
-    Fixture { path: std::path::PathBuf, reason: String },
+    Fixture {
+        /// The fixture file or folder.
+        path: std::path::PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
 }
 
 impl VerifyError {

@@ -56,13 +56,17 @@ pub fn seeded_images(
 
 /// The source side of a parity run.
 pub struct SourceSide<'a> {
+    /// Which family's ViT forward runs.
     pub family: SourceFamily,
+    /// The source checkpoint's state dict.
     pub weights: &'a Weights,
 }
 
 /// The artifact side of a parity run.
 pub struct TargetSide<'a> {
+    /// Which flavour's ViT branch runs.
     pub flavour: TargetFlavour,
+    /// The artifact's state dict.
     pub weights: &'a Weights,
 }
 

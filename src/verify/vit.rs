@@ -15,6 +15,7 @@ use super::error::VerifyError;
 use super::resize::bicubic_resize;
 use crate::formats::Checkpoint;
 
+/// The verify stage's result.
 pub type Result<T> = std::result::Result<T, VerifyError>;
 
 /// Named f32 CPU tensors: a state dict ready for a forward.
@@ -41,14 +42,17 @@ impl Weights {
         Ok(())
     }
 
+    /// Insert one tensor as it is.
     pub fn insert(&mut self, name: &str, t: Tensor) {
         self.map.insert(name.to_string(), t);
     }
 
+    /// Whether a tensor is called `name`.
     pub fn contains(&self, name: &str) -> bool {
         self.map.contains_key(name)
     }
 
+    /// Every name, sorted.
     pub fn keys(&self) -> impl Iterator<Item = &str> {
         self.map.keys().map(String::as_str)
     }
@@ -123,8 +127,11 @@ impl Activation {
 /// `nn.LayerNorm` over the last dimension.
 #[derive(Debug, Clone)]
 pub struct LayerNorm {
+    /// Scale `(C,)`.
     pub weight: Tensor,
+    /// Shift `(C,)`.
     pub bias: Tensor,
+    /// Added to the variance.
     pub eps: f64,
 }
 
@@ -155,6 +162,7 @@ impl LayerNorm {
         })
     }
 
+    /// Normalise `x` over its last dimension.
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let mean = x.mean_keepdim(D::Minus1)?;
         let xc = x.broadcast_sub(&mean)?;
@@ -167,7 +175,9 @@ impl LayerNorm {
 /// `nn.Linear`: `weight` is `(out, in)`.
 #[derive(Debug, Clone)]
 pub struct Linear {
+    /// `(out, in)`.
     pub weight: Tensor,
+    /// `(out,)`, when the layer has one.
     pub bias: Option<Tensor>,
 }
 
@@ -180,6 +190,7 @@ impl Linear {
         })
     }
 
+    /// `(B, N, in)` → `(B, N, out)`.
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let (b, n, c) = x.dims3()?;
         let out = self.weight.dim(0)?;
@@ -203,6 +214,7 @@ fn softmax_last(x: &Tensor) -> candle_core::Result<Tensor> {
 pub struct RelPosTable {
     /// `((2w-1)^2, heads)`.
     pub table: Tensor,
+    /// Window side w.
     pub window: usize,
 }
 
@@ -267,9 +279,13 @@ pub fn patch_index(w: usize) -> Vec<u32> {
 /// Multi-head self-attention with a fused `(3C, C)` q/k/v projection (timm layout).
 #[derive(Debug, Clone)]
 pub struct Attention {
+    /// The fused q/k/v projection `(3C, C)`.
     pub qkv: Linear,
+    /// The output projection.
     pub proj: Linear,
+    /// Attention heads.
     pub num_heads: usize,
+    /// BEiT's relative position bias, when the family has one.
     pub rel_pos: Option<RelPosTable>,
 }
 
@@ -299,13 +315,21 @@ impl Attention {
 pub struct Block {
     /// `blocks.N` (or the family's own block name), for errors.
     pub name: String,
+    /// Norm before attention.
     pub norm1: LayerNorm,
+    /// Self-attention.
     pub attn: Attention,
+    /// Norm before the MLP.
     pub norm2: LayerNorm,
+    /// MLP input projection.
     pub fc1: Linear,
+    /// MLP output projection.
     pub fc2: Linear,
+    /// MLP activation.
     pub act: Activation,
+    /// Layer scale of the attention branch, when present.
     pub gamma1: Option<Tensor>,
+    /// Layer scale of the MLP branch, when present.
     pub gamma2: Option<Tensor>,
 }
 
@@ -333,6 +357,7 @@ fn scale(y: Tensor, gamma: &Option<Tensor>) -> candle_core::Result<Tensor> {
 pub struct PosEmbed {
     /// `(gh * gw, C)` in row-major grid order.
     pub table: Tensor,
+    /// The table's grid (rows, columns).
     pub grid: (usize, usize),
 }
 
@@ -379,10 +404,12 @@ impl PosEmbed {
 pub struct PatchEmbed {
     /// `(C, in_chans, p, p)`.
     pub weight: Tensor,
+    /// `(C,)`, when the projection has one.
     pub bias: Option<Tensor>,
 }
 
 impl PatchEmbed {
+    /// Patch side p (the kernel's last dimension).
     pub fn patch(&self) -> usize {
         self.weight.dims().last().copied().unwrap_or(1)
     }
@@ -417,9 +444,13 @@ impl PatchEmbed {
 /// Uni-Perceiver `embeddings_norm`), blocks. No prefix tokens, no final norm.
 #[derive(Debug, Clone)]
 pub struct PlainVit {
+    /// Patch embedding.
     pub patch_embed: PatchEmbed,
+    /// Absolute position embedding, when the family adds one.
     pub pos_embed: Option<PosEmbed>,
+    /// Norm before the first block (CLIP `ln_pre`, Uni-Perceiver `embeddings_norm`).
     pub pre_norm: Option<LayerNorm>,
+    /// The transformer blocks, in order.
     pub blocks: Vec<Block>,
 }
 
