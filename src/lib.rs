@@ -4,11 +4,14 @@
 //! `formats/` reads containers without executing code, `families/` detects the source family
 //! and remaps it with the rules in `mappings/`, `model/` is the reference forward in
 //! candle-core, `export/` writes safetensors / `.pth` / ONNX atomically, `verify/` proves
-//! parity, `cli/` is the command line. Above the stages, `import/` chains them (plan → write →
-//! verify → commit), `target.rs` resolves the target config and `meta.rs` is the metadata
-//! every artifact records.
+//! parity. Beside them: `target` resolves which configuration an artifact targets (one
+//! resolver for every subcommand), `error` classifies the stages' typed errors for callers
+//! that report them. The command line (`src/cli/`) belongs to the `comer-port` binary, not to
+//! this library.
 
-pub mod cli;
+#![deny(missing_docs)]
+
+pub mod error;
 pub mod export;
 pub mod families;
 pub mod formats;

@@ -1,5 +1,8 @@
 //! The `comer-port` binary: parse, run, print the error chain, exit with a meaningful code.
-//! Mirrors ripgrep's thin `main`; all work lives in the library.
+//! Mirrors ripgrep's thin `main`: the command line (`cli/`, the only place `anyhow` is used)
+//! belongs to the binary; all work lives in the library.
+
+mod cli;
 
 fn main() {
     // Like every Unix filter (ripgrep, cat): a closed stdout (`comer-port demo | head`)
@@ -22,5 +25,5 @@ fn main() {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 30);
         libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
     }
-    std::process::exit(comer_port::cli::main());
+    std::process::exit(cli::main());
 }

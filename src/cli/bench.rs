@@ -6,13 +6,13 @@ use std::time::Instant;
 
 use candle_core::{Device, Tensor};
 
-use crate::model::{Comer, Store, presets};
+use comer_port::model::{Comer, Store, presets};
 
 /// Arguments of `comer-port bench`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// Preset name (see `comer-port presets`).
-    #[arg(long)]
+    #[arg(long, value_parser = super::presets::parser())]
     pub preset: String,
     /// Square input size (a multiple of 32).
     #[arg(long, default_value_t = 512)]
@@ -92,7 +92,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     let img: Vec<f32> = (0..cfg.in_chans * s * s).map(|_| rng.uniform(2.0)).collect();
     let img = Tensor::from_vec(img, (1, cfg.in_chans, s, s), &Device::Cpu)?;
     model.forward(&img, "bench")?;
-    crate::model::profile::enable(args.profile);
+    comer_port::model::profile::enable(args.profile);
     let mut times = Vec::new();
     for _ in 0..args.runs.max(1) {
         let t = Instant::now();
@@ -103,7 +103,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     let median = times[times.len() / 2];
     let rss = peak_rss_bytes();
     if args.profile {
-        for (stage, secs, calls) in crate::model::profile::report() {
+        for (stage, secs, calls) in comer_port::model::profile::report() {
             eprintln!("  {stage:<14} {:>8.3} s/run  ({calls} calls)", secs / times.len() as f64);
         }
     }

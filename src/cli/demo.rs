@@ -9,17 +9,16 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::Context;
-use sha2::{Digest, Sha256};
 
-use crate::export::atomic::{self, WriteError};
-use crate::export::onnx::{self, ExportOptions};
-use crate::families::detect;
-use crate::families::mapping::{Origin, PlanOptions};
-use crate::import::{self, ImportOptions};
-use crate::target::TargetSpec;
-use crate::formats::DType;
-use crate::model::ComerConfig;
-use crate::verify::parity::seeded_values;
+use comer_port::export::atomic::{self, WriteError};
+use comer_port::export::onnx::{self, ExportOptions};
+use comer_port::families::detect;
+use comer_port::families::mapping::{Origin, PlanOptions};
+use comer_port::import::{self, ImportOptions};
+use comer_port::formats::DType;
+use comer_port::model::ComerConfig;
+use comer_port::target::{self, Basis, TargetSpec};
+use comer_port::verify::parity::seeded_values;
 
 /// Seed of the fresh CTI/MRFP parameters, the verify images and the demo image.
 const SEED: u64 = 0;
@@ -121,10 +120,10 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     let t0 = Instant::now();
     let source = dir.join(SOURCE);
     atomic::write_all(&source, super::import::BUNDLED, force)?;
-    let ck = crate::formats::open(&source)?;
+    let ck = comer_port::formats::open(&source)?;
     let det = detect::detect_checkpoint(&ck);
     let (_, sd) = ck.state_dict();
-    let sha: String = Sha256::digest(super::import::BUNDLED).iter().map(|b| format!("{b:02x}")).collect();
+    let sha = comer_port::formats::sha256_bytes(super::import::BUNDLED);
     let dims = det.config.as_ref().map(|c| {
         format!("embed {} depth {} heads {} patch {}", c.embed_dim, c.depth, c.num_heads, c.patch_size)
     });
@@ -205,7 +204,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
 
     // 3. verify: the artifact's own metadata config, as `comer-port verify` reads it.
     let t0 = Instant::now();
-    let vcfg = super::run::resolve_config(&artifact, None, None)?;
+    let vcfg = target::resolve(&TargetSpec::Recorded, Basis::Artifact(&artifact))?;
     let report = super::verify::report(&artifact, Some(&source), None, &vcfg, SEED)?;
     let ran = report.checks.iter().filter(|c| c.skipped.is_none()).count();
     let worst = report
@@ -263,7 +262,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     let onnx_path = dir.join(ONNX);
     let (h, w) = (vcfg.img_size, vcfg.img_size);
     onnx::check_input_size(h, w)?;
-    let ck = crate::formats::open(&artifact)?;
+    let ck = comer_port::formats::open(&artifact)?;
     let opts = ExportOptions::new(h, w);
     let deform = opts.deform;
     let written = super::export::write_onnx(&ck, &artifact, &vcfg, opts, &onnx_path, force)?;
@@ -294,7 +293,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
 }
 
 /// Print the closing lines (or the JSON object) and return `code`.
-fn finish(log: &Log, dir: &Path, report: &crate::verify::Report, code: i32) -> anyhow::Result<i32> {
+fn finish(log: &Log, dir: &Path, report: &comer_port::verify::Report, code: i32) -> anyhow::Result<i32> {
     let artifact = dir.join(ARTIFACT);
     let source = dir.join(SOURCE);
     if log.json {

@@ -3,11 +3,9 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::Context;
-
-use crate::export::onnx::{self, Deform, ExportOptions};
-
-use crate::model::{ComerConfig, presets};
+use comer_port::export::onnx::{self, Deform, ExportOptions};
+use comer_port::model::ComerConfig;
+use comer_port::target::{self, Basis, TargetSpec};
 
 /// Arguments of `comer-port export`.
 #[derive(clap::Args, Debug)]
@@ -39,7 +37,7 @@ pub struct OnnxArgs {
     #[arg(long, conflicts_with = "preset")]
     pub config: Option<PathBuf>,
     /// Named upstream config (see `comer-port presets`) when the artifact carries none.
-    #[arg(long)]
+    #[arg(long, value_parser = super::presets::parser())]
     pub preset: Option<String>,
     /// Overwrite existing outputs.
     #[arg(long)]
@@ -57,24 +55,6 @@ fn parse_size(s: &str) -> Result<(usize, usize), String> {
     Ok((p(h)?, p(w)?))
 }
 
-/// The artifact's own config (metadata `comer_port.config`), else --config/--preset.
-fn resolve_config(a: &OnnxArgs, ck: &crate::formats::Checkpoint) -> anyhow::Result<ComerConfig> {
-    if let Some(p) = &a.config {
-        let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
-        return Ok(ComerConfig::from_case_json(&text)?);
-    }
-    if let Some(name) = &a.preset {
-        return Ok(presets::preset(name)?);
-    }
-    match ck.metadata.get("comer_port.config") {
-        Some(text) => Ok(ComerConfig::from_case_json(text)?),
-        None => anyhow::bail!(
-            "{} carries no comer_port.config metadata: pass --config C.json or --preset NAME",
-            a.artifact.display()
-        ),
-    }
-}
-
 pub fn run(args: Args) -> anyhow::Result<i32> {
     match args.target {
         Target::Onnx(a) => run_onnx(a),
@@ -85,10 +65,11 @@ fn run_onnx(a: OnnxArgs) -> anyhow::Result<i32> {
     let (h, w) = a.input_size;
     onnx::check_input_size(h, w)?;
     if a.output.exists() && !a.force {
-        return Err(crate::export::atomic::WriteError::Exists(a.output.clone()).into());
+        return Err(comer_port::export::atomic::WriteError::Exists(a.output.clone()).into());
     }
-    let ck = crate::formats::open(&a.artifact)?;
-    let cfg = resolve_config(&a, &ck)?;
+    let ck = comer_port::formats::open(&a.artifact)?;
+    let spec = TargetSpec::from_flags(a.config.as_deref(), a.preset.as_deref()).unwrap_or(TargetSpec::Recorded);
+    let cfg = target::resolve(&spec, Basis::Artifact(&a.artifact))?;
     let mut opts = ExportOptions::new(h, w);
     opts.batch = a.batch;
     opts.deform = a.deform;
@@ -115,7 +96,7 @@ fn run_onnx(a: OnnxArgs) -> anyhow::Result<i32> {
 /// artifact's file name recorded as its source. A refused or failed write stays at the top of
 /// the error chain so the exit code says "output not written". Shared by `export` and `demo`.
 pub fn write_onnx(
-    ck: &crate::formats::Checkpoint,
+    ck: &comer_port::formats::Checkpoint,
     artifact: &Path,
     cfg: &ComerConfig,
     mut opts: ExportOptions,

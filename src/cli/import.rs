@@ -3,11 +3,11 @@
 //! The work is in `import` (plan → write → verify → commit); this file parses arguments and
 //! prints the summary.
 
-use crate::families::mapping::PlanOptions;
-use crate::import::{self, ImportOptions};
-use crate::target::TargetSpec;
-use crate::formats::DType;
-use crate::model::Flavor;
+use comer_port::families::mapping::PlanOptions;
+use comer_port::import::{self, ImportOptions};
+use comer_port::formats::DType;
+use comer_port::model::Flavor;
+use comer_port::target::TargetSpec;
 use std::path::PathBuf;
 
 /// The bundled fixture used when no file is given.
@@ -56,7 +56,7 @@ pub struct Args {
     #[arg(long)]
     pub pth: Option<PathBuf>,
     /// Named upstream configuration (see `comer-port presets`).
-    #[arg(long, conflicts_with = "config")]
+    #[arg(long, conflicts_with = "config", value_parser = super::presets::parser())]
     pub preset: Option<String>,
     /// Target config JSON (`{"flavor", "constructor_kwargs"}`).
     #[arg(long)]
@@ -106,10 +106,8 @@ pub struct Args {
 pub fn run(a: Args) -> anyhow::Result<i32> {
     let bundled = a.source.is_none();
     let source = a.source.clone().unwrap_or_else(|| PathBuf::from("deit_tiny.pth"));
-    let target = if let Some(p) = &a.preset {
-        TargetSpec::Preset(p.clone())
-    } else if let Some(c) = &a.config {
-        TargetSpec::ConfigFile(c.clone())
+    let target = if let Some(spec) = TargetSpec::from_flags(a.config.as_deref(), a.preset.as_deref()) {
+        spec
     } else if let Some(f) = a.flavor {
         TargetSpec::Flavor(match f {
             FlavorArg::Det => Flavor::Det,
@@ -117,7 +115,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             FlavorArg::Beit => Flavor::Beit,
         })
     } else if bundled {
-        TargetSpec::Config(Box::new(crate::model::ComerConfig::from_case_json(BUNDLED_CONFIG)?))
+        TargetSpec::Config(Box::new(comer_port::model::ComerConfig::from_case_json(BUNDLED_CONFIG)?))
     } else {
         anyhow::bail!("choose a target: --preset NAME, --config C.json or --flavor FLAVOR");
     };
@@ -150,7 +148,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         verify: !a.no_verify,
     };
     let s = import::run(&source, if bundled { Some(BUNDLED) } else { None }, &opts)?;
-    let fresh = s.plan.targets.iter().filter(|p| matches!(p.origin, crate::families::mapping::Origin::Fresh { .. })).count();
+    let fresh = s.plan.targets.iter().filter(|p| matches!(p.origin, comer_port::families::mapping::Origin::Fresh { .. })).count();
     println!(
         "imported {} ({}) into {}: {} target keys ({} from the source, {} fresh, seed {})",
         s.source,

@@ -4,13 +4,12 @@
 //! Mirrors what one would piece together in Python from `torch.load(weights_only=True)`,
 //! `hashlib.sha256` and `timm`'s key conventions, without executing anything. Only the
 //! object tree is read; tensor bytes are touched only by `--check-finite` (and by sha256,
-//! which streams the file once).
+//! which streams the file once: `formats::sha256`, the hash `import` records, for a folder
+//! over all its files in name order).
 
-use crate::families::detect::{self, Detection};
-use crate::formats::{self, Checkpoint, TensorView, Value};
-use sha2::{Digest, Sha256};
+use comer_port::families::detect::{self, Detection};
+use comer_port::formats::{self, Checkpoint, TensorView, Value};
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -41,24 +40,7 @@ pub struct Args {
 /// Inputs up to this size are hashed by default; larger ones only with `--sha256`.
 pub const AUTO_SHA256_MAX: u64 = 256 << 20;
 
-/// Streamed sha256 of a file (or of a folder's weight files, in order).
-fn sha256_of(paths: &[PathBuf]) -> std::io::Result<String> {
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    for p in paths {
-        let mut f = std::fs::File::open(p)?;
-        loop {
-            let n = f.read(&mut buf)?;
-            if n == 0 {
-                break;
-            }
-            h.update(&buf[..n]);
-        }
-    }
-    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
-}
-
-/// Files whose bytes make up the checkpoint (the file, or a folder's weight files).
+/// Files whose tensors make up the checkpoint (the file, or a folder's weight files): the size shown.
 fn weight_files(ck: &Checkpoint) -> Vec<PathBuf> {
     if ck.path.is_dir() {
         ck.metadata
@@ -193,15 +175,13 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     let t0 = Instant::now();
     let ck = formats::open(&args.file)?;
     let read_s = t0.elapsed().as_secs_f64();
-    let files = weight_files(&ck);
-    let size = size_of(&files);
+    let size = size_of(&weight_files(&ck));
     let t1 = Instant::now();
-    let want_sha = !args.no_sha256 && (args.sha256 || size <= AUTO_SHA256_MAX);
-    let sha = if want_sha {
-        Some(sha256_of(&files).map_err(|e| formats::FormatError::io(&args.file, e))?)
-    } else {
-        None
-    };
+    // The hash `import` records: a folder's every file, so the threshold counts what it reads.
+    let io = |e: std::io::Error| formats::FormatError::io(&args.file, e);
+    let want_sha = !args.no_sha256
+        && (args.sha256 || size_of(&formats::checkpoint_files(&ck.path).map_err(io)?) <= AUTO_SHA256_MAX);
+    let sha = if want_sha { Some(formats::sha256(&ck.path).map_err(io)?) } else { None };
     let sha_s = t1.elapsed().as_secs_f64();
     let tensors = ck.tensors();
     let det: Detection = detect::detect_checkpoint(&ck);

@@ -1,11 +1,15 @@
-//! `cli/`: the command line. `main` stays thin: parse, run, print the error chain, map it to
-//! an exit code. Each subcommand lives in its own file with its `Args` and `run`.
+//! `cli/`: the command line, part of the `comer-port` binary (not the library). `main` stays
+//! thin: parse, run, print the error chain, map it to an exit code. Each subcommand lives in
+//! its own file with its `Args` and `run`; `anyhow` is used here and nowhere in the library.
 //!
 //! Exit codes: 0 success; 1 a check failed (verify mismatch, non-finite weights under
-//! `--check-finite`); 2 usage error; 3 bad input (unreadable, refused or mismatched file or
-//! config); 4 an output could not be written (exists without `--force`, I/O error).
+//! `--check-finite`); 2 usage error (clap: unknown flag, bad value such as an unknown
+//! `--preset`); 3 bad input (unreadable, refused or mismatched file or config); 4 an output
+//! could not be written (exists without `--force`, I/O error). 3 and 4 come from the
+//! library's typed errors through `comer_port::error::ErrorKind`.
 
 use clap::{Parser, Subcommand};
+use comer_port::error::ErrorKind;
 
 pub mod bench;
 pub mod demo;
@@ -88,24 +92,11 @@ pub fn main() -> i32 {
     }
 }
 
-/// Map an error chain to an exit code by the stage error it carries.
+/// Map an error chain to an exit code: the first link the library classifies
+/// ([`ErrorKind::of`]) decides; an unclassified chain (a message) is bad input.
 pub fn exit_code_for(err: &anyhow::Error) -> i32 {
-    for cause in err.chain() {
-        // `PipelineError::Write` is transparent, so the chain never shows the WriteError itself.
-        if cause.is::<crate::export::atomic::WriteError>()
-            || matches!(
-                cause.downcast_ref::<crate::import::PipelineError>(),
-                Some(crate::import::PipelineError::Write(_))
-            )
-        {
-            return EXIT_OUTPUT;
-        }
-        if cause.is::<crate::formats::FormatError>()
-            || cause.is::<crate::model::ConfigError>()
-            || cause.is::<crate::model::ModelError>()
-        {
-            return EXIT_BAD_INPUT;
-        }
+    match err.chain().find_map(ErrorKind::of) {
+        Some(ErrorKind::OutputNotWritten) => EXIT_OUTPUT,
+        Some(ErrorKind::BadInput) | None => EXIT_BAD_INPUT,
     }
-    EXIT_BAD_INPUT
 }

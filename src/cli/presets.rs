@@ -1,7 +1,8 @@
 //! `comer-port presets`: the named configurations of real upstream models and where
-//! upstream defines them.
+//! upstream defines them; and the parser every `--preset` argument uses, so an unknown name
+//! is a usage error (exit 2, the names listed) before any file is opened.
 
-use crate::model::presets::{PRESETS, preset};
+use comer_port::model::presets::{PRESETS, preset};
 
 /// Arguments of `comer-port presets`.
 #[derive(clap::Args, Debug)]
@@ -9,6 +10,11 @@ pub struct Args {
     /// One JSON array on stdout (name, flavor, source, constructor kwargs).
     #[arg(long)]
     pub json: bool,
+}
+
+/// The value parser of every `--preset NAME`: one of [`comer_port::model::presets::names`].
+pub fn parser() -> clap::builder::PossibleValuesParser {
+    clap::builder::PossibleValuesParser::new(comer_port::model::presets::names())
 }
 
 pub fn run(args: Args) -> anyhow::Result<i32> {

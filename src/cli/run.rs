@@ -10,10 +10,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use candle_core::{DType, Device, Tensor};
 
-use crate::model::{Comer, ComerConfig, Store, ops, presets};
-
-/// Metadata key under which an artifact carries its config (`case.json` shape).
-pub const CONFIG_METADATA_KEY: &str = "comer_port.config";
+use comer_port::model::{Comer, ComerConfig, Store, ops};
+use comer_port::target::{self, Basis, TargetSpec};
 
 /// ImageNet normalisation (RGB, on 0..1 values).
 const MEAN: [f32; 3] = [0.485, 0.456, 0.406];
@@ -32,7 +30,7 @@ pub struct Args {
     #[arg(long, conflicts_with = "preset")]
     pub config: Option<PathBuf>,
     /// A named preset (see `comer-port presets`).
-    #[arg(long)]
+    #[arg(long, value_parser = super::presets::parser())]
     pub preset: Option<String>,
     /// Inputs: a safetensors file of NCHW float tensors, or a .png/.jpg image.
     #[arg(long)]
@@ -49,30 +47,6 @@ pub struct Args {
     /// Overwrite existing outputs.
     #[arg(long)]
     pub force: bool,
-}
-
-/// The config: `--config`, `--preset`, or the weights' metadata.
-pub fn resolve_config(weights: &Path, config: Option<&Path>, preset: Option<&str>) -> anyhow::Result<ComerConfig> {
-    if let Some(p) = config {
-        let text = std::fs::read_to_string(p).with_context(|| format!("{}", p.display()))?;
-        return Ok(ComerConfig::from_case_json(&text)?);
-    }
-    if let Some(name) = preset {
-        return Ok(presets::preset(name)?);
-    }
-    let file = std::fs::File::open(weights).with_context(|| format!("{}", weights.display()))?;
-    // SAFETY: read-only map of a file we only read; a concurrent writer could change the
-    // bytes, which the header parser tolerates as an error.
-    let map = unsafe { memmap2::Mmap::map(&file) }.with_context(|| format!("{}", weights.display()))?;
-    let (_, meta) = safetensors::SafeTensors::read_metadata(&map)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", weights.display()))?;
-    match meta.metadata().as_ref().and_then(|m| m.get(CONFIG_METADATA_KEY)) {
-        Some(json) => Ok(ComerConfig::from_case_json(json)?),
-        None => bail!(
-            "{}: no --config or --preset given and no '{CONFIG_METADATA_KEY}' metadata in the weights",
-            weights.display()
-        ),
-    }
 }
 
 /// Load an image as a normalised (1, 3, H', W') tensor, H' and W' the nearest multiples of 32.
@@ -121,10 +95,11 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     }
     for p in [&args.output, &args.viz].into_iter().flatten() {
         if p.exists() && !args.force {
-            return Err(crate::export::atomic::WriteError::Exists(p.clone()).into());
+            return Err(comer_port::export::atomic::WriteError::Exists(p.clone()).into());
         }
     }
-    let cfg = resolve_config(&args.weights, args.config.as_deref(), args.preset.as_deref())?;
+    let spec = TargetSpec::from_flags(args.config.as_deref(), args.preset.as_deref()).unwrap_or(TargetSpec::Recorded);
+    let cfg = target::resolve(&spec, Basis::Artifact(&args.weights))?;
     let done = forward_to_files(
         &args.weights,
         &cfg,
@@ -146,8 +121,6 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
 /// What [`forward_to_files`] did.
 #[derive(Debug, Clone)]
 pub struct Forwarded {
-    /// Input tensors run (one for an image).
-    pub inputs: usize,
     /// Tensors written to the output safetensors (0 without one).
     pub tensors: usize,
     /// Shapes of f1..f4 of the first input.
@@ -196,14 +169,13 @@ pub fn forward_to_files(
         }
     }
     if let Some(path) = output {
-        crate::export::atomic::write_all(path, &safetensors_bytes(&out)?, force)?;
+        comer_port::export::atomic::write_all(path, &safetensors_bytes(&out)?, force)?;
     }
     if let (Some(path), Some(f)) = (viz, &first) {
         let png = crate::cli::viz::pyramid_png(f)?;
-        crate::export::atomic::write_all(path, &png, force)?;
+        comer_port::export::atomic::write_all(path, &png, force)?;
     }
     Ok(Forwarded {
-        inputs: inputs.len(),
         tensors: if output.is_some() { out.len() } else { 0 },
         pyramid: first.iter().flat_map(|f| f.iter().map(|t| t.dims().to_vec())).collect(),
     })

@@ -5,8 +5,9 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::model::ComerConfig;
-use crate::verify::{Report, artifact};
+use comer_port::model::ComerConfig;
+use comer_port::target::{self, Basis, TargetSpec};
+use comer_port::verify::{Report, artifact};
 
 /// Arguments of `comer-port verify`.
 #[derive(clap::Args, Debug)]
@@ -33,7 +34,7 @@ pub struct Args {
     #[arg(long, conflicts_with = "preset")]
     pub config: Option<PathBuf>,
     /// A named preset (see `comer-port presets`).
-    #[arg(long)]
+    #[arg(long, value_parser = super::presets::parser())]
     pub preset: Option<String>,
     /// Seed of the generated images.
     #[arg(long, default_value_t = 0)]
@@ -54,14 +55,15 @@ pub fn report(
     seed: u64,
 ) -> anyhow::Result<Report> {
     let source = match source {
-        Some(src) => Some(crate::formats::open(src)?),
+        Some(src) => Some(comer_port::formats::open(src)?),
         None => None,
     };
     Ok(artifact::artifact_report(artifact, source.as_ref(), golden, cfg, seed)?)
 }
 
 pub fn run(a: Args) -> anyhow::Result<i32> {
-    let cfg = super::run::resolve_config(&a.artifact, a.config.as_deref(), a.preset.as_deref())?;
+    let spec = TargetSpec::from_flags(a.config.as_deref(), a.preset.as_deref()).unwrap_or(TargetSpec::Recorded);
+    let cfg = target::resolve(&spec, Basis::Artifact(&a.artifact))?;
     let report = report(&a.artifact, a.source.as_deref(), a.golden.as_deref(), &cfg, a.seed)?;
 
     if a.json {

@@ -12,6 +12,7 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
+/// Why an output was not written.
 #[derive(Debug, thiserror::Error)]
 pub enum WriteError {
     /// The destination exists and `force` was not given.
@@ -20,7 +21,9 @@ pub enum WriteError {
     /// Creating, writing or renaming failed.
     #[error("{path}: {source}")]
     Io {
+        /// The file that failed (the temporary file while writing, the destination on rename).
         path: PathBuf,
+        /// What the operating system reported.
         #[source]
         source: std::io::Error,
     },
@@ -44,6 +47,8 @@ pub struct AtomicFile {
 pub const KICK_EVERY: usize = 64 << 20;
 
 impl AtomicFile {
+    /// Start writing `dest` through a temporary file beside it; refused when `dest` exists
+    /// and `force` is not given.
     pub fn create(dest: &Path, force: bool) -> Result<AtomicFile, WriteError> {
         Self::open(dest, force, false)
     }
@@ -108,7 +113,8 @@ impl AtomicFile {
         &self.tmp
     }
 
-    pub fn writer(&mut self) -> &mut BufWriter<File> {
+    /// The buffered handle of the temporary file (bypasses a direct-I/O stream: internal).
+    fn writer(&mut self) -> &mut BufWriter<File> {
         // Present until commit consumes self.
         self.writer.as_mut().expect("writer present until commit")
     }

@@ -3,7 +3,7 @@
 //! complete, never overwriting without `force`.
 
 pub mod atomic;
-pub mod direct;
+pub(crate) mod direct;
 pub mod pth;
 pub mod safetensors;
 pub mod onnx;

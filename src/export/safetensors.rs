@@ -14,12 +14,16 @@ use std::path::Path;
 /// One tensor of an artifact: name, shape, dtype.
 #[derive(Debug, Clone)]
 pub struct OutTensor {
+    /// Target key.
     pub name: String,
+    /// Shape, outermost first.
     pub shape: Vec<usize>,
+    /// Element type as written.
     pub dtype: DType,
 }
 
 impl OutTensor {
+    /// Bytes of the tensor's data (elements × element size).
     pub fn nbytes(&self) -> usize {
         self.shape.iter().product::<usize>() * self.dtype.size()
     }

@@ -4,42 +4,106 @@
 
 use std::path::PathBuf;
 
+/// Why a source could not become a target; each variant names the key, family or file.
 #[derive(Debug, thiserror::Error)]
 pub enum ImportError {
     /// The mapping file of a family is malformed (bad TOML, unknown transform, bad regex).
     #[error("mapping {family}: {reason}")]
-    Mapping { family: String, reason: String },
+    Mapping {
+        /// The family whose mapping is broken.
+        family: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// The family could not be recognised and none was given.
     #[error("could not tell which family this checkpoint belongs to ({reason}); pass --family")]
-    UnknownFamily { reason: String },
+    UnknownFamily {
+        /// Why no family applies.
+        reason: String,
+    },
     /// The source and the target disagree on a dimension (embed dim, depth, heads, mlp).
     #[error("source and target disagree on {what}: source {source_value}, target {target_value}")]
-    DimensionMismatch { what: String, source_value: usize, target_value: usize },
+    DimensionMismatch {
+        /// The dimension (`embed dim`, `depth`, …).
+        what: String,
+        /// The source's value.
+        source_value: usize,
+        /// The target's value.
+        target_value: usize,
+    },
     /// A target key a rule feeds from the source has no source tensor.
     #[error("target key '{target}' needs source key '{source_key}', which the checkpoint lacks")]
-    MissingSource { target: String, source_key: String },
+    MissingSource {
+        /// The target key.
+        target: String,
+        /// The source key it needs.
+        source_key: String,
+    },
     /// A transform produced a shape other than the target's.
     #[error("target key '{target}': got shape {got:?} from {sources:?} but the target needs {want:?}")]
-    ShapeMismatch { target: String, sources: Vec<String>, got: Vec<usize>, want: Vec<usize> },
+    ShapeMismatch {
+        /// The target key.
+        target: String,
+        /// The source keys it was produced from.
+        sources: Vec<String>,
+        /// The shape produced.
+        got: Vec<usize>,
+        /// The shape the target needs.
+        want: Vec<usize>,
+    },
     /// A transform could not be applied to its inputs.
     #[error("target key '{target}': {transform} failed: {reason}")]
-    Transform { target: String, transform: String, reason: String },
+    Transform {
+        /// The target key.
+        target: String,
+        /// The transform's name.
+        transform: String,
+        /// Why it failed.
+        reason: String,
+    },
     /// The source holds something the target layout cannot express; `--lossy` drops it.
     #[error("source key '{source_key}' cannot be expressed by the target: {reason} (pass --lossy to drop it; the report records the decision)")]
-    Inexpressible { source_key: String, reason: String },
+    Inexpressible {
+        /// The source key.
+        source_key: String,
+        /// What the target layout lacks.
+        reason: String,
+    },
     /// A source key that no rule uses and no drop rule names.
     #[error("source key '{source_key}' is used by no rule of family {family} (did you pick the right family?)")]
-    UnusedSource { source_key: String, family: String },
+    UnusedSource {
+        /// The source key.
+        source_key: String,
+        /// The family whose rules were applied.
+        family: String,
+    },
     /// A NaN or Inf with `--strict-finite`.
     #[error("source key '{source_key}' holds {count} non-finite values (--strict-finite)")]
-    NonFinite { source_key: String, count: usize },
+    NonFinite {
+        /// The key (the target key for produced values).
+        source_key: String,
+        /// How many values are NaN or infinite.
+        count: usize,
+    },
     /// A value overflows the output dtype.
     #[error("target key '{target}': {value} does not fit in {dtype}")]
-    Overflow { target: String, value: f32, dtype: String },
+    Overflow {
+        /// The target key.
+        target: String,
+        /// The value that does not fit.
+        value: f32,
+        /// The output dtype.
+        dtype: String,
+    },
     /// An option that is not implemented in this build.
     #[error("{0} is not supported in this build")]
     Unsupported(String),
     /// Reading an input failed.
     #[error("{path}: {reason}")]
-    Input { path: PathBuf, reason: String },
+    Input {
+        /// The input.
+        path: PathBuf,
+        /// What reading it reported.
+        reason: String,
+    },
 }

@@ -15,9 +15,11 @@ use crate::model::layout::Init;
 pub struct SplitMix64(u64);
 
 impl SplitMix64 {
+    /// A stream starting from state `seed`.
     pub fn new(seed: u64) -> Self {
         SplitMix64(seed)
     }
+    /// The next 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
@@ -40,9 +42,11 @@ pub struct Normals {
 }
 
 impl Normals {
+    /// Normals drawn from `rng`.
     pub fn new(rng: SplitMix64) -> Self {
         Normals { rng, spare: None }
     }
+    /// The next standard normal.
     pub fn sample(&mut self) -> f64 {
         if let Some(v) = self.spare.take() {
             return v;

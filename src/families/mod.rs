@@ -18,6 +18,7 @@ pub mod error;
 pub mod hf_vit;
 pub mod init;
 pub mod mae;
+#[allow(missing_docs)] // docs land with the families/verify restructure
 pub mod mapping;
 pub mod siglip;
 pub mod timm_vit;

@@ -5,18 +5,29 @@
 
 use serde::Serialize;
 
+/// Element type of a stored tensor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DType {
+    /// float64.
     F64,
+    /// float32.
     F32,
+    /// float16.
     F16,
+    /// bfloat16.
     BF16,
+    /// int64.
     I64,
+    /// int32.
     I32,
+    /// int16.
     I16,
+    /// int8.
     I8,
+    /// uint8.
     U8,
+    /// bool (one byte).
     Bool,
 }
 
@@ -31,6 +42,7 @@ impl DType {
         }
     }
 
+    /// Whether this is a floating-point type.
     pub fn is_float(self) -> bool {
         matches!(self, DType::F64 | DType::F32 | DType::F16 | DType::BF16)
     }
@@ -101,6 +113,7 @@ impl DType {
         })
     }
 
+    /// The safetensors crate's name for this type.
     pub fn to_safetensors(self) -> safetensors::Dtype {
         use safetensors::Dtype as S;
         match self {
@@ -117,6 +130,7 @@ impl DType {
         }
     }
 
+    /// This type from the safetensors crate's, `None` for types not read here.
     pub fn from_safetensors(d: safetensors::Dtype) -> Option<DType> {
         use safetensors::Dtype as S;
         Some(match d {

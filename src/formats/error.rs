@@ -3,30 +3,44 @@
 
 use std::path::{Path, PathBuf};
 
+/// Why a checkpoint could not be read; nothing in it was executed.
 #[derive(Debug, thiserror::Error)]
 pub enum FormatError {
     /// The file could not be opened or read.
     #[error("{path}: {source}")]
     Io {
+        /// The file (or folder) read.
         path: PathBuf,
+        /// What the operating system reported.
         #[source]
         source: std::io::Error,
     },
     /// The file is not a container comer-port reads (or a feature of it is not supported).
     #[error("{path}: unsupported: {reason}")]
-    Unsupported { path: PathBuf, reason: String },
+    Unsupported {
+        /// The file (or folder) read.
+        path: PathBuf,
+        /// What is not supported.
+        reason: String,
+    },
     /// The container is structurally broken (truncated, bad header, bad offsets).
     #[error("{path}: corrupt {what}: {reason}")]
     Corrupt {
+        /// The file (or folder) read.
         path: PathBuf,
+        /// The broken part (`zip`, `safetensors header`, `storage`, …).
         what: String,
+        /// What is wrong with it.
         reason: String,
     },
     /// A tensor's metadata does not fit its storage (offset/stride/shape lies, overflow).
     #[error("{path}: tensor '{tensor}': {reason}")]
     BadTensor {
+        /// The file (or folder) read.
         path: PathBuf,
+        /// The tensor's key.
         tensor: String,
+        /// What does not fit.
         reason: String,
     },
     /// The pickle names a global that the allowlist refuses (never executed).
@@ -34,61 +48,102 @@ pub enum FormatError {
         "{path}: {entry}: refused pickle global '{module}.{name}' (not on the weights-only allowlist; nothing was executed)"
     )]
     ForbiddenGlobal {
+        /// The file (or folder) read.
         path: PathBuf,
+        /// The pickle's archive member and the opcode's byte offset.
         entry: String,
+        /// The global's module.
         module: String,
+        /// The global's name.
         name: String,
     },
     /// The pickle stream is malformed or abusive (bad opcode, stack underflow, length lie).
     #[error("{path}: {entry}: bad pickle at byte {offset}: {reason}")]
     Pickle {
+        /// The file (or folder) read.
         path: PathBuf,
+        /// The pickle's entry in the container.
         entry: String,
+        /// Byte offset of the offending opcode.
         offset: usize,
+        /// What is wrong.
         reason: String,
     },
     /// A zip entry name that could escape a folder (`../`, absolute, drive letter, backslash).
     #[error("{path}: {entry}: unsafe entry name (path traversal refused)")]
-    UnsafeEntryName { path: PathBuf, entry: String },
+    UnsafeEntryName {
+        /// The file (or folder) read.
+        path: PathBuf,
+        /// The entry name.
+        entry: String,
+    },
     /// A zip member whose CRC-32 does not match its bytes.
     #[error("{path}: {entry}: CRC mismatch (stored {expected:08x}, computed {found:08x})")]
     CrcMismatch {
+        /// The file (or folder) read.
         path: PathBuf,
+        /// The zip member.
         entry: String,
+        /// CRC-32 stored in the archive.
         expected: u32,
+        /// CRC-32 of the bytes read.
         found: u32,
     },
     /// A declared size over a named limit (deflate bomb, absurd header length): refused
     /// before anything of that size is allocated.
     #[error("{path}: {entry}: declares {claimed} bytes, over the limit of {limit}")]
     TooLarge {
+        /// The file (or folder) read.
         path: PathBuf,
+        /// What declares the size.
         entry: String,
+        /// The declared size.
         claimed: u64,
+        /// The named limit it passes.
         limit: u64,
     },
     /// A declared length larger than the bytes present (a length lie or a truncated file).
     #[error("{path}: {entry}: needs {needed} bytes but only {available} are present (truncated or lying)")]
     Truncated {
+        /// The file (or folder) read.
         path: PathBuf,
+        /// What declares the length.
         entry: String,
+        /// Bytes declared.
         needed: u64,
+        /// Bytes present.
         available: u64,
     },
     /// A record the container must have is missing (`data.pkl`, `data/N`, a shard).
     #[error("{path}: missing {entry}")]
-    MissingEntry { path: PathBuf, entry: String },
+    MissingEntry {
+        /// The file (or folder) read.
+        path: PathBuf,
+        /// The missing record.
+        entry: String,
+    },
     /// The file is empty.
     #[error("{path}: empty file")]
-    Empty { path: PathBuf },
+    Empty {
+        /// The file (or folder) read.
+        path: PathBuf,
+    },
     /// A `.npy` array of Python objects (would need pickle execution): refused.
     #[error("{path}: {entry}: numpy object arrays are refused (they hold pickled Python objects)")]
-    ObjectArray { path: PathBuf, entry: String },
+    ObjectArray {
+        /// The file (or folder) read.
+        path: PathBuf,
+        /// The array's name.
+        entry: String,
+    },
     /// Two tensors stored under one key.
     #[error("{path}: {entry}: duplicate key '{key}' names two tensors")]
     DuplicateKey {
+        /// The file (or folder) read.
         path: PathBuf,
+        /// Where the duplicate was found.
         entry: String,
+        /// The key named twice.
         key: String,
     },
 }
@@ -113,18 +168,21 @@ impl FormatError {
             | FormatError::DuplicateKey { path, .. } => path,
         }
     }
+    /// [`FormatError::Unsupported`] for `path`.
     pub fn unsupported(path: &Path, reason: impl Into<String>) -> Self {
         FormatError::Unsupported {
             path: path.to_path_buf(),
             reason: reason.into(),
         }
     }
+    /// [`FormatError::MissingEntry`] for `path`.
     pub fn missing(path: &Path, entry: impl Into<String>) -> Self {
         FormatError::MissingEntry {
             path: path.to_path_buf(),
             entry: entry.into(),
         }
     }
+    /// [`FormatError::Truncated`] for `path`.
     pub fn truncated(path: &Path, entry: impl Into<String>, needed: u64, available: u64) -> Self {
         FormatError::Truncated {
             path: path.to_path_buf(),
@@ -133,12 +191,14 @@ impl FormatError {
             available,
         }
     }
+    /// [`FormatError::Io`] for `path`.
     pub fn io(path: &Path, source: std::io::Error) -> Self {
         FormatError::Io {
             path: path.to_path_buf(),
             source,
         }
     }
+    /// [`FormatError::Corrupt`] for `path`.
     pub fn corrupt(path: &Path, what: impl Into<String>, reason: impl Into<String>) -> Self {
         FormatError::Corrupt {
             path: path.to_path_buf(),
@@ -146,6 +206,7 @@ impl FormatError {
             reason: reason.into(),
         }
     }
+    /// [`FormatError::BadTensor`] for `path`.
     pub fn bad_tensor(path: &Path, tensor: impl Into<String>, reason: impl Into<String>) -> Self {
         FormatError::BadTensor {
             path: path.to_path_buf(),

@@ -12,7 +12,7 @@
 //! records cannot be walked without it), then for real over the mapped records.
 
 use super::pickle::{self, Ctx, StorageRef};
-use super::{Checkpoint, DType, Format, FormatError, Storage, Value};
+use super::{Checkpoint, DType, Format, FormatError, MappedFile, Storage, Value};
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::Arc;
@@ -76,7 +76,7 @@ pub fn read_raw_pickle(path: &Path, bytes: &[u8]) -> Result<Checkpoint, FormatEr
 }
 
 /// Read a legacy stream from its memory map.
-pub fn read(path: &Path, map: Arc<memmap2::Mmap>) -> Result<Checkpoint, FormatError> {
+pub fn read(path: &Path, map: Arc<MappedFile>) -> Result<Checkpoint, FormatError> {
     read_with(path, &map[..], |start, len| {
         Storage::mapped(path, map.clone(), start, len)
     })

@@ -8,22 +8,27 @@
 //!
 //! Every reader returns a [`Checkpoint`]: the top-level structure exactly as stored
 //! (wrapper dicts, nesting, non-tensor values kept as metadata) plus the tensors in it.
+//!
+//! Files are memory-mapped only here ([`map_file`]), and [`sha256`] is the crate's one
+//! checkpoint hash (what `inspect` prints and `import` records).
 
-pub mod dtype;
-pub mod error;
-pub mod hf;
+pub(crate) mod dtype;
+pub(crate) mod error;
+pub(crate) mod hf;
 pub mod legacy;
+mod mapped;
 pub mod npy;
 pub mod pickle;
 pub mod safetensors_reader;
-pub mod tensor;
+pub(crate) mod tensor;
 pub mod torch_zip;
 pub mod testkit;
-pub mod value;
-pub mod zip;
+pub(crate) mod value;
+pub(crate) mod zip;
 
 pub use dtype::DType;
 pub use error::FormatError;
+pub use mapped::{MappedFile, checkpoint_files, map_file, sha256, sha256_bytes};
 pub use tensor::{Storage, TensorView};
 pub use value::Value;
 
@@ -53,6 +58,7 @@ pub enum Format {
 }
 
 impl Format {
+    /// Short name (`torch-zip`, `safetensors`, `hf-folder`, …).
     pub fn name(self) -> &'static str {
         match self {
             Format::TorchZip => "torch-zip",
@@ -72,6 +78,7 @@ impl Format {
 pub struct Checkpoint {
     /// The file or folder that was read.
     pub path: PathBuf,
+    /// The container it was read as.
     pub format: Format,
     /// The top-level object, unchanged: wrapper dicts, nesting, non-tensor values.
     pub root: Value,
@@ -103,22 +110,18 @@ pub fn open(path: &Path) -> Result<Checkpoint, FormatError> {
     if path.is_dir() {
         return hf::read(path);
     }
-    let file = std::fs::File::open(path).map_err(|e| FormatError::io(path, e))?;
-    let len = file.metadata().map_err(|e| FormatError::io(path, e))?.len();
+    let len = std::fs::metadata(path).map_err(|e| FormatError::io(path, e))?.len();
     if len == 0 {
         return Err(FormatError::Empty {
             path: path.to_path_buf(),
         });
     }
-    // SAFETY: the map is read-only; a file truncated under us by another process is the
-    // same hazard every mmap-based reader (safetensors, candle) accepts.
-    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| FormatError::io(path, e))?;
-    let map = std::sync::Arc::new(map);
+    let map = std::sync::Arc::new(map_file(path).map_err(|e| FormatError::io(path, e))?);
     open_mapped(path, map)
 }
 
 /// Dispatch on the first bytes of a mapped file.
-fn open_mapped(path: &Path, map: std::sync::Arc<memmap2::Mmap>) -> Result<Checkpoint, FormatError> {
+fn open_mapped(path: &Path, map: std::sync::Arc<MappedFile>) -> Result<Checkpoint, FormatError> {
     let head = &map[..map.len().min(16)];
     if zip::looks_like_zip(head) {
         let bytes: &[u8] = &map;
@@ -188,41 +191,3 @@ fn describe_head(head: &[u8]) -> String {
     format!("bytes {}", hex.join(" "))
 }
 
-/// SHA-256 of a checkpoint: a file, or a folder's regular files in name order (what
-/// `inspect` prints and `import` records). Read through a map, 64 MiB at a time, each
-/// stretch dropped from the resident set once hashed; a read error is an error, never a
-/// wrong hash.
-pub fn sha256(path: &Path) -> std::io::Result<String> {
-    use sha2::Digest;
-    let mut h = sha2::Sha256::new();
-    let mut files = vec![path.to_path_buf()];
-    if path.is_dir() {
-        files = std::fs::read_dir(path)?
-            .map(|e| e.map(|e| e.path()))
-            .collect::<std::io::Result<Vec<_>>>()?
-            .into_iter()
-            .filter(|p| p.is_file())
-            .collect();
-        files.sort();
-    }
-    const STEP: usize = 64 << 20;
-    for f in files {
-        let file = std::fs::File::open(&f)?;
-        if file.metadata()?.len() == 0 {
-            continue;
-        }
-        // SAFETY: a read-only map of the source, the hazard `open` accepts too.
-        let map = unsafe { memmap2::Mmap::map(&file) }?;
-        for start in (0..map.len()).step_by(STEP) {
-            let end = (start + STEP).min(map.len());
-            h.update(&map[start..end]);
-            // SAFETY: read-only shared file mapping, never written through: MADV_DONTNEED only
-            // drops this process's page-table entries (see `Storage::release`).
-            #[cfg(unix)]
-            unsafe {
-                let _ = map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start);
-            }
-        }
-    }
-    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
-}

@@ -8,7 +8,7 @@
 //! members, stored or deflated.
 
 use super::zip::{Archive, Method};
-use super::{Checkpoint, DType, Format, FormatError, Storage, TensorView, Value};
+use super::{Checkpoint, DType, Format, FormatError, MappedFile, Storage, TensorView, Value};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
@@ -18,8 +18,10 @@ pub const MAX_HEADER: usize = 1 << 16;
 /// Most dimensions an array may have (numpy's `NPY_MAXDIMS` is 64).
 pub const MAX_DIMS: usize = 64;
 
+/// The first six bytes of every `.npy` file.
 pub const MAGIC: &[u8] = b"\x93NUMPY";
 
+/// Whether `head` starts with the `.npy` magic.
 pub fn looks_like_npy(head: &[u8]) -> bool {
     head.starts_with(MAGIC)
 }
@@ -27,9 +29,13 @@ pub fn looks_like_npy(head: &[u8]) -> bool {
 /// A parsed `.npy` header.
 #[derive(Debug)]
 pub struct Header {
+    /// Element type (`descr`).
     pub dtype: DType,
+    /// Elements are stored big-endian (`descr` starts with `>`).
     pub big_endian: bool,
+    /// Column-major element order (`fortran_order`).
     pub fortran: bool,
+    /// Shape, outermost first.
     pub shape: Vec<usize>,
     /// Offset of the first element from the start of the `.npy` bytes.
     pub data_start: usize,
@@ -168,7 +174,7 @@ fn tensor(path: &Path, entry: &str, storage: Arc<Storage>) -> Result<TensorView,
 }
 
 /// Read a `.npy` file from its map.
-pub fn read_npy(path: &Path, map: Arc<memmap2::Mmap>) -> Result<Checkpoint, FormatError> {
+pub fn read_npy(path: &Path, map: Arc<MappedFile>) -> Result<Checkpoint, FormatError> {
     let len = map.len();
     let storage = Arc::new(Storage::mapped(path, map, 0, len)?);
     npy_checkpoint(path, storage)
@@ -194,7 +200,7 @@ fn npy_checkpoint(path: &Path, storage: Arc<Storage>) -> Result<Checkpoint, Form
 }
 
 /// Read an `.npz` archive: stored members mapped, deflated members inflated under the cap.
-pub fn read_npz(path: &Path, map: Option<Arc<memmap2::Mmap>>, bytes: &[u8]) -> Result<Checkpoint, FormatError> {
+pub fn read_npz(path: &Path, map: Option<Arc<MappedFile>>, bytes: &[u8]) -> Result<Checkpoint, FormatError> {
     let archive = Archive::parse(path, bytes)?;
     let mut items = Vec::new();
     let mut seen = std::collections::HashSet::new();

@@ -41,6 +41,7 @@ pub const STORAGE_CLASS: &str = "$storage";
 
 /// What the VM is reading, for error messages and options.
 pub struct Ctx<'a> {
+    /// The file being read.
     pub path: &'a Path,
     /// Entry inside the container (`archive/data.pkl`, `object pickle`, …).
     pub entry: &'a str,
@@ -973,7 +974,9 @@ fn long_value(b: &[u8]) -> Value {
 pub struct StorageRef {
     /// `None` for `torch.UntypedStorage` (numel counts bytes then).
     pub dtype: Option<DType>,
+    /// The storage's key (`data/<key>` in a zip archive).
     pub key: String,
+    /// Elements in the storage (bytes for an untyped storage).
     pub numel: usize,
     /// Legacy views: (view key, offset, size) in elements of the root storage.
     pub view: Option<(String, usize, usize)>,

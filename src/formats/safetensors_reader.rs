@@ -17,12 +17,9 @@ pub fn looks_like_safetensors(head: &[u8]) -> bool {
     head.len() >= 9 && head[8] == b'{'
 }
 
+/// Read a `.safetensors` file, tensors as views over its map.
 pub fn read(path: &Path) -> Result<Checkpoint, FormatError> {
-    let file = std::fs::File::open(path).map_err(|e| FormatError::io(path, e))?;
-    // SAFETY: the map is read-only; a file truncated under us by another process is the
-    // same hazard every mmap-based reader (safetensors, candle) accepts.
-    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| FormatError::io(path, e))?;
-    let map = Arc::new(map);
+    let map = Arc::new(super::map_file(path).map_err(|e| FormatError::io(path, e))?);
     read_with(path, &map[..], |start, len| Storage::mapped(path, map.clone(), start, len))
 }
 

@@ -5,7 +5,7 @@
 //! views may share a storage. Materialising honours strides, so a tensor saved as a
 //! transposed (non-contiguous) view reads with the right values.
 
-use super::{DType, FormatError};
+use super::{DType, FormatError, MappedFile};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -13,19 +13,25 @@ use std::sync::Arc;
 /// materialised: stride-0 (broadcast) views are legal, unbounded ones are a memory attack.
 pub const MAX_VIEW_EXPANSION: usize = 16;
 
-/// Raw bytes of one storage: a slice of a memory-mapped file, or bytes owned in memory
+/// Raw bytes of one storage: a slice of a memory-mapped file ([`MappedFile`]), or bytes owned in memory
 /// (decompressed zip members, files too small to be worth mapping).
 #[derive(Debug)]
 pub enum Storage {
+    /// `len` bytes of a mapped file from byte `start`.
     Mapped {
-        map: Arc<memmap2::Mmap>,
+        /// The file's map (shared between storages).
+        map: Arc<MappedFile>,
+        /// First byte.
         start: usize,
+        /// Length in bytes.
         len: usize,
     },
+    /// Bytes held in memory.
     Owned(Vec<u8>),
 }
 
 impl Storage {
+    /// The storage's bytes.
     pub fn bytes(&self) -> &[u8] {
         match self {
             // `start..start+len` was checked against the map when the storage was made.
@@ -33,12 +39,14 @@ impl Storage {
             Storage::Owned(v) => v,
         }
     }
+    /// Length in bytes.
     pub fn len(&self) -> usize {
         match self {
             Storage::Mapped { len, .. } => *len,
             Storage::Owned(v) => v.len(),
         }
     }
+    /// Whether the storage holds no bytes.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -50,22 +58,13 @@ impl Storage {
             if start >= *total {
                 return;
             }
-            let len = len.min(*total - start);
-            // SAFETY: the map is a read-only shared file mapping (`Mmap::map`), never written
-            // through; MADV_DONTNEED on it only unmaps pages, and a later read faults the same
-            // file bytes back in, so every outstanding `&[u8]` into it stays valid and unchanged.
-            #[cfg(unix)]
-            unsafe {
-                let _ = map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, base + start, len);
-            }
-            #[cfg(not(unix))]
-            let _ = (map, base, len);
+            map.release_range(base + start, len.min(*total - start));
         }
     }
     /// A mapped storage over `map[start..start+len]`, checked.
     pub fn mapped(
         path: &Path,
-        map: Arc<memmap2::Mmap>,
+        map: Arc<MappedFile>,
         start: usize,
         len: usize,
     ) -> Result<Storage, FormatError> {
@@ -86,7 +85,9 @@ impl Storage {
 /// One tensor: a strided view into a storage.
 #[derive(Debug, Clone)]
 pub struct TensorView {
+    /// Element type.
     pub dtype: DType,
+    /// Shape, outermost first.
     pub shape: Vec<usize>,
     /// Strides in elements (not bytes), one per dimension.
     pub strides: Vec<usize>,
@@ -94,6 +95,7 @@ pub struct TensorView {
     pub offset: usize,
     /// True when the storage bytes are big-endian (zip `byteorder` = big, `.npy` `>f4`).
     pub big_endian: bool,
+    /// The storage the view reads (shared between views).
     pub storage: Arc<Storage>,
 }
 
@@ -182,6 +184,7 @@ impl TensorView {
         })
     }
 
+    /// Number of elements (the product of the shape).
     pub fn numel(&self) -> usize {
         // Checked at construction.
         self.shape.iter().product()
@@ -192,6 +195,7 @@ impl TensorView {
         self.numel() * self.dtype.size()
     }
 
+    /// Whether the view reads its elements in row-major order with no gaps.
     pub fn is_contiguous(&self) -> bool {
         self.strides == contiguous_strides(&self.shape) || self.numel() <= 1
     }

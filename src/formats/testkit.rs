@@ -18,43 +18,56 @@ impl Pickle {
     pub fn new() -> Self {
         Pickle(vec![0x80, 2])
     }
+    /// Append bytes as they are.
     pub fn raw(mut self, b: &[u8]) -> Self {
         self.0.extend_from_slice(b);
         self
     }
+    /// Append one opcode byte.
     pub fn op(self, op: u8) -> Self {
         self.raw(&[op])
     }
+    /// `MARK`.
     pub fn mark(self) -> Self {
         self.op(b'(')
     }
+    /// `STOP`.
     pub fn stop(self) -> Self {
         self.op(b'.')
     }
+    /// `TUPLE` (from the last mark).
     pub fn tuple(self) -> Self {
         self.op(b't')
     }
+    /// `REDUCE`.
     pub fn reduce(self) -> Self {
         self.op(b'R')
     }
+    /// `EMPTY_DICT`.
     pub fn empty_dict(self) -> Self {
         self.op(b'}')
     }
+    /// `EMPTY_TUPLE`.
     pub fn empty_tuple(self) -> Self {
         self.op(b')')
     }
+    /// `SETITEM`.
     pub fn setitem(self) -> Self {
         self.op(b's')
     }
+    /// `SETITEMS` (from the last mark).
     pub fn setitems(self) -> Self {
         self.op(b'u')
     }
+    /// `BINPERSID`.
     pub fn binpersid(self) -> Self {
         self.op(b'Q')
     }
+    /// `NONE`.
     pub fn none(self) -> Self {
         self.op(b'N')
     }
+    /// `NEWFALSE`.
     pub fn newfalse(self) -> Self {
         self.op(0x89)
     }
@@ -75,9 +88,11 @@ impl Pickle {
             self.op(0x8a).raw(&[8]).raw(&i.to_le_bytes())
         }
     }
+    /// `BINPUT k` (memoize the top of the stack).
     pub fn binput(self, k: u8) -> Self {
         self.op(b'q').raw(&[k])
     }
+    /// `BINGET k` (push memo entry `k`).
     pub fn binget(self, k: u8) -> Self {
         self.op(b'h').raw(&[k])
     }
@@ -142,6 +157,7 @@ pub struct ZipWriter<W: Write + Seek> {
 }
 
 impl<W: Write + Seek> ZipWriter<W> {
+    /// A writer into `w`, records aligned to 64 bytes.
     pub fn new(w: W) -> Self {
         ZipWriter {
             w,
@@ -205,6 +221,7 @@ impl<W: Write + Seek> ZipWriter<W> {
         Ok(())
     }
 
+    /// Add a stored member holding `data`.
     pub fn add(&mut self, name: &str, data: &[u8]) -> std::io::Result<()> {
         self.add_with(name, data.len() as u64, |sink| sink(data))
     }

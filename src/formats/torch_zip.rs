@@ -11,19 +11,21 @@
 
 use super::pickle::{self, Ctx, StorageRef};
 use super::zip::{Archive, MAX_EAGER_CRC, Method};
-use super::{Checkpoint, DType, Format, FormatError, Storage, Value};
+use super::{Checkpoint, DType, Format, FormatError, MappedFile, Storage, Value};
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::Arc;
 
 /// Read a torch zip or TorchScript archive from its memory map.
-pub fn read(path: &Path, map: Arc<memmap2::Mmap>) -> Result<Checkpoint, FormatError> {
+pub fn read(path: &Path, map: Arc<MappedFile>) -> Result<Checkpoint, FormatError> {
     read_bytes(path, Source::Map(map))
 }
 
 /// Where the archive bytes live (the map, or a buffer — used by fuzz targets and tests).
 pub enum Source {
-    Map(Arc<memmap2::Mmap>),
+    /// A memory-mapped file.
+    Map(Arc<MappedFile>),
+    /// Bytes held in memory.
     Owned(Arc<Vec<u8>>),
 }
 

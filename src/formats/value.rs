@@ -7,25 +7,38 @@
 
 use super::TensorView;
 
+/// One node of a checkpoint's object tree.
 #[derive(Debug, Clone)]
 pub enum Value {
+    /// Python `None`.
     None,
+    /// A bool.
     Bool(bool),
+    /// An integer that fits i64.
     Int(i64),
     /// An integer too large for i64 (pickle LONG), kept as its decimal text.
     BigInt(String),
+    /// A float.
     Float(f64),
+    /// A string.
     Str(String),
+    /// A bytes object.
     Bytes(Vec<u8>),
+    /// A list.
     List(Vec<Value>),
+    /// A tuple.
     Tuple(Vec<Value>),
     /// Dict in insertion order (OrderedDict and dict alike).
     Dict(Vec<(Value, Value)>),
+    /// A tensor (a lazy view over its storage).
     Tensor(TensorView),
     /// An allowlisted object kept as data: `module.name` and its constructor args / state.
     Object {
+        /// `module.name` of the class.
         class: String,
+        /// Its constructor arguments (`REDUCE`/`NEWOBJ`).
         args: Box<Value>,
+        /// Its `BUILD` state (`None` when there is none).
         state: Box<Value>,
     },
 }
@@ -48,6 +61,7 @@ impl Value {
         }
     }
 
+    /// The string, when this is one.
     pub fn as_str(&self) -> Option<&str> {
         match self {
             Value::Str(s) => Some(s),

@@ -161,8 +161,11 @@ fn unsupported_and_input() {
     let src = crate::families::by_name("deit").expect("deit");
     let sd: Vec<(String, &TensorView)> = s.iter().map(|(k, v)| (k.clone(), v)).collect();
     let sc = src.config(&crate::families::Keys::new(&sd), &Default::default()).expect("config");
-    let e = target::resolve(&TargetSpec::ConfigFile("/nonexistent/c.json".into()), &sc).expect_err("missing file");
-    assert!(matches!(PipelineError::from(e), PipelineError::Import(ImportError::Input { .. })));
+    let e = target::resolve(&TargetSpec::ConfigFile("/nonexistent/c.json".into()), target::Basis::Source(&sc))
+        .expect_err("missing file");
+    assert!(matches!(e, target::TargetError::Input { .. }), "{e}");
+    let e = ImportError::Input { path: "/nonexistent/src.pth".into(), reason: "hashing: not found".into() };
+    assert!(matches!(e, ImportError::Input { .. }) && e.to_string().contains("hashing"));
     let e = ImportError::Unsupported("--relpos-resize geometric".into());
     assert!(e.to_string().contains("not supported"));
 }

@@ -40,15 +40,9 @@ pub enum PipelineError {
     /// An output could not be written.
     #[error(transparent)]
     Write(#[from] crate::export::atomic::WriteError),
-}
-
-impl From<target::TargetError> for PipelineError {
-    fn from(e: target::TargetError) -> Self {
-        match e {
-            target::TargetError::Import(e) => PipelineError::Import(e),
-            target::TargetError::Config(e) => PipelineError::Config(e),
-        }
-    }
+    /// The target config could not be resolved.
+    #[error(transparent)]
+    Target(#[from] target::TargetError),
 }
 
 /// Everything `import` needs besides the source.
@@ -190,7 +184,7 @@ pub fn plan_state_dict(
     let source = family
         .config(&Keys::new(sd), meta)
         .map_err(|reason| ImportError::UnknownFamily { reason: format!("not a {} checkpoint: {reason}", family.name()) })?;
-    let cfg = target::resolve(target, &source)?;
+    let cfg = target::resolve(target, target::Basis::Source(&source))?;
     target::check_dims(&source, &cfg)?;
     let layout = crate::model::layout::target_layout(&cfg);
     let plan = mapping::plan(&m, &layout, sd, opts)?;
@@ -562,10 +556,7 @@ pub fn commit(
 /// SHA-256 of the source: the bundled bytes, or the file / folder (`formats::sha256`).
 fn source_hash(source: &Path, bytes: Option<&[u8]>) -> Result<String, ImportError> {
     match bytes {
-        Some(b) => {
-            use sha2::Digest;
-            Ok(sha2::Sha256::digest(b).iter().map(|x| format!("{x:02x}")).collect())
-        }
+        Some(b) => Ok(crate::formats::sha256_bytes(b)),
         None => crate::formats::sha256(source)
             .map_err(|e| ImportError::Input { path: source.to_path_buf(), reason: format!("hashing: {e}") }),
     }

@@ -460,6 +460,7 @@ pub struct Outputs {
 
 /// A ViT-CoMer backbone of any flavour.
 pub struct Comer {
+    /// The configuration it was built for.
     pub cfg: ComerConfig,
     patch_embed: Conv2d,
     /// The position grid without prefix rows, channels-last (P, P, D), at pretrain size.

@@ -17,15 +17,19 @@ use serde_json::{Map, Value as Json};
 /// The three upstream targets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Flavor {
+    /// `vit-comer-det`: detection's `ViTCoMer` on timm blocks.
     #[serde(rename = "vit-comer-det")]
     Det,
+    /// `vit-comer-seg`: segmentation's `ViTCoMer`.
     #[serde(rename = "vit-comer-seg")]
     Seg,
+    /// `beit-comer`: the Co-DETR branch's `BEiTComer2` on BEiT blocks.
     #[serde(rename = "beit-comer")]
     Beit,
 }
 
 impl Flavor {
+    /// The flavour's name (`vit-comer-det`, `vit-comer-seg`, `beit-comer`).
     pub fn name(self) -> &'static str {
         match self {
             Flavor::Det => "vit-comer-det",
@@ -33,6 +37,7 @@ impl Flavor {
             Flavor::Beit => "beit-comer",
         }
     }
+    /// The flavour of that name.
     pub fn parse(s: &str) -> Result<Flavor, ConfigError> {
         match s {
             "vit-comer-det" => Ok(Flavor::Det),
@@ -43,6 +48,7 @@ impl Flavor {
     }
 }
 
+/// Why a configuration is refused.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The JSON did not parse or a field has the wrong type.
@@ -53,28 +59,47 @@ pub enum ConfigError {
     UnknownFlavor(String),
     /// A constructor keyword upstream's class does not take.
     #[error("config: keyword '{key}' is not an argument of upstream's {flavor} constructor")]
-    UnknownKwarg { flavor: &'static str, key: String },
+    UnknownKwarg {
+        /// The flavour's name.
+        flavor: &'static str,
+        /// The keyword.
+        key: String,
+    },
     /// Values that do not fit together (list lengths, divisibility, ranges).
     #[error("config: {0}")]
     Invalid(String),
     /// No preset with that name.
     #[error("config: unknown preset '{name}' (known: {known})")]
-    UnknownPreset { name: String, known: String },
+    UnknownPreset {
+        /// The name asked for.
+        name: String,
+        /// The known names, comma-separated.
+        known: String,
+    },
 }
 
 /// A fully resolved ViT-CoMer configuration: every constructor argument with its flavour's
 /// default applied and per-stage/per-block options expanded to lists.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ComerConfig {
+    /// Which upstream class.
     pub flavor: Flavor,
     // --- the ViT part ---
+    /// Input image side the model is built for (`img_size`).
     pub img_size: usize,
+    /// Image side the position embedding was pretrained at (its grid is `pretrain_size / 16`).
     pub pretrain_size: usize,
+    /// Patch size (16: upstream's pyramid assumes stride-16 patches).
     pub patch_size: usize,
+    /// Input channels.
     pub in_chans: usize,
+    /// Token width D.
     pub embed_dim: usize,
+    /// Number of ViT blocks.
     pub depth: usize,
+    /// Attention heads per ViT block.
     pub num_heads: usize,
+    /// MLP hidden width as a multiple of D.
     pub mlp_ratio: f64,
     /// det/seg: `qkv` Linear has a bias. beit: separate `q_bias`/`v_bias` parameters.
     pub qkv_bias: bool,
@@ -97,13 +122,21 @@ pub struct ComerConfig {
     /// (beit blocks have `gamma_1/gamma_2` whenever it is not None, 0.0 included).
     pub init_values: Option<f64>,
     // --- the CNN / interaction part ---
+    /// Width of the spatial prior module's convolution stem (`conv_inplane`).
     pub conv_inplane: usize,
+    /// Sampling points per head and level of deformable attention (`n_points`).
     pub n_points: usize,
+    /// Heads of deformable attention (`deform_num_heads`).
     pub deform_num_heads: usize,
+    /// Per interaction: the first and last ViT block it spans (`interaction_indexes`).
     pub interaction_indexes: Vec<[usize; 2]>,
+    /// ConvFFN in the multi-scale extractors and the extra CTIs (`with_cffn`).
     pub with_cffn: bool,
+    /// ConvFFN hidden width as a multiple of D (`cffn_ratio`).
     pub cffn_ratio: f64,
+    /// Deformable attention's value width as a multiple of D (`deform_ratio`).
     pub deform_ratio: f64,
+    /// Add the ViT tokens to the output pyramid (`add_vit_feature`).
     pub add_vit_feature: bool,
     /// det/seg `use_extra_CTI`, beit `use_extra_extractor`.
     pub use_extra_cti: bool,
@@ -344,6 +377,7 @@ impl ComerConfig {
         Ok(())
     }
 
+    /// Channels per ViT attention head (D / `num_heads`).
     pub fn head_dim(&self) -> usize {
         self.embed_dim / self.num_heads
     }

@@ -26,35 +26,87 @@ fn list(keys: &[KeyHint]) -> String {
     keys.iter().map(|k| format!("\n  {k}")).collect()
 }
 
+/// Why a model could not be built or run; weight errors name the key.
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
     /// Target keys the model needs that the weights do not have.
     #[error("weights: {} missing key(s):{}", keys.len(), list(keys))]
-    MissingKeys { keys: Vec<KeyHint> },
+    MissingKeys {
+        /// Each missing key, with a near-miss among the unused keys as a hint.
+        keys: Vec<KeyHint>,
+    },
     /// Keys in the weights that the model does not use.
     #[error("weights: {} unexpected key(s):{}", keys.len(), list(keys))]
-    UnexpectedKeys { keys: Vec<KeyHint> },
+    UnexpectedKeys {
+        /// Each unused key, with a near-miss among the keys the model read as a hint.
+        keys: Vec<KeyHint>,
+    },
     /// A tensor whose shape differs from what the config implies.
     #[error("weights: '{name}' has shape {got:?}, the config needs {expected:?}")]
-    Shape { name: String, expected: Vec<usize>, got: Vec<usize> },
+    Shape {
+        /// The key.
+        name: String,
+        /// The shape the config implies.
+        expected: Vec<usize>,
+        /// The shape in the weights.
+        got: Vec<usize>,
+    },
     /// A tensor of the wrong element type.
     #[error("weights: '{name}' is {got}, expected {expected}")]
-    Dtype { name: String, expected: String, got: String },
+    Dtype {
+        /// The key.
+        name: String,
+        /// The element type needed.
+        expected: String,
+        /// The element type in the weights.
+        got: String,
+    },
     /// A stored `relative_position_index` buffer that differs from the computed one.
     #[error("weights: '{name}' differs from the index upstream computes for its window")]
-    RelativePositionIndex { name: String },
+    RelativePositionIndex {
+        /// The key.
+        name: String,
+    },
     /// Input height or width not divisible by 32 (the stride-32 pyramid level).
     #[error("input '{name}': {h}×{w} is not divisible by 32 (resize or pad the image)")]
-    InputSize { name: String, h: usize, w: usize },
+    InputSize {
+        /// The input's name.
+        name: String,
+        /// Its height.
+        h: usize,
+        /// Its width.
+        w: usize,
+    },
     /// Input tensor that is not (B, in_chans, H, W) float32.
     #[error("input '{name}': shape {shape:?} is not (B, {in_chans}, H, W)")]
-    InputShape { name: String, shape: Vec<usize>, in_chans: usize },
+    InputShape {
+        /// The input's name.
+        name: String,
+        /// Its shape.
+        shape: Vec<usize>,
+        /// The channels the config expects.
+        in_chans: usize,
+    },
     /// A global (non-windowed) BEiT block whose relative-position window is not the token grid.
     #[error("block {block}: global attention with a {window}×{window} relative-position table needs a {window}×{window} token grid, got {h}×{w}")]
-    GlobalWindow { block: usize, window: usize, h: usize, w: usize },
+    GlobalWindow {
+        /// The block index.
+        block: usize,
+        /// The table's window side.
+        window: usize,
+        /// Token grid height.
+        h: usize,
+        /// Token grid width.
+        w: usize,
+    },
     /// Reading a weights or input file failed.
     #[error("{path}: {message}")]
-    Read { path: PathBuf, message: String },
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// What reading it reported.
+        message: String,
+    },
     /// The config cannot describe a working model.
     #[error(transparent)]
     Config(#[from] super::config::ConfigError),

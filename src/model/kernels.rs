@@ -18,7 +18,9 @@ use rayon::prelude::*;
 pub enum Path {
     /// The widest path this CPU supports.
     Best,
-    /// Plain scalar code, as compiled for the target's baseline.
+    /// Plain scalar code, as compiled for the target's baseline (the tests run it beside
+    /// `Best`).
+    #[cfg_attr(not(test), allow(dead_code))]
     Portable,
 }
 
@@ -188,7 +190,9 @@ fn exp_shifted(r: &mut [f32]) -> f32 {
     s + acc.iter().sum::<f32>()
 }
 
-/// Softmax in place over each contiguous row of length `n`.
+/// Softmax in place over each contiguous row of length `n` (the tests' check of
+/// `exp_shifted`; attention fuses its own softmax).
+#[cfg(test)]
 pub fn softmax_rows(x: &mut [f32], n: usize, path: Path) {
     x.par_chunks_mut(n).for_each(|r| {
         multiversion!(path, {

@@ -15,7 +15,9 @@ use crate::formats::DType;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum EntryKind {
+    /// A learned parameter.
     Param,
+    /// A buffer: derived (`relative_position_index`) or a running statistic.
     Buffer,
 }
 
@@ -24,29 +26,61 @@ pub enum EntryKind {
 #[serde(rename_all = "kebab-case", tag = "scheme")]
 pub enum Init {
     /// `trunc_normal_(std)` cut at ±2 (absolute, as timm's default `a=-2, b=2`).
-    TruncNormal { std: f64 },
+    TruncNormal {
+        /// Standard deviation.
+        std: f64,
+    },
     /// `normal_(0, std)`.
-    Normal { std: f64 },
+    Normal {
+        /// Standard deviation.
+        std: f64,
+    },
     /// Conv / ConvTranspose: `normal_(0, sqrt(2 / fan_out))`.
-    ConvFanOut { fan_out: usize },
+    ConvFanOut {
+        /// `k·k·out/groups`.
+        fan_out: usize,
+    },
     /// `xavier_uniform_` of a Linear (fan_in, fan_out).
-    XavierUniform { fan_in: usize, fan_out: usize },
+    XavierUniform {
+        /// Input features.
+        fan_in: usize,
+        /// Output features.
+        fan_out: usize,
+    },
     /// A constant (zeros, ones, `init_values`).
-    Constant { value: f64 },
+    Constant {
+        /// The value.
+        value: f64,
+    },
     /// MSDeformAttn `sampling_offsets.bias`: the fixed direction grid, point i scaled by i+1.
-    OffsetGrid { heads: usize, levels: usize, points: usize },
+    OffsetGrid {
+        /// Attention heads.
+        heads: usize,
+        /// Feature levels.
+        levels: usize,
+        /// Sampling points per level.
+        points: usize,
+    },
     /// BEiT `relative_position_index` of a window w.
-    RelPosIndex { window: usize },
+    RelPosIndex {
+        /// The window side.
+        window: usize,
+    },
 }
 
 /// One row of a target layout.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct TargetEntry {
+    /// The target key.
     pub name: String,
+    /// Its shape.
     pub shape: Vec<usize>,
+    /// Its dtype.
     #[serde(serialize_with = "ser_dtype")]
     pub dtype: DType,
+    /// Parameter or buffer.
     pub kind: EntryKind,
+    /// Upstream's init of the key.
     pub init: Init,
 }
 
@@ -55,6 +89,7 @@ fn ser_dtype<S: serde::Serializer>(d: &DType, s: S) -> Result<S::Ok, S::Error> {
 }
 
 impl TargetEntry {
+    /// Number of elements.
     pub fn numel(&self) -> usize {
         self.shape.iter().product()
     }

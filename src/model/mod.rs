@@ -2,19 +2,19 @@
 //! flavours (`vit-comer-det`, `vit-comer-seg`, `beit-comer`), loaded by target state-dict
 //! names, plus the numeric kernels they need.
 
-pub mod buffer;
-pub mod comer;
-pub mod config;
-pub mod error;
-pub mod kernels;
-pub mod nn;
+pub(crate) mod buffer;
+pub(crate) mod comer;
+pub(crate) mod config;
+pub(crate) mod error;
+pub(crate) mod kernels;
+pub(crate) mod nn;
 pub mod ops;
 pub mod plain_vit;
 pub mod layout;
 pub mod presets;
 pub mod profile;
-pub mod vit;
-pub mod weights;
+pub(crate) mod vit;
+pub(crate) mod weights;
 
 pub use comer::{Comer, Outputs};
 pub use config::{ComerConfig, ConfigError, Flavor};

@@ -245,7 +245,9 @@ pub fn softmax_row(r: &mut [f32]) {
 /// One level of the value tensor of multi-scale deformable attention.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Level {
+    /// Height in tokens.
     pub h: usize,
+    /// Width in tokens.
     pub w: usize,
     /// First token of this level in the flattened value tensor.
     pub start: usize,
@@ -277,12 +279,15 @@ pub fn reference_points(levels: &[Level]) -> Vec<[f32; 2]> {
 /// Shapes of one multi-scale deformable attention call.
 #[derive(Debug, Clone, Copy)]
 pub struct DeformShape {
+    /// Images in the batch.
     pub batch: usize,
     /// Value tokens per image (sum over levels).
     pub len_in: usize,
+    /// Attention heads.
     pub heads: usize,
     /// Value channels per head.
     pub head_dim: usize,
+    /// Sampling points per head and level.
     pub points: usize,
 }
 

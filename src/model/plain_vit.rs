@@ -98,14 +98,17 @@ impl Weights {
         Ok(())
     }
 
+    /// Insert one tensor as it is.
     pub fn insert(&mut self, name: &str, t: Tensor) {
         self.map.insert(name.to_string(), t);
     }
 
+    /// Whether a tensor is called `name`.
     pub fn contains(&self, name: &str) -> bool {
         self.map.contains_key(name)
     }
 
+    /// Every name, sorted.
     pub fn keys(&self) -> impl Iterator<Item = &str> {
         self.map.keys().map(String::as_str)
     }
@@ -184,8 +187,11 @@ impl Activation {
 /// `nn.LayerNorm` over the last dimension.
 #[derive(Debug, Clone)]
 pub struct LayerNorm {
+    /// Scale `(C,)`.
     pub weight: Tensor,
+    /// Shift `(C,)`.
     pub bias: Tensor,
+    /// Added to the variance.
     pub eps: f64,
 }
 
@@ -216,6 +222,7 @@ impl LayerNorm {
         })
     }
 
+    /// Normalise `x` over its last dimension.
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let mean = x.mean_keepdim(D::Minus1)?;
         let xc = x.broadcast_sub(&mean)?;
@@ -228,7 +235,9 @@ impl LayerNorm {
 /// `nn.Linear`: `weight` is `(out, in)`.
 #[derive(Debug, Clone)]
 pub struct Linear {
+    /// `(out, in)`.
     pub weight: Tensor,
+    /// `(out,)`, when the layer has one.
     pub bias: Option<Tensor>,
 }
 
@@ -241,6 +250,7 @@ impl Linear {
         })
     }
 
+    /// `(B, N, in)` → `(B, N, out)`.
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let (b, n, c) = x.dims3()?;
         let out = self.weight.dim(0)?;
@@ -264,6 +274,7 @@ fn softmax_last(x: &Tensor) -> candle_core::Result<Tensor> {
 pub struct RelPosTable {
     /// `((2w-1)^2, heads)`.
     pub table: Tensor,
+    /// Window side w.
     pub window: usize,
 }
 
@@ -328,9 +339,13 @@ pub fn patch_index(w: usize) -> Vec<u32> {
 /// Multi-head self-attention with a fused `(3C, C)` q/k/v projection (timm layout).
 #[derive(Debug, Clone)]
 pub struct Attention {
+    /// The fused q/k/v projection `(3C, C)`.
     pub qkv: Linear,
+    /// The output projection.
     pub proj: Linear,
+    /// Attention heads.
     pub num_heads: usize,
+    /// BEiT's relative position bias, when the family has one.
     pub rel_pos: Option<RelPosTable>,
 }
 
@@ -360,13 +375,21 @@ impl Attention {
 pub struct Block {
     /// `blocks.N` (or the family's own block name), for errors.
     pub name: String,
+    /// Norm before attention.
     pub norm1: LayerNorm,
+    /// Self-attention.
     pub attn: Attention,
+    /// Norm before the MLP.
     pub norm2: LayerNorm,
+    /// MLP input projection.
     pub fc1: Linear,
+    /// MLP output projection.
     pub fc2: Linear,
+    /// MLP activation.
     pub act: Activation,
+    /// Layer scale of the attention branch, when present.
     pub gamma1: Option<Tensor>,
+    /// Layer scale of the MLP branch, when present.
     pub gamma2: Option<Tensor>,
 }
 
@@ -496,10 +519,12 @@ fn bilinear_upsample(src: &[f32], c: usize, (h, w): (usize, usize), (oh, ow): (u
 pub struct PatchEmbed {
     /// `(C, in_chans, p, p)`.
     pub weight: Tensor,
+    /// `(C,)`, when the projection has one.
     pub bias: Option<Tensor>,
 }
 
 impl PatchEmbed {
+    /// Patch side p (the kernel's last dimension).
     pub fn patch(&self) -> usize {
         self.weight.dims().last().copied().unwrap_or(1)
     }
@@ -534,9 +559,13 @@ impl PatchEmbed {
 /// Uni-Perceiver `embeddings_norm`), blocks. No prefix tokens, no final norm.
 #[derive(Debug, Clone)]
 pub struct PlainVit {
+    /// Patch embedding.
     pub patch_embed: PatchEmbed,
+    /// Absolute position embedding, when the family adds one.
     pub pos_embed: Option<PosEmbed>,
+    /// Norm before the first block (CLIP `ln_pre`, Uni-Perceiver `embeddings_norm`).
     pub pre_norm: Option<LayerNorm>,
+    /// The transformer blocks, in order.
     pub blocks: Vec<Block>,
 }
 

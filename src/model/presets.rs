@@ -8,6 +8,7 @@ use super::config::{ComerConfig, ConfigError};
 
 /// One named configuration.
 pub struct Preset {
+    /// The name `--preset` takes.
     pub name: &'static str,
     /// Where upstream defines it.
     pub source: &'static str,
@@ -15,6 +16,7 @@ pub struct Preset {
     json: &'static str,
 }
 
+/// Every preset, the order `comer-port presets` lists them in.
 pub const PRESETS: &[Preset] = &[
     Preset {
         name: "vit-comer-t-seg",
@@ -48,11 +50,16 @@ pub const PRESETS: &[Preset] = &[
     },
 ];
 
+/// Every preset's name, in [`PRESETS`] order.
+pub fn names() -> impl Iterator<Item = &'static str> {
+    PRESETS.iter().map(|p| p.name)
+}
+
 /// The preset of that name, or an error listing the known names.
 fn find(name: &str) -> Result<&'static Preset, ConfigError> {
     PRESETS.iter().find(|p| p.name == name).ok_or_else(|| ConfigError::UnknownPreset {
         name: name.to_string(),
-        known: PRESETS.iter().map(|p| p.name).collect::<Vec<_>>().join(", "),
+        known: names().collect::<Vec<_>>().join(", "),
     })
 }
 

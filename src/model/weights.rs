@@ -21,6 +21,7 @@ pub struct Store {
 }
 
 impl Store {
+    /// Tensors by target key, none read yet.
     pub fn new(tensors: HashMap<String, Tensor>) -> Store {
         Store { tensors, used: RefCell::default(), missing: RefCell::default() }
     }
@@ -32,6 +33,7 @@ impl Store {
         Ok(Store::new(tensors))
     }
 
+    /// The lookup at the root of the state dict (no prefix).
     pub fn root(&self) -> Vb<'_> {
         Vb { store: self, prefix: String::new() }
     }

@@ -226,10 +226,7 @@ fn finite_check(name: &str, t: &Tensor, want: Option<&[usize]>) -> Result<Check>
 /// sibling `.pth` with the same stem (when present) against the artifact, bit for bit.
 pub fn round_trip_checks(artifact: &Path) -> Result<Vec<Check>> {
     let fixture_err = |reason: String| VerifyError::Fixture { path: artifact.to_path_buf(), reason };
-    let file = std::fs::File::open(artifact).map_err(|e| fixture_err(e.to_string()))?;
-    // SAFETY: a read-only map of a file this process does not write; the hazard of another
-    // process truncating it is the one every mmap-based reader (safetensors, candle) accepts.
-    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| fixture_err(e.to_string()))?;
+    let map = formats::map_file(artifact).map_err(|e| fixture_err(e.to_string()))?;
     let st = safetensors::SafeTensors::deserialize(&map).map_err(|e| fixture_err(e.to_string()))?;
     // The reference side borrows the map: nothing is copied, memory stays bounded.
     let reference: BTreeMap<String, (Vec<usize>, &[u8])> =
@@ -238,17 +235,7 @@ pub fn round_trip_checks(artifact: &Path) -> Result<Vec<Check>> {
     let reread = formats::open(artifact)?;
     // Drop the reference side's pages from the resident set once compared, as the re-read
     // side does (`TensorView::release`).
-    let release = |data: &[u8]| {
-        let start = data.as_ptr() as usize - map.as_ptr() as usize;
-        // SAFETY: read-only shared file mapping never written through: MADV_DONTNEED only unmaps
-        // pages, and later reads fault the same file bytes back in (see `Storage::release`).
-        #[cfg(unix)]
-        unsafe {
-            let _ = map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, data.len());
-        }
-        #[cfg(not(unix))]
-        let _ = start;
-    };
+    let release = |data: &[u8]| map.release(data);
     let mut checks = vec![bitwise(
         format!("round trip {}", file_name(artifact)),
         &reference,

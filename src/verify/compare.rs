@@ -12,6 +12,7 @@ use super::error::VerifyError;
 /// Figures of one comparison of `got` against `expected` (same number of elements).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Comparison {
+    /// Elements compared.
     pub numel: usize,
     /// `max |got - expected|`.
     pub max_abs: f64,
@@ -86,13 +87,16 @@ pub struct Check {
     pub name: String,
     /// The relative bound the check is held to.
     pub bound: f64,
+    /// Shape of what was compared.
     pub shape: Vec<usize>,
+    /// Its figures (flattened into the check's JSON).
     #[serde(flatten)]
     pub figures: Comparison,
     /// Multi-index of `figures.first_parted` in `shape`.
     pub first_parted_at: Option<Vec<usize>>,
     /// Where the sides part beyond the element (e.g. the first block), when known.
     pub note: Option<String>,
+    /// Whether it stayed within the bound (false for a skipped check).
     pub passed: bool,
     /// Why the check could not run (then `passed` is false but the run does not fail on it).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -185,10 +189,12 @@ impl Check {
 /// The checks of one verify run.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Report {
+    /// Every check, in the order run.
     pub checks: Vec<Check>,
 }
 
 impl Report {
+    /// Add a check.
     pub fn push(&mut self, check: Check) {
         self.checks.push(check);
     }

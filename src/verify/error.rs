@@ -19,9 +19,13 @@ pub enum VerifyError {
         "`{key}` parts at index {index:?}: max relative error {max_rel:.3e} > bound {bound:.1e}"
     )]
     Parted {
+        /// The check or tensor.
         key: String,
+        /// Multi-index of the first element that parts.
         index: Vec<usize>,
+        /// The largest relative difference.
         max_rel: f64,
+        /// The bound it was held to.
         bound: f64,
     },
 
@@ -35,7 +39,12 @@ pub enum VerifyError {
 
     /// A fixture folder or file is not what verify expects.
     #[error("{path}: {reason}")]
-    Fixture { path: std::path::PathBuf, reason: String },
+    Fixture {
+        /// The fixture file or folder.
+        path: std::path::PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
 }
 
 impl From<candle_core::Error> for VerifyError {

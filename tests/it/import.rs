@@ -4,9 +4,9 @@
 use crate::util::{bin, fixture};
 use comer_port::families::mapping::{self, Origin, PlanOptions, Values};
 use comer_port::import as pipeline;
-use comer_port::target::TargetSpec;
 use comer_port::formats::{self, DType, Storage, TensorView};
 use comer_port::model::presets::{preset, preset_layout};
+use comer_port::target::TargetSpec;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

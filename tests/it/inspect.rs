@@ -1,7 +1,7 @@
 //! `comer-port inspect`: the table, `--json` (one entry per tensor), `--all`,
 //! `--check-finite` (exit 1 on NaN/Inf), and refused files: exit 3 with one stderr line.
 
-use crate::util::{bin, fixture, temp_file};
+use crate::util::{bin, fixture, import_source, temp_file, tmpdir};
 use comer_port::formats::testkit::{torch_zip, Pickle};
 
 fn run(args: &[&str]) -> (i32, String, String) {
@@ -108,4 +108,24 @@ fn help_has_examples() {
     let out = bin().args(["inspect", "--help"]).output().expect("run");
     let s = String::from_utf8_lossy(&out.stdout);
     assert!(s.contains("Examples:") && s.contains("--check-finite") && s.contains("--json"), "{s}");
+}
+
+/// One checkpoint hash: what `inspect` prints is what `import` records as
+/// `comer_port.source_sha256`, for a file and for a Hugging Face folder (every file in it,
+/// in name order, `config.json` included).
+#[test]
+fn sha256_is_the_hash_import_records() {
+    let dir = tmpdir();
+    let cfg = fixture("forward/det_tiny/case.json");
+    for src in ["hf_vit/vit-tiny-in21k", "deit/deit_tiny.pth"] {
+        let art = import_source(src, &cfg, &["--no-verify"], &dir);
+        let recorded = comer_port::formats::open(&art).expect("artifact").metadata["comer_port.source_sha256"].clone();
+        let f = fixture(&format!("sources/{src}"));
+        let (code, out, err) = run(&["--json", f.to_str().expect("utf8")]);
+        assert_eq!(code, 0, "{err}");
+        let v: serde_json::Value = serde_json::from_str(&out).expect("one JSON object");
+        assert_eq!(v["sha256"].as_str(), Some(recorded.as_str()), "{src}");
+        let (_, table, _) = run(&[f.to_str().expect("utf8")]);
+        assert!(table.contains(&format!("sha256     {recorded}  (")), "{src}: {table}");
+    }
 }

@@ -138,3 +138,29 @@ fn run_takes_an_image_and_config_from_metadata_and_renders_viz() {
     let v = image::open(&viz).unwrap();
     assert_eq!((v.width(), v.height()), (64, 16));
 }
+
+/// `--preset` is checked by the argument parser in every subcommand that takes it: an unknown
+/// name is a usage error (exit 2) listing the names, before any file is opened (the files
+/// named here do not exist).
+#[test]
+fn unknown_preset_is_a_usage_error_in_every_subcommand() {
+    let missing = "/nonexistent/comer-port/x.safetensors";
+    let cases: [&[&str]; 5] = [
+        &["import", missing, "--preset", "nope", "-o", "/nonexistent/comer-port/out.safetensors"],
+        &["run", "--weights", missing, "--input", missing, "-o", "/nonexistent/o.safetensors", "--preset", "nope"],
+        &["verify", missing, "--preset", "nope"],
+        &["export", "onnx", missing, "-o", "/nonexistent/o.onnx", "--input-size", "64x64", "--preset", "nope"],
+        &["bench", "--preset", "nope"],
+    ];
+    for args in cases {
+        let st = bin().args(args).output().unwrap();
+        let err = String::from_utf8_lossy(&st.stderr);
+        assert_eq!(st.status.code(), Some(2), "{args:?}: {err}");
+        for name in comer_port::model::presets::names() {
+            assert!(err.contains(name), "{args:?}: lists {name}: {err}");
+        }
+        assert!(!err.contains("nonexistent/comer-port/x"), "{args:?}: no file was opened: {err}");
+    }
+    let st = bin().args(["verify", missing, "--preset", "vit-comer-t-seg"]).output().unwrap();
+    assert_eq!(st.status.code(), Some(3), "a known preset passes the parser: {}", String::from_utf8_lossy(&st.stderr));
+}

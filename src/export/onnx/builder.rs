@@ -116,10 +116,6 @@ impl<'a> Graph<'a> {
         out
     }
 
-    pub fn scope(&self) -> &str {
-        &self.scope
-    }
-
     fn fresh_name(&mut self, op: &str) -> String {
         let key = format!("{}/{}", self.scope, op);
         let n = self.counters.entry(key.clone()).or_insert(0);

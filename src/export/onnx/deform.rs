@@ -26,6 +26,7 @@ pub enum Deform {
 }
 
 impl Deform {
+    /// The name `--deform` takes.
     pub fn name(self) -> &'static str {
         match self {
             Deform::GridSample => "grid-sample",

@@ -9,11 +9,11 @@
 //! LayerNorm, Conv, ConvFFN, MRFP), `deform` (MSDeformAttn, GridSample or Gather),
 //! `bicubic` (pos-embed resize), `backbone` (the three flavours).
 
-pub mod backbone;
-pub mod bicubic;
-pub mod builder;
-pub mod deform;
-pub mod layers;
+pub(crate) mod backbone;
+pub(crate) mod bicubic;
+pub(crate) mod builder;
+pub(crate) mod deform;
+pub(crate) mod layers;
 pub mod proto;
 
 use std::path::{Path, PathBuf};
@@ -40,27 +40,54 @@ pub const PROTO_LIMIT: usize = 2_000_000_000;
 /// Initializers smaller than this stay inline even with external data.
 const EXTERNAL_MIN_BYTES: usize = 1024;
 
+/// Why an ONNX export failed; node errors name the node and its op type.
 #[derive(Debug, thiserror::Error)]
 pub enum OnnxError {
     /// `--input-size` is not a positive multiple of 32 (the stride-32 level must tile it).
     #[error("input size {h}x{w}: {reason}")]
-    InputSize { h: usize, w: usize, reason: String },
+    InputSize {
+        /// Requested height.
+        h: usize,
+        /// Requested width.
+        w: usize,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// `--batch` is zero.
     #[error("batch size must be at least 1")]
     Batch,
     /// A weight the graph needs is not in the artifact.
     #[error("weight '{key}' is missing from the artifact")]
-    MissingWeight { key: String },
+    MissingWeight {
+        /// The target key.
+        key: String,
+    },
     /// A weight has a shape other than the config implies.
     #[error("weight '{key}' has shape {got:?}, expected {expected:?}")]
-    WeightShape { key: String, expected: Vec<usize>, got: Vec<usize> },
+    WeightShape {
+        /// The target key.
+        key: String,
+        /// The shape the config implies.
+        expected: Vec<usize>,
+        /// The shape in the artifact.
+        got: Vec<usize>,
+    },
     /// A node cannot be built for this config/input size.
     #[error("node '{node}' ({op_type}): {reason}")]
-    Node { node: String, op_type: String, reason: String },
+    Node {
+        /// The node's name (its upstream module path).
+        node: String,
+        /// The ONNX op type.
+        op_type: String,
+        /// Why it cannot be built.
+        reason: String,
+    },
     /// The side `.onnx.data` file could not be written.
     #[error("{path}: {source}")]
     ExternalData {
+        /// The `.onnx.data` file.
         path: PathBuf,
+        /// What the operating system reported.
         #[source]
         source: std::io::Error,
     },
@@ -72,9 +99,13 @@ pub enum OnnxError {
 /// What to export.
 #[derive(Debug, Clone)]
 pub struct ExportOptions {
+    /// Fixed input height in pixels (a multiple of 32).
     pub height: usize,
+    /// Fixed input width in pixels (a multiple of 32).
     pub width: usize,
+    /// Fixed batch size (at least 1).
     pub batch: usize,
+    /// How deformable attention samples its values.
     pub deform: Deform,
     /// `metadata_props` `source`: where the weights came from.
     pub source: String,
@@ -83,6 +114,8 @@ pub struct ExportOptions {
 }
 
 impl ExportOptions {
+    /// Export at `height`×`width`, batch 1, `Gather` sampling, external data past the
+    /// protobuf limit.
     pub fn new(height: usize, width: usize) -> ExportOptions {
         ExportOptions {
             height,
@@ -223,9 +256,13 @@ fn write_external(path: &Path, data: &[u8], force: bool) -> Result<(), OnnxError
 /// What [`export`] wrote.
 #[derive(Debug)]
 pub struct Written {
+    /// Size of the `.onnx` file.
     pub model_bytes: usize,
+    /// The external data file and its size, when the weights moved there.
     pub external: Option<(PathBuf, usize)>,
+    /// Nodes in the graph.
     pub nodes: usize,
+    /// Initializers (weights and constants) in the graph.
     pub initializers: usize,
 }
 
