@@ -12,14 +12,14 @@ use std::path::PathBuf;
 pub(crate) const BUNDLED: &[u8] = include_bytes!("../../fixtures/sources/deit/deit_tiny.pth");
 pub(crate) const BUNDLED_CONFIG: &str = include_str!("../../fixtures/forward/det_tiny/case.json");
 
-#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FlavorArg {
-    #[value(name = "vit-comer-det")]
-    Det,
-    #[value(name = "vit-comer-seg")]
-    Seg,
-    #[value(name = "beit-comer")]
-    Beit,
+/// `--flavor` values: the flavours' own names.
+impl clap::ValueEnum for Flavor {
+    fn value_variants<'a>() -> &'a [Self] {
+        &Flavor::ALL
+    }
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        Some(clap::builder::PossibleValue::new(self.name()))
+    }
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -61,7 +61,7 @@ pub struct Args {
     pub config: Option<PathBuf>,
     /// Target flavour with dimensions inferred from the source.
     #[arg(long, value_enum)]
-    pub flavor: Option<FlavorArg>,
+    pub flavor: Option<Flavor>,
     /// Source family (default: guessed from key patterns).
     #[arg(long)]
     pub family: Option<String>,
@@ -109,11 +109,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     } else if let Some(c) = &a.config {
         TargetSpec::ConfigFile(c.clone())
     } else if let Some(f) = a.flavor {
-        TargetSpec::Flavor(match f {
-            FlavorArg::Det => Flavor::Det,
-            FlavorArg::Seg => Flavor::Seg,
-            FlavorArg::Beit => Flavor::Beit,
-        })
+        TargetSpec::Flavor(f)
     } else if bundled {
         TargetSpec::Config(Box::new(crate::model::ComerConfig::from_case_json(BUNDLED_CONFIG)?))
     } else {

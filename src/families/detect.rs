@@ -78,13 +78,7 @@ pub enum RelPos {
     Shared { window: usize },
 }
 
-/// Activation of the MLP.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Activation {
-    Gelu,
-    QuickGelu,
-}
+pub use crate::model::Activation;
 
 /// What the source checkpoint implies about its model.
 #[derive(Debug, Clone, PartialEq, Serialize)]

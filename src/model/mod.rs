@@ -12,10 +12,12 @@ pub mod ops;
 pub mod layout;
 pub mod presets;
 pub mod profile;
+pub mod resize;
 pub mod vit;
 pub mod weights;
 
 pub use comer::{Comer, Outputs};
 pub use config::{ComerConfig, ConfigError, Flavor};
+pub use nn::Activation;
 pub use error::ModelError;
 pub use weights::Store;

@@ -24,7 +24,7 @@ use super::error::VerifyError;
 use super::parity::{EXACT_BOUND, artifact_failure, parity_of, seeded_images, seeded_values};
 use super::source_vit::{SourceFamily, hf_checkpoint_eps, source_vit};
 use super::target_vit::{TargetFlavour, target_vit};
-use super::vit::{Activation, Result, Weights};
+use super::vit::{Result, Weights};
 use crate::families::detect::{self, Family};
 use crate::formats::{self, Checkpoint};
 use crate::model::{Comer, ComerConfig, Flavor};
@@ -119,12 +119,7 @@ pub fn source_family(det: &detect::Detection, ckpt: &Checkpoint) -> Option<Sourc
         Family::Deit | Family::TimmVit | Family::Mae => SourceFamily::Timm,
         Family::Dinov2 => SourceFamily::Dinov2,
         Family::Beit => SourceFamily::Beit,
-        Family::Clip => SourceFamily::Clip {
-            activation: match sc.activation {
-                detect::Activation::Gelu => Activation::Gelu,
-                detect::Activation::QuickGelu => Activation::QuickGelu,
-            },
-        },
+        Family::Clip => SourceFamily::Clip { activation: sc.activation },
         Family::HfVit => SourceFamily::HfVit { layer_norm_eps: hf_checkpoint_eps(ckpt) },
         Family::Uniperceiver => SourceFamily::UniPerceiver,
         Family::AugregNpz => SourceFamily::AugRegNpz,

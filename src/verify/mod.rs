@@ -7,7 +7,6 @@ pub mod golden;
 pub mod keys;
 pub mod on_import;
 pub mod parity;
-pub mod resize;
 pub mod source_vit;
 pub mod target_vit;
 pub mod vit;

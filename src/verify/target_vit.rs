@@ -10,6 +10,7 @@
 
 use super::source_vit::{load_beit, load_timm};
 use super::vit::{PlainVit, Result, Weights};
+use crate::model::Flavor;
 
 /// The upstream target layouts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -25,7 +26,7 @@ pub enum TargetFlavour {
 /// Build the ViT branch of an artifact's tensors (target keys).
 pub fn target_vit(flavour: TargetFlavour, w: &Weights, num_heads: usize) -> Result<PlainVit> {
     match flavour {
-        TargetFlavour::VitComer => load_timm(w, num_heads, 1, ["gamma1", "gamma2"]),
+        TargetFlavour::VitComer => load_timm(w, num_heads, 1, Flavor::Det.names().layer_scale),
         TargetFlavour::BeitComer => load_beit(w, num_heads),
     }
 }

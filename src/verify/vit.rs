@@ -12,8 +12,9 @@ use std::collections::BTreeMap;
 use candle_core::{D, Device, Tensor};
 
 use super::error::VerifyError;
-use super::resize::bicubic_resize;
 use crate::formats::Checkpoint;
+use crate::model::resize::{self, Layout};
+use crate::model::vit::{relative_position_index, relpos_table_side};
 
 pub type Result<T> = std::result::Result<T, VerifyError>;
 
@@ -98,27 +99,7 @@ pub fn shape_err(key: &str, t: &Tensor, expected: &str) -> VerifyError {
     }
 }
 
-/// MLP activation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-pub enum Activation {
-    /// `nn.GELU()` (erf form).
-    Gelu,
-    /// OpenAI CLIP `QuickGELU`: `x * sigmoid(1.702 x)`.
-    QuickGelu,
-}
-
-impl Activation {
-    fn forward(self, x: &Tensor) -> candle_core::Result<Tensor> {
-        match self {
-            Activation::Gelu => x.gelu_erf(),
-            Activation::QuickGelu => {
-                // x / (1 + exp(-1.702 x))
-                let denom = (x.affine(-1.702, 0.0)?.exp()? + 1.0)?;
-                x.div(&denom)
-            }
-        }
-    }
-}
+pub use crate::model::Activation;
 
 /// `nn.LayerNorm` over the last dimension.
 #[derive(Debug, Clone)]
@@ -214,13 +195,7 @@ impl RelPosTable {
         let (rows, _) = table
             .dims2()
             .map_err(|_| shape_err(key, table, "(rows, heads)"))?;
-        let odd_side = |n: usize| {
-            let s = (n as f64).sqrt().round() as usize;
-            (s * s == n && s % 2 == 1).then_some(s)
-        };
-        let side = odd_side(rows)
-            .or_else(|| rows.checked_sub(3).and_then(odd_side))
-            .ok_or_else(|| shape_err(key, table, "((2w-1)^2 [+ 3], heads)"))?;
+        let side = relpos_table_side(rows).ok_or_else(|| shape_err(key, table, "((2w-1)^2 [+ 3], heads)"))?;
         let table = table
             .narrow(0, 0, side * side)
             .map_err(VerifyError::tensor(key))?;
@@ -240,28 +215,14 @@ impl RelPosTable {
             });
         }
         let n = gh * gw;
-        let idx = patch_index(w);
+        // unilm's index without its cls row and column
+        let idx: Vec<u32> = relative_position_index(w).into_iter().map(|i| i as u32).collect();
         let idx = Tensor::from_vec(idx, n * n, &Device::Cpu)?;
         let heads = self.table.dim(1)?;
         let bias = self.table.index_select(&idx, 0)?; // (N*N, H)
         let bias = bias.reshape((n, n, heads))?.permute((2, 0, 1))?; // (H, N, N)
         Ok(bias.unsqueeze(0)?.contiguous()?) // (1, H, N, N)
     }
-}
-
-/// unilm `relative_position_index` of a `w x w` window without its cls row and column:
-/// `(w^2) * (w^2)` row-major entries `(dy + w - 1) * (2w - 1) + (dx + w - 1)`.
-pub fn patch_index(w: usize) -> Vec<u32> {
-    let n = w * w;
-    let mut idx = Vec::with_capacity(n * n);
-    for i in 0..n {
-        for j in 0..n {
-            let dy = i / w + w - 1 - j / w;
-            let dx = i % w + w - 1 - j % w;
-            idx.push((dy * (2 * w - 1) + dx) as u32);
-        }
-    }
-    idx
 }
 
 /// Multi-head self-attention with a fused `(3C, C)` q/k/v projection (timm layout).
@@ -361,16 +322,10 @@ impl PosEmbed {
         if grid == self.grid {
             return Ok(self.table.unsqueeze(0)?); // (1, N, C)
         }
-        let chw = self
-            .table
-            .t()?
-            .contiguous()?
-            .flatten_all()?
-            .to_vec1::<f32>()?; // (C, N)
-        debug_assert_eq!(chw.len(), n * c);
-        let out = bicubic_resize(&chw, c, self.grid, grid);
-        let t = Tensor::from_vec(out, (c, grid.0 * grid.1), &Device::Cpu)?; // (C, N')
-        Ok(t.t()?.contiguous()?.unsqueeze(0)?) // (1, N', C)
+        let rows = self.table.flatten_all()?.to_vec1::<f32>()?; // (N, C)
+        debug_assert_eq!(rows.len(), n * c);
+        let out = resize::bicubic(&rows, c, Layout::Rows, self.grid, grid);
+        Ok(Tensor::from_vec(out, (1, grid.0 * grid.1, c), &Device::Cpu)?) // (1, N', C)
     }
 }
 

@@ -7,10 +7,9 @@
 //!
 //! Layout: `proto` (the ONNX messages), `builder` (graph + weights), `layers` (Linear,
 //! LayerNorm, Conv, ConvFFN, MRFP), `deform` (MSDeformAttn, GridSample or Gather),
-//! `bicubic` (pos-embed resize), `backbone` (the three flavours).
+//! `backbone` (the three flavours; its pos-embed resize is `model::resize`).
 
 pub mod backbone;
-pub mod bicubic;
 pub mod builder;
 pub mod deform;
 pub mod layers;
