@@ -43,7 +43,7 @@ fn main() -> Result<(), WriteError> {
         let tt = &tensors[i];
         let n: usize = tt.shape.iter().product();
         if tt.dtype == DType::I64 {
-            return Ok(comer_port::families::init::relpos_index(14)
+            return Ok(comer_port::model::relative_position_index(14)
                 .into_iter()
                 .chain(std::iter::repeat(0))
                 .take(n)

@@ -14,14 +14,18 @@ use std::path::PathBuf;
 pub(crate) const BUNDLED: &[u8] = include_bytes!("../../fixtures/sources/deit/deit_tiny.pth");
 pub(crate) const BUNDLED_CONFIG: &str = include_str!("../../fixtures/forward/det_tiny/case.json");
 
-#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FlavorArg {
-    #[value(name = "vit-comer-det")]
-    Det,
-    #[value(name = "vit-comer-seg")]
-    Seg,
-    #[value(name = "beit-comer")]
-    Beit,
+/// A `--flavor` value: the flavours' own names (`Flavor::names`), nothing spelled here.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlavorArg(pub Flavor);
+
+impl clap::ValueEnum for FlavorArg {
+    fn value_variants<'a>() -> &'a [Self] {
+        const ALL: [FlavorArg; 3] = [FlavorArg(Flavor::ALL[0]), FlavorArg(Flavor::ALL[1]), FlavorArg(Flavor::ALL[2])];
+        &ALL
+    }
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        Some(clap::builder::PossibleValue::new(self.0.name()))
+    }
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -109,11 +113,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     let target = if let Some(spec) = TargetSpec::from_flags(a.config.as_deref(), a.preset.as_deref()) {
         spec
     } else if let Some(f) = a.flavor {
-        TargetSpec::Flavor(match f {
-            FlavorArg::Det => Flavor::Det,
-            FlavorArg::Seg => Flavor::Seg,
-            FlavorArg::Beit => Flavor::Beit,
-        })
+        TargetSpec::Flavor(f.0)
     } else if bundled {
         TargetSpec::Config(Box::new(comer_port::model::ComerConfig::from_case_json(BUNDLED_CONFIG)?))
     } else {

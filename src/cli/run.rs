@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use candle_core::{DType, Device, Tensor};
 
-use comer_port::model::{Comer, ComerConfig, Store, ops};
+use comer_port::model::{Comer, ComerConfig, Store, resize};
 use comer_port::target::{self, Basis, TargetSpec};
 
 /// ImageNet normalisation (RGB, on 0..1 values).
@@ -56,7 +56,7 @@ pub fn load_image(path: &Path) -> anyhow::Result<Tensor> {
     let round = |v: usize| ((v + 16) / 32).max(1) * 32;
     let (oh, ow) = (round(h), round(w));
     let src: Vec<f32> = img.as_raw().iter().map(|&v| v as f32 / 255.0).collect();
-    let r = ops::resize_bilinear_nhwc(&src, 1, h, w, 3, oh, ow, None);
+    let r = resize::bilinear_nhwc(&src, 1, h, w, 3, oh, ow, None);
     let mut chw = vec![0f32; 3 * oh * ow];
     for (i, px) in r.chunks(3).enumerate() {
         for c in 0..3 {

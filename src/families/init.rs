@@ -10,6 +10,7 @@
 //! [−2, 2] (absolute, as `torch.nn.init.trunc_normal_(std=…)` with its default bounds a=−2, b=2).
 
 use crate::model::layout::Init;
+use crate::model::vit::relative_position_index;
 
 /// SplitMix64 (Steele, Lea & Flood 2014): small, fast, and fully specified.
 pub struct SplitMix64(u64);
@@ -77,8 +78,8 @@ pub fn stream(seed: u64, key: &str) -> SplitMix64 {
     SplitMix64::new(mixed)
 }
 
-/// Values of `numel` elements for `init`, as f32 (integers for `RelPosIndex` are returned as
-/// their exact f64 → see [`relpos_index`]).
+/// Values of `numel` elements for `init`, as f32 (the integers of `RelPosIndex` exactly, from
+/// [`relative_position_index`]).
 pub fn fill(init: &Init, numel: usize, seed: u64, key: &str) -> Vec<f32> {
     let mut rng = stream(seed, key);
     let mut normals = Normals::new(stream(seed, key));
@@ -102,7 +103,7 @@ pub fn fill(init: &Init, numel: usize, seed: u64, key: &str) -> Vec<f32> {
             (0..numel).map(|_| ((2.0 * rng.uniform() - 1.0) * bound) as f32).collect()
         }
         Init::OffsetGrid { heads, levels, points } => offset_grid(heads, levels, points),
-        Init::RelPosIndex { window } => relpos_index(window).into_iter().map(|v| v as f32).collect(),
+        Init::RelPosIndex { window } => relative_position_index(window).into_iter().map(|v| v as f32).collect(),
     }
 }
 
@@ -121,24 +122,6 @@ pub fn offset_grid(heads: usize, levels: usize, points: usize) -> Vec<f32> {
                 let k = (p + 1) as f32;
                 out.push(c / m * k);
                 out.push(s / m * k);
-            }
-        }
-    }
-    out
-}
-
-/// BEiT's `relative_position_index` for a w×w window: for tokens a=(ya,xa), b=(yb,xb),
-/// (ya−yb+w−1)·(2w−1) + (xa−xb+w−1). Shape (w², w²).
-pub fn relpos_index(w: usize) -> Vec<i64> {
-    let n = w * w;
-    let w = w as i64;
-    let mut out = Vec::with_capacity(n * n);
-    // Row a = (ya, xa), column b = (yb, xb), both row-major over the window.
-    for ya in 0..w {
-        for xa in 0..w {
-            for yb in 0..w {
-                let row = (ya - yb + w - 1) * (2 * w - 1);
-                out.extend((0..w).map(|xb| row + xa - xb + w - 1));
             }
         }
     }
@@ -199,12 +182,5 @@ mod tests {
         // Head 1 of 8: 45°, both components 1 after max-normalisation.
         let h1 = 3 * 4 * 2;
         assert!((g[h1] - 1.0).abs() < 1e-6 && (g[h1 + 1] - 1.0).abs() < 1e-6);
-    }
-
-    #[test]
-    fn relpos_index_matches_beit() {
-        let idx = relpos_index(2);
-        // (ya-yb+1)*3 + (xa-xb+1) for the 4 tokens of a 2x2 window.
-        assert_eq!(idx, vec![4, 3, 1, 0, 5, 4, 2, 1, 7, 6, 4, 3, 8, 7, 5, 4]);
     }
 }

@@ -365,7 +365,7 @@ pub fn produce(
     let e = &p.entry;
     let (keys, transform, part) = match &p.origin {
         Origin::Fresh { init: Init::RelPosIndex { window }, .. } => {
-            return Ok(Values::I64(init::relpos_index(*window)));
+            return Ok(Values::I64(crate::model::vit::relative_position_index(*window)));
         }
         Origin::Fresh { init, .. } => {
             if e.dtype == crate::formats::DType::I64 {

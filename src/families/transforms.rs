@@ -1,111 +1,13 @@
-//! Numeric transforms applied to source tensors on the way into a target layout, with
-//! PyTorch semantics: `F.interpolate(mode="bicubic"|"bilinear", align_corners=False)` as in
-//! `aten/src/ATen/native/UpSample.h` (bicubic A = −0.75, taps clamped at the border, source
-//! index not clamped below 0 for bicubic, clamped for bilinear), the Co-DETR branch BEiT
-//! loader's relative-position table resize (`mmdet/models/backbones/base/beit.py`), and
-//! upstream's `convert_14to16` patch-kernel resize. Computed in f64, returned as f32.
+//! Numeric transforms applied to source tensors on the way into a target layout: the
+//! position-table, relative-position-table and patch-kernel resizes of the mappings' closed
+//! set, on top of [`crate::model::resize`] (PyTorch's `F.interpolate`, computed in f64 and
+//! returned as f32). Mirrors timm `resample_abs_pos_embed`, the Co-DETR branch BEiT
+//! loader's relative-position table resize (`mmdet/models/backbones/base/beit.py`), unilm
+//! BEiT's geometric-progression spline resize of those tables (its checkpoint loaders),
+//! upstream's `convert_14to16` patch-kernel resize and timm `resample_patch_embed`.
 
-/// Cubic convolution weights for the four taps around fractional offset `t` (A = −0.75).
-fn cubic_weights(t: f64) -> [f64; 4] {
-    const A: f64 = -0.75;
-    let near = |x: f64| ((A + 2.0) * x - (A + 3.0)) * x * x + 1.0;
-    let far = |x: f64| ((A * x - 5.0 * A) * x + 8.0 * A) * x - 4.0 * A;
-    [far(t + 1.0), near(t), near(1.0 - t), far(2.0 - t)]
-}
-
-/// For each output index along one axis: the four clamped source taps and their weights.
-fn bicubic_axis(n_in: usize, n_out: usize) -> Vec<([usize; 4], [f64; 4])> {
-    let scale = n_in as f64 / n_out as f64;
-    (0..n_out)
-        .map(|o| {
-            let real = scale * (o as f64 + 0.5) - 0.5;
-            let base = real.floor();
-            let t = real - base;
-            let mut idx = [0usize; 4];
-            for (k, slot) in idx.iter_mut().enumerate() {
-                let i = base as i64 - 1 + k as i64;
-                *slot = i.clamp(0, n_in as i64 - 1) as usize;
-            }
-            (idx, cubic_weights(t))
-        })
-        .collect()
-}
-
-/// For each output index: two source taps and weights (bilinear, align_corners=False).
-fn bilinear_axis(n_in: usize, n_out: usize) -> Vec<([usize; 2], [f64; 2])> {
-    let scale = n_in as f64 / n_out as f64;
-    (0..n_out)
-        .map(|o| {
-            let real = (scale * (o as f64 + 0.5) - 0.5).max(0.0);
-            let i0 = (real.floor() as usize).min(n_in - 1);
-            let i1 = (i0 + 1).min(n_in - 1);
-            let l = real - i0 as f64;
-            ([i0, i1], [1.0 - l, l])
-        })
-        .collect()
-}
-
-/// Resize `c` planes of `h`×`w` (row-major, channels first) to `oh`×`ow`.
-pub fn bicubic(src: &[f32], c: usize, h: usize, w: usize, oh: usize, ow: usize) -> Vec<f32> {
-    separable(src, c, h, w, &bicubic_axis(h, oh), &bicubic_axis(w, ow))
-}
-
-/// Bilinear resize, same layout as [`bicubic`].
-pub fn bilinear(src: &[f32], c: usize, h: usize, w: usize, oh: usize, ow: usize) -> Vec<f32> {
-    separable(src, c, h, w, &bilinear_axis(h, oh), &bilinear_axis(w, ow))
-}
-
-/// A separable K-tap resize of `c` planes of `h`×`w`: per output pixel, Σ_a wy[a] · Σ_b
-/// wx[b] · src[iy[a], ix[b]] in f64.
-fn separable<const K: usize>(
-    src: &[f32],
-    c: usize,
-    h: usize,
-    w: usize,
-    ay: &[([usize; K], [f64; K])],
-    ax: &[([usize; K], [f64; K])],
-) -> Vec<f32> {
-    let mut out = Vec::with_capacity(c * ay.len() * ax.len());
-    for ch in 0..c {
-        let plane = &src[ch * h * w..(ch + 1) * h * w];
-        for (iy, wy) in ay {
-            for (ix, wx) in ax {
-                let mut acc = 0.0f64;
-                for (a, &yy) in iy.iter().enumerate() {
-                    let mut row = 0.0f64;
-                    for (b, &xx) in ix.iter().enumerate() {
-                        row += wx[b] * plane[yy * w + xx] as f64;
-                    }
-                    acc += wy[a] * row;
-                }
-                out.push(acc as f32);
-            }
-        }
-    }
-    out
-}
-
-/// (N, C) rows over an h×w grid → (C, h, w) planes.
-fn rows_to_planes(rows: &[f32], n: usize, c: usize) -> Vec<f32> {
-    let mut out = vec![0.0; n * c];
-    for i in 0..n {
-        for j in 0..c {
-            out[j * n + i] = rows[i * c + j];
-        }
-    }
-    out
-}
-
-/// (C, n) planes → (n, C) rows.
-fn planes_to_rows(planes: &[f32], n: usize, c: usize) -> Vec<f32> {
-    let mut out = vec![0.0; n * c];
-    for j in 0..c {
-        for i in 0..n {
-            out[i * c + j] = planes[j * n + i];
-        }
-    }
-    out
-}
+use crate::model::resize::{self, Layout};
+use crate::model::vit::relpos_table_side;
 
 /// A position table `(prefix + gh·gw, D)`: keep the first `keep` prefix rows, drop the
 /// other prefix rows, resize the grid bicubically to `dst`. Returns `(keep + oh·ow, D)`.
@@ -117,16 +19,9 @@ pub fn resize_pos_embed(
     src: (usize, usize),
     dst: (usize, usize),
 ) -> Vec<f32> {
-    let n = src.0 * src.1;
-    let grid = &table[prefix * dim..(prefix + n) * dim];
+    let grid = &table[prefix * dim..(prefix + src.0 * src.1) * dim];
     let mut out = table[..keep * dim].to_vec();
-    if src == dst {
-        out.extend_from_slice(grid);
-        return out;
-    }
-    let planes = rows_to_planes(grid, n, dim);
-    let resized = bicubic(&planes, dim, src.0, src.1, dst.0, dst.1);
-    out.extend(planes_to_rows(&resized, dst.0 * dst.1, dim));
+    out.extend(resize::bicubic(grid, dim, Layout::Rows, src, dst));
     out
 }
 
@@ -134,27 +29,10 @@ pub fn resize_pos_embed(
 /// resize the (2w−1)² grid to (2w'−1)² bicubically (the Co-DETR branch loader).
 pub fn resize_relpos_bicubic(table: &[f32], heads: usize, dst_window: usize) -> Result<Vec<f32>, String> {
     let rows = table.len() / heads.max(1);
-    let side = relpos_side(rows).ok_or_else(|| format!("{rows} rows is neither (2w-1)^2 nor (2w-1)^2+3"))?;
+    let side = relpos_table_side(rows).ok_or_else(|| format!("{rows} rows is neither (2w-1)^2 nor (2w-1)^2+3"))?;
     let grid = &table[..side * side * heads];
     let dst = 2 * dst_window - 1;
-    if side == dst {
-        return Ok(grid.to_vec());
-    }
-    let planes = rows_to_planes(grid, side * side, heads);
-    let resized = bicubic(&planes, heads, side, side, dst, dst);
-    Ok(planes_to_rows(&resized, dst * dst, heads))
-}
-
-/// The side (2w−1) of a relative-position table with `rows` rows, with or without the three
-/// cls rows.
-pub fn relpos_side(rows: usize) -> Option<usize> {
-    for r in [rows, rows.wrapping_sub(3)] {
-        let s = (r as f64).sqrt().round() as usize;
-        if s * s == r && s % 2 == 1 {
-            return Some(s);
-        }
-    }
-    None
+    Ok(resize::bicubic(grid, heads, Layout::Rows, (side, side), (dst, dst)))
 }
 
 /// Weights (n_out × n_in, row-major) of the not-a-knot cubic interpolating spline through
@@ -245,7 +123,7 @@ pub fn not_a_knot_weights(x: &[f64], xs: &[f64]) -> Vec<f64> {
 /// interpolating spline is evaluated on the target's integer offsets. Returns (2w'−1)² rows.
 pub fn resize_relpos_geometric(table: &[f32], heads: usize, dst_window: usize) -> Result<Vec<f32>, String> {
     let rows = table.len() / heads.max(1);
-    let src = relpos_side(rows).ok_or_else(|| format!("{rows} rows is neither (2w-1)^2 nor (2w-1)^2+3"))?;
+    let src = relpos_table_side(rows).ok_or_else(|| format!("{rows} rows is neither (2w-1)^2 nor (2w-1)^2+3"))?;
     let dst = 2 * dst_window - 1;
     let gp = |r: f64, n: usize| (1.0 - r.powi(n as i32)) / (1.0 - r);
     let (mut lo, mut hi) = (1.01f64, 1.5f64);
@@ -309,7 +187,7 @@ pub fn patch_linear_to_conv(w: &[f32], o: usize, k: usize) -> Vec<f32> {
 /// Patch-embedding kernel `(O, C, k, k)` resized to `(O, C, k', k')` with plain bilinear
 /// interpolation (upstream's `convert_14to16`: `F.interpolate(w, size=16, mode="bilinear")`).
 pub fn resize_patch_bilinear(w: &[f32], o: usize, c: usize, k: usize, k2: usize) -> Vec<f32> {
-    bilinear(w, o * c, k, k, k2, k2)
+    resize::bilinear(w, o * c, Layout::Planes, (k, k), (k2, k2))
 }
 
 /// Patch-embedding kernel resized by timm's FlexiViT pseudo-inverse method
@@ -326,7 +204,7 @@ pub fn resize_patch_pinv(w: &[f32], o: usize, c: usize, k: usize, k2: usize) -> 
     for j in 0..n {
         let mut e = vec![0.0f32; n];
         e[j] = 1.0;
-        for (i, v) in bicubic_f64(&e, k, k2).into_iter().enumerate() {
+        for (i, v) in resize::bicubic_aa_plane(&e, (k, k), (k2, k2)).into_iter().enumerate() {
             mat[i * n + j] = v;
         }
     }
@@ -376,58 +254,6 @@ pub fn resize_patch_pinv(w: &[f32], o: usize, c: usize, k: usize, k2: usize) -> 
     Ok(out)
 }
 
-/// Taps and normalised weights of PyTorch's antialiased bicubic (`antialias=True`,
-/// `_upsample_bicubic2d_aa`: PIL's kernel with A = −0.5, support widened by the scale when
-/// downsampling, out-of-range taps left out and the rest renormalised).
-pub fn bicubic_aa_axis(n_in: usize, n_out: usize) -> Vec<(usize, Vec<f64>)> {
-    const A: f64 = -0.5;
-    let filter = |x: f64| {
-        let x = x.abs();
-        if x < 1.0 {
-            ((A + 2.0) * x - (A + 3.0)) * x * x + 1.0
-        } else if x < 2.0 {
-            (((x - 5.0) * x + 8.0) * x - 4.0) * A
-        } else {
-            0.0
-        }
-    };
-    let scale = n_in as f64 / n_out as f64;
-    let (support, inv) = if scale >= 1.0 { (2.0 * scale, 1.0 / scale) } else { (2.0, 1.0) };
-    (0..n_out)
-        .map(|i| {
-            let center = scale * (i as f64 + 0.5);
-            let xmin = ((center - support + 0.5).floor().max(0.0)) as usize;
-            let xmax = ((center + support + 0.5).floor() as usize).min(n_in);
-            let mut w: Vec<f64> = (xmin..xmax).map(|j| filter((j as f64 - center + 0.5) * inv)).collect();
-            let total: f64 = w.iter().sum();
-            if total != 0.0 {
-                for v in &mut w {
-                    *v /= total;
-                }
-            }
-            (xmin, w)
-        })
-        .collect()
-}
-
-/// One k×k plane resized to k2×k2 with antialiased bicubic, kept in f64.
-fn bicubic_f64(src: &[f32], k: usize, k2: usize) -> Vec<f64> {
-    let ax = bicubic_aa_axis(k, k2);
-    let mut out = Vec::with_capacity(k2 * k2);
-    for (y0, wy) in &ax {
-        for (x0, wx) in &ax {
-            let mut acc = 0.0;
-            for (a, wa) in wy.iter().enumerate() {
-                for (b, wb) in wx.iter().enumerate() {
-                    acc += wa * wb * src[(y0 + a) * k + x0 + b] as f64;
-                }
-            }
-            out.push(acc);
-        }
-    }
-    out
-}
-
 /// `cat(q_bias, zeros, v_bias)`: BEiT's q/v biases as the fused `qkv.bias` (k has none).
 pub fn qv_bias_concat(q: &[f32], v: &[f32]) -> Vec<f32> {
     let mut out = Vec::with_capacity(q.len() * 3);
@@ -461,33 +287,4 @@ pub fn hwio_to_oihw(x: &[f32], h: usize, w: usize, i: usize, o: usize) -> Vec<f3
         }
     }
     out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn bicubic_identity_and_constant() {
-        let x: Vec<f32> = (0..12).map(|v| v as f32).collect();
-        assert_eq!(bicubic(&x, 1, 3, 4, 3, 4), x);
-        let c = vec![2.5f32; 9];
-        for v in bicubic(&c, 1, 3, 3, 5, 7) {
-            assert!((v - 2.5).abs() < 1e-6);
-        }
-    }
-
-    #[test]
-    fn bilinear_matches_hand_values() {
-        // 1-D [0, 1] upsampled to 4: PyTorch gives [0, 0.25, 0.75, 1].
-        let out = bilinear(&[0.0, 1.0], 1, 1, 2, 1, 4);
-        assert_eq!(out, vec![0.0, 0.25, 0.75, 1.0]);
-    }
-
-    #[test]
-    fn relpos_side_with_and_without_cls_rows() {
-        assert_eq!(relpos_side(49), Some(7));
-        assert_eq!(relpos_side(52), Some(7));
-        assert_eq!(relpos_side(50), None);
-    }
 }

@@ -17,6 +17,7 @@ use super::error::ModelError;
 use super::kernels::{self, Path};
 use super::nn::{BatchNorm, Conv2d, ConvNhwc, DwConv, LayerNorm, Linear, Result, add_scaled, tensor, values, with_values};
 use super::ops::{self, DeformShape, Level};
+use super::resize;
 use super::vit::Block;
 use super::weights::Vb;
 
@@ -280,9 +281,9 @@ impl CtiToV {
                     let img = &v[bi * n * d..][..n * d];
                     let (a, rest) = img.split_at(l2.start * d);
                     let (m, z) = rest.split_at((l3.start - l2.start) * d);
-                    ops::bilinear_row(a, (2 * h, 2 * w, d), (h, w), Some(0.5), oy, dst, false);
+                    resize::bilinear_row(a, (2 * h, 2 * w, d), (h, w), Some(0.5), oy, dst, false);
                     dst.iter_mut().zip(&m[oy * w * d..][..w * d]).for_each(|(o, m)| *o += m);
-                    ops::bilinear_row(z, (h / 2, w / 2, d), (h, w), Some(2.0), oy, dst, true);
+                    resize::bilinear_row(z, (h / 2, w / 2, d), (h, w), Some(2.0), oy, dst, true);
                     let xs = &xv[row * w * d..][..w * d];
                     for (t, o) in dst.chunks_mut(d).enumerate() {
                         let xt = &xs[t * d..][..d];
@@ -340,10 +341,9 @@ pub struct Interaction {
 
 impl Interaction {
     fn new(vb: &Vb, cfg: &ComerConfig, i: usize) -> Result<Interaction> {
-        let beit = cfg.flavor == Flavor::Beit;
         let d = cfg.embed_dim;
-        let (tov, toc, extra, mrfp) =
-            if beit { ("injector", "extractor", "extra_extractors", "multiconv") } else { ("cti_tov", "cti_toc", "extra_CTIs", "mrfp") };
+        let names = cfg.flavor.names();
+        let (tov, toc, extra, mrfp) = (names.tov, names.toc, names.extra, names.mrfp);
         let use_tov = cfg.use_cti_tov[i];
         let cfi = cfg.cnn_feature_interaction[i];
         let mrfp_built = use_tov || cfg.flavor != Flavor::Det;
@@ -517,7 +517,7 @@ impl Comer {
         let up = Linear::from_parts(up_w.permute((2, 3, 1, 0))?.contiguous()?.reshape((4 * d, d))?, None)?;
         Ok(Comer {
             cfg: cfg.clone(),
-            patch_embed: Conv2d::new(&vb.pp("patch_embed").pp("proj"), cfg.in_chans, d, ps, ps, 0, true, None)?,
+            patch_embed: Conv2d::new(&vb.pp("patch_embed").pp("proj"), cfg.in_chans, d, ps, ps, 0, true)?,
             pos_embed,
             blocks,
             level_embed: vb.get("level_embed", &[3, d])?,
@@ -563,7 +563,7 @@ impl Comer {
         taps.push(("patch_embed".to_string(), x.clone()));
         if let Some(pos) = &self.pos_embed {
             let grid = self.cfg.pretrain_size / 16;
-            let p = ops::resize_bicubic_nhwc(pos, 1, grid, grid, d, h, w);
+            let p = resize::bicubic_nhwc(pos, 1, grid, grid, d, h, w);
             x = x.broadcast_add(&tensor(p, &[1, h * w, d])?)?;
         }
         let g = Geometry::new(h, w);
@@ -603,7 +603,7 @@ impl Comer {
                         o.iter_mut().zip(c).zip(src).zip(&self.up_bias).for_each(|(((o, c), u), bias)| *o = c + (u + bias));
                     }
                     if let Some(m) = map(0) {
-                        ops::bilinear_row(&m[bi * img..][..img], (h, w, d), (h1, w1), Some(4.0), yy, dst, true);
+                        resize::bilinear_row(&m[bi * img..][..img], (h, w, d), (h1, w1), Some(4.0), yy, dst, true);
                     }
                 })
             })?;
@@ -619,7 +619,7 @@ impl Comer {
                             }
                             Some(m) => {
                                 let (bi, yy) = (row / lh, row % lh);
-                                ops::bilinear_row(&m[bi * img..][..img], (h, w, d), (lh, lw), Some(factor), yy, dst, true);
+                                resize::bilinear_row(&m[bi * img..][..img], (h, w, d), (lh, lw), Some(factor), yy, dst, true);
                             }
                             None => {}
                         }

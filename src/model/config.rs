@@ -11,40 +11,130 @@
 //! are accepted and ignored; any other unknown keyword is an error, so nothing a user wrote is
 //! dropped silently.
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::{Map, Value as Json};
 
-/// The three upstream targets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// The three upstream targets. Every name a flavour has — on the command line, in config
+/// JSON and metadata, and upstream's module names — is in [`Flavor::names`], once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Flavor {
     /// `vit-comer-det`: detection's `ViTCoMer` on timm blocks.
-    #[serde(rename = "vit-comer-det")]
     Det,
     /// `vit-comer-seg`: segmentation's `ViTCoMer`.
-    #[serde(rename = "vit-comer-seg")]
     Seg,
     /// `beit-comer`: the Co-DETR branch's `BEiTComer2` on BEiT blocks.
-    #[serde(rename = "beit-comer")]
     Beit,
 }
 
+/// What a flavour is called, here and upstream.
+#[derive(Debug, PartialEq, Eq)]
+pub struct FlavorNames {
+    /// The flavour's name (`--flavor`, `"flavor"` in config JSON, `comer_port.flavor`).
+    pub name: &'static str,
+    /// Upstream's backbone class and the file that defines it.
+    pub upstream_class: &'static str,
+    pub upstream_file: &'static str,
+    /// The interaction's ViT-side module (`CTI_toV` / `Injector`).
+    pub tov: &'static str,
+    /// The interaction's CNN-side module (`CTI_toC` / `Extractor`).
+    pub toc: &'static str,
+    /// The last interaction's extra CNN-side modules (a `ModuleList`).
+    pub extra: &'static str,
+    /// The multi-receptive-field FFN (`MRFP` / `MultiConvFFN`).
+    pub mrfp: &'static str,
+    /// A block's two layer-scale parameters.
+    pub layer_scale: [&'static str; 2],
+    /// The constructor keywords that switch the extra, ViT-side and CNN-side modules on.
+    pub use_extra_kwarg: &'static str,
+    pub use_tov_kwarg: &'static str,
+    pub use_toc_kwarg: &'static str,
+}
+
+// One row per flavour; `Flavor::names` picks it.
+static DET: FlavorNames = FlavorNames {
+    name: "vit-comer-det",
+    upstream_class: "ViTCoMer",
+    upstream_file: "detection/mmdet_custom/models/backbones/vit_comer.py",
+    tov: "cti_tov",
+    toc: "cti_toc",
+    extra: "extra_CTIs",
+    mrfp: "mrfp",
+    layer_scale: ["gamma1", "gamma2"],
+    use_extra_kwarg: "use_extra_CTI",
+    use_tov_kwarg: "use_CTI_toV",
+    use_toc_kwarg: "use_CTI_toC",
+};
+
+static SEG: FlavorNames = FlavorNames {
+    name: "vit-comer-seg",
+    upstream_class: "ViTCoMer",
+    upstream_file: "segmentation/mmseg_custom/models/backbones/vit_comer.py",
+    tov: "cti_tov",
+    toc: "cti_toc",
+    extra: "extra_CTIs",
+    mrfp: "mrfp",
+    layer_scale: ["gamma1", "gamma2"],
+    use_extra_kwarg: "use_extra_CTI",
+    use_tov_kwarg: "use_CTI_toV",
+    use_toc_kwarg: "use_CTI_toC",
+};
+
+static BEIT: FlavorNames = FlavorNames {
+    name: "beit-comer",
+    upstream_class: "BEiTComer2",
+    upstream_file: "mmdet/models/backbones/beit_comer.py (branch Co-DETR)",
+    tov: "injector",
+    toc: "extractor",
+    extra: "extra_extractors",
+    mrfp: "multiconv",
+    layer_scale: ["gamma_1", "gamma_2"],
+    use_extra_kwarg: "use_extra_extractor",
+    use_tov_kwarg: "use_injector",
+    use_toc_kwarg: "use_extractor",
+};
+
 impl Flavor {
-    /// The flavour's name (`vit-comer-det`, `vit-comer-seg`, `beit-comer`).
-    pub fn name(self) -> &'static str {
+    /// Every flavour, in the order they are listed to users.
+    pub const ALL: [Flavor; 3] = [Flavor::Det, Flavor::Seg, Flavor::Beit];
+
+    /// Every name of this flavour.
+    pub fn names(self) -> &'static FlavorNames {
         match self {
-            Flavor::Det => "vit-comer-det",
-            Flavor::Seg => "vit-comer-seg",
-            Flavor::Beit => "beit-comer",
+            Flavor::Det => &DET,
+            Flavor::Seg => &SEG,
+            Flavor::Beit => &BEIT,
         }
     }
+
+    /// The flavour's name: `vit-comer-det`, `vit-comer-seg` or `beit-comer`.
+    pub fn name(self) -> &'static str {
+        self.names().name
+    }
+
     /// The flavour of that name.
     pub fn parse(s: &str) -> Result<Flavor, ConfigError> {
-        match s {
-            "vit-comer-det" => Ok(Flavor::Det),
-            "vit-comer-seg" => Ok(Flavor::Seg),
-            "beit-comer" => Ok(Flavor::Beit),
-            other => Err(ConfigError::UnknownFlavor(other.to_string())),
+        Flavor::ALL.into_iter().find(|f| f.name() == s).ok_or_else(|| ConfigError::UnknownFlavor(s.to_string()))
+    }
+
+    /// The names as a sentence: "vit-comer-det, vit-comer-seg or beit-comer".
+    fn expected() -> String {
+        let names: Vec<_> = Flavor::ALL.iter().map(|f| f.name()).collect();
+        match names.split_last() {
+            Some((last, rest)) if !rest.is_empty() => format!("{} or {last}", rest.join(", ")),
+            _ => names.concat(),
         }
+    }
+}
+
+impl Serialize for Flavor {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
+impl<'de> Deserialize<'de> for Flavor {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Flavor::parse(&String::deserialize(d)?).map_err(serde::de::Error::custom)
     }
 }
 
@@ -55,7 +145,7 @@ pub enum ConfigError {
     #[error("config: {0}")]
     Json(String),
     /// `flavor` is not one of the three upstream targets.
-    #[error("config: unknown flavor '{0}' (expected vit-comer-det, vit-comer-seg or beit-comer)")]
+    #[error("config: unknown flavor '{0}' (expected {expected})", expected = Flavor::expected())]
     UnknownFlavor(String),
     /// A constructor keyword upstream's class does not take.
     #[error("config: keyword '{key}' is not an argument of upstream's {flavor} constructor")]
@@ -266,6 +356,7 @@ impl ComerConfig {
     pub fn from_kwargs(flavor: Flavor, map: &Map<String, Json>) -> Result<ComerConfig, ConfigError> {
         let mut k = Kwargs { map, used: Default::default() };
         let beit = flavor == Flavor::Beit;
+        let names = flavor.names();
         let depth = k.usize(&["depth"], 12)?;
         let img_size = k.usize(&["img_size"], if beit { 512 } else { 224 })?;
         let pretrain_size = k.usize(&["pretrain_size"], 224)?;
@@ -318,16 +409,16 @@ impl ComerConfig {
             cffn_ratio: k.f64(&["cffn_ratio"], 0.25)?,
             deform_ratio: k.f64(&["deform_ratio"], 1.0)?,
             add_vit_feature: k.bool(&["add_vit_feature"], true)?,
-            use_extra_cti: k.bool(if beit { &["use_extra_extractor"] } else { &["use_extra_CTI"] }, true)?,
-            use_cti_tov: k.bool_list(if beit { &["use_injector"] } else { &["use_CTI_toV"] }, true, n_int)?,
-            use_cti_toc: k.bool_list(if beit { &["use_extractor"] } else { &["use_CTI_toC"] }, true, n_int)?,
+            use_extra_cti: k.bool(&[names.use_extra_kwarg], true)?,
+            use_cti_tov: k.bool_list(&[names.use_tov_kwarg], true, n_int)?,
+            use_cti_toc: k.bool_list(&[names.use_toc_kwarg], true, n_int)?,
             cnn_feature_interaction: k.bool_list(&["cnn_feature_interaction"], flavor == Flavor::Seg, n_int)?,
             extra_num: if flavor == Flavor::Det { k.usize(&["extra_num"], 4)? } else { 4 },
             dim_ratio: if flavor == Flavor::Seg { k.f64(&["dim_ratio"], 6.0)? } else { 0.5 },
         };
         if beit && map.get("version").is_some_and(|v| v.as_str() != Some("new")) {
             return Err(ConfigError::Invalid(
-                "BEiTComer2 version other than 'new' (per-interaction ViT maps) is not supported".into(),
+                format!("{} version other than 'new' (per-interaction ViT maps) is not supported", flavor.names().upstream_class),
             ));
         }
         for key in map.keys() {
@@ -416,15 +507,13 @@ impl ComerConfig {
             put("use_rel_pos_bias", json!(self.use_rel_pos_bias));
             put("use_shared_rel_pos_bias", json!(self.use_shared_rel_pos_bias));
             put("qk_scale", json!(self.qk_scale));
-            put("use_extra_extractor", json!(self.use_extra_cti));
-            put("use_injector", json!(self.use_cti_tov));
-            put("use_extractor", json!(self.use_cti_toc));
         } else {
             put("layer_scale", json!(self.layer_scale));
-            put("use_extra_CTI", json!(self.use_extra_cti));
-            put("use_CTI_toV", json!(self.use_cti_tov));
-            put("use_CTI_toC", json!(self.use_cti_toc));
         }
+        let names = self.flavor.names();
+        put(names.use_extra_kwarg, json!(self.use_extra_cti));
+        put(names.use_tov_kwarg, json!(self.use_cti_tov));
+        put(names.use_toc_kwarg, json!(self.use_cti_toc));
         if self.flavor == Flavor::Det {
             put("extra_num", json!(self.extra_num));
         }
@@ -462,5 +551,22 @@ mod tests {
         )
         .unwrap_err();
         assert!(matches!(err, ConfigError::UnknownKwarg { .. }));
+    }
+
+    #[test]
+    fn flavour_names_parse_back_and_serialise_as_names() {
+        for f in Flavor::ALL {
+            assert_eq!(Flavor::parse(f.name()).unwrap(), f);
+            assert_eq!(serde_json::to_string(&f).unwrap(), format!("\"{}\"", f.name()));
+            assert_eq!(serde_json::from_str::<Flavor>(&format!("\"{}\"", f.name())).unwrap(), f);
+        }
+        let err = Flavor::parse("vit-comer").unwrap_err();
+        assert!(matches!(err, ConfigError::UnknownFlavor(_)));
+        assert_eq!(
+            err.to_string(),
+            "config: unknown flavor 'vit-comer' (expected vit-comer-det, vit-comer-seg or beit-comer)"
+        );
+        assert_eq!(Flavor::Beit.names().mrfp, "multiconv");
+        assert_eq!(Flavor::Seg.names().layer_scale, ["gamma1", "gamma2"]);
     }
 }

@@ -294,14 +294,15 @@ pub fn target_layout(c: &ComerConfig) -> Vec<TargetEntry> {
     }
     for i in 0..c.depth {
         let p = format!("blocks.{i}");
+        let [g1, g2] = c.flavor.names().layer_scale;
         if beit {
             if let Some(v) = c.init_values.filter(|v| *v > 0.0) {
-                b.constant(format!("{p}.gamma_1"), vec![d], v);
-                b.constant(format!("{p}.gamma_2"), vec![d], v);
+                b.constant(format!("{p}.{g1}"), vec![d], v);
+                b.constant(format!("{p}.{g2}"), vec![d], v);
             }
         } else if c.layer_scale {
-            b.constant(format!("{p}.gamma1"), vec![d], 1.0);
-            b.constant(format!("{p}.gamma2"), vec![d], 1.0);
+            b.constant(format!("{p}.{g1}"), vec![d], 1.0);
+            b.constant(format!("{p}.{g2}"), vec![d], 1.0);
         }
         b.layer_norm(&format!("{p}.norm1"), d);
         if beit {
@@ -337,11 +338,8 @@ pub fn target_layout(c: &ComerConfig) -> Vec<TargetEntry> {
         let p = format!("interactions.{i}");
         let last = i + 1 == n;
         let cfi = c.cnn_feature_interaction[i];
-        let (tov, toc, extra, mrfp) = if beit {
-            ("injector", "extractor", "extra_extractors", "multiconv")
-        } else {
-            ("cti_tov", "cti_toc", "extra_CTIs", "mrfp")
-        };
+        let names = c.flavor.names();
+        let (tov, toc, extra, mrfp) = (names.tov, names.toc, names.extra, names.mrfp);
         if c.use_cti_tov[i] {
             b.cti_tov(&format!("{p}.{tov}"), c);
         }

@@ -13,10 +13,13 @@ pub mod plain_vit;
 pub mod layout;
 pub mod presets;
 pub mod profile;
+pub mod resize;
 pub(crate) mod vit;
 pub(crate) mod weights;
 
 pub use comer::{Comer, Outputs};
 pub use config::{ComerConfig, ConfigError, Flavor};
+pub use nn::Activation;
+pub use vit::relative_position_index;
 pub use error::ModelError;
 pub use weights::Store;

@@ -215,6 +215,36 @@ impl LayerNorm {
     }
 }
 
+/// The MLP activation of a ViT: what a source family uses (detected at import, modelled by
+/// verify's source forwards). Upstream's flavours all use exact GELU (`nn.GELU()`), which
+/// the forward fuses into its Linear ([`Linear::forward_gelu`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Activation {
+    /// `nn.GELU()` (erf form).
+    Gelu,
+    /// OpenAI CLIP `QuickGELU`: `x * sigmoid(1.702 x)`.
+    QuickGelu,
+    /// `nn.GELU(approximate='tanh')` (SigLIP's `gelu_pytorch_tanh`).
+    GeluTanh,
+}
+
+impl Activation {
+    /// The activation on a tensor, elementwise.
+    pub fn forward(self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            Activation::Gelu => x.gelu_erf(),
+            // candle's `gelu` is the tanh approximation PyTorch computes for approximate='tanh'.
+            Activation::GeluTanh => x.gelu(),
+            Activation::QuickGelu => {
+                // x / (1 + exp(-1.702 x))
+                let denom = (x.affine(-1.702, 0.0)?.exp()? + 1.0)?;
+                x.div(&denom)
+            }
+        }
+    }
+}
+
 /// BatchNorm in inference mode as a per-channel affine `y = x·scale + shift`.
 pub struct BatchNorm {
     pub scale: Vec<f32>,
@@ -238,10 +268,25 @@ impl BatchNorm {
         }
         Ok(BatchNorm { scale, shift })
     }
+
+    /// Fold channels `c0..c0 + C` of this affine into the convolution that precedes it:
+    /// `weight` is channels-last (rows of C output channels, any number of rows) and is
+    /// scaled per channel; `bias` (C) becomes `b·scale + shift`, or `shift` when the
+    /// convolution has no bias of its own (`has_bias` false). The one BatchNorm fold of the
+    /// forward (the stem's dense convs and MRFP's depthwise convs).
+    pub fn fold_into(&self, c0: usize, weight: &mut [f32], bias: &mut [f32], has_bias: bool) {
+        let c = bias.len();
+        let (scale, shift) = (&self.scale[c0..c0 + c], &self.shift[c0..c0 + c]);
+        for ch in 0..c {
+            bias[ch] = if has_bias { bias[ch] * scale[ch] + shift[ch] } else { shift[ch] };
+        }
+        for row in weight.chunks_mut(c) {
+            row.iter_mut().zip(scale).for_each(|(w, s)| *w *= s);
+        }
+    }
 }
 
-/// A dense `nn.Conv2d` on NCHW, with an optional BatchNorm folded in at load time
-/// (`w·scale`, `shift + b·scale`).
+/// A dense `nn.Conv2d` on NCHW (the patch embedding).
 pub struct Conv2d {
     weight: Tensor,
     bias: Option<Tensor>,
@@ -250,31 +295,9 @@ pub struct Conv2d {
 }
 
 impl Conv2d {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        vb: &Vb,
-        cin: usize,
-        cout: usize,
-        k: usize,
-        stride: usize,
-        padding: usize,
-        bias: bool,
-        bn: Option<&BatchNorm>,
-    ) -> Result<Conv2d> {
-        let mut weight = vb.get("weight", &[cout, cin, k, k])?;
-        let mut b = if bias { Some(vb.vec("bias", &[cout])?) } else { None };
-        if let Some(bn) = bn {
-            let s = tensor(bn.scale.clone(), &[cout, 1, 1, 1])?;
-            weight = weight.broadcast_mul(&s)?;
-            let folded = (0..cout)
-                .map(|o| bn.shift[o] + b.as_ref().map_or(0.0, |b| b[o] * bn.scale[o]))
-                .collect();
-            b = Some(folded);
-        }
-        let bias = match b {
-            Some(b) => Some(tensor(b, &[1, cout, 1, 1])?),
-            None => None,
-        };
+    pub fn new(vb: &Vb, cin: usize, cout: usize, k: usize, stride: usize, padding: usize, bias: bool) -> Result<Conv2d> {
+        let weight = vb.get("weight", &[cout, cin, k, k])?;
+        let bias = if bias { Some(tensor(vb.vec("bias", &[cout])?, &[1, cout, 1, 1])?) } else { None };
         Ok(Conv2d { weight: weight.contiguous()?, bias, stride, padding })
     }
 
@@ -320,15 +343,15 @@ impl ConvNhwc {
         let mut bias = if bn.is_none() { vb.vec("bias", &[cout])? } else { vec![0.0; cout] };
         let mut m = vec![0f32; k * k * cin * cout];
         for o in 0..cout {
-            let s = bn.map_or(1.0, |bn| bn.scale[o]);
             for ci in 0..cin {
                 for t in 0..k * k {
-                    m[(t * cin + ci) * cout + o] = w[(o * cin + ci) * k * k + t] * s;
+                    m[(t * cin + ci) * cout + o] = w[(o * cin + ci) * k * k + t];
                 }
             }
-            if let Some(bn) = bn {
-                bias[o] = bn.shift[o];
-            }
+        }
+        if let Some(bn) = bn {
+            // upstream's conv before a BatchNorm has no bias
+            bn.fold_into(0, &mut m, &mut bias, false);
         }
         Ok(ConvNhwc { weight: m, bias, k, stride, padding, relu })
     }
@@ -388,14 +411,7 @@ impl DwConv {
 
     /// Fold a per-channel affine (channels `c0..c0+C` of `bn`) into the weights and bias.
     pub fn fold(&mut self, bn: &BatchNorm, c0: usize) {
-        let c = self.bias.len();
-        for ch in 0..c {
-            let s = bn.scale[c0 + ch];
-            self.bias[ch] = self.bias[ch] * s + bn.shift[c0 + ch];
-            for t in 0..self.k * self.k {
-                self.weight_t[t * c + ch] *= s;
-            }
-        }
+        bn.fold_into(c0, &mut self.weight_t, &mut self.bias, true);
     }
 
     /// Channels `c0..c0+C` of one image `x` (H, W, C_total) into the same channels of

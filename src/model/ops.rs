@@ -1,9 +1,9 @@
-//! Numeric kernels of the reference forward as plain loops on `f32` slices: PyTorch's
-//! `upsample_bicubic2d` / `upsample_bilinear2d` (`align_corners=False`), depthwise
+//! Numeric kernels of the reference forward as plain loops on `f32` slices: depthwise
 //! convolution, max pooling, LayerNorm, softmax and multi-scale deformable attention with
-//! `grid_sample` semantics (bilinear, zero padding, `align_corners=False`).
+//! `grid_sample` semantics (bilinear, zero padding, `align_corners=False`). Resizes
+//! (`F.interpolate`) live in [`super::resize`].
 //!
-//! Mirrors `torch.nn.functional.interpolate`, `F.grid_sample` as called by upstream's
+//! Mirrors `F.grid_sample` as called by upstream's
 //! `ops/functions/ms_deform_attn_func.py` `ms_deform_attn_core_pytorch`, and the
 //! `nn.LayerNorm` / `nn.Conv2d(groups=C)` / `nn.MaxPool2d` layers of `comer_modules.py`.
 //! Feature maps here are channels-last (`(B, H, W, C)`, the token layout), so every kernel
@@ -16,147 +16,6 @@ use std::mem::MaybeUninit;
 
 use super::buffer::{par_filled, par_filled_with, par_written};
 use super::kernels::{Path, exp_fast, lane_sum, multiversion};
-
-/// Bicubic coefficient A of PyTorch's `upsample_bicubic2d`.
-const CUBIC_A: f32 = -0.75;
-
-fn cubic1(x: f32) -> f32 {
-    ((CUBIC_A + 2.0) * x - (CUBIC_A + 3.0)) * x * x + 1.0
-}
-
-fn cubic2(x: f32) -> f32 {
-    ((CUBIC_A * x - 5.0 * CUBIC_A) * x + 8.0 * CUBIC_A) * x - 4.0 * CUBIC_A
-}
-
-fn cubic_coeffs(t: f32) -> [f32; 4] {
-    [cubic2(t + 1.0), cubic1(t), cubic1(1.0 - t), cubic2(2.0 - t)]
-}
-
-/// PyTorch's `area_pixel_compute_scale`: `1/scale_factor` when a factor was given,
-/// else `in/out`.
-fn pixel_scale(input: usize, output: usize, factor: Option<f64>) -> f32 {
-    match factor {
-        Some(f) if f > 0.0 => (1.0 / f) as f32,
-        _ => input as f32 / output as f32,
-    }
-}
-
-/// `F.interpolate(mode='bicubic', align_corners=False)` to (`oh`, `ow`) on a
-/// channels-last map (B, H, W, C); borders clamp.
-pub fn resize_bicubic_nhwc(src: &[f32], b: usize, h: usize, w: usize, c: usize, oh: usize, ow: usize) -> Vec<f32> {
-    if h == oh && w == ow {
-        return src[..b * h * w * c].to_vec();
-    }
-    let sh = pixel_scale(h, oh, None);
-    let sw = pixel_scale(w, ow, None);
-    par_filled(b * oh * ow * c, ow * c, |row, dst| {
-        let bi = row / oh;
-        let oy = row % oh;
-        let ry = sh * (oy as f32 + 0.5) - 0.5;
-        let iy = ry.floor();
-        let cy = cubic_coeffs(ry - iy);
-        let iy = iy as isize;
-        let ys: [usize; 4] = std::array::from_fn(|k| (iy - 1 + k as isize).clamp(0, h as isize - 1) as usize);
-        for (ox, o) in dst.chunks_mut(c).enumerate() {
-            let rx = sw * (ox as f32 + 0.5) - 0.5;
-            let ix = rx.floor();
-            let cx = cubic_coeffs(rx - ix);
-            let ix = ix as isize;
-            let xs: [usize; 4] = std::array::from_fn(|j| (ix - 1 + j as isize).clamp(0, w as isize - 1) as usize);
-            // the 4×4 source pixels, each C values
-            let t: [[&[f32]; 4]; 4] = std::array::from_fn(|k| std::array::from_fn(|j| &src[((bi * h + ys[k]) * w + xs[j]) * c..][..c]));
-            cubic_mix(o, &t, &cx, &cy);
-        }
-    })
-}
-
-/// One output pixel of the bicubic resize from its 4×4 source pixels `t` (rows, then
-/// columns): along x first, then y, each sum from zero in tap order, as PyTorch.
-fn cubic_mix(o: &mut [f32], t: &[[&[f32]; 4]; 4], cx: &[f32; 4], cy: &[f32; 4]) {
-    multiversion!(Path::Best, {
-        for ch in 0..o.len() {
-            let r = [cubic_row(&t[0], ch, cx), cubic_row(&t[1], ch, cx), cubic_row(&t[2], ch, cx), cubic_row(&t[3], ch, cx)];
-            o[ch] = r[0] * cy[0] + r[1] * cy[1] + r[2] * cy[2] + r[3] * cy[3];
-        }
-    })
-}
-
-/// Channel `ch` of one source row's four taps weighted by `cx`, summed from zero in tap
-/// order.
-#[inline(always)]
-fn cubic_row(t: &[&[f32]; 4], ch: usize, cx: &[f32; 4]) -> f32 {
-    0.0 + t[0][ch] * cx[0] + t[1][ch] * cx[1] + t[2][ch] * cx[2] + t[3][ch] * cx[3]
-}
-
-/// One axis of PyTorch's bilinear rule: (index, next-index step, weight of the next).
-fn bilinear_axis(scale: f32, dst: usize, input: usize) -> (usize, usize, f32) {
-    let src = (scale * (dst as f32 + 0.5) - 0.5).max(0.0);
-    let i0 = (src as usize).min(input - 1);
-    let step = usize::from(i0 < input - 1);
-    (i0, step, src - i0 as f32)
-}
-
-/// `F.interpolate(mode='bilinear', align_corners=False)` on a channels-last map
-/// (B, H, W, C) to (`oh`, `ow`); `factor` is the `scale_factor` upstream passed, if any
-/// (it sets the source-coordinate scale as in PyTorch).
-#[allow(clippy::too_many_arguments)]
-pub fn resize_bilinear_nhwc(
-    src: &[f32],
-    b: usize,
-    h: usize,
-    w: usize,
-    c: usize,
-    oh: usize,
-    ow: usize,
-    factor: Option<f64>,
-) -> Vec<f32> {
-    let img = h * w * c;
-    par_filled(b * oh * ow * c, ow * c, |row, dst| {
-        let bi = row / oh;
-        bilinear_row(&src[bi * img..(bi + 1) * img], (h, w, c), (oh, ow), factor, row % oh, dst, false);
-    })
-}
-
-/// Output row `oy` of [`resize_bilinear_nhwc`] for one image `src` (H, W, C), stored in
-/// `dst` or, with `accumulate`, added to it.
-pub fn bilinear_row(
-    src: &[f32],
-    (h, w, c): (usize, usize, usize),
-    (oh, ow): (usize, usize),
-    factor: Option<f64>,
-    oy: usize,
-    dst: &mut [f32],
-    accumulate: bool,
-) {
-    let sh = pixel_scale(h, oh, factor);
-    let sw = pixel_scale(w, ow, factor);
-    let (y0, ys, ly1) = bilinear_axis(sh, oy, h);
-    let ly0 = 1.0 - ly1;
-    for (ox, o) in dst[..ow * c].chunks_mut(c).enumerate() {
-        let (x0, xs, lx1) = bilinear_axis(sw, ox, w);
-        let lx0 = 1.0 - lx1;
-        let p = |y: usize, x: usize| &src[(y * w + x) * c..][..c];
-        let taps = [p(y0, x0), p(y0, x0 + xs), p(y0 + ys, x0), p(y0 + ys, x0 + xs)];
-        bilinear_mix(o, taps, [lx0, lx1, ly0, ly1], accumulate);
-    }
-}
-
-/// `o (=|+=) ly0·(lx0·a + lx1·b) + ly1·(lx0·c + lx1·d)` per channel, PyTorch's order.
-fn bilinear_mix(o: &mut [f32], [a, b, c, d]: [&[f32]; 4], [lx0, lx1, ly0, ly1]: [f32; 4], accumulate: bool) {
-    multiversion!(Path::Best, {
-        let n = o.len();
-        let (a, b, c, d) = (&a[..n], &b[..n], &c[..n], &d[..n]);
-        if accumulate {
-            for ch in 0..n {
-                o[ch] += ly0 * (lx0 * a[ch] + lx1 * b[ch]) + ly1 * (lx0 * c[ch] + lx1 * d[ch]);
-            }
-        } else {
-            for ch in 0..n {
-                o[ch] = ly0 * (lx0 * a[ch] + lx1 * b[ch]) + ly1 * (lx0 * c[ch] + lx1 * d[ch]);
-            }
-        }
-    })
-}
 
 /// Depthwise `k×k` convolution, stride 1, zero padding `k/2`, with bias, on channels
 /// `c0..c0+cn` (`cn` = `bias.len()`) of one channels-last image `x` (H, W, C): output
@@ -584,34 +443,6 @@ mod tests {
         for (x, y) in a.iter().zip(b) {
             assert!((x - y).abs() < 1e-5, "{a:?} vs {b:?}");
         }
-    }
-
-    #[test]
-    fn bilinear_half_averages_pairs() {
-        // 1×2×2×1 map → ×0.5: PyTorch gives the mean of the four.
-        let out = resize_bilinear_nhwc(&[1.0, 2.0, 3.0, 4.0], 1, 2, 2, 1, 1, 1, Some(0.5));
-        close(&out, &[2.5]);
-    }
-
-    #[test]
-    fn bilinear_double_matches_torch() {
-        // torch: F.interpolate([[0,1]], scale_factor=2, bilinear) = [0, .25, .75, 1] per row
-        let out = resize_bilinear_nhwc(&[0.0, 1.0], 1, 1, 2, 1, 1, 4, Some(2.0));
-        close(&out, &[0.0, 0.25, 0.75, 1.0]);
-    }
-
-    #[test]
-    fn bicubic_same_size_is_identity_and_upsample_matches_hand_values() {
-        let src = [0.0, 1.0, 2.0, 3.0];
-        close(&resize_bicubic_nhwc(&src, 1, 2, 2, 1, 2, 2), &src);
-        // 1×2 → 1×4 along x: source x = 0.5·(dst+0.5) − 0.5 = −0.25, 0.25, 0.75, 1.25.
-        // dst 0: t = 0.75 at x0 = −1, taps clamp to [0, 0, 0, 1] → cubic2(1.25) = −0.10546875;
-        // dst 1: t = 0.25 at x0 = 0, taps [0, 0, 1, 1] → cubic1(0.75) + cubic2(1.75)
-        //        = 0.26171875 − 0.03515625 = 0.2265625; the rest by symmetry.
-        let out = resize_bicubic_nhwc(&[0.0, 1.0], 1, 1, 2, 1, 1, 4);
-        close(&out, &[-0.10546875, 0.2265625, 0.7734375, 1.105_468_8]);
-        // A = -0.75, t = 0.5: weights [-0.09375, 0.59375, 0.59375, -0.09375]
-        close(&cubic_coeffs(0.5), &[-0.09375, 0.59375, 0.59375, -0.09375]);
     }
 
     #[test]

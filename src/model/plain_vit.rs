@@ -14,7 +14,8 @@ use std::collections::BTreeMap;
 use candle_core::{D, Device, Tensor};
 
 use crate::formats::Checkpoint;
-use crate::verify::resize::bicubic_resize;
+use crate::model::resize::{self, Layout};
+use crate::model::vit::{relative_position_index, relpos_table_side};
 
 /// Everything that stops a plain-ViT forward from loading or running.
 #[derive(Debug, thiserror::Error)]
@@ -158,31 +159,7 @@ pub fn shape_err(key: &str, t: &Tensor, expected: &str) -> VitError {
     }
 }
 
-/// MLP activation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-pub enum Activation {
-    /// `nn.GELU()` (erf form).
-    Gelu,
-    /// OpenAI CLIP `QuickGELU`: `x * sigmoid(1.702 x)`.
-    QuickGelu,
-    /// `nn.GELU(approximate='tanh')` (SigLIP's `gelu_pytorch_tanh`).
-    GeluTanh,
-}
-
-impl Activation {
-    fn forward(self, x: &Tensor) -> candle_core::Result<Tensor> {
-        match self {
-            Activation::Gelu => x.gelu_erf(),
-            // candle's `gelu` is the tanh approximation PyTorch computes for approximate='tanh'.
-            Activation::GeluTanh => x.gelu(),
-            Activation::QuickGelu => {
-                // x / (1 + exp(-1.702 x))
-                let denom = (x.affine(-1.702, 0.0)?.exp()? + 1.0)?;
-                x.div(&denom)
-            }
-        }
-    }
-}
+pub use crate::model::Activation;
 
 /// `nn.LayerNorm` over the last dimension.
 #[derive(Debug, Clone)]
@@ -286,13 +263,7 @@ impl RelPosTable {
         let (rows, _) = table
             .dims2()
             .map_err(|_| shape_err(key, table, "(rows, heads)"))?;
-        let odd_side = |n: usize| {
-            let s = (n as f64).sqrt().round() as usize;
-            (s * s == n && s % 2 == 1).then_some(s)
-        };
-        let side = odd_side(rows)
-            .or_else(|| rows.checked_sub(3).and_then(odd_side))
-            .ok_or_else(|| shape_err(key, table, "((2w-1)^2 [+ 3], heads)"))?;
+        let side = relpos_table_side(rows).ok_or_else(|| shape_err(key, table, "((2w-1)^2 [+ 3], heads)"))?;
         let table = table
             .narrow(0, 0, side * side)
             .map_err(VitError::tensor(key))?;
@@ -312,28 +283,14 @@ impl RelPosTable {
             });
         }
         let n = gh * gw;
-        let idx = patch_index(w);
+        // unilm's index without its cls row and column
+        let idx: Vec<u32> = relative_position_index(w).into_iter().map(|i| i as u32).collect();
         let idx = Tensor::from_vec(idx, n * n, &Device::Cpu)?;
         let heads = self.table.dim(1)?;
         let bias = self.table.index_select(&idx, 0)?; // (N*N, H)
         let bias = bias.reshape((n, n, heads))?.permute((2, 0, 1))?; // (H, N, N)
         Ok(bias.unsqueeze(0)?.contiguous()?) // (1, H, N, N)
     }
-}
-
-/// unilm `relative_position_index` of a `w x w` window without its cls row and column:
-/// `(w^2) * (w^2)` row-major entries `(dy + w - 1) * (2w - 1) + (dx + w - 1)`.
-pub fn patch_index(w: usize) -> Vec<u32> {
-    let n = w * w;
-    let mut idx = Vec::with_capacity(n * n);
-    for i in 0..n {
-        for j in 0..n {
-            let dy = i / w + w - 1 - j / w;
-            let dx = i % w + w - 1 - j % w;
-            idx.push((dy * (2 * w - 1) + dx) as u32);
-        }
-    }
-    idx
 }
 
 /// Multi-head self-attention with a fused `(3C, C)` q/k/v projection (timm layout).
@@ -457,17 +414,13 @@ impl PosEmbed {
         if grid == self.grid {
             return Ok(self.table.unsqueeze(0)?); // (1, N, C)
         }
-        let chw = self
-            .table
-            .t()?
-            .contiguous()?
-            .flatten_all()?
-            .to_vec1::<f32>()?; // (C, N)
-        debug_assert_eq!(chw.len(), n * c);
+        let rows = self.table.flatten_all()?.to_vec1::<f32>()?; // (N, C)
+        debug_assert_eq!(rows.len(), n * c);
         let out = match self.resize {
-            PosResize::Bicubic => bicubic_resize(&chw, c, self.grid, grid),
+            PosResize::Bicubic => resize::bicubic(&rows, c, Layout::Rows, self.grid, grid),
+            // Antialiasing changes nothing when upsampling: plain bilinear is the same function.
             PosResize::BilinearAntialias if grid.0 >= self.grid.0 && grid.1 >= self.grid.1 => {
-                bilinear_upsample(&chw, c, self.grid, grid)
+                resize::bilinear(&rows, c, Layout::Rows, self.grid, grid)
             }
             PosResize::BilinearAntialias => {
                 return Err(VitError::Grid {
@@ -479,39 +432,8 @@ impl PosEmbed {
                 });
             }
         };
-        let t = Tensor::from_vec(out, (c, grid.0 * grid.1), &Device::Cpu)?; // (C, N')
-        Ok(t.t()?.contiguous()?.unsqueeze(0)?) // (1, N', C)
+        Ok(Tensor::from_vec(out, (1, grid.0 * grid.1, c), &Device::Cpu)?) // (1, N', C)
     }
-}
-
-/// `F.interpolate(mode="bilinear", align_corners=False)` of a `(C, h, w)` grid to a larger
-/// `(C, oh, ow)` one (antialiasing changes nothing when upsampling). f64 weights, like the
-/// bicubic resize beside it.
-fn bilinear_upsample(src: &[f32], c: usize, (h, w): (usize, usize), (oh, ow): (usize, usize)) -> Vec<f32> {
-    let axis = |n_in: usize, n_out: usize| -> Vec<(usize, usize, f64)> {
-        (0..n_out)
-            .map(|o| {
-                let x = ((o as f64 + 0.5) * n_in as f64 / n_out as f64 - 0.5).max(0.0);
-                let i0 = (x.floor() as usize).min(n_in - 1);
-                let i1 = (i0 + 1).min(n_in - 1);
-                (i0, i1, x - i0 as f64)
-            })
-            .collect()
-    };
-    let (ay, ax) = (axis(h, oh), axis(w, ow));
-    let mut out = vec![0f32; c * oh * ow];
-    for ch in 0..c {
-        let plane = &src[ch * h * w..(ch + 1) * h * w];
-        for (y, &(y0, y1, fy)) in ay.iter().enumerate() {
-            for (x, &(x0, x1, fx)) in ax.iter().enumerate() {
-                let at = |yy: usize, xx: usize| plane[yy * w + xx] as f64;
-                let top = at(y0, x0) * (1.0 - fx) + at(y0, x1) * fx;
-                let bottom = at(y1, x0) * (1.0 - fx) + at(y1, x1) * fx;
-                out[(ch * oh + y) * ow + x] = (top * (1.0 - fy) + bottom * fy) as f32;
-            }
-        }
-    }
-    out
 }
 
 /// Patch embedding: a `p x p` convolution with stride `p`, as an unfold and a matmul.

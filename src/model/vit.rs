@@ -20,7 +20,10 @@ use super::kernels::{self, AttnShape, Path};
 use super::nn::{LayerNorm, Linear, Result, add_scaled, tensor, with_values};
 use super::weights::Vb;
 
-/// Upstream's `relative_position_index` for a `w×w` window: (w², w²).
+/// BEiT's `relative_position_index` for a `w×w` window, (w², w²) row-major: for tokens
+/// a = (ya, xa) and b = (yb, xb), `(ya − yb + w − 1)·(2w − 1) + (xa − xb + w − 1)`. The one
+/// copy of the index: upstream's `beit.py` buffer (checked at load, written at import) and
+/// the patch block of unilm's index (whose extra cls row and column are not modelled).
 pub fn relative_position_index(w: usize) -> Vec<i64> {
     let n = w * w;
     let mut idx = vec![0i64; n * n];
@@ -32,6 +35,17 @@ pub fn relative_position_index(w: usize) -> Vec<i64> {
         }
     }
     idx
+}
+
+/// The side 2w − 1 of a relative-position bias table of `rows` rows: (2w − 1)² rows
+/// (upstream's `beit.py` layout) or (2w − 1)² + 3 (unilm's, the last three being the cls
+/// rows). The two never coincide for an odd side.
+pub fn relpos_table_side(rows: usize) -> Option<usize> {
+    let odd_side = |r: usize| {
+        let s = (r as f64).sqrt().round() as usize;
+        (s * s == r && s % 2 == 1).then_some(s)
+    };
+    odd_side(rows).or_else(|| rows.checked_sub(3).and_then(odd_side))
 }
 
 /// Self-attention of one block, global or windowed.
@@ -192,10 +206,8 @@ impl Block {
     pub fn new(vb: &Vb, cfg: &ComerConfig, i: usize) -> Result<Block> {
         let d = cfg.embed_dim;
         let hidden = (d as f64 * cfg.mlp_ratio) as usize;
-        let (g1, g2, has_ls) = match cfg.flavor {
-            Flavor::Beit => ("gamma_1", "gamma_2", cfg.init_values.is_some()),
-            _ => ("gamma1", "gamma2", cfg.layer_scale),
-        };
+        let [g1, g2] = cfg.flavor.names().layer_scale;
+        let has_ls = if cfg.flavor == Flavor::Beit { cfg.init_values.is_some() } else { cfg.layer_scale };
         let (gamma1, gamma2) = if has_ls { (Some(vb.vec(g1, &[d])?), Some(vb.vec(g2, &[d])?)) } else { (None, None) };
         Ok(Block {
             norm1: LayerNorm::new(&vb.pp("norm1"), d)?,
@@ -226,6 +238,15 @@ mod tests {
     fn relative_index_matches_upstream_for_w2() {
         // upstream for window 2: [[4,3,1,0],[5,4,2,1],[7,6,4,3],[8,7,5,4]]
         assert_eq!(relative_position_index(2), vec![4, 3, 1, 0, 5, 4, 2, 1, 7, 6, 4, 3, 8, 7, 5, 4]);
+    }
+
+    #[test]
+    fn relpos_table_side_with_and_without_cls_rows() {
+        assert_eq!(relpos_table_side(49), Some(7));
+        assert_eq!(relpos_table_side(52), Some(7));
+        assert_eq!(relpos_table_side(50), None);
+        assert_eq!(relpos_table_side(1), Some(1));
+        assert_eq!(relpos_table_side(0), None);
     }
 
     #[test]

@@ -14,7 +14,6 @@ pub(crate) mod golden;
 pub(crate) mod keys;
 pub mod parity;
 pub mod policy;
-pub(crate) mod resize;
 pub mod target_vit;
 
 pub use compare::{Check, Comparison, Report, compare};

@@ -35,7 +35,7 @@ impl TargetFlavour {
 /// Build the ViT branch of an artifact's tensors (target keys).
 pub fn target_vit(flavour: TargetFlavour, w: &Weights, num_heads: usize) -> Result<PlainVit> {
     match flavour {
-        TargetFlavour::VitComer => load_timm(w, num_heads, 1, ["gamma1", "gamma2"]),
+        TargetFlavour::VitComer => load_timm(w, num_heads, 1, Flavor::Det.names().layer_scale),
         TargetFlavour::BeitComer => load_beit(w, num_heads),
     }
 }

@@ -312,7 +312,7 @@ fn relative_index_matches_the_stored_unilm_index() {
         .narrow(0, 1, 16)
         .and_then(|t| t.narrow(1, 1, 16))
         .unwrap(); // (16, 16)
-    let ours: Vec<f32> = comer_port::model::plain_vit::patch_index(4)
+    let ours: Vec<f32> = comer_port::model::relative_position_index(4)
         .iter()
         .map(|&i| i as f32)
         .collect();

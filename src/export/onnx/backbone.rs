@@ -5,28 +5,13 @@
 //! `MultiscaleExtractor` and the `CNN`/`SpatialPriorModule` stem of `comer_modules.py`.
 
 use super::OnnxError;
-use super::bicubic;
 use super::builder::{Graph, attr_i, attr_ints};
 use super::deform::{Deform, DeformSpec};
 use super::layers::Levels;
+use crate::model::resize::{self, Layout};
 use crate::model::{ComerConfig, Flavor};
 
 const LN_EPS: f32 = 1e-6;
-
-/// Upstream module names, which differ between the ViT-CoMer and BEiT-CoMer branches.
-struct Names {
-    tov: &'static str,
-    toc: &'static str,
-    extra: &'static str,
-    mrfp: &'static str,
-}
-
-fn names(f: Flavor) -> Names {
-    match f {
-        Flavor::Beit => Names { tov: "injector", toc: "extractor", extra: "extra_extractors", mrfp: "multiconv" },
-        _ => Names { tov: "cti_tov", toc: "cti_toc", extra: "extra_CTIs", mrfp: "mrfp" },
-    }
-}
 
 pub struct Ctx<'c> {
     pub cfg: &'c ComerConfig,
@@ -48,7 +33,7 @@ pub fn build(g: &mut Graph, cx: &Ctx) -> Result<Vec<String>, OnnxError> {
     let cfg = cx.cfg;
     let lv = cx.lv;
     let (b, d) = (lv.b, cfg.embed_dim);
-    let nm = names(cfg.flavor);
+    let nm = cfg.flavor.names();
 
     // --- spm: the convolutional stem ---
     let (c1, cs) = g.scoped("spm", |g| spm(g, "image", cx))?;
@@ -201,7 +186,7 @@ fn add_pos_embed(g: &mut Graph, x: &str, cx: &Ctx) -> Result<String, OnnxError> 
             format!("pos_embed has shape {shape:?}, expected [1, {}, {d}] for pretrain_size {}", grid * grid + prefix, cfg.pretrain_size),
         ));
     }
-    let resized = bicubic::resize(&pe[prefix * d..], grid, grid, d, cx.lv.h, cx.lv.w);
+    let resized = resize::bicubic(&pe[prefix * d..], d, Layout::Rows, (grid, grid), (cx.lv.h, cx.lv.w));
     let c = g.const_f32(&[1, cx.n(), d], &resized);
     Ok(g.add(x, &c))
 }
@@ -279,11 +264,12 @@ fn block(g: &mut Graph, x: &str, i: usize, cx: &Ctx) -> Result<String, OnnxError
     let key = format!("blocks.{i}");
     let n1 = g.layer_norm(x, &format!("{key}.norm1"), LN_EPS)?;
     let a = if cfg.flavor == Flavor::Beit { beit_attention(g, &n1, i, cx)? } else { vit_attention(g, &n1, i, cx)? };
+    let [ls1, ls2] = cfg.flavor.names().layer_scale;
     let (g1, g2) = if cfg.flavor == Flavor::Beit {
-        let has = g.weights.has(&format!("{key}.gamma_1"));
-        (has.then(|| format!("{key}.gamma_1")), has.then(|| format!("{key}.gamma_2")))
+        let has = g.weights.has(&format!("{key}.{ls1}"));
+        (has.then(|| format!("{key}.{ls1}")), has.then(|| format!("{key}.{ls2}")))
     } else if cfg.layer_scale {
-        (Some(format!("{key}.gamma1")), Some(format!("{key}.gamma2")))
+        (Some(format!("{key}.{ls1}")), Some(format!("{key}.{ls2}")))
     } else {
         (None, None)
     };

@@ -7,10 +7,9 @@
 //!
 //! Layout: `proto` (the ONNX messages), `builder` (graph + weights), `layers` (Linear,
 //! LayerNorm, Conv, ConvFFN, MRFP), `deform` (MSDeformAttn, GridSample or Gather),
-//! `bicubic` (pos-embed resize), `backbone` (the three flavours).
+//! `backbone` (the three flavours; its pos-embed resize is `model::resize`).
 
 pub(crate) mod backbone;
-pub(crate) mod bicubic;
 pub(crate) mod builder;
 pub(crate) mod deform;
 pub(crate) mod layers;
