@@ -141,6 +141,62 @@ pub fn near_miss<'a>(key: &str, candidates: impl IntoIterator<Item = &'a String>
         .map(|(_, c)| c.clone())
 }
 
+/// Everything that stops a plain-ViT forward from loading or running.
+#[derive(Debug, thiserror::Error)]
+pub enum VitError {
+    /// A tensor the forward needs is not in the checkpoint or artifact.
+    #[error("tensor `{key}` is missing")]
+    MissingTensor {
+        /// The missing key.
+        key: String,
+    },
+
+    /// A tensor has a shape the forward cannot use.
+    #[error("tensor `{key}` has shape {got:?}, expected {expected}")]
+    Shape {
+        /// The offending key.
+        key: String,
+        /// Its shape.
+        got: Vec<usize>,
+        /// What the forward needs.
+        expected: String,
+    },
+
+    /// The input image or a position table does not fit the patch grid.
+    #[error("`{key}`: {reason}")]
+    Grid {
+        /// `image` or the position table's key.
+        key: String,
+        /// Why it does not fit.
+        reason: String,
+    },
+
+    /// A tensor operation failed inside a block.
+    #[error("tensor operation failed in `{block}`: {source}")]
+    Tensor {
+        /// The block (or key) it failed in; empty until named.
+        block: String,
+        /// candle's error.
+        #[source]
+        source: candle_core::Error,
+    },
+}
+
+impl VitError {
+    /// Wrap a candle error with the block it came from.
+    pub fn tensor(block: impl Into<String>) -> impl FnOnce(candle_core::Error) -> VitError {
+        let block = block.into();
+        move |source| VitError::Tensor { block, source }
+    }
+}
+
+impl From<candle_core::Error> for VitError {
+    fn from(source: candle_core::Error) -> Self {
+        VitError::Tensor { block: String::new(), source }
+    }
+}
+
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -159,5 +215,38 @@ mod tests {
             keys: vec![KeyHint { key: "a.weight".into(), hint: Some("a.weigth".into()) }],
         };
         assert!(e.to_string().contains("did you mean 'a.weigth'"));
+    }
+}
+
+#[cfg(test)]
+mod error_tests {
+    use super::VitError;
+    use candle_core::{Device, Tensor};
+
+    #[test]
+    fn missing_tensor_names_key() {
+        let e = VitError::MissingTensor { key: "blocks.0.attn.qkv.weight".into() };
+        assert!(matches!(e, VitError::MissingTensor { ref key } if key == "blocks.0.attn.qkv.weight"));
+        assert!(e.to_string().contains("blocks.0.attn.qkv.weight"));
+    }
+
+    #[test]
+    fn shape_names_key() {
+        let e = VitError::Shape { key: "pos_embed".into(), got: vec![1, 17, 48], expected: "(1, 10, 48)".into() };
+        assert!(matches!(e, VitError::Shape { ref key, .. } if key == "pos_embed"));
+    }
+
+    #[test]
+    fn grid_names_key() {
+        let e = VitError::Grid { key: "image".into(), reason: "smaller than one patch".into() };
+        assert!(matches!(e, VitError::Grid { ref key, .. } if key == "image"));
+    }
+
+    #[test]
+    fn tensor_error_names_block() {
+        let a = Tensor::zeros((2, 3), candle_core::DType::F32, &Device::Cpu).unwrap();
+        let b = Tensor::zeros((4, 5), candle_core::DType::F32, &Device::Cpu).unwrap();
+        let e = a.matmul(&b).map_err(VitError::tensor("blocks.2.attn")).unwrap_err();
+        assert!(matches!(e, VitError::Tensor { ref block, .. } if block == "blocks.2.attn"));
     }
 }

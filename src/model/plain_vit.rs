@@ -9,146 +9,20 @@
 //! forward computes patch tokens without any prefix token, plus the position embedding,
 //! through every block, with no final norm. This is not the ViT-CoMer forward (`comer.rs`).
 
-use std::collections::BTreeMap;
 
 use candle_core::{D, Device, Tensor};
 
-use crate::formats::Checkpoint;
 use crate::model::resize::{self, Layout};
 use crate::model::vit::{relative_position_index, relpos_table_side};
 
-/// Everything that stops a plain-ViT forward from loading or running.
-#[derive(Debug, thiserror::Error)]
-pub enum VitError {
-    /// A tensor the forward needs is not in the checkpoint or artifact.
-    #[error("tensor `{key}` is missing")]
-    MissingTensor {
-        /// The missing key.
-        key: String,
-    },
-
-    /// A tensor has a shape the forward cannot use.
-    #[error("tensor `{key}` has shape {got:?}, expected {expected}")]
-    Shape {
-        /// The offending key.
-        key: String,
-        /// Its shape.
-        got: Vec<usize>,
-        /// What the forward needs.
-        expected: String,
-    },
-
-    /// The input image or a position table does not fit the patch grid.
-    #[error("`{key}`: {reason}")]
-    Grid {
-        /// `image` or the position table's key.
-        key: String,
-        /// Why it does not fit.
-        reason: String,
-    },
-
-    /// A tensor operation failed inside a block.
-    #[error("tensor operation failed in `{block}`: {source}")]
-    Tensor {
-        /// The block (or key) it failed in; empty until named.
-        block: String,
-        /// candle's error.
-        #[source]
-        source: candle_core::Error,
-    },
-}
-
-impl VitError {
-    /// Wrap a candle error with the block it came from.
-    pub fn tensor(block: impl Into<String>) -> impl FnOnce(candle_core::Error) -> VitError {
-        let block = block.into();
-        move |source| VitError::Tensor { block, source }
-    }
-}
-
-impl From<candle_core::Error> for VitError {
-    fn from(source: candle_core::Error) -> Self {
-        VitError::Tensor { block: String::new(), source }
-    }
-}
+pub use super::error::VitError;
 
 /// Result of the plain-ViT loaders and forwards.
 pub type Result<T> = std::result::Result<T, VitError>;
 
-/// Named f32 CPU tensors: a state dict ready for a forward.
-#[derive(Debug, Clone, Default)]
-pub struct Weights {
-    map: BTreeMap<String, Tensor>,
-}
-
-impl Weights {
-    /// The checkpoint's state dict (wrapper stripped), every tensor cast to f32.
-    pub fn from_checkpoint(ckpt: &Checkpoint) -> Result<Weights> {
-        let (_, tensors) = ckpt.state_dict();
-        let mut w = Weights::default();
-        for (name, view) in tensors {
-            w.insert_f32(&name, view.to_f32(), &view.shape)?;
-        }
-        Ok(w)
-    }
-
-    /// Insert one tensor from its elements and shape.
-    pub fn insert_f32(&mut self, name: &str, data: Vec<f32>, shape: &[usize]) -> Result<()> {
-        let t = Tensor::from_vec(data, shape, &Device::Cpu).map_err(VitError::tensor(name))?;
-        self.map.insert(name.to_string(), t);
-        Ok(())
-    }
-
-    /// Insert one tensor as it is.
-    pub fn insert(&mut self, name: &str, t: Tensor) {
-        self.map.insert(name.to_string(), t);
-    }
-
-    /// Whether a tensor is called `name`.
-    pub fn contains(&self, name: &str) -> bool {
-        self.map.contains_key(name)
-    }
-
-    /// Every name, sorted.
-    pub fn keys(&self) -> impl Iterator<Item = &str> {
-        self.map.keys().map(String::as_str)
-    }
-
-    /// The tensor called `name`.
-    pub fn get(&self, name: &str) -> Result<Tensor> {
-        self.map
-            .get(name)
-            .cloned()
-            .ok_or_else(|| VitError::MissingTensor {
-                key: name.to_string(),
-            })
-    }
-
-    /// The tensor called `name`, if present.
-    pub fn opt(&self, name: &str) -> Option<Tensor> {
-        self.map.get(name).cloned()
-    }
-
-    /// The tensor called `name`, checked to have exactly `shape`.
-    pub fn get_shaped(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
-        let t = self.get(name)?;
-        if t.dims() != shape {
-            return Err(VitError::Shape {
-                key: name.to_string(),
-                got: t.dims().to_vec(),
-                expected: format!("{shape:?}"),
-            });
-        }
-        Ok(t)
-    }
-
-    /// Number of blocks `prefix.0.`, `prefix.1.`, … for which `prefix.N.<probe>` exists.
-    pub fn count_blocks(&self, prefix: &str, probe: &str) -> usize {
-        (0..)
-            .take_while(|i| self.contains(&format!("{prefix}.{i}.{probe}")))
-            .count()
-    }
-}
+/// The source's or the artifact's tensors by name, f32 on the CPU: the crate's one
+/// named-tensor store (`model::weights::Store`), read without its strict-load accounting.
+pub type Weights = super::weights::Store;
 
 /// Shape error for `key` when it is not what a loader can use.
 pub fn shape_err(key: &str, t: &Tensor, expected: &str) -> VitError {
@@ -703,37 +577,4 @@ pub fn load_beit(w: &Weights, heads: usize) -> Result<PlainVit> {
         pre_norm: None,
         blocks,
     })
-}
-
-#[cfg(test)]
-mod error_tests {
-    use super::VitError;
-    use candle_core::{Device, Tensor};
-
-    #[test]
-    fn missing_tensor_names_key() {
-        let e = VitError::MissingTensor { key: "blocks.0.attn.qkv.weight".into() };
-        assert!(matches!(e, VitError::MissingTensor { ref key } if key == "blocks.0.attn.qkv.weight"));
-        assert!(e.to_string().contains("blocks.0.attn.qkv.weight"));
-    }
-
-    #[test]
-    fn shape_names_key() {
-        let e = VitError::Shape { key: "pos_embed".into(), got: vec![1, 17, 48], expected: "(1, 10, 48)".into() };
-        assert!(matches!(e, VitError::Shape { ref key, .. } if key == "pos_embed"));
-    }
-
-    #[test]
-    fn grid_names_key() {
-        let e = VitError::Grid { key: "image".into(), reason: "smaller than one patch".into() };
-        assert!(matches!(e, VitError::Grid { ref key, .. } if key == "image"));
-    }
-
-    #[test]
-    fn tensor_error_names_block() {
-        let a = Tensor::zeros((2, 3), candle_core::DType::F32, &Device::Cpu).unwrap();
-        let b = Tensor::zeros((4, 5), candle_core::DType::F32, &Device::Cpu).unwrap();
-        let e = a.matmul(&b).map_err(VitError::tensor("blocks.2.attn")).unwrap_err();
-        assert!(matches!(e, VitError::Tensor { ref block, .. } if block == "blocks.2.attn"));
-    }
 }

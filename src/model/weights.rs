@@ -6,24 +6,29 @@
 //! may be absent (artifacts written with `--no-buffers`).
 
 use std::cell::RefCell;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 
-use super::error::{KeyHint, ModelError, near_miss};
+use super::error::{KeyHint, ModelError, VitError, near_miss};
+use crate::formats::Checkpoint;
 
-/// All tensors of a weights file plus the bookkeeping of which names the model read.
+/// Tensors by name — the crate's one named-tensor store — plus the bookkeeping of which
+/// names a strict load read ([`Store::root`] / [`Store::finish`], for the ViT-CoMer forward).
+/// The plain-ViT forwards read it directly ([`Store::get`], [`Store::opt`], …), without the
+/// accounting.
+#[derive(Debug, Clone, Default)]
 pub struct Store {
-    tensors: HashMap<String, Tensor>,
+    tensors: BTreeMap<String, Tensor>,
     used: RefCell<BTreeSet<String>>,
     missing: RefCell<Vec<String>>,
 }
 
 impl Store {
     /// Tensors by target key, none read yet.
-    pub fn new(tensors: HashMap<String, Tensor>) -> Store {
-        Store { tensors, used: RefCell::default(), missing: RefCell::default() }
+    pub fn new(tensors: impl IntoIterator<Item = (String, Tensor)>) -> Store {
+        Store { tensors: tensors.into_iter().collect(), used: RefCell::default(), missing: RefCell::default() }
     }
 
     /// Read every tensor of a safetensors file.
@@ -63,6 +68,76 @@ impl Store {
             return Err(ModelError::UnexpectedKeys { keys });
         }
         Ok(())
+    }
+}
+
+/// The plain-ViT forwards' reading (`model::plain_vit`): no accounting, f32 tensors.
+impl Store {
+    /// The checkpoint's state dict (wrapper stripped), every tensor cast to f32.
+    pub fn from_checkpoint(ckpt: &Checkpoint) -> Result<Store, VitError> {
+        let (_, tensors) = ckpt.state_dict();
+        let mut w = Store::default();
+        for (name, view) in tensors {
+            w.insert_f32(&name, view.to_f32(), &view.shape)?;
+        }
+        Ok(w)
+    }
+
+    /// Insert one tensor from its elements and shape.
+    pub fn insert_f32(&mut self, name: &str, data: Vec<f32>, shape: &[usize]) -> Result<(), VitError> {
+        let t = Tensor::from_vec(data, shape, &Device::Cpu).map_err(VitError::tensor(name))?;
+        self.tensors.insert(name.to_string(), t);
+        Ok(())
+    }
+
+    /// Insert one tensor as it is.
+    pub fn insert(&mut self, name: &str, t: Tensor) {
+        self.tensors.insert(name.to_string(), t);
+    }
+
+    /// Whether a tensor is called `name`.
+    pub fn contains(&self, name: &str) -> bool {
+        self.tensors.contains_key(name)
+    }
+
+    /// Every name, sorted.
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.tensors.keys().map(String::as_str)
+    }
+
+    /// The tensor called `name`.
+    pub fn get(&self, name: &str) -> Result<Tensor, VitError> {
+        self.tensors
+            .get(name)
+            .cloned()
+            .ok_or_else(|| VitError::MissingTensor {
+                key: name.to_string(),
+            })
+    }
+
+    /// The tensor called `name`, if present.
+    pub fn opt(&self, name: &str) -> Option<Tensor> {
+        self.tensors.get(name).cloned()
+    }
+
+    /// The tensor called `name`, checked to have exactly `shape`.
+    pub fn get_shaped(&self, name: &str, shape: &[usize]) -> Result<Tensor, VitError> {
+        let t = self.get(name)?;
+        if t.dims() != shape {
+            return Err(VitError::Shape {
+                key: name.to_string(),
+                got: t.dims().to_vec(),
+                expected: format!("{shape:?}"),
+            });
+        }
+        Ok(t)
+    }
+
+    /// Number of blocks `prefix.0.`, `prefix.1.`, … for which `prefix.N.<probe>` exists.
+    pub fn count_blocks(&self, prefix: &str, probe: &str) -> usize {
+        (0..)
+            .take_while(|i| self.contains(&format!("{prefix}.{i}.{probe}")))
+            .count()
     }
 }
 
