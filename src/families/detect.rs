@@ -235,6 +235,37 @@ pub fn heads_or_assumed(embed: usize, assumed: &mut Vec<String>, notes: &mut Vec
     h
 }
 
+/// The head count a Hugging Face `config.json` states (`num_attention_heads`), else the
+/// conventional one, recorded as an assumption.
+pub fn heads_from_config(value: Option<&str>, embed: usize, assumed: &mut Vec<String>, notes: &mut Vec<String>) -> usize {
+    match value.and_then(|h| h.parse::<usize>().ok()) {
+        Some(h) if h > 0 => {
+            notes.push("num_heads from config.json".to_string());
+            h
+        }
+        _ => heads_or_assumed(embed, assumed, notes),
+    }
+}
+
+/// The LayerNorm eps a Hugging Face `config.json` states (`layer_norm_eps`), else `default`
+/// (`whose` default, named in the note), recorded as an assumption.
+pub fn eps_from_config(
+    value: Option<&str>,
+    default: f64,
+    whose: &str,
+    assumed: &mut Vec<String>,
+    notes: &mut Vec<String>,
+) -> f64 {
+    match value.and_then(|e| e.parse::<f64>().ok()) {
+        Some(e) => e,
+        None => {
+            assumed.push("layernorm_eps".into());
+            notes.push(format!("no config.json layer_norm_eps: assumed {whose} default {default:e}"));
+            default
+        }
+    }
+}
+
 /// Side of a square grid of `n` cells, if `n` is a perfect square.
 pub fn square(n: usize) -> Option<usize> {
     let r = (n as f64).sqrt().round() as usize;

@@ -1,7 +1,9 @@
 //! Family `hf-vit`: Hugging Face `ViTModel` folders (`model.safetensors` + `config.json`),
 //! mirroring transformers `models/vit/modeling_vit.py`. Rules in `mappings/hf-vit.toml`.
 
-use super::detect::{Activation, Keys, Meta, PosResize, QkvStyle, RelPos, SourceConfig, heads_or_assumed, square};
+use super::detect::{
+    Activation, Keys, Meta, PosResize, QkvStyle, RelPos, SourceConfig, eps_from_config, heads_from_config, square,
+};
 use super::Family;
 use crate::model::plain_vit::{
     Attention, Block, LayerNorm, Linear, PatchEmbed, PlainVit, PosEmbed, Result, Weights, embed_dim,
@@ -34,21 +36,8 @@ impl Family for HfVit {
         };
         let mut assumed = Vec::new();
         let mut notes = Vec::new();
-        let heads = match cfg("num_attention_heads").and_then(|h| h.parse::<usize>().ok()) {
-            Some(h) if h > 0 => {
-                notes.push("num_heads from config.json".to_string());
-                h
-            }
-            _ => heads_or_assumed(embed, &mut assumed, &mut notes),
-        };
-        let eps = match cfg("layer_norm_eps").and_then(|e| e.parse::<f64>().ok()) {
-            Some(e) => e,
-            None => {
-                assumed.push("layernorm_eps".into());
-                notes.push("no config.json layer_norm_eps: assumed transformers' default 1e-12".into());
-                1e-12
-            }
-        };
+        let heads = heads_from_config(cfg("num_attention_heads").map(String::as_str), embed, &mut assumed, &mut notes);
+        let eps = eps_from_config(cfg("layer_norm_eps").map(String::as_str), 1e-12, "transformers'", &mut assumed, &mut notes);
         let activation = match cfg("hidden_act").map(String::as_str) {
             Some("quick_gelu") => Activation::QuickGelu,
             Some("gelu") => Activation::Gelu,

@@ -6,7 +6,9 @@
 //! embeds patches with a Linear over `(p, p, 3)`-flattened pixels instead of a convolution.
 //! Rules in `mappings/siglip.toml`.
 
-use super::detect::{Activation, Keys, Meta, PosResize, QkvStyle, RelPos, SourceConfig, heads_or_assumed, square};
+use super::detect::{
+    Activation, Keys, Meta, PosResize, QkvStyle, RelPos, SourceConfig, eps_from_config, heads_from_config, square,
+};
 use super::{Family, Fit};
 use crate::model::plain_vit::{
     Attention, Block, LayerNorm, Linear, PatchEmbed, PlainVit, PosEmbed, Result, Weights, embed_dim, hidden_of,
@@ -87,21 +89,8 @@ impl Family for Siglip {
         };
         let mut assumed = Vec::new();
         let mut notes = Vec::new();
-        let heads = match cfg("num_attention_heads").and_then(|h| h.parse::<usize>().ok()) {
-            Some(h) if h > 0 => {
-                notes.push("num_heads from config.json".to_string());
-                h
-            }
-            _ => heads_or_assumed(embed, &mut assumed, &mut notes),
-        };
-        let eps = match cfg("layer_norm_eps").and_then(|e| e.parse::<f64>().ok()) {
-            Some(e) => e,
-            None => {
-                assumed.push("layernorm_eps".into());
-                notes.push("no config.json layer_norm_eps: assumed SigLIP's default 1e-6".into());
-                1e-6
-            }
-        };
+        let heads = heads_from_config(cfg("num_attention_heads").as_deref(), embed, &mut assumed, &mut notes);
+        let eps = eps_from_config(cfg("layer_norm_eps").as_deref(), 1e-6, "SigLIP's", &mut assumed, &mut notes);
         let activation = match cfg("hidden_act").as_deref() {
             Some("gelu") => Activation::Gelu,
             Some("gelu_pytorch_tanh") | Some("gelu_new") => Activation::GeluTanh,
