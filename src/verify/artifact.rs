@@ -22,12 +22,13 @@ use candle_core::{DType, Device, Tensor};
 
 use super::compare::Check;
 use super::error::VerifyError;
-use super::parity::{Result, artifact_failure, parity_of, seeded_images, seeded_values};
+use super::parity::{Result, artifact_failure, parity_of_pairs, resize_patches, seeded_images, seeded_values};
 use super::policy::{EXACT_BOUND, GOLDEN_BOUND, apply_approximations, approximations, fit_bound};
 use super::target_vit::{TargetFlavour, target_vit};
 use crate::families::detect::{self, PosResize, QkvStyle, RelPos, SourceConfig};
 use crate::families::{Family, Fit};
 use crate::formats::{self, Checkpoint};
+use crate::meta::{ArtifactMeta, Transforms};
 use crate::model::plain_vit::Weights;
 use crate::model::{Comer, ComerConfig};
 
@@ -45,19 +46,19 @@ fn structural_skip(family: &dyn Family, sc: &SourceConfig, cfg: &ComerConfig) ->
             cfg.flavor.name()
         ));
     }
-    let windowed: Vec<usize> = cfg.window_attn.iter().enumerate().filter(|(_, w)| **w).map(|(i, _)| i).collect();
-    if !windowed.is_empty() {
+    if sc.rel_pos == RelPos::None && parity_grid(cfg).is_none() {
+        let windowed: Vec<usize> = cfg.window_attn.iter().enumerate().filter(|(_, w)| **w).map(|(i, _)| i).collect();
+        return Some(format!(
+            "blocks {windowed:?} use windowed attention of different sizes: the source attends globally, and no \
+             grid makes every window the whole grid (no stated bound); verify with a global-attention config \
+             to prove the mapping"
+        ));
+    } else if sc.rel_pos != RelPos::None && cfg.window_attn.iter().any(|w| *w) {
+        let windowed: Vec<usize> = cfg.window_attn.iter().enumerate().filter(|(_, w)| **w).map(|(i, _)| i).collect();
         return Some(format!(
             "blocks {windowed:?} use windowed attention: the source attends globally, so the artifact's ViT \
              branch is a different function (no stated bound); verify with a global-attention config to \
              prove the mapping"
-        ));
-    }
-    if sc.patch_size != cfg.patch_size {
-        return Some(format!(
-            "patch kernel resized {} -> {} at import: the two sides see different pixels per token, so the \
-             kernel resize has no bound here (the resize itself is held to the dinov2 goldens)",
-            sc.patch_size, cfg.patch_size
         ));
     }
     let tg = cfg.pretrain_size / cfg.patch_size.max(1);
@@ -75,6 +76,26 @@ fn structural_skip(family: &dyn Family, sc: &SourceConfig, cfg: &ComerConfig) ->
     None
 }
 
+/// The token grid mapping parity runs at: the target's pretrain grid when every block attends
+/// globally; when blocks attend in windows of one size `w` (the DINOv2 detection presets:
+/// 14), the `w x w` grid, where each window is the whole grid without padding, so windowed
+/// attention is exactly the source's global attention. `None` when the windows differ.
+fn parity_grid(cfg: &ComerConfig) -> Option<usize> {
+    let tg = cfg.pretrain_size / cfg.patch_size.max(1);
+    let sizes: std::collections::BTreeSet<usize> = cfg
+        .window_attn
+        .iter()
+        .zip(&cfg.window_size)
+        .filter(|(on, _)| **on)
+        .map(|(_, w)| w.unwrap_or(tg))
+        .collect();
+    match sizes.len() {
+        0 => Some(tg),
+        1 => sizes.first().copied().filter(|w| *w > 0),
+        _ => None,
+    }
+}
+
 /// A two-sided comparison that ran (not skipped, not an artifact that failed to load).
 fn is_comparison(c: &Check) -> bool {
     c.skipped.is_none() && c.bound > 0.0
@@ -89,7 +110,13 @@ fn is_comparison(c: &Check) -> bool {
 /// the family's bound; at the second size the artifact resizes an already-resized table (two
 /// bicubic resizes against one) and the figures are reported as skipped. BEiT relative
 /// position tables define one window, so only the pretrain size runs.
-pub fn parity_checks(source: &Checkpoint, artifact: &Weights, cfg: &ComerConfig, seed: u64) -> Result<Vec<Check>> {
+pub fn parity_checks(
+    source: &Checkpoint,
+    artifact: &Weights,
+    cfg: &ComerConfig,
+    transforms: &Transforms,
+    seed: u64,
+) -> Result<Vec<Check>> {
     const NAME: &str = "mapping parity";
     let det = detect::detect_checkpoint(source);
     let (Some(sc), Some(family)) = (det.config.as_ref(), det.family()) else {
@@ -101,13 +128,35 @@ pub fn parity_checks(source: &Checkpoint, artifact: &Weights, cfg: &ComerConfig,
     let fit = family.fit(sc);
     let (bound, why) = fit_bound(&fit);
     let src_w = Weights::from_checkpoint(source)?;
-    let mut inputs = seeded_images(seed, (cfg.pretrain_size, cfg.pretrain_size), cfg.patch_size)?;
-    let second = inputs.pop();
     let tg = cfg.pretrain_size / cfg.patch_size.max(1);
+    // Windowed blocks: parity runs at the grid of one window (exactly global attention).
+    let windowed = cfg.window_attn.iter().any(|w| *w);
+    let pg = parity_grid(cfg).unwrap_or(tg);
+    // The source sees tg x tg patches of its own size. A target with another patch size sees
+    // every patch resized (FlexiViT's identity: with the pseudo-inverse kernel the tokens are
+    // the same; with upstream's bilinear kernel they are not, and the figures say by how much).
+    let (ps, pt) = (sc.patch_size.max(1), cfg.patch_size.max(1));
+    let mut inputs = Vec::new();
+    for (name, img) in seeded_images(seed, (pg * ps, pg * ps), ps)? {
+        if ps == pt {
+            inputs.push((name, img.clone(), img));
+        } else {
+            let t = resize_patches(&img, ps, pt)?;
+            let (h, w) = (t.dims()[2], t.dims()[3]);
+            inputs.push((format!("{name} -> {h}x{w}"), img, t));
+        }
+    }
+    let second = inputs.pop();
     let resized_pos = sc.rel_pos == RelPos::None && sc.pretrain_grid.is_some_and(|g| g != (tg, tg));
     let mut second_skip = None;
     if let Some(s) = second {
-        if sc.rel_pos != RelPos::None {
+        if windowed {
+            second_skip = Some((
+                s.0,
+                None,
+                format!("windowed attention equals global attention only on a {pg}x{pg} grid (one whole window)"),
+            ));
+        } else if sc.rel_pos != RelPos::None {
             second_skip = Some((
                 s.0,
                 None,
@@ -117,7 +166,7 @@ pub fn parity_checks(source: &Checkpoint, artifact: &Weights, cfg: &ComerConfig,
             let g = sc.pretrain_grid.unwrap_or_default();
             second_skip = Some((
                 s.0.clone(),
-                Some(s.1),
+                Some((s.1, s.2)),
                 format!(
                     "position table resized {}x{} -> {tg}x{tg} at import: at this size the artifact resizes it a \
                      second time, the source once from {}x{}; two bicubic resizes against one have no stated bound",
@@ -127,7 +176,7 @@ pub fn parity_checks(source: &Checkpoint, artifact: &Weights, cfg: &ComerConfig,
         } else if sc.pos_resize != PosResize::Bicubic {
             second_skip = Some((
                 s.0.clone(),
-                Some(s.1),
+                Some((s.1, s.2)),
                 format!(
                     "the source resizes its position table {:?} at run time, upstream's ViT-CoMer bicubic: at a \
                      grid other than {tg}x{tg} the two functions differ, with no stated bound",
@@ -143,11 +192,11 @@ pub fn parity_checks(source: &Checkpoint, artifact: &Weights, cfg: &ComerConfig,
         Ok(t) => t,
         Err(e) => return Ok(vec![artifact_failure(&format!("{NAME} ({})", det.family), &e)]),
     };
-    let mut checks = parity_of(&src, &tgt, &inputs, bound)?.checks;
-    if let Some((input, image, reason)) = second_skip {
-        match image {
-            Some(img) => {
-                let c = parity_of(&src, &tgt, &[(input, img)], EXACT_BOUND)?.checks;
+    let mut checks = parity_of_pairs(&src, &tgt, &inputs, bound)?.checks;
+    if let Some((input, images, reason)) = second_skip {
+        match images {
+            Some((a, b)) => {
+                let c = parity_of_pairs(&src, &tgt, &[(input, a, b)], EXACT_BOUND)?.checks;
                 checks.extend(c.into_iter().map(|c| if is_comparison(&c) { c.into_skipped(reason.clone()) } else { c }));
             }
             None => checks.push(Check::skipped(format!("{NAME} {input}"), reason)),
@@ -158,6 +207,12 @@ pub fn parity_checks(source: &Checkpoint, artifact: &Weights, cfg: &ComerConfig,
         if !is_comparison(c) {
             continue;
         }
+        if windowed && c.note.is_none() {
+            c.note = Some(format!(
+                "blocks with windowed attention run on a {pg}x{pg} grid, one window without padding: exactly global \
+                 attention; the position table is resized {tg}x{tg} -> {pg}x{pg} on both sides, same bicubic filter"
+            ));
+        }
         if resized_pos && c.note.is_none() {
             let g = sc.pretrain_grid.unwrap_or_default();
             c.note = Some(format!(
@@ -167,6 +222,20 @@ pub fn parity_checks(source: &Checkpoint, artifact: &Weights, cfg: &ComerConfig,
         }
         if let Fit::Inexpressible(reason) = &fit {
             *c = c.clone().into_skipped(reason.clone());
+        } else if ps != pt && transforms.patch_resize != "pinv" {
+            *c = c.clone().into_skipped(format!(
+                "patch kernel resized {ps} -> {pt} with {} interpolation at import (upstream's convert_14to16): the \
+                 source on {ps}-pixel patches against the artifact on the same patches resized to {pt} pixels is no \
+                 identity for that kernel, so no bound can be stated; `--patch-resize pinv` (FlexiViT's \
+                 pseudo-inverse) makes it exact",
+                if transforms.patch_resize.is_empty() { "an unrecorded" } else { transforms.patch_resize.as_str() }
+            ));
+        } else if ps != pt {
+            c.note = Some(format!(
+                "patch kernel resized {ps} -> {pt} by pseudo-inverse at import: FlexiViT's identity, every {ps}-pixel \
+                 patch resized to {pt} pixels gives the same token{}",
+                [c.note.as_deref(), why.as_deref()].into_iter().flatten().map(|n| format!("; {n}")).collect::<String>()
+            ));
         } else if c.note.is_none() {
             c.note.clone_from(&why);
         }
@@ -177,7 +246,7 @@ pub fn parity_checks(source: &Checkpoint, artifact: &Weights, cfg: &ComerConfig,
 /// (b) The full backbone on a seeded `(1, 3, img_size, img_size)` image: f1..f4 finite with
 /// shape `(1, embed_dim, S/4, S/4)` … `(1, embed_dim, S/32, S/32)` (and beit-comer's `x`).
 pub fn backbone_checks(model: &Comer, cfg: &ComerConfig, seed: u64) -> Result<Vec<Check>> {
-    let s = cfg.img_size;
+    let s = super::policy::backbone_size(cfg.img_size);
     let img = Tensor::from_vec(seeded_values(seed, 3 * s * s), (1, 3, s, s), &Device::Cpu)?;
     let out = model.forward(&img, "image")?;
     let mut checks = Vec::new();
@@ -192,6 +261,12 @@ pub fn backbone_checks(model: &Comer, cfg: &ComerConfig, seed: u64) -> Result<Ve
     }
     if let Some(x) = &out.x {
         checks.push(finite_check(&format!("backbone x {s}x{s}"), x, None)?);
+    }
+    if s != cfg.img_size {
+        for c in &mut checks {
+            let note = c.note.take().unwrap_or_default();
+            c.note = Some(format!("img_size {} is not a multiple of 32, checked at {s}x{s}; {note}", cfg.img_size));
+        }
     }
     Ok(checks)
 }
@@ -355,10 +430,11 @@ pub fn artifact_report(
     let target = Weights::from_checkpoint(&ck)?;
     if let Some(source) = source {
         let mut parity = super::Report::default();
-        for c in parity_checks(source, &target, cfg, seed)? {
+        let transforms = ArtifactMeta::transforms_of(&ck.metadata);
+        for c in parity_checks(source, &target, cfg, &transforms, seed)? {
             parity.push(c);
         }
-        let approx = approximations(&crate::meta::ArtifactMeta::transforms_of(&ck.metadata), float_dtype(&ck));
+        let approx = approximations(&transforms, float_dtype(&ck));
         apply_approximations(&mut parity, &approx);
         parity.checks.into_iter().for_each(|c| report.push(c));
     }

@@ -97,17 +97,20 @@ pub fn mapping_parity(
 
 /// Parity of two built forwards on each input. A source-side error is returned (the source
 /// is the input being trusted); a target-side error is a failed check naming the tensor.
-pub fn parity_of(
-    src: &PlainVit,
-    tgt: &PlainVit,
-    inputs: &[(String, Tensor)],
-    bound: f64,
-) -> Result<Report> {
+pub fn parity_of(src: &PlainVit, tgt: &PlainVit, inputs: &[(String, Tensor)], bound: f64) -> Result<Report> {
+    let pairs: Vec<(String, Tensor, Tensor)> = inputs.iter().map(|(n, t)| (n.clone(), t.clone(), t.clone())).collect();
+    parity_of_pairs(src, tgt, &pairs, bound)
+}
+
+/// [`parity_of`] where the two sides see different images of the same scene: `(name,
+/// source image, target image)` (a source with 14-pixel patches against a target with
+/// 16-pixel ones sees each patch resized).
+pub fn parity_of_pairs(src: &PlainVit, tgt: &PlainVit, inputs: &[(String, Tensor, Tensor)], bound: f64) -> Result<Report> {
     let mut report = Report::default();
-    for (name, image) in inputs {
+    for (name, src_image, tgt_image) in inputs {
         let check_name = format!("mapping parity {name}");
-        let a = src.forward_taps(image)?;
-        let b = match tgt.forward_taps(image) {
+        let a = src.forward_taps(src_image)?;
+        let b = match tgt.forward_taps(tgt_image) {
             Ok(b) => b,
             Err(e) => {
                 report.push(artifact_failure(&check_name, &e));
@@ -128,6 +131,37 @@ pub fn parity_of(
         report.push(check);
     }
     Ok(report)
+}
+
+/// Every `p×p` patch of a `(1, 3, g·p, g·p')` image resized to `q×q` (antialiased bicubic, the
+/// resize timm's FlexiViT pseudo-inverse kernel inverts): the image a `q`-pixel-patch model
+/// must see to compute the same tokens as a `p`-pixel one (FlexiViT's identity
+/// `<resize(x), pinv_resize(w)> = <x, w>`).
+pub fn resize_patches(image: &Tensor, p: usize, q: usize) -> Result<Tensor> {
+    let (b, c, h, w) = image.dims4()?;
+    let (gh, gw) = (h / p, w / p);
+    let src = image.flatten_all()?.to_vec1::<f32>()?;
+    let mut out = vec![0f32; b * c * gh * q * gw * q];
+    let (oh, ow) = (gh * q, gw * q);
+    let mut patch = vec![0f32; p * p];
+    for plane in 0..b * c {
+        for gy in 0..gh {
+            for gx in 0..gw {
+                for y in 0..p {
+                    for x in 0..p {
+                        patch[y * p + x] = src[(plane * h + gy * p + y) * w + gx * p + x];
+                    }
+                }
+                let r = crate::model::resize::bicubic_aa_plane(&patch, (p, p), (q, q));
+                for y in 0..q {
+                    for x in 0..q {
+                        out[(plane * oh + gy * q + y) * ow + gx * q + x] = r[y * q + x] as f32;
+                    }
+                }
+            }
+        }
+    }
+    Ok(Tensor::from_vec(out, (b, c, oh, ow), image.device())?) // (B, 3, gh·q, gw·q)
 }
 
 /// A failed check for an artifact whose ViT branch cannot be built or run (a missing,

@@ -23,6 +23,13 @@ pub const F16_BOUND: f64 = 1e-2;
 /// Parity bound of an artifact stored in bfloat16 (8 significant bits, ≤ 2⁻⁸ ≈ 3.9e-3 each).
 pub const BF16_BOUND: f64 = 5e-2;
 
+/// The image side the full backbone is checked at: `img_size` when it is a multiple of 32
+/// (the pyramid's coarsest stride, which upstream's forward needs), else the multiple of 32
+/// below it (the DINOv2 presets' 592 = 37·16 runs at 576).
+pub fn backbone_size(img_size: usize) -> usize {
+    if img_size.is_multiple_of(32) { img_size } else { (img_size / 32).max(1) * 32 }
+}
+
 /// The bound a check under `fit` is held to, and the note that explains an approximate one.
 /// An inexpressible fit is measured at the exact bound and reported as skipped by the runner.
 pub fn fit_bound(fit: &Fit) -> (f64, Option<String>) {
@@ -206,6 +213,13 @@ mod tests {
         assert!(why.contains("ln_pre") && why.contains("1.500e-3"), "{why}");
         assert!(lossy.passed(), "skipped, not failed");
         assert!(!r.passed(), "unchanged without approximations");
+    }
+
+    #[test]
+    fn backbone_sizes_are_multiples_of_32() {
+        assert_eq!(backbone_size(512), 512);
+        assert_eq!(backbone_size(592), 576);
+        assert_eq!(backbone_size(20), 32);
     }
 
     #[test]
