@@ -28,6 +28,7 @@ use super::target_vit::{TargetFlavour, target_vit};
 use crate::families::detect::{self, PosResize, QkvStyle, RelPos, SourceConfig};
 use crate::families::{Family, Fit};
 use crate::formats::{self, Checkpoint};
+use crate::families::mapping::{self, Mapping, Plan, PlanOptions, Values};
 use crate::meta::{ArtifactMeta, Transforms};
 use crate::model::plain_vit::Weights;
 use crate::model::{Comer, ComerConfig};
@@ -434,9 +435,21 @@ pub fn artifact_report(
         for c in parity_checks(source, &target, cfg, &transforms, seed)? {
             parity.push(c);
         }
-        let approx = approximations(&transforms, float_dtype(&ck));
+        // What --lossy dropped is re-derived from the source and the mapping, not read
+        // from the artifact's metadata (which could claim it falsely to loosen the check).
+        let replanned = replan(source, cfg);
+        let dropped: Vec<String> = match &replanned {
+            Ok(plan) => plan.sources.iter().filter(|f| f.fate == "dropped-lossy").map(|f| f.key.clone()).collect(),
+            Err(_) => Vec::new(),
+        };
+        let approx = approximations(&dropped, float_dtype(&ck));
         apply_approximations(&mut parity, &approx);
         parity.checks.into_iter().for_each(|c| report.push(c));
+        report.push(source_hash_check(source, &ck.metadata));
+        match &replanned {
+            Ok(plan) => report.push(fresh_check(plan, &ck)),
+            Err(e) => report.push(Check::skipped("fresh parameters", format!("the source could not be mapped again: {e}"))),
+        }
     }
     if let Some(dir) = golden.filter(|d| golden_folder::is_source_folder(d)) {
         let side = golden_folder::ArtifactSide { weights: &target, metadata: &ck.metadata, cfg };
@@ -461,8 +474,101 @@ pub fn artifact_report(
     Ok(report)
 }
 
-/// The float dtype of an artifact: that of its first floating-point tensor.
+/// The float dtype of an artifact when every floating-point tensor has it; F32 (no relaxed
+/// bound) when they are mixed, so one narrow tensor cannot loosen the check of the others.
 pub fn float_dtype(ck: &Checkpoint) -> crate::formats::DType {
     use crate::formats::DType as D;
-    ck.tensors().iter().map(|(_, t)| t.dtype).find(|d| matches!(d, D::F32 | D::F16 | D::BF16 | D::F64)).unwrap_or(D::F32)
+    let floats: std::collections::BTreeSet<&'static str> = ck
+        .tensors()
+        .iter()
+        .map(|(_, t)| t.dtype)
+        .filter(|d| matches!(d, D::F32 | D::F16 | D::BF16 | D::F64))
+        .map(|d| d.name())
+        .collect();
+    match floats.into_iter().collect::<Vec<_>>()[..] {
+        ["f16"] => D::F16,
+        ["bf16"] => D::BF16,
+        _ => D::F32,
+    }
+}
+
+/// The source mapped again into the artifact's config (with `--lossy`, so that what only
+/// `--lossy` drops is listed rather than refused): the plan the artifact should follow.
+fn replan(source: &Checkpoint, cfg: &ComerConfig) -> std::result::Result<Plan, String> {
+    let det = detect::detect_checkpoint(source);
+    let family = det.family().ok_or_else(|| det.reason.clone())?;
+    let m = Mapping::parse(family.mapping()).map_err(|e| e.to_string())?;
+    let (_, sd) = source.state_dict();
+    let sd = m.normalise_keys(sd);
+    let layout = crate::model::layout::target_layout(cfg);
+    mapping::plan(&m, &layout, &sd, &PlanOptions { lossy: true, ..PlanOptions::default() }).map_err(|e| e.to_string())
+}
+
+/// The recorded source hash against the `--source` given (skipped when the artifact records
+/// none, or the source is not a file on disk, as during `import`, which records it after).
+fn source_hash_check(source: &Checkpoint, meta: &BTreeMap<String, String>) -> Check {
+    const NAME: &str = "source sha256";
+    let recorded = meta.get(crate::meta::SOURCE_SHA_KEY).map(|s| s.trim()).unwrap_or("");
+    if recorded.is_empty() || recorded.bytes().all(|b| b == b'0') {
+        return Check::skipped(NAME, "the artifact records no source hash");
+    }
+    if !source.path.exists() {
+        return Check::skipped(NAME, format!("{} is not on disk", source.path.display()));
+    }
+    match formats::sha256(&source.path) {
+        Ok(h) if h == recorded => Check::outcome(NAME, &[1], 1, None, Some(format!("{h} as recorded"))),
+        Ok(h) => Check::outcome(
+            NAME,
+            &[1],
+            1,
+            Some(0),
+            Some(format!("`{}` hashes to {h}, the artifact records {recorded}: another source", source.path.display())),
+        ),
+        Err(e) => Check::outcome(NAME, &[1], 1, Some(0), Some(format!("hashing {}: {e}", source.path.display()))),
+    }
+}
+
+/// Every fresh parameter (CTI, MRFP, SPM, `level_embed`, fallbacks, index buffers)
+/// regenerated from the seed the artifact records and upstream's init scheme, compared bit
+/// for bit in the artifact's dtype. The first that differs is named.
+fn fresh_check(plan: &Plan, ck: &Checkpoint) -> Check {
+    let seed: u64 = ck.metadata.get("comer_port.seed").and_then(|s| s.parse().ok()).unwrap_or(0);
+    let name = format!("fresh parameters (seed {seed})");
+    let tensors = ck.tensors();
+    let by_name: std::collections::HashMap<&str, &formats::TensorView> =
+        tensors.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+    let empty = std::collections::HashMap::new();
+    let fresh: Vec<&mapping::Planned> =
+        plan.targets.iter().filter(|p| matches!(p.origin, mapping::Origin::Fresh { .. })).collect();
+    let n = fresh.len();
+    for (i, p) in fresh.iter().enumerate() {
+        let Some(got) = by_name.get(p.entry.name.as_str()) else {
+            // An omitted int64 buffer (`--no-buffers`) is allowed; the key check names others.
+            continue;
+        };
+        let same = match mapping::produce(p, &empty, &PlanOptions::default(), seed) {
+            Ok(Values::F32(want)) => {
+                let dtype = got.dtype;
+                let got = got.to_f32();
+                let round = |x: f32| match dtype {
+                    formats::DType::F16 => half::f16::from_f32(x).to_f32(),
+                    formats::DType::BF16 => half::bf16::from_f32(x).to_f32(),
+                    _ => x,
+                };
+                got.len() == want.len() && got.iter().zip(&want).all(|(g, w)| g.to_bits() == round(*w).to_bits())
+            }
+            Ok(Values::I64(want)) => got.to_f64().iter().map(|v| *v as i64).eq(want.iter().copied()),
+            Err(_) => false,
+        };
+        if !same {
+            return Check::outcome(
+                name,
+                &[n],
+                n,
+                Some(i),
+                Some(format!("`{}` is not upstream's init from seed {seed}", p.entry.name)),
+            );
+        }
+    }
+    Check::outcome(name, &[n], n, None, Some(format!("{n} fresh tensors regenerated bit for bit")))
 }

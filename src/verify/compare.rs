@@ -80,6 +80,10 @@ pub fn unravel(mut i: usize, shape: &[usize]) -> Vec<usize> {
     idx
 }
 
+/// Words that open the skip reason of a parity check judged under `--lossy`
+/// (`policy::apply_approximations` writes it).
+pub const LOSSY_SKIP: &str = "lossy import";
+
 /// One named check with its stated bound and verdict.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Check {
@@ -213,6 +217,12 @@ impl Report {
             .find(|c| !c.passed && c.skipped.is_none())
     }
 
+    /// Whether the figures stand for another function than the source's: a parity check was
+    /// skipped because `--lossy` dropped part of the source (verdict *lossy*, never *passed*).
+    pub fn is_lossy(&self) -> bool {
+        self.checks.iter().any(|c| c.skipped.as_deref().is_some_and(|s| s.starts_with(LOSSY_SKIP)))
+    }
+
     /// How many checks were skipped.
     pub fn skipped(&self) -> usize {
         self.checks.iter().filter(|c| c.skipped.is_some()).count()
@@ -288,7 +298,9 @@ impl Report {
             0 => String::new(),
             n => format!(" ({n} skipped)"),
         };
-        out.push_str(&if self.passed() {
+        out.push_str(&if self.passed() && self.is_lossy() {
+            format!("verdict: lossy{skipped}: the artifact computes another function than the source (see the skipped parity figures)\n")
+        } else if self.passed() {
             format!("verdict: passed{skipped}\n")
         } else {
             format!("verdict: FAILED{skipped}\n")

@@ -5,10 +5,9 @@
 //! (`parity.rs`, `artifact.rs`, `golden.rs`) use these; none of them parses what another
 //! module wrote. Upstream has no equivalent: its loaders check nothing at load time.
 
-use super::compare::Report;
+use super::compare::{LOSSY_SKIP, Report};
 use crate::families::{Fit, TARGET_EPS};
 use crate::formats::DType;
-use crate::meta::Transforms;
 
 /// Relative bound for exact mappings (renames, splits, transposes).
 pub const EXACT_BOUND: f64 = 1e-5;
@@ -61,29 +60,32 @@ pub enum Approximation {
     },
 }
 
-/// The approximations of an artifact: its float dtype, and what its transforms record as
-/// dropped under `--lossy`. Used on the file `import` has just written and by `verify` on
-/// any file, so both judge parity the same way.
-pub fn approximations(transforms: &Transforms, float_dtype: DType) -> Vec<Approximation> {
+/// The approximations an artifact was made with: its float dtype (when every floating tensor
+/// has it), and the source keys the mapping drops only under `--lossy` — re-derived from the
+/// source and the mapping by the caller, never read from the artifact's own metadata. Used on
+/// the file `import` has just written and by `verify` on any file, so both judge alike.
+pub fn approximations(dropped_lossy: &[String], float_dtype: DType) -> Vec<Approximation> {
     let mut v = Vec::new();
     match float_dtype {
         DType::F16 => v.push(Approximation::Dtype { name: "f16", bound: F16_BOUND }),
         DType::BF16 => v.push(Approximation::Dtype { name: "bf16", bound: BF16_BOUND }),
         _ => {}
     }
-    let dropped = transforms.dropped();
-    if !dropped.is_empty() {
-        v.push(Approximation::Lossy { dropped });
+    if !dropped_lossy.is_empty() {
+        v.push(Approximation::Lossy { dropped: dropped_lossy.to_vec() });
     }
     v
 }
 
-/// Judge the mapping-parity checks of `report` under the import's approximations.
+/// Judge the mapping-parity checks of `report` under the import's approximations: a narrow
+/// dtype earns its bound; what `--lossy` dropped makes every parity comparison that does not
+/// hold exactly (failed, or skipped as inexpressible with figures) a *lossy* one, with its
+/// measured deviation — the artifact computes another function, and the verdict says so.
 pub fn apply_approximations(report: &mut Report, approx: &[Approximation]) {
-    for c in report.checks.iter_mut().filter(|c| c.name.starts_with("mapping parity") && c.skipped.is_none()) {
+    for c in report.checks.iter_mut().filter(|c| c.name.starts_with("mapping parity")) {
         for a in approx {
             match a {
-                Approximation::Dtype { name, bound } => {
+                Approximation::Dtype { name, bound } if c.skipped.is_none() => {
                     if *bound > c.bound {
                         c.bound = *bound;
                         c.passed = c.figures.max_rel.is_finite() && c.figures.max_rel <= *bound;
@@ -94,15 +96,19 @@ pub fn apply_approximations(report: &mut Report, approx: &[Approximation]) {
                         c.note = Some(format!("approximate: weights stored as {name}, bound {bound:e}"));
                     }
                 }
-                Approximation::Lossy { dropped } if !c.passed => {
-                    c.skipped = Some(format!(
-                        "lossy import (dropped: {}): measured max rel {:.3e}, cosine {:.6}; no bound can be stated",
-                        dropped.join("; "),
-                        c.figures.max_rel,
-                        c.figures.cosine
-                    ));
+                Approximation::Dtype { .. } => {}
+                Approximation::Lossy { dropped } => {
+                    let compared = c.figures.numel > 1;
+                    if compared && (c.skipped.is_some() || !c.passed) {
+                        let was = c.skipped.take().map(|r| format!("; {r}")).unwrap_or_default();
+                        c.skipped = Some(format!(
+                            "{LOSSY_SKIP} (dropped: {}): measured max rel {:.3e}, cosine {:.6}; no bound can be stated{was}",
+                            dropped.join("; "),
+                            c.figures.max_rel,
+                            c.figures.cosine
+                        ));
+                    }
                 }
-                Approximation::Lossy { .. } => {}
             }
         }
     }
@@ -131,6 +137,8 @@ pub fn header_verdict(report: &Report) -> String {
 pub fn compact_verdict(report: &Report, room: usize) -> String {
     let verdict = if report.first_failure().is_some() {
         "failed"
+    } else if report.is_lossy() {
+        "lossy"
     } else if report.passed() {
         "passed"
     } else {
@@ -186,16 +194,11 @@ mod tests {
     use crate::verify::Check;
 
     #[test]
-    fn approximations_are_read_from_the_transforms() {
-        let t = Transforms {
-            lossy: true,
-            decisions: vec![crate::meta::dropped_decision("visual.ln_pre.weight", "no place"), "kept x".into()],
-            ..Transforms::default()
-        };
-        let a = approximations(&t, DType::F16);
+    fn approximations_follow_the_dtype_and_the_dropped_keys() {
+        let a = approximations(&["visual.ln_pre.weight".to_string()], DType::F16);
         assert_eq!(a[0], Approximation::Dtype { name: "f16", bound: F16_BOUND });
-        assert_eq!(a[1], Approximation::Lossy { dropped: vec!["visual.ln_pre.weight".into(), "kept x".into()] });
-        assert!(approximations(&Transforms::default(), DType::F32).is_empty());
+        assert_eq!(a[1], Approximation::Lossy { dropped: vec!["visual.ln_pre.weight".into()] });
+        assert!(approximations(&[], DType::F32).is_empty());
     }
 
     #[test]

@@ -30,3 +30,5 @@ mod verify_sources;
 mod new_families;
 /// No import cycle between the stage folders or inside one (issue 12).
 mod module_graph;
+/// Artifacts that lie: heads, fresh parameters, lossy claims, dtypes, source hash (issue 13).
+mod tamper;

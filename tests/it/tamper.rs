@@ -1,0 +1,192 @@
+//! Artifacts that lie (issue 13): verify takes nothing on trust from the artifact. A wrong
+//! head count in its config, fresh parameters that are not upstream's init from the recorded
+//! seed, a false `lossy` claim, a narrow first tensor, a wrong source hash — each exits 1
+//! naming the check and the key; a `--lossy` CLIP import is *lossy*, never *passed*.
+
+use crate::util::{bin, fixture, tmpdir};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+const SOURCE: &str = "sources/deit/deit_tiny.pth";
+
+fn import(dir: &Path, src: &str, extra: &[&str]) -> (PathBuf, String) {
+    let out = dir.join("a.safetensors");
+    let st = bin()
+        .arg("import")
+        .arg(fixture(src))
+        .args(["--config", &fixture("forward/det_tiny/case.json").to_string_lossy()])
+        .arg("-o")
+        .arg(&out)
+        .args(extra)
+        .output()
+        .expect("runs");
+    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+    (out, String::from_utf8_lossy(&st.stdout).into_owned())
+}
+
+/// Rewrite `src` into `dst`: `meta` edits the metadata, `edit(name, dtype, bytes)` each tensor.
+fn rewrite(
+    src: &Path,
+    dst: &Path,
+    meta: impl FnOnce(&mut HashMap<String, String>),
+    mut edit: impl FnMut(&str, &mut safetensors::Dtype, &mut Vec<u8>),
+) {
+    let bytes = std::fs::read(src).expect("read");
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).expect("header");
+    let st = safetensors::SafeTensors::deserialize(&bytes).expect("parse");
+    let mut m = header.metadata().clone().unwrap_or_default();
+    meta(&mut m);
+    let mut owned = Vec::new();
+    for (name, v) in st.tensors() {
+        let (mut dtype, mut data) = (v.dtype(), v.data().to_vec());
+        edit(&name, &mut dtype, &mut data);
+        owned.push((name, dtype, v.shape().to_vec(), data));
+    }
+    let views: Vec<(String, safetensors::tensor::TensorView)> = owned
+        .iter()
+        .map(|(n, d, s, b)| (n.clone(), safetensors::tensor::TensorView::new(*d, s.clone(), b).expect("view")))
+        .collect();
+    std::fs::write(dst, safetensors::serialize(views, Some(m)).expect("serialize")).expect("write");
+}
+
+/// Scale every f32 of `data` by `f`.
+fn scale(data: &mut [u8], f: f32) {
+    for c in data.chunks_exact_mut(4) {
+        let x = f32::from_le_bytes([c[0], c[1], c[2], c[3]]) * f;
+        c.copy_from_slice(&x.to_le_bytes());
+    }
+}
+
+/// `verify ART --source SOURCE`: exit code and stdout + stderr.
+fn verify(art: &Path, src: &str) -> (Option<i32>, String) {
+    let out = bin().arg("verify").arg(art).arg("--source").arg(fixture(src)).output().expect("runs");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.code(), text)
+}
+
+#[test]
+fn the_untampered_artifact_passes_every_provenance_check() {
+    let d = tmpdir();
+    let (art, _) = import(&d, SOURCE, &[]);
+    let (code, text) = verify(&art, SOURCE);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("source sha256") && text.contains("fresh parameters (seed 0)"), "{text}");
+    assert!(text.contains("verdict: passed"), "{text}");
+}
+
+#[test]
+fn a_wrong_head_count_in_the_metadata_fails_parity() {
+    for heads in [1, 48] {
+        let d = tmpdir();
+        let (art, _) = import(&d, SOURCE, &[]);
+        let bad = d.join("heads.safetensors");
+        rewrite(
+            &art,
+            &bad,
+            |m| {
+                let mut cfg: serde_json::Value = serde_json::from_str(&m["comer_port.config"]).expect("config");
+                cfg["constructor_kwargs"]["num_heads"] = heads.into();
+                m.insert("comer_port.config".into(), cfg.to_string());
+            },
+            |_, _, _| {},
+        );
+        let (code, text) = verify(&bad, SOURCE);
+        assert_eq!(code, Some(1), "{heads} heads: {text}");
+        assert!(text.contains("mapping parity"), "{text}");
+    }
+}
+
+#[test]
+fn fresh_parameters_scaled_zeroed_or_negated_are_named() {
+    for key in ["level_embed", "interactions.0.cti_tov.attn.value_proj.weight", "spm.stem.0.weight"] {
+        for f in [1000.0f32, 0.0, -1.0] {
+            let d = tmpdir();
+            let (art, _) = import(&d, SOURCE, &[]);
+            let bad = d.join("fresh.safetensors");
+            let mut found = false;
+            rewrite(&art, &bad, |_| {}, |name, _, data| {
+                if name == key {
+                    found = true;
+                    scale(data, f);
+                }
+            });
+            assert!(found, "{key} is a key of the det_tiny layout");
+            let (code, text) = verify(&bad, SOURCE);
+            assert_eq!(code, Some(1), "{key} x{f}: {text}");
+            assert!(text.contains(&format!("`{key}` is not upstream's init from seed 0")), "{key} x{f}: {text}");
+        }
+    }
+}
+
+#[test]
+fn a_false_lossy_claim_does_not_loosen_parity() {
+    let d = tmpdir();
+    let (art, _) = import(&d, SOURCE, &[]);
+    let bad = d.join("lossy.safetensors");
+    rewrite(
+        &art,
+        &bad,
+        |m| {
+            let t = r#"{"decisions":["dropped 'blocks.0.norm1.weight' (--lossy): claimed"],"lossy":true,"patch_resize":"bilinear","pos_resize":"bicubic","relpos_resize":"bicubic","used":["rename"]}"#;
+            m.insert("comer_port.transforms".into(), t.into());
+        },
+        |name, _, data| {
+            if name == "blocks.1.mlp.fc1.weight" {
+                scale(data, 1.004);
+            }
+        },
+    );
+    let (code, text) = verify(&bad, SOURCE);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(!text.contains("lossy import"), "the claim is not believed: {text}");
+}
+
+#[test]
+fn one_f16_tensor_does_not_loosen_the_others() {
+    let d = tmpdir();
+    let (art, _) = import(&d, SOURCE, &[]);
+    let bad = d.join("f16.safetensors");
+    let mut first = true;
+    rewrite(&art, &bad, |_| {}, |name, dtype, data| {
+        if *dtype == safetensors::Dtype::F32 && first {
+            first = false;
+            *dtype = safetensors::Dtype::F16;
+            *data = data
+                .chunks_exact(4)
+                .flat_map(|c| half::f16::from_f32(f32::from_le_bytes([c[0], c[1], c[2], c[3]])).to_le_bytes())
+                .collect();
+        }
+        if name == "blocks.1.mlp.fc1.weight" {
+            scale(data, 1.004);
+        }
+    });
+    let (code, text) = verify(&bad, SOURCE);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("mapping parity"), "{text}");
+}
+
+#[test]
+fn a_wrong_source_hash_is_named() {
+    let d = tmpdir();
+    let (art, _) = import(&d, SOURCE, &[]);
+    let bad = d.join("sha.safetensors");
+    rewrite(&art, &bad, |m| {
+        m.insert("comer_port.source_sha256".into(), "ab".repeat(32));
+    }, |_, _, _| {});
+    let (code, text) = verify(&bad, SOURCE);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("source sha256") && text.contains(&"ab".repeat(32)), "{text}");
+}
+
+#[test]
+fn a_lossy_clip_import_is_lossy_never_passed() {
+    let d = tmpdir();
+    let (art, stdout) = import(&d, "sources/clip/clip_tiny_gelu.pt", &["--lossy"]);
+    assert!(stdout.contains("verdict: lossy"), "{stdout}");
+    let ck = comer_port::formats::open(&art).expect("artifact");
+    let v: serde_json::Value = serde_json::from_str(&ck.metadata["comer_port.verify"]).expect("verdict");
+    assert_eq!(v["verdict"], "lossy", "{v}");
+    let (code, text) = verify(&art, "sources/clip/clip_tiny_gelu.pt");
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("verdict: lossy") && text.contains("cosine"), "{text}");
+}
