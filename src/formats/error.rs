@@ -91,6 +91,35 @@ pub enum FormatError {
         entry: String,
         key: String,
     },
+    /// Reading would build more than a memory budget allows from the file's bytes (the
+    /// pickle VM's values and every copy DUP / BINGET / MEMOIZE makes; or the inflated bytes
+    /// of an archive's deflated members, all together): refused before the allocation.
+    /// [`super::ReadLimits`] says how to raise it.
+    #[error("{path}: {entry}: reading would build more than {limit} bytes in memory (the {knob} budget; set {env} to raise it)")]
+    OverBudget {
+        path: PathBuf,
+        entry: String,
+        /// The budget that was reached, in bytes.
+        limit: u64,
+        /// Which budget (`pickle` or `inflate`).
+        knob: &'static str,
+        /// The environment variable that overrides it.
+        env: &'static str,
+    },
+    /// Two zip entries whose bytes overlap (many directory entries sharing one deflate
+    /// stream is a decompression-bomb shape): refused before either is read.
+    #[error("{path}: zip entries '{entry}' and '{other}' share bytes (overlapping member data is refused)")]
+    OverlappingEntries {
+        path: PathBuf,
+        entry: String,
+        other: String,
+    },
+    /// The input is a FIFO, device, socket or other non-regular file: refused without reading.
+    #[error("{path}: is a {kind}, not a regular file or folder (refused without reading it)")]
+    NotAFile { path: PathBuf, kind: &'static str },
+    /// A file in a model folder is a symbolic link to somewhere outside that folder.
+    #[error("{path}: is a symbolic link to {target}, outside the model folder (refused without reading it)")]
+    SymlinkEscape { path: PathBuf, target: PathBuf },
 }
 
 impl FormatError {
@@ -110,7 +139,11 @@ impl FormatError {
             | FormatError::MissingEntry { path, .. }
             | FormatError::Empty { path }
             | FormatError::ObjectArray { path, .. }
-            | FormatError::DuplicateKey { path, .. } => path,
+            | FormatError::DuplicateKey { path, .. }
+            | FormatError::OverBudget { path, .. }
+            | FormatError::OverlappingEntries { path, .. }
+            | FormatError::NotAFile { path, .. }
+            | FormatError::SymlinkEscape { path, .. } => path,
         }
     }
     pub fn unsupported(path: &Path, reason: impl Into<String>) -> Self {

@@ -17,12 +17,17 @@ pub fn looks_like_safetensors(head: &[u8]) -> bool {
     head.len() >= 9 && head[8] == b'{'
 }
 
+/// Open and read a `.safetensors` file (a regular file only: see [`super::open_regular`]).
 pub fn read(path: &Path) -> Result<Checkpoint, FormatError> {
-    let file = std::fs::File::open(path).map_err(|e| FormatError::io(path, e))?;
+    let file = super::open_regular(path)?;
     // SAFETY: the map is read-only; a file truncated under us by another process is the
     // same hazard every mmap-based reader (safetensors, candle) accepts.
     let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| FormatError::io(path, e))?;
-    let map = Arc::new(map);
+    read_mapped(path, Arc::new(map))
+}
+
+/// Read a `.safetensors` file from its memory map.
+pub fn read_mapped(path: &Path, map: Arc<memmap2::Mmap>) -> Result<Checkpoint, FormatError> {
     read_with(path, &map[..], |start, len| Storage::mapped(path, map.clone(), start, len))
 }
 

@@ -26,3 +26,6 @@ mod verify_cli;
 mod demo_cli;
 /// `comer-port verify --source --golden sources/<family>` for every family fixture (issue 5).
 mod verify_sources;
+/// Issue 14 (hardening): amplification, zip bombs, lookup, CRC, non-files, writers.
+#[cfg(target_os = "linux")]
+mod hardening;
