@@ -156,7 +156,16 @@ pub fn read_with(dir: &Path, limits: &ReadLimits) -> Result<Checkpoint, FormatEr
             return Err(FormatError::missing(dir, f.clone()));
         }
         confined(dir, &p)?;
-        let ck = super::open_with(&p, limits)?;
+        // Inflated records stay alive across shards: the folder shares one inflate budget's
+        // slack (4 × each shard + 1 MiB over all shards), so thousands of tiny shards cannot
+        // each claim the full slack.
+        let mut shard_limits = *limits;
+        if limits.inflate_bytes.is_none() && files.len() > 1 {
+            let len = std::fs::metadata(&p).map_err(|e| FormatError::io(&p, e))?.len();
+            let slack = super::zip::INFLATE_SLACK / files.len() as u64;
+            shard_limits.inflate_bytes = Some(len.saturating_mul(super::zip::INFLATE_RATIO).saturating_add(slack));
+        }
+        let ck = super::open_with(&p, &shard_limits)?;
         for (k, v) in &ck.metadata {
             metadata.entry(format!("{f}:{k}")).or_insert_with(|| v.clone());
         }

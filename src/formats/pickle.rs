@@ -522,7 +522,9 @@ impl<'a, 'b> Vm<'a, 'b> {
                     if !self.marks.is_empty() {
                         return Err(self.err("STOP with an open MARK"));
                     }
-                    let e = self.pop()?;
+                    // Not `pop`: the memo dies with the VM, so the result's memo slots need
+                    // no final snapshot (a whole-tree copy of every checkpoint otherwise).
+                    let e = self.stack.pop().ok_or_else(|| self.err("stack underflow"))?;
                     return Ok(e.v);
                 }
                 b'(' => {
