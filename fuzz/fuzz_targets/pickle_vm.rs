@@ -15,7 +15,8 @@ fuzz_target!(|data: &[u8]| {
         let v = pickle::whole_storage_view(r.dtype.unwrap_or(DType::U8), storage.clone());
         Ok(pickle::storage_value(v, &r.key))
     };
-    let ctx = Ctx { path, entry: "fuzz", torchscript: true, dry_run: false, strict_end: false };
+    // The default byte budget (grows with the bytes read), as every reader uses it.
+    let ctx = Ctx { path, entry: "fuzz", torchscript: true, dry_run: false, strict_end: false, max_bytes: None };
     if let Ok((v, _)) = pickle::unpickle(&ctx, data, 0, &mut load) {
         let mut out = Vec::new();
         v.collect_tensors("", &mut out);

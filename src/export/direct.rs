@@ -33,25 +33,33 @@ pub struct Direct {
     thread: Option<JoinHandle<io::Result<()>>>,
 }
 
-/// Open `path` for direct I/O (created, truncated). `Ok(None)` when the file system refuses
-/// `O_DIRECT` (tmpfs, some network file systems): the caller writes buffered instead.
+/// Switch `file` (just created, empty) to direct I/O. `Ok(false)` when the file system
+/// refuses `O_DIRECT` (tmpfs, some network file systems): the caller writes buffered instead.
+/// The file is created by the caller (`atomic.rs`: `O_EXCL|O_NOFOLLOW`), never here.
 #[cfg(target_os = "linux")]
-pub fn create(path: &std::path::Path) -> io::Result<Option<File>> {
-    use std::os::unix::fs::OpenOptionsExt;
-    match std::fs::OpenOptions::new().write(true).create(true).truncate(true).custom_flags(libc::O_DIRECT).open(path) {
-        Ok(f) => Ok(Some(f)),
-        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(None),
-        Err(e) => Err(e),
+pub fn enable(file: &File) -> io::Result<bool> {
+    use std::os::fd::AsRawFd;
+    let fd = file.as_raw_fd();
+    // SAFETY: fcntl on an open descriptor owned by `file`, with integer arguments only.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    if flags < 0 {
+        return Err(io::Error::last_os_error());
     }
+    // SAFETY: as above.
+    if unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_DIRECT) } < 0 {
+        let e = io::Error::last_os_error();
+        return if e.raw_os_error() == Some(libc::EINVAL) { Ok(false) } else { Err(e) };
+    }
+    Ok(true)
 }
 
 #[cfg(not(target_os = "linux"))]
-pub fn create(_path: &std::path::Path) -> io::Result<Option<File>> {
-    Ok(None)
+pub fn enable(_file: &File) -> io::Result<bool> {
+    Ok(false)
 }
 
 impl Direct {
-    /// Start streaming into `file` (opened by [`create`]).
+    /// Start streaming into `file` (switched to direct I/O by [`enable`]).
     pub fn new(file: File) -> io::Result<Direct> {
         let mut out = file.try_clone()?;
         let (to_writer, jobs) = mpsc::sync_channel::<(memmap2::MmapMut, usize)>(1);
@@ -179,10 +187,12 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("comer-direct-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("dir");
         let path = dir.join("x.bin");
-        let Some(file) = create(&path).expect("open") else {
+        let _ = std::fs::remove_file(&path);
+        let file = std::fs::OpenOptions::new().read(true).write(true).create_new(true).open(&path).expect("open");
+        if !enable(&file).expect("fcntl") {
             // This file system has no O_DIRECT: nothing to test here.
             return;
-        };
+        }
         let mut d = Direct::new(file).expect("direct");
         let mut want = Vec::new();
         for i in 0..40usize {

@@ -146,6 +146,50 @@ pub enum FormatError {
         /// The key named twice.
         key: String,
     },
+    /// Reading would build more than a memory budget allows from the file's bytes (the
+    /// pickle VM's values and every copy DUP / BINGET / MEMOIZE makes; or the inflated bytes
+    /// of an archive's deflated members, all together): refused before the allocation.
+    /// [`super::ReadLimits`] says how to raise it.
+    #[error("{path}: {entry}: reading would build more than {limit} bytes in memory (the {knob} budget; set {env} to raise it)")]
+    OverBudget {
+        /// The file.
+        path: PathBuf,
+        /// The entry being read.
+        entry: String,
+        /// The budget that was reached, in bytes.
+        limit: u64,
+        /// Which budget (`pickle` or `inflate`).
+        knob: &'static str,
+        /// The environment variable that overrides it.
+        env: &'static str,
+    },
+    /// Two zip entries whose bytes overlap (many directory entries sharing one deflate
+    /// stream is a decompression-bomb shape): refused before either is read.
+    #[error("{path}: zip entries '{entry}' and '{other}' share bytes (overlapping member data is refused)")]
+    OverlappingEntries {
+        /// The archive.
+        path: PathBuf,
+        /// One entry.
+        entry: String,
+        /// The entry it overlaps.
+        other: String,
+    },
+    /// The input is a FIFO, device, socket or other non-regular file: refused without reading.
+    #[error("{path}: is a {kind}, not a regular file or folder (refused without reading it)")]
+    NotAFile {
+        /// The input.
+        path: PathBuf,
+        /// What it is instead.
+        kind: &'static str,
+    },
+    /// A file in a model folder is a symbolic link to somewhere outside that folder.
+    #[error("{path}: is a symbolic link to {target}, outside the model folder (refused without reading it)")]
+    SymlinkEscape {
+        /// The link.
+        path: PathBuf,
+        /// Where it points.
+        target: PathBuf,
+    },
 }
 
 impl FormatError {
@@ -165,7 +209,11 @@ impl FormatError {
             | FormatError::MissingEntry { path, .. }
             | FormatError::Empty { path }
             | FormatError::ObjectArray { path, .. }
-            | FormatError::DuplicateKey { path, .. } => path,
+            | FormatError::DuplicateKey { path, .. }
+            | FormatError::OverBudget { path, .. }
+            | FormatError::OverlappingEntries { path, .. }
+            | FormatError::NotAFile { path, .. }
+            | FormatError::SymlinkEscape { path, .. } => path,
         }
     }
     /// [`FormatError::Unsupported`] for `path`.

@@ -3,19 +3,63 @@
 //!
 //! Mirrors `transformers/modeling_utils.py` (`PreTrainedModel.from_pretrained`: safetensors
 //! preferred over `.bin`, `load_sharded_checkpoint` reading `weight_map`). Shard names from
-//! an index must be plain file names inside the folder (no `/`, no `..`).
+//! an index must be plain file names inside the folder (no `/`, no `..`). Every file read
+//! (config, index, shards) must be a regular file; a symbolic link is followed only when it
+//! stays inside the folder, or — the Hugging Face hub cache layout,
+//! `models--org--name/snapshots/<rev>/file -> ../../blobs/<sha>` — inside that repository's
+//! `blobs/` folder.
 
-use super::{Checkpoint, Format, FormatError, Value};
+use super::{Checkpoint, Format, FormatError, ReadLimits, Value};
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::io::Read;
+use std::path::{Path, PathBuf};
 
 /// Largest `config.json` / index file read.
 pub const MAX_JSON: u64 = 16 << 20;
 /// Most shards an index may name.
 pub const MAX_SHARDS: usize = 4096;
 
-fn read_json(path: &Path) -> Result<serde_json::Value, FormatError> {
-    let len = std::fs::metadata(path).map_err(|e| FormatError::io(path, e))?.len();
+/// Check that `p`, a file named inside the model folder `dir`, may be read: a symbolic link
+/// must resolve inside `dir` (or, in the hub cache layout, inside the repository's `blobs/`),
+/// and the file it names must be a regular file. Never opens anything.
+fn confined(dir: &Path, p: &Path) -> Result<(), FormatError> {
+    let lmeta = std::fs::symlink_metadata(p).map_err(|e| FormatError::io(p, e))?;
+    if lmeta.file_type().is_symlink() {
+        let target = std::fs::canonicalize(p).map_err(|e| FormatError::io(p, e))?;
+        let cdir = std::fs::canonicalize(dir).map_err(|e| FormatError::io(dir, e))?;
+        let hub_blobs = hub_blobs(&cdir);
+        let inside = target.starts_with(&cdir) || hub_blobs.is_some_and(|b| target.starts_with(b));
+        if !inside {
+            return Err(FormatError::SymlinkEscape {
+                path: p.to_path_buf(),
+                target,
+            });
+        }
+    }
+    let meta = std::fs::metadata(p).map_err(|e| FormatError::io(p, e))?;
+    if !meta.is_file() {
+        return Err(FormatError::NotAFile {
+            path: p.to_path_buf(),
+            kind: super::kind_of(&meta.file_type()),
+        });
+    }
+    Ok(())
+}
+
+/// `…/models--org--name/blobs` when `cdir` (canonical) is `…/models--org--name/snapshots/<rev>`.
+fn hub_blobs(cdir: &Path) -> Option<PathBuf> {
+    let snapshots = cdir.parent()?;
+    if snapshots.file_name()? != "snapshots" {
+        return None;
+    }
+    let blobs = snapshots.parent()?.join("blobs");
+    blobs.is_dir().then_some(blobs)
+}
+
+fn read_json(dir: &Path, path: &Path) -> Result<serde_json::Value, FormatError> {
+    confined(dir, path)?;
+    let file = super::open_regular(path)?;
+    let len = file.metadata().map_err(|e| FormatError::io(path, e))?.len();
     if len > MAX_JSON {
         return Err(FormatError::TooLarge {
             path: path.to_path_buf(),
@@ -24,7 +68,9 @@ fn read_json(path: &Path) -> Result<serde_json::Value, FormatError> {
             limit: MAX_JSON,
         });
     }
-    let text = std::fs::read_to_string(path).map_err(|e| FormatError::io(path, e))?;
+    let mut text = String::new();
+    // Never more than the cap, whatever the file grows to while it is read.
+    file.take(MAX_JSON + 1).read_to_string(&mut text).map_err(|e| FormatError::io(path, e))?;
     serde_json::from_str(&text).map_err(|e| FormatError::corrupt(path, "json", e.to_string()))
 }
 
@@ -44,12 +90,17 @@ fn config_metadata(cfg: &serde_json::Value, out: &mut BTreeMap<String, String>) 
     }
 }
 
-/// Read a Hugging Face model folder.
-pub fn read(dir: &Path) -> Result<Checkpoint, FormatError> {
+/// True when something (a file, link, FIFO …) exists at `p`, without following links.
+fn present(p: &Path) -> bool {
+    std::fs::symlink_metadata(p).is_ok()
+}
+
+/// [`read`] under `limits` (each shard is read under them).
+pub fn read_with(dir: &Path, limits: &ReadLimits) -> Result<Checkpoint, FormatError> {
     let mut metadata = BTreeMap::new();
     let cfg = dir.join("config.json");
-    if cfg.is_file() {
-        config_metadata(&read_json(&cfg)?, &mut metadata);
+    if present(&cfg) {
+        config_metadata(&read_json(dir, &cfg)?, &mut metadata);
     }
     let candidates = [
         "model.safetensors",
@@ -59,11 +110,11 @@ pub fn read(dir: &Path) -> Result<Checkpoint, FormatError> {
     ];
     let found = candidates
         .iter()
-        .find(|c| dir.join(c).is_file())
+        .find(|c| present(&dir.join(c)))
         .ok_or_else(|| FormatError::missing(dir, "model.safetensors / pytorch_model.bin (or a sharded index)"))?;
     let files: Vec<String> = if found.ends_with(".index.json") {
         let idx_path = dir.join(found);
-        let idx = read_json(&idx_path)?;
+        let idx = read_json(dir, &idx_path)?;
         let map = idx
             .get("weight_map")
             .and_then(|m| m.as_object())
@@ -96,10 +147,20 @@ pub fn read(dir: &Path) -> Result<Checkpoint, FormatError> {
     let mut seen = std::collections::HashSet::new();
     for f in &files {
         let p = dir.join(f);
-        if !p.is_file() {
+        if !present(&p) {
             return Err(FormatError::missing(dir, f.clone()));
         }
-        let ck = super::open(&p)?;
+        confined(dir, &p)?;
+        // Inflated records stay alive across shards: the folder shares one inflate budget's
+        // slack (4 × each shard + 1 MiB over all shards), so thousands of tiny shards cannot
+        // each claim the full slack.
+        let mut shard_limits = *limits;
+        if limits.inflate_bytes.is_none() && files.len() > 1 {
+            let len = std::fs::metadata(&p).map_err(|e| FormatError::io(&p, e))?.len();
+            let slack = super::zip::INFLATE_SLACK / files.len() as u64;
+            shard_limits.inflate_bytes = Some(len.saturating_mul(super::zip::INFLATE_RATIO).saturating_add(slack));
+        }
+        let ck = super::open_with(&p, &shard_limits)?;
         for (k, v) in &ck.metadata {
             metadata.entry(format!("{f}:{k}")).or_insert_with(|| v.clone());
         }

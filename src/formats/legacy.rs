@@ -12,7 +12,7 @@
 //! records cannot be walked without it), then for real over the mapped records.
 
 use super::pickle::{self, Ctx, StorageRef};
-use super::{Checkpoint, DType, Format, FormatError, MappedFile, Storage, Value};
+use super::{Checkpoint, DType, Format, FormatError, MappedFile, ReadLimits, Storage, Value};
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::Arc;
@@ -50,21 +50,27 @@ fn noload(path: &Path, entry: &str) -> impl FnMut(&Value, usize) -> Result<Value
     }
 }
 
-fn ctx<'a>(path: &'a Path, entry: &'a str, dry_run: bool) -> Ctx<'a> {
+fn ctx<'a>(path: &'a Path, entry: &'a str, dry_run: bool, limits: &ReadLimits) -> Ctx<'a> {
     Ctx {
         path,
         entry,
         torchscript: false,
         dry_run,
         strict_end: false,
+        max_bytes: limits.pickle_bytes,
     }
 }
 
 /// Read a raw pickle (no container): only plain data and no storages can appear.
 pub fn read_raw_pickle(path: &Path, bytes: &[u8]) -> Result<Checkpoint, FormatError> {
+    read_raw_pickle_with(path, bytes, &ReadLimits::default())
+}
+
+/// [`read_raw_pickle`] under `limits`.
+pub fn read_raw_pickle_with(path: &Path, bytes: &[u8], limits: &ReadLimits) -> Result<Checkpoint, FormatError> {
     let c = Ctx {
         strict_end: true,
-        ..ctx(path, "pickle", false)
+        ..ctx(path, "pickle", false, limits)
     };
     let (root, _) = pickle::unpickle(&c, bytes, 0, &mut noload(path, "pickle"))?;
     Ok(Checkpoint {
@@ -75,32 +81,43 @@ pub fn read_raw_pickle(path: &Path, bytes: &[u8]) -> Result<Checkpoint, FormatEr
     })
 }
 
-/// Read a legacy stream from its memory map.
+/// Read a legacy stream from its memory map (default [`ReadLimits`]).
 pub fn read(path: &Path, map: Arc<MappedFile>) -> Result<Checkpoint, FormatError> {
-    read_with(path, &map[..], |start, len| {
+    read_with_limits(path, map, &ReadLimits::default())
+}
+
+/// [`read`] under `limits`.
+pub fn read_with_limits(path: &Path, map: Arc<MappedFile>, limits: &ReadLimits) -> Result<Checkpoint, FormatError> {
+    read_with(path, &map[..], limits, |start, len| {
         Storage::mapped(path, map.clone(), start, len)
     })
 }
 
-/// Read a legacy stream held in memory (fuzzing, tests).
+/// Read a legacy stream held in memory (fuzzing, tests; default [`ReadLimits`]).
 pub fn read_slice(path: &Path, bytes: &[u8]) -> Result<Checkpoint, FormatError> {
-    read_with(path, bytes, |start, len| Ok(Storage::Owned(bytes[start..start + len].to_vec())))
+    read_slice_with(path, bytes, &ReadLimits::default())
+}
+
+/// [`read_slice`] under `limits`.
+pub fn read_slice_with(path: &Path, bytes: &[u8], limits: &ReadLimits) -> Result<Checkpoint, FormatError> {
+    read_with(path, bytes, limits, |start, len| Ok(Storage::Owned(bytes[start..start + len].to_vec())))
 }
 
 fn read_with(
     path: &Path,
     bytes: &[u8],
+    limits: &ReadLimits,
     mut make: impl FnMut(usize, usize) -> Result<Storage, FormatError>,
 ) -> Result<Checkpoint, FormatError> {
-    let (magic, pos) = pickle::unpickle(&ctx(path, "magic number", false), bytes, 0, &mut noload(path, "magic"))?;
+    let (magic, pos) = pickle::unpickle(&ctx(path, "magic number", false, limits), bytes, 0, &mut noload(path, "magic"))?;
     if !matches!(&magic, Value::BigInt(h) if h == MAGIC_HEX) {
         return Err(FormatError::corrupt(path, "magic number", "not the legacy torch.save magic number"));
     }
-    let (proto, pos) = pickle::unpickle(&ctx(path, "protocol", false), bytes, pos, &mut noload(path, "protocol"))?;
+    let (proto, pos) = pickle::unpickle(&ctx(path, "protocol", false, limits), bytes, pos, &mut noload(path, "protocol"))?;
     if !matches!(proto, Value::Int(PROTOCOL)) {
         return Err(FormatError::unsupported(path, format!("legacy protocol {proto:?} (expected {PROTOCOL})")));
     }
-    let (sys_info, pos) = pickle::unpickle(&ctx(path, "sys_info", false), bytes, pos, &mut noload(path, "sys_info"))?;
+    let (sys_info, pos) = pickle::unpickle(&ctx(path, "sys_info", false, limits), bytes, pos, &mut noload(path, "sys_info"))?;
     let big_endian = matches!(sys_info.get("little_endian"), Some(Value::Bool(false)));
     let obj_start = pos;
 
@@ -133,9 +150,9 @@ fn read_with(
             state: Box::new(Value::Str(r.key)),
         })
     };
-    let (_, after_obj) = pickle::unpickle(&ctx(path, entry, true), bytes, obj_start, &mut learn)?;
+    let (_, after_obj) = pickle::unpickle(&ctx(path, entry, true, limits), bytes, obj_start, &mut learn)?;
 
-    let (keys, mut pos) = pickle::unpickle(&ctx(path, "storage keys", false), bytes, after_obj, &mut noload(path, "storage keys"))?;
+    let (keys, mut pos) = pickle::unpickle(&ctx(path, "storage keys", false, limits), bytes, after_obj, &mut noload(path, "storage keys"))?;
     let Value::List(keys) = keys else {
         return Err(FormatError::corrupt(path, "storage keys", "not a list"));
     };
@@ -200,7 +217,7 @@ fn read_with(
         }
         Ok(pickle::storage_value(v, &key))
     };
-    let (root, _) = pickle::unpickle(&ctx(path, entry, false), bytes, obj_start, &mut load)?;
+    let (root, _) = pickle::unpickle(&ctx(path, entry, false, limits), bytes, obj_start, &mut load)?;
     let mut metadata = BTreeMap::new();
     metadata.insert("byteorder".into(), if big_endian { "big" } else { "little" }.into());
     metadata.insert("legacy_protocol".into(), PROTOCOL.to_string());

@@ -13,14 +13,11 @@ pub struct MappedFile {
     map: memmap2::Mmap,
 }
 
-/// Map `path` read-only.
+/// Map `path` read-only (a regular file only: FIFOs, devices and sockets are refused without
+/// blocking, see [`super::open_regular`]).
 pub fn map_file(path: &Path) -> std::io::Result<MappedFile> {
-    let file = std::fs::File::open(path)?;
-    // SAFETY: the map is read-only and this process never writes the file; a file truncated
-    // or rewritten under us by another process is the hazard every mmap-based reader
-    // (safetensors, candle) accepts.
-    let map = unsafe { memmap2::Mmap::map(&file) }?;
-    Ok(MappedFile { map })
+    let file = super::open_regular(path).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
+    MappedFile::of(&file)
 }
 
 impl std::ops::Deref for MappedFile {
@@ -31,6 +28,15 @@ impl std::ops::Deref for MappedFile {
 }
 
 impl MappedFile {
+    /// Map an open file read-only.
+    pub fn of(file: &std::fs::File) -> std::io::Result<MappedFile> {
+        // SAFETY: the map is read-only and this process never writes the file; a file
+        // truncated or rewritten under us by another process is the hazard every mmap-based
+        // reader (safetensors, candle) accepts (docs/guarantees.md).
+        let map = unsafe { memmap2::Mmap::map(file) }?;
+        Ok(MappedFile { map })
+    }
+
     /// Drop this process's page-table entries for bytes `start..start+len` (clamped to the
     /// file), so what was read once stops counting in the resident set; the bytes stay in the
     /// page cache and read back unchanged on the next access.

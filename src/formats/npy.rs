@@ -8,7 +8,7 @@
 //! members, stored or deflated.
 
 use super::zip::{Archive, Method};
-use super::{Checkpoint, DType, Format, FormatError, MappedFile, Storage, TensorView, Value};
+use super::{Checkpoint, DType, Format, FormatError, MappedFile, ReadLimits, Storage, TensorView, Value};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
@@ -199,9 +199,20 @@ fn npy_checkpoint(path: &Path, storage: Arc<Storage>) -> Result<Checkpoint, Form
     })
 }
 
-/// Read an `.npz` archive: stored members mapped, deflated members inflated under the cap.
+/// Read an `.npz` archive: stored members mapped (CRC-checked), deflated members inflated
+/// under the archive's inflate budget (default [`ReadLimits`]).
 pub fn read_npz(path: &Path, map: Option<Arc<MappedFile>>, bytes: &[u8]) -> Result<Checkpoint, FormatError> {
-    let archive = Archive::parse(path, bytes)?;
+    read_npz_with(path, map, bytes, &ReadLimits::default())
+}
+
+/// [`read_npz`] under `limits`.
+pub fn read_npz_with(
+    path: &Path,
+    map: Option<Arc<MappedFile>>,
+    bytes: &[u8],
+    limits: &ReadLimits,
+) -> Result<Checkpoint, FormatError> {
+    let archive = Archive::parse(path, bytes)?.with_inflate_limit(limits.inflate_bytes);
     let mut items = Vec::new();
     let mut seen = std::collections::HashSet::new();
     for m in &archive.members {
@@ -210,9 +221,7 @@ pub fn read_npz(path: &Path, map: Option<Arc<MappedFile>>, bytes: &[u8]) -> Resu
         };
         let storage = match (m.method, &map) {
             (Method::Stored, Some(map)) => {
-                if (bytes.len() as u64) <= super::zip::MAX_EAGER_CRC {
-                    archive.check_crc(m, archive.raw(m))?;
-                }
+                archive.check_crc_stored(m, |start, len| super::torch_zip::release_pages(map, start, len))?;
                 Storage::mapped(path, map.clone(), m.data_start as usize, m.size as usize)?
             }
             _ => Storage::Owned(archive.read(m)?.into_owned()),

@@ -8,9 +8,13 @@
 //! module and name the moment the GLOBAL / STACK_GLOBAL opcode names it, before any REDUCE.
 //!
 //! Bounds: every declared length is checked against the bytes left before anything is
-//! allocated; memo entries, stack depth, MARK depth, container nesting and the total number
-//! of value nodes (so memo re-use cannot blow up like a "billion laughs") are capped by the
-//! named constants below.
+//! allocated; memo entries, stack depth, MARK depth and container nesting are capped by the
+//! named constants below, and one byte budget counts everything the VM materialises — each
+//! value, string and container it builds and every copy it makes (DUP, BINGET/GET,
+//! MEMOIZE/PUT of an immutable value, the memo's snapshot of a memoised container when it is
+//! complete) — cumulatively, so neither memory nor time can blow up like a "billion laughs"
+//! or a DUP/BINGET loop over a large string. The budget is [`Ctx::max_bytes`] when set, else
+//! [`BUDGET_SLACK`] + [`BUDGET_PER_BYTE`] × the pickle bytes read so far.
 
 use super::tensor::checked_numel;
 use super::{DType, FormatError, Storage, TensorView, Value};
@@ -28,10 +32,14 @@ pub const MAX_MARKS: usize = 4096;
 pub const MAX_NESTING: usize = 200;
 /// Longest LONG1/LONG4 integer, in bytes.
 pub const MAX_LONG_BYTES: usize = 64;
-/// Value nodes a pickle may create: this many per input byte, plus [`NODE_SLACK`].
-pub const NODES_PER_BYTE: usize = 8;
-/// Fixed allowance of value nodes on top of [`NODES_PER_BYTE`].
-pub const NODE_SLACK: usize = 1 << 16;
+/// Default byte budget: this many materialised bytes per pickle byte read so far …
+/// (real checkpoints use 35–65: docs/guarantees.md) …
+pub const BUDGET_PER_BYTE: u64 = 128;
+/// … plus this many bytes.
+pub const BUDGET_SLACK: u64 = 64 << 20;
+/// What one value node counts for in the budget (its inline size; strings, bytes and the
+/// shape of a tensor add their lengths).
+pub const NODE_BYTES: u64 = std::mem::size_of::<Value>() as u64;
 
 /// Which allowlisted global a GLOBAL opcode named (kept on the stack as inert data).
 const GLOBAL_CLASS: &str = "$global";
@@ -52,6 +60,9 @@ pub struct Ctx<'a> {
     pub dry_run: bool,
     /// Refuse bytes after STOP.
     pub strict_end: bool,
+    /// Byte budget for everything this pickle materialises (copies included); `None`: the
+    /// default, [`BUDGET_SLACK`] + [`BUDGET_PER_BYTE`] × pickle bytes read so far.
+    pub max_bytes: Option<u64>,
 }
 
 /// What a pickle's persistent ids resolve to: a storage view (see [`storage_value`]).
@@ -86,8 +97,8 @@ struct Entry {
     v: Value,
     /// Container nesting depth of `v` (scalars 0).
     depth: usize,
-    /// Value nodes in `v`.
-    size: usize,
+    /// Budget bytes of `v` (what a copy of it costs).
+    bytes: u64,
     /// Memo slots that alias this (mutable) value; refreshed when it leaves the stack.
     memo: Vec<u32>,
     /// String/int keys already in a dict → their position (built lazily), for duplicates.
@@ -95,18 +106,47 @@ struct Entry {
 }
 
 impl Entry {
-    fn new(v: Value, depth: usize, size: usize) -> Self {
+    fn new(v: Value, depth: usize, bytes: u64) -> Self {
         Entry {
             v,
             depth,
-            size,
+            bytes,
             memo: Vec::new(),
             keys: None,
         }
     }
     fn scalar(v: Value) -> Self {
-        Entry::new(v, 0, 1)
+        let b = NODE_BYTES + heap_bytes(&v);
+        Entry::new(v, 0, b)
     }
+}
+
+/// Bytes a value owns outside its node, not counting child values.
+fn heap_bytes(v: &Value) -> u64 {
+    let n = match v {
+        Value::Str(s) | Value::BigInt(s) => s.len(),
+        Value::Bytes(b) => b.len(),
+        Value::Tensor(t) => (t.shape.len() + t.strides.len()) * 8,
+        Value::Object { class, .. } => class.len(),
+        _ => 0,
+    };
+    n as u64
+}
+
+/// Budget bytes of a whole value tree (only for small values built outside the VM: the
+/// storages persistent_load returns). Depth-bounded like the VM.
+fn tree_bytes(v: &Value, depth: usize) -> u64 {
+    let own = NODE_BYTES + heap_bytes(v);
+    if depth > MAX_NESTING {
+        return own;
+    }
+    let kids: u64 = match v {
+        Value::List(x) | Value::Tuple(x) => x.iter().map(|c| tree_bytes(c, depth + 1)).sum(),
+        Value::Dict(x) => x.iter().map(|(k, c)| tree_bytes(k, depth + 1) + tree_bytes(c, depth + 1)).sum(),
+        Value::Object { args, state, .. } => tree_bytes(args, depth + 1) + tree_bytes(state, depth + 1),
+        _ => 0,
+    };
+    own.saturating_add(kids)
 }
 
 struct Vm<'a, 'b> {
@@ -116,11 +156,13 @@ struct Vm<'a, 'b> {
     op_pos: usize,
     stack: Vec<Entry>,
     marks: Vec<usize>,
-    memo: HashMap<u32, (Value, usize, usize)>,
+    memo: HashMap<u32, (Value, usize, u64)>,
     /// Memo slots aliased by a container still on the stack (slot → entries).
     open: HashMap<u32, usize>,
-    nodes: usize,
-    max_nodes: usize,
+    /// Where this pickle starts in `data` (the default budget grows with bytes read).
+    start: usize,
+    /// Budget bytes materialised so far.
+    used: u64,
     load: &'b mut PersistentLoad<'b>,
 }
 
@@ -131,11 +173,6 @@ pub fn unpickle(
     start: usize,
     load: &mut PersistentLoad<'_>,
 ) -> Result<(Value, usize), FormatError> {
-    let max_nodes = data
-        .len()
-        .saturating_sub(start)
-        .saturating_mul(NODES_PER_BYTE)
-        .saturating_add(NODE_SLACK);
     let mut vm = Vm {
         ctx,
         data,
@@ -145,8 +182,8 @@ pub fn unpickle(
         marks: Vec::new(),
         memo: HashMap::new(),
         open: HashMap::new(),
-        nodes: 0,
-        max_nodes,
+        start,
+        used: 0,
         load,
     };
     let v = vm.run()?;
@@ -154,6 +191,15 @@ pub fn unpickle(
         return Err(vm.err_at(vm.pos, format!("{} bytes after STOP", data.len() - vm.pos)));
     }
     Ok((v, vm.pos))
+}
+
+/// Budget bytes of a key's entry in the duplicate-key index.
+fn key_index_bytes(k: &Value) -> Option<u64> {
+    match k {
+        Value::Str(s) => Some(NODE_BYTES + 1 + s.len() as u64),
+        Value::Int(_) => Some(NODE_BYTES + 21),
+        _ => None,
+    }
 }
 
 /// The key text used for duplicate detection (strings and ints; other keys are not tracked).
@@ -252,18 +298,44 @@ impl<'a, 'b> Vm<'a, 'b> {
         if e.depth > MAX_NESTING {
             return Err(self.err(format!("containers nested deeper than {MAX_NESTING}")));
         }
-        self.nodes = self.nodes.saturating_add(e.size);
-        if self.nodes > self.max_nodes {
-            return Err(self.err(format!(
-                "more than {} value nodes (memo re-use blow-up)",
-                self.max_nodes
-            )));
-        }
         self.stack.push(e);
         Ok(())
     }
+    /// The budget now: fixed, or growing with the pickle bytes read.
+    fn budget(&self) -> u64 {
+        match self.ctx.max_bytes {
+            Some(b) => b,
+            None => (self.pos.saturating_sub(self.start) as u64)
+                .saturating_mul(BUDGET_PER_BYTE)
+                .saturating_add(BUDGET_SLACK),
+        }
+    }
+    /// Count `n` materialised bytes against the budget, refusing before they are built.
+    fn charge(&mut self, n: u64) -> Result<(), FormatError> {
+        self.used = self.used.saturating_add(n);
+        let limit = self.budget();
+        if self.used > limit {
+            return Err(FormatError::OverBudget {
+                path: self.ctx.path.to_path_buf(),
+                entry: format!("{} @ byte {}", self.ctx.entry, self.op_pos),
+                limit,
+                knob: "pickle",
+                env: super::PICKLE_BUDGET_ENV,
+            });
+        }
+        Ok(())
+    }
+    /// Push a value built just now (charged).
     fn push_v(&mut self, v: Value) -> Result<(), FormatError> {
-        self.push(Entry::scalar(v))
+        let e = Entry::scalar(v);
+        self.charge(e.bytes)?;
+        self.push(e)
+    }
+    /// Push a container (or object) built just now from moved parts: only its new nodes
+    /// (`fresh` bytes) are charged.
+    fn push_fresh(&mut self, e: Entry, fresh: u64) -> Result<(), FormatError> {
+        self.charge(fresh)?;
+        self.push(e)
     }
     /// Pop one entry, refreshing any memo slots that alias it.
     fn pop(&mut self) -> Result<Entry, FormatError> {
@@ -271,7 +343,7 @@ impl<'a, 'b> Vm<'a, 'b> {
         if self.marks.last().is_some_and(|&m| m > self.stack.len()) {
             return Err(self.err("stack underflow past a MARK"));
         }
-        self.close(&e);
+        self.close(&e)?;
         Ok(e)
     }
     fn top(&mut self) -> Result<&mut Entry, FormatError> {
@@ -290,14 +362,16 @@ impl<'a, 'b> Vm<'a, 'b> {
         }
         let items = self.stack.split_off(m);
         for e in &items {
-            self.close(e);
+            self.close(e)?;
         }
         Ok(items)
     }
-    /// An entry leaves the stack: refresh the memo slots aliasing it, which are now closed.
-    fn close(&mut self, e: &Entry) {
+    /// An entry leaves the stack: its memo slots, which are now closed, get a snapshot of it
+    /// (one charged copy per slot).
+    fn close(&mut self, e: &Entry) -> Result<(), FormatError> {
         for &k in &e.memo {
-            self.memo.insert(k, (e.v.clone(), e.depth, e.size));
+            self.charge(e.bytes)?;
+            self.memo.insert(k, (e.v.clone(), e.depth, e.bytes));
             if let Some(n) = self.open.get_mut(&k) {
                 *n = n.saturating_sub(1);
                 if *n == 0 {
@@ -305,6 +379,7 @@ impl<'a, 'b> Vm<'a, 'b> {
                 }
             }
         }
+        Ok(())
     }
 
     fn pop_n(&mut self, n: usize) -> Result<Vec<Entry>, FormatError> {
@@ -318,8 +393,8 @@ impl<'a, 'b> Vm<'a, 'b> {
 
     fn container(v: Value, items: &[Entry]) -> Entry {
         let depth = items.iter().map(|e| e.depth).max().unwrap_or(0) + 1;
-        let size = items.iter().fold(1usize, |a, e| a.saturating_add(e.size));
-        Entry::new(v, depth, size)
+        let bytes = items.iter().fold(NODE_BYTES, |a, e| a.saturating_add(e.bytes));
+        Entry::new(v, depth, bytes)
     }
     fn tuple(items: Vec<Entry>) -> Entry {
         let mut e = Self::container(Value::None, &items);
@@ -335,18 +410,26 @@ impl<'a, 'b> Vm<'a, 'b> {
         if n == 0 || self.marks.last().is_some_and(|&m| m >= n) {
             return Err(self.err("memo put with an empty stack"));
         }
-        let e = &mut self.stack[n - 1];
-        let snapshot = (e.v.clone(), e.depth, e.size);
+        let e = &self.stack[n - 1];
         let mutable = match &e.v {
             Value::Dict(_) | Value::List(_) => true,
             Value::Object { class, .. } => class != GLOBAL_CLASS && class != STORAGE_CLASS,
             _ => false,
         };
         if mutable {
+            // Not copied now: the slot cannot be read while the container is open (a get
+            // of it is a cycle), and `close` stores the finished container.
+            let e = &mut self.stack[n - 1];
             e.memo.push(key);
             *self.open.entry(key).or_insert(0) += 1;
+            self.memo.insert(key, (Value::None, 0, NODE_BYTES));
+        } else {
+            let bytes = e.bytes;
+            self.charge(bytes)?;
+            let e = &self.stack[n - 1];
+            let snapshot = (e.v.clone(), e.depth, e.bytes);
+            self.memo.insert(key, snapshot);
         }
-        self.memo.insert(key, snapshot);
         Ok(())
     }
     fn memo_get(&mut self, key: u32) -> Result<(), FormatError> {
@@ -355,12 +438,15 @@ impl<'a, 'b> Vm<'a, 'b> {
                 "memo slot {key} refers to a container still being built (cyclic container)"
             )));
         }
-        let (v, depth, size) = self
+        let bytes = self
             .memo
             .get(&key)
-            .cloned()
+            .map(|m| m.2)
             .ok_or_else(|| self.err(format!("memo slot {key} was never set")))?;
-        self.push(Entry::new(v, depth, size))
+        // Charged before the copy is made.
+        self.charge(bytes)?;
+        let (v, depth, bytes) = self.memo.get(&key).cloned().ok_or_else(|| self.err("memo slot vanished"))?;
+        self.push(Entry::new(v, depth, bytes))
     }
 
     /// Check a global against the allowlist; refuse before anything can call it.
@@ -397,11 +483,13 @@ impl<'a, 'b> Vm<'a, 'b> {
                 name: name.to_string(),
             });
         }
-        self.push_v(Value::Object {
+        let v = Value::Object {
             class: GLOBAL_CLASS.into(),
             args: Box::new(Value::Str(full)),
             state: Box::new(Value::None),
-        })
+        };
+        let bytes = tree_bytes(&v, 0);
+        self.push_fresh(Entry::new(v, 0, bytes), bytes)
     }
 
     fn global_name(v: &Value) -> Option<&str> {
@@ -435,7 +523,9 @@ impl<'a, 'b> Vm<'a, 'b> {
                     if !self.marks.is_empty() {
                         return Err(self.err("STOP with an open MARK"));
                     }
-                    let e = self.pop()?;
+                    // Not `pop`: the memo dies with the VM, so the result's memo slots need
+                    // no final snapshot (a whole-tree copy of every checkpoint otherwise).
+                    let e = self.stack.pop().ok_or_else(|| self.err("stack underflow"))?;
                     return Ok(e.v);
                 }
                 b'(' => {
@@ -452,10 +542,14 @@ impl<'a, 'b> Vm<'a, 'b> {
                 }
                 b'2' => {
                     let e = self.top()?;
-                    let c = Entry::new(e.v.clone(), e.depth, e.size);
-                    if !matches!(c.v, Value::Int(_) | Value::Str(_) | Value::None | Value::Bool(_) | Value::Float(_)) {
+                    if !matches!(e.v, Value::Int(_) | Value::Str(_) | Value::None | Value::Bool(_) | Value::Float(_)) {
                         return Err(self.err("DUP of a container is not supported"));
                     }
+                    let bytes = e.bytes;
+                    // Charged before the copy is made.
+                    self.charge(bytes)?;
+                    let e = self.top()?;
+                    let c = Entry::new(e.v.clone(), e.depth, e.bytes);
                     self.push(c)?;
                 }
                 b'N' => self.push_v(Value::None)?,
@@ -503,14 +597,17 @@ impl<'a, 'b> Vm<'a, 'b> {
                         _ => self.len_u64()?,
                     };
                     let b = self.take(n)?;
+                    self.charge(NODE_BYTES + n as u64)?;
                     let s = self.utf8(b)?;
-                    self.push_v(Value::Str(s))?
+                    self.push(Entry::scalar(Value::Str(s)))?
                 }
                 b'U' | b'T' => {
                     // py2 str: bytes, decoded as latin-1 (what torch.load's encoding does).
                     let n = if op == b'U' { self.u8()? as usize } else { self.u32()? as usize };
                     let b = self.take(n)?;
-                    self.push_v(Value::Str(b.iter().map(|&c| c as char).collect()))?
+                    // Latin-1 → UTF-8 takes up to two bytes per character.
+                    self.charge(NODE_BYTES + 2 * n as u64)?;
+                    self.push(Entry::scalar(Value::Str(b.iter().map(|&c| c as char).collect())))?
                 }
                 b'B' | b'C' | 0x8e => {
                     let n = match op {
@@ -518,25 +615,26 @@ impl<'a, 'b> Vm<'a, 'b> {
                         b'C' => self.u8()? as usize,
                         _ => self.len_u64()?,
                     };
-                    let b = self.take(n)?.to_vec();
-                    self.push_v(Value::Bytes(b))?
+                    let b = self.take(n)?;
+                    self.charge(NODE_BYTES + n as u64)?;
+                    self.push(Entry::scalar(Value::Bytes(b.to_vec())))?
                 }
-                b')' => self.push(Self::tuple(Vec::new()))?,
+                b')' => self.push_fresh(Self::tuple(Vec::new()), NODE_BYTES)?,
                 b't' => {
                     let items = self.pop_mark()?;
-                    self.push(Self::tuple(items))?
+                    self.push_fresh(Self::tuple(items), NODE_BYTES)?
                 }
                 0x85..=0x87 => {
                     let n = (op - 0x84) as usize;
                     let items = self.pop_n(n)?;
-                    self.push(Self::tuple(items))?
+                    self.push_fresh(Self::tuple(items), NODE_BYTES)?
                 }
-                b']' => self.push(Entry::new(Value::List(Vec::new()), 1, 1))?,
+                b']' => self.push_fresh(Entry::new(Value::List(Vec::new()), 1, NODE_BYTES), NODE_BYTES)?,
                 b'l' => {
                     let items = self.pop_mark()?;
                     let mut e = Self::container(Value::None, &items);
                     e.v = Value::List(items.into_iter().map(|e| e.v).collect());
-                    self.push(e)?
+                    self.push_fresh(e, NODE_BYTES)?
                 }
                 b'a' => {
                     let item = self.pop()?;
@@ -546,10 +644,10 @@ impl<'a, 'b> Vm<'a, 'b> {
                     let items = self.pop_mark()?;
                     self.append(items)?
                 }
-                b'}' => self.push(Entry::new(Value::Dict(Vec::new()), 1, 1))?,
+                b'}' => self.push_fresh(Entry::new(Value::Dict(Vec::new()), 1, NODE_BYTES), NODE_BYTES)?,
                 b'd' => {
                     let items = self.pop_mark()?;
-                    self.push(Entry::new(Value::Dict(Vec::new()), 1, 1))?;
+                    self.push_fresh(Entry::new(Value::Dict(Vec::new()), 1, NODE_BYTES), NODE_BYTES)?;
                     self.setitems(items)?
                 }
                 b's' => {
@@ -583,8 +681,8 @@ impl<'a, 'b> Vm<'a, 'b> {
                         (Some(f), Some(a)) => (f, a),
                         _ => return Err(self.err("stack underflow")),
                     };
-                    let r = self.reduce(f, args)?;
-                    self.push(r)?
+                    let (r, fresh) = self.reduce(f, args)?;
+                    self.push_fresh(r, fresh)?
                 }
                 0x81 => {
                     let kv = self.pop_n(2)?;
@@ -593,8 +691,8 @@ impl<'a, 'b> Vm<'a, 'b> {
                         (Some(f), Some(a)) => (f, a),
                         _ => return Err(self.err("stack underflow")),
                     };
-                    let r = self.newobj(cls, args)?;
-                    self.push(r)?
+                    let (r, fresh) = self.newobj(cls, args)?;
+                    self.push_fresh(r, fresh)?
                 }
                 b'b' => {
                     let state = self.pop()?;
@@ -632,7 +730,8 @@ impl<'a, 'b> Vm<'a, 'b> {
                     let pid = self.pop()?;
                     let at = self.op_pos;
                     let v = (self.load)(&pid.v, at)?;
-                    self.push(Entry::new(v, 1, 2))?
+                    let bytes = tree_bytes(&v, 0);
+                    self.push_fresh(Entry::new(v, 1, bytes), bytes)?
                 }
                 b'i' | b'o' => {
                     return Err(self.err(format!(
@@ -655,7 +754,7 @@ impl<'a, 'b> Vm<'a, 'b> {
         };
         for e in items {
             top.depth = top.depth.max(e.depth + 1);
-            top.size = top.size.saturating_add(e.size);
+            top.bytes = top.bytes.saturating_add(e.bytes);
             list.push(e.v);
         }
         if top.depth > MAX_NESTING {
@@ -668,6 +767,15 @@ impl<'a, 'b> Vm<'a, 'b> {
         if !items.len().is_multiple_of(2) {
             return Err(self.err("odd number of items for SETITEMS"));
         }
+        // Budget: the duplicate-key index copies every string/int key once.
+        let mut fresh: u64 = items.iter().step_by(2).filter_map(|k| key_index_bytes(&k.v)).sum();
+        let top = self.top()?;
+        if top.keys.is_none()
+            && let Value::Dict(d) = &top.v
+        {
+            fresh += d.iter().filter_map(|(k, _)| key_index_bytes(k)).sum::<u64>();
+        }
+        self.charge(fresh)?;
         let op_pos = self.op_pos;
         let ctx_path = self.ctx.path;
         let ctx_entry = self.ctx.entry;
@@ -687,7 +795,7 @@ impl<'a, 'b> Vm<'a, 'b> {
         let mut it = items.into_iter();
         while let (Some(k), Some(v)) = (it.next(), it.next()) {
             top.depth = top.depth.max(k.depth + 1).max(v.depth + 1);
-            top.size = top.size.saturating_add(k.size).saturating_add(v.size);
+            top.bytes = top.bytes.saturating_add(k.bytes).saturating_add(v.bytes);
             match key_repr(&k.v) {
                 Some(r) if keys.contains_key(&r) => {
                     // Python keeps the last value; two tensors under one name is a lie.
@@ -723,7 +831,7 @@ impl<'a, 'b> Vm<'a, 'b> {
             Value::Dict(_) => Ok(()),
             Value::Object { class, state: s, .. } if class != GLOBAL_CLASS && class != STORAGE_CLASS => {
                 top.depth = top.depth.max(state.depth + 1);
-                top.size = top.size.saturating_add(state.size);
+                top.bytes = top.bytes.saturating_add(state.bytes);
                 **s = state.v;
                 if top.depth > MAX_NESTING {
                     return Err(self.err(format!("containers nested deeper than {MAX_NESTING}")));
@@ -737,30 +845,35 @@ impl<'a, 'b> Vm<'a, 'b> {
         }
     }
 
-    fn newobj(&mut self, cls: Entry, args: Entry) -> Result<Entry, FormatError> {
+    /// NEWOBJ: the new entry and the bytes it newly allocates (its parts are moved).
+    fn newobj(&mut self, cls: Entry, args: Entry) -> Result<(Entry, u64), FormatError> {
         let name = Self::global_name(&cls.v)
             .ok_or_else(|| self.err("NEWOBJ of something that is not a class"))?
             .to_string();
         match name.as_str() {
-            "collections.OrderedDict" => Ok(Entry::new(Value::Dict(Vec::new()), 1, 1)),
+            "collections.OrderedDict" => Ok((Entry::new(Value::Dict(Vec::new()), 1, NODE_BYTES), NODE_BYTES)),
             n if n == "argparse.Namespace" || n.starts_with("__torch__") => {
+                let fresh = 2 * NODE_BYTES + name.len() as u64;
                 let mut e = Self::container(Value::None, std::slice::from_ref(&args));
+                e.bytes = e.bytes.saturating_add(fresh);
                 e.v = Value::Object {
                     class: name,
                     args: Box::new(args.v),
                     state: Box::new(Value::None),
                 };
-                Ok(e)
+                Ok((e, fresh))
             }
             _ => Err(self.err(format!("NEWOBJ of {name} is not allowed"))),
         }
     }
 
-    fn reduce(&mut self, f: Entry, args: Entry) -> Result<Entry, FormatError> {
+    /// REDUCE of an allowlisted global: the result and the bytes it newly allocates (the
+    /// parts it is made of are moved from the arguments).
+    fn reduce(&mut self, f: Entry, args: Entry) -> Result<(Entry, u64), FormatError> {
         let name = Self::global_name(&f.v)
             .ok_or_else(|| self.err(format!("REDUCE calls a {}, not an allowlisted global", f.v.kind())))?
             .to_string();
-        let (args_d, args_s) = (args.depth, args.size);
+        let (args_d, args_s) = (args.depth, args.bytes);
         let Value::Tuple(a) = args.v else {
             return Err(self.err(format!("REDUCE of {name} with non-tuple arguments")));
         };
@@ -769,14 +882,15 @@ impl<'a, 'b> Vm<'a, 'b> {
                 if !a.is_empty() {
                     return Err(self.err("OrderedDict with constructor arguments"));
                 }
-                Ok(Entry::new(Value::Dict(Vec::new()), 1, 1))
+                Ok((Entry::new(Value::Dict(Vec::new()), 1, NODE_BYTES), NODE_BYTES))
             }
             "torch._utils._rebuild_tensor" | "torch._utils._rebuild_tensor_v2" => {
                 if a.len() < 4 {
                     return Err(self.err(format!("{name} with {} arguments", a.len())));
                 }
                 let t = self.rebuild(&a[0], &a[1], &a[2], &a[3], None)?;
-                Ok(Entry::new(t, 0, 1))
+                let b = NODE_BYTES + heap_bytes(&t);
+                Ok((Entry::new(t, 0, b), b))
             }
             "torch._utils._rebuild_tensor_v3" => {
                 if a.len() < 7 {
@@ -787,18 +901,22 @@ impl<'a, 'b> Vm<'a, 'b> {
                     .and_then(DType::from_torch_dtype_name)
                     .ok_or_else(|| self.bad_tensor("_rebuild_tensor_v3 without a known dtype"))?;
                 let t = self.rebuild(&a[0], &a[1], &a[2], &a[3], Some(dtype))?;
-                Ok(Entry::new(t, 0, 1))
+                let b = NODE_BYTES + heap_bytes(&t);
+                Ok((Entry::new(t, 0, b), b))
             }
             "torch._utils._rebuild_parameter" | "torch._utils._rebuild_parameter_with_state" => {
                 match a.into_iter().next() {
-                    Some(t @ (Value::Tensor(_) | Value::None)) => Ok(Entry::new(t, 0, 1)),
+                    Some(t @ (Value::Tensor(_) | Value::None)) => {
+                        let b = NODE_BYTES + heap_bytes(&t);
+                        Ok((Entry::new(t, 0, b), 0))
+                    }
                     _ => Err(self.err(format!("{name} of something that is not a tensor"))),
                 }
             }
             "torch.Size" => match a.into_iter().next() {
                 Some(Value::Tuple(t)) if t.iter().all(|x| matches!(x, Value::Int(_))) => {
-                    let n = t.len();
-                    Ok(Entry::new(Value::Tuple(t), 1, n + 1))
+                    let b = (t.len() as u64 + 1) * NODE_BYTES;
+                    Ok((Entry::new(Value::Tuple(t), 1, b), 0))
                 }
                 _ => Err(self.err("torch.Size of something that is not a tuple of ints")),
             },
@@ -806,6 +924,8 @@ impl<'a, 'b> Vm<'a, 'b> {
                 (Some(Value::Str(s)), Some(Value::Str(enc)))
                     if enc == "latin1" || enc == "latin-1" =>
                 {
+                    let fresh = NODE_BYTES + s.len() as u64;
+                    self.charge(fresh)?;
                     let mut out = Vec::with_capacity(s.len());
                     for c in s.chars() {
                         let c = u32::from(c);
@@ -814,7 +934,7 @@ impl<'a, 'b> Vm<'a, 'b> {
                         }
                         out.push(c as u8);
                     }
-                    Ok(Entry::scalar(Value::Bytes(out)))
+                    Ok((Entry::scalar(Value::Bytes(out)), 0))
                 }
                 _ => Err(self.err("_codecs.encode other than (str, 'latin1')")),
             },
@@ -823,34 +943,44 @@ impl<'a, 'b> Vm<'a, 'b> {
                 match a.into_iter().next() {
                     Some(v) => {
                         let depth = args_d.saturating_sub(1);
-                        Ok(Entry::new(v, depth, args_s))
+                        Ok((Entry::new(v, depth, args_s), 0))
                     }
-                    None => Ok(Entry::scalar(Value::None)),
+                    None => Ok((Entry::scalar(Value::None), NODE_BYTES)),
                 }
             }
             "numpy.core.multiarray.scalar"
             | "numpy._core.multiarray.scalar"
             | "numpy.dtype"
             | "argparse.Namespace" => {
-                Ok(Entry::new(
-                    Value::Object {
-                        class: name,
-                        args: Box::new(Value::Tuple(a)),
-                        state: Box::new(Value::None),
-                    },
-                    args_depth(args_d),
-                    args_s.saturating_add(1),
+                let fresh = 3 * NODE_BYTES + name.len() as u64;
+                Ok((
+                    Entry::new(
+                        Value::Object {
+                            class: name,
+                            args: Box::new(Value::Tuple(a)),
+                            state: Box::new(Value::None),
+                        },
+                        args_depth(args_d),
+                        args_s.saturating_add(fresh),
+                    ),
+                    fresh,
                 ))
             }
-            n if n.starts_with("__torch__") => Ok(Entry::new(
-                Value::Object {
-                    class: name.clone(),
-                    args: Box::new(Value::Tuple(a)),
-                    state: Box::new(Value::None),
-                },
-                args_depth(args_d),
-                args_s.saturating_add(1),
-            )),
+            n if n.starts_with("__torch__") => {
+                let fresh = 3 * NODE_BYTES + name.len() as u64;
+                Ok((
+                    Entry::new(
+                        Value::Object {
+                            class: name.clone(),
+                            args: Box::new(Value::Tuple(a)),
+                            state: Box::new(Value::None),
+                        },
+                        args_depth(args_d),
+                        args_s.saturating_add(fresh),
+                    ),
+                    fresh,
+                ))
+            }
             _ => Err(self.err(format!("{name} cannot be called"))),
         }
     }
@@ -1042,4 +1172,37 @@ pub fn parse_storage_pid(path: &Path, entry: &str, offset: usize, pid: &Value) -
         Some(other) => return Err(err(format!("view metadata is a {}", other.kind()))),
     };
     Ok(StorageRef { dtype, key, numel, view })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_value_node_counts_its_inline_size() {
+        // docs/guarantees.md states 72 bytes on 64-bit targets; keep the two in step.
+        const { assert!(NODE_BYTES <= 80) };
+    }
+
+    #[test]
+    fn the_budget_counts_copies() {
+        // 'abc…' (1000 bytes) memoised and fetched 10 times: 11 strings counted, not 1.
+        let mut p = vec![0x80, 2, b'X'];
+        p.extend(1000u32.to_le_bytes());
+        p.extend([b'a'; 1000]);
+        p.extend([b'q', 0, b'0', b'(']);
+        for _ in 0..10 {
+            p.extend([b'h', 0]);
+        }
+        p.extend([b'l', b'.']);
+        let path = Path::new("t.pkl");
+        let mut load = |_: &Value, _: usize| -> Result<Value, FormatError> { Ok(Value::None) };
+        let run = |max: u64, load: &mut PersistentLoad<'_>| {
+            let ctx = Ctx { path, entry: "t", torchscript: false, dry_run: false, strict_end: true, max_bytes: Some(max) };
+            unpickle(&ctx, &p, 0, load).map(|_| ())
+        };
+        let one = NODE_BYTES + 1000;
+        run(12 * one + 4 * NODE_BYTES, &mut load).expect("within 12 strings and the list");
+        assert!(matches!(run(10 * one, &mut load), Err(FormatError::OverBudget { .. })));
+    }
 }

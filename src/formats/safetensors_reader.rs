@@ -4,7 +4,7 @@
 //!
 //! Mirrors `safetensors/src/tensor.rs` `SafeTensors::deserialize` + `safe_open`.
 
-use super::{Checkpoint, DType, Format, FormatError, Storage, TensorView, Value};
+use super::{Checkpoint, DType, Format, FormatError, MappedFile, Storage, TensorView, Value};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
@@ -17,9 +17,15 @@ pub fn looks_like_safetensors(head: &[u8]) -> bool {
     head.len() >= 9 && head[8] == b'{'
 }
 
-/// Read a `.safetensors` file, tensors as views over its map.
+/// Open and read a `.safetensors` file (a regular file only: see [`super::open_regular`]).
 pub fn read(path: &Path) -> Result<Checkpoint, FormatError> {
-    let map = Arc::new(super::map_file(path).map_err(|e| FormatError::io(path, e))?);
+    let file = super::open_regular(path)?;
+    let map = MappedFile::of(&file).map_err(|e| FormatError::io(path, e))?;
+    read_mapped(path, Arc::new(map))
+}
+
+/// Read a `.safetensors` file from its memory map.
+pub fn read_mapped(path: &Path, map: Arc<MappedFile>) -> Result<Checkpoint, FormatError> {
     read_with(path, &map[..], |start, len| Storage::mapped(path, map.clone(), start, len))
 }
 

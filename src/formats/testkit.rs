@@ -145,6 +145,10 @@ struct Entry {
     name: String,
     crc: u32,
     size: u64,
+    /// Bytes stored (the deflate stream's length for a deflated member).
+    compressed: u64,
+    /// 0 stored, 8 deflated.
+    method: u16,
     offset: u64,
 }
 
@@ -216,9 +220,64 @@ impl<W: Write + Seek> ZipWriter<W> {
             name: name.to_string(),
             crc,
             size,
+            compressed: size,
+            method: 0,
             offset,
         });
         Ok(())
+    }
+
+    /// Add a deflated member (`.npz` writers compress; `torch.save` never does).
+    pub fn add_deflated(&mut self, name: &str, data: &[u8]) -> std::io::Result<()> {
+        let mut enc = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::best());
+        enc.write_all(data)?;
+        let comp = enc.finish()?;
+        let offset = self.w.stream_position()?;
+        let crc = crc32fast::hash(data);
+        let mut h = Vec::new();
+        h.extend_from_slice(&0x0403_4b50u32.to_le_bytes());
+        h.extend_from_slice(&20u16.to_le_bytes());
+        h.extend_from_slice(&0u16.to_le_bytes());
+        h.extend_from_slice(&8u16.to_le_bytes());
+        h.extend_from_slice(&[0, 0, 0, 0]);
+        h.extend_from_slice(&crc.to_le_bytes());
+        h.extend_from_slice(&(comp.len() as u32).to_le_bytes());
+        h.extend_from_slice(&(data.len() as u32).to_le_bytes());
+        h.extend_from_slice(&(name.len() as u16).to_le_bytes());
+        h.extend_from_slice(&0u16.to_le_bytes());
+        h.extend_from_slice(name.as_bytes());
+        self.w.write_all(&h)?;
+        self.w.write_all(&comp)?;
+        self.entries.push(Entry {
+            name: name.to_string(),
+            crc,
+            size: data.len() as u64,
+            compressed: comp.len() as u64,
+            method: 8,
+            offset,
+        });
+        Ok(())
+    }
+
+    /// Add a central-directory entry named `name` that points at the bytes of the member
+    /// added as number `of` (hostile: many names over one deflate stream is a zip bomb).
+    pub fn alias(&mut self, name: &str, of: usize) {
+        if let Some(e) = self.entries.get(of) {
+            let e = Entry {
+                name: name.to_string(),
+                crc: e.crc,
+                size: e.size,
+                compressed: e.compressed,
+                method: e.method,
+                offset: e.offset,
+            };
+            self.entries.push(e);
+        }
+    }
+
+    /// Mutable access to the bytes written so far (to flip bits in tests).
+    pub fn inner_mut(&mut self) -> &mut W {
+        &mut self.w
     }
 
     /// Add a stored member holding `data`.
@@ -235,10 +294,10 @@ impl<W: Write + Seek> ZipWriter<W> {
             h.extend_from_slice(&20u16.to_le_bytes());
             h.extend_from_slice(&20u16.to_le_bytes());
             h.extend_from_slice(&0u16.to_le_bytes());
-            h.extend_from_slice(&0u16.to_le_bytes());
+            h.extend_from_slice(&e.method.to_le_bytes());
             h.extend_from_slice(&[0, 0, 0, 0]);
             h.extend_from_slice(&e.crc.to_le_bytes());
-            h.extend_from_slice(&(e.size as u32).to_le_bytes());
+            h.extend_from_slice(&(e.compressed as u32).to_le_bytes());
             h.extend_from_slice(&(e.size as u32).to_le_bytes());
             h.extend_from_slice(&(e.name.len() as u16).to_le_bytes());
             h.extend_from_slice(&0u16.to_le_bytes()); // extra

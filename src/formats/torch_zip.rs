@@ -10,15 +10,15 @@
 //! tensors are found under dotted attribute paths (`transformer.resblocks.0.attn.in_proj_weight`).
 
 use super::pickle::{self, Ctx, StorageRef};
-use super::zip::{Archive, MAX_EAGER_CRC, Method};
-use super::{Checkpoint, DType, Format, FormatError, MappedFile, Storage, Value};
+use super::zip::{Archive, Method};
+use super::{Checkpoint, DType, Format, FormatError, MappedFile, ReadLimits, Storage, Value};
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::Arc;
 
-/// Read a torch zip or TorchScript archive from its memory map.
+/// Read a torch zip or TorchScript archive from its memory map (default [`ReadLimits`]).
 pub fn read(path: &Path, map: Arc<MappedFile>) -> Result<Checkpoint, FormatError> {
-    read_bytes(path, Source::Map(map))
+    read_with(path, Source::Map(map), &ReadLimits::default())
 }
 
 /// Where the archive bytes live (the map, or a buffer — used by fuzz targets and tests).
@@ -38,14 +38,15 @@ impl Source {
     }
 }
 
-/// Read an archive held in memory (fuzzing, tests).
+/// Read an archive held in memory (fuzzing, tests; default [`ReadLimits`]).
 pub fn read_slice(path: &Path, bytes: Vec<u8>) -> Result<Checkpoint, FormatError> {
-    read_bytes(path, Source::Owned(Arc::new(bytes)))
+    read_with(path, Source::Owned(Arc::new(bytes)), &ReadLimits::default())
 }
 
-fn read_bytes(path: &Path, src: Source) -> Result<Checkpoint, FormatError> {
+/// Read an archive from `src` under `limits`.
+pub fn read_with(path: &Path, src: Source, limits: &ReadLimits) -> Result<Checkpoint, FormatError> {
     let bytes = src.bytes();
-    let archive = Archive::parse(path, bytes)?;
+    let archive = Archive::parse(path, bytes)?.with_inflate_limit(limits.inflate_bytes);
     // The root folder is whatever precedes `/data.pkl` (torch uses the file stem, but any
     // name is accepted); it must be the same for every record.
     let pkl = archive
@@ -86,11 +87,9 @@ fn read_bytes(path: &Path, src: Source) -> Result<Checkpoint, FormatError> {
             metadata.insert(rec.trim_start_matches('.').into(), String::from_utf8_lossy(&b).trim().to_string());
         }
     }
-    let eager_crc = (bytes.len() as u64) <= MAX_EAGER_CRC;
-
     let m = archive.find(&pkl).ok_or_else(|| FormatError::missing(path, pkl.clone()))?;
     let data = archive.read(m)?;
-    let root_value = load_pickle(path, &archive, &src, root, "data/", &pkl, &data, torchscript, big_endian, eager_crc)?;
+    let root_value = load_pickle(path, &archive, &src, root, "data/", &pkl, &data, torchscript, big_endian, limits)?;
     if torchscript {
         // The module classes name the activation (open_clip's `QuickGELU` vs `nn.GELU`).
         let mut classes = Vec::new();
@@ -103,7 +102,7 @@ fn read_bytes(path: &Path, src: Source) -> Result<Checkpoint, FormatError> {
         if let Some(m) = archive.find(&format!("{root}constants.pkl")) {
             let name = m.name.clone();
             let data = archive.read(m)?;
-            let consts = load_pickle(path, &archive, &src, root, "constants/", &name, &data, true, big_endian, eager_crc)?;
+            let consts = load_pickle(path, &archive, &src, root, "constants/", &name, &data, true, big_endian, limits)?;
             let mut n = Vec::new();
             consts.collect_tensors("", &mut n);
             metadata.insert("torchscript.constants".into(), n.len().to_string());
@@ -128,7 +127,7 @@ fn load_pickle(
     data: &[u8],
     torchscript: bool,
     big_endian: bool,
-    eager_crc: bool,
+    limits: &ReadLimits,
 ) -> Result<Value, FormatError> {
     // key → (dtype or None for untyped, storage)
     let mut storages: HashMap<String, (Option<DType>, Arc<Storage>)> = HashMap::new();
@@ -153,9 +152,9 @@ fn load_pickle(
                 let m = archive.find(&rec).ok_or_else(|| FormatError::missing(path, rec.clone()))?;
                 let s = match (m.method, src) {
                     (Method::Stored, Source::Map(map)) => {
-                        if eager_crc {
-                            archive.check_crc(m, archive.raw(m))?;
-                        }
+                        // Checked once, when the record is first used, at any size; the
+                        // pages read for it are dropped from the resident set again.
+                        archive.check_crc_stored(m, |start, len| release_pages(map, start, len))?;
                         Storage::mapped(path, map.clone(), m.data_start as usize, m.size as usize)?
                     }
                     _ => Storage::Owned(archive.read(m)?.into_owned()),
@@ -187,9 +186,15 @@ fn load_pickle(
         torchscript,
         dry_run: false,
         strict_end: true,
+        max_bytes: limits.pickle_bytes,
     };
     let (v, _) = pickle::unpickle(&ctx, data, 0, &mut load)?;
     Ok(v)
+}
+
+/// Drop `map[start..start+len]` from this process's resident set (see `Storage::release`).
+pub(crate) fn release_pages(map: &MappedFile, start: usize, len: usize) {
+    map.release_range(start, len);
 }
 
 fn dname(d: Option<DType>) -> &'static str {

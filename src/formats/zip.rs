@@ -5,23 +5,29 @@
 //! Mirrors what PyTorch's `caffe2/serialize/inline_container.cc` (`PyTorchStreamReader`)
 //! and numpy's `np.load` (via Python's `zipfile`) accept: `torch.save` stores every record
 //! uncompressed (and 64-byte aligned), so those are mapped without a copy; `.npz` members may
-//! be deflated, and are decompressed with a cap of a small multiple of the file size, so a
-//! deflate bomb never allocates what it claims. Entry names with `..`, absolute paths or
-//! backslashes are refused.
+//! be deflated, and are decompressed under one budget for the whole archive (a small
+//! multiple of the file size), so a deflate bomb never allocates what it claims. Members
+//! whose bytes overlap (many directory entries sharing one deflate stream) and names listed
+//! twice are refused; entry names with `..`, absolute paths or backslashes are refused.
+//! Every member that is read is CRC-checked, whatever its size: deflated members while they
+//! inflate, stored (mapped) members over the mapped bytes when first used.
 
 use super::FormatError;
+use std::cell::Cell;
+use std::collections::HashMap;
 use std::io::Read;
 use std::path::Path;
 
 /// Most central-directory entries an archive may list.
 pub const MAX_ENTRIES: usize = 1 << 20;
-/// A deflated member may expand to at most this many times the archive size …
+/// The deflated members of an archive may expand, all together, to at most this many times
+/// the archive size …
 pub const INFLATE_RATIO: u64 = 4;
-/// … plus this many bytes.
+/// … plus this many bytes (the default of [`super::ReadLimits::inflate_bytes`]).
 pub const INFLATE_SLACK: u64 = 1 << 20;
-/// Mapped (stored) members are CRC-checked on open when the archive is at most this big;
-/// larger archives are checked when read in full (`inspect --check-finite`), never on inspect.
-pub const MAX_EAGER_CRC: u64 = 64 << 20;
+/// Stored members are CRC-checked this many bytes at a time (each stretch dropped from the
+/// resident set once checked, and the stretches of a large member checked on all cores).
+pub const CRC_CHUNK: usize = 16 << 20;
 
 /// How a member's bytes are stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,13 +46,27 @@ pub struct Member {
     pub size: u64,
     /// Offset of the member's data (after its local header) in the file.
     pub data_start: u64,
+    /// Offset of the member's local header in the file.
+    pub local_start: u64,
 }
+
 
 /// The parsed directory of a zip archive held in `bytes`.
 pub struct Archive<'a> {
     pub path: &'a Path,
     pub bytes: &'a [u8],
     pub members: Vec<Member>,
+    /// Member name → position in `members` (names are unique: checked in `parse`).
+    index: HashMap<String, usize>,
+    /// Bytes all deflated members may inflate to, together.
+    inflate_limit: u64,
+    /// Bytes inflated (or reserved for inflating) so far.
+    inflated: Cell<u64>,
+}
+
+/// The default inflate budget of an archive of `len` bytes.
+pub fn default_inflate_limit(len: u64) -> u64 {
+    len.saturating_mul(INFLATE_RATIO).saturating_add(INFLATE_SLACK)
 }
 
 fn rd16(b: &[u8], at: usize) -> Option<u16> {
@@ -203,18 +223,58 @@ impl<'a> Archive<'a> {
                 compressed,
                 size,
                 data_start,
+                local_start: local,
             });
             at = at + 46 + name_len + extra_len + comment_len;
+        }
+        // One name, one member: a second entry of the same name would make what is read
+        // depend on which one a reader picks.
+        let mut index = HashMap::with_capacity(members.len());
+        for (i, m) in members.iter().enumerate() {
+            if index.insert(m.name.clone(), i).is_some() {
+                return Err(FormatError::corrupt(path, m.name.clone(), "listed twice in the central directory"));
+            }
+        }
+        // Members may not share bytes: from its local header to the end of its data, each
+        // member owns its range (many entries over one deflate stream is a zip-bomb shape).
+        let mut spans: Vec<(u64, u64, usize)> = members
+            .iter()
+            .enumerate()
+            .map(|(i, m)| (m.local_start, m.data_start + m.compressed, i))
+            .collect();
+        spans.sort_unstable();
+        for w in spans.windows(2) {
+            let ((_, end_a, a), (start_b, _, b)) = (w[0], w[1]);
+            if start_b < end_a {
+                return Err(FormatError::OverlappingEntries {
+                    path: path.to_path_buf(),
+                    entry: members[b].name.clone(),
+                    other: members[a].name.clone(),
+                });
+            }
         }
         Ok(Archive {
             path,
             bytes,
             members,
+            index,
+            inflate_limit: default_inflate_limit(bytes.len() as u64),
+            inflated: Cell::new(0),
         })
     }
 
+    /// Set the budget for inflating deflated members (all together); `None` keeps the
+    /// default ([`default_inflate_limit`]).
+    pub fn with_inflate_limit(mut self, limit: Option<u64>) -> Self {
+        if let Some(l) = limit {
+            self.inflate_limit = l;
+        }
+        self
+    }
+
+    /// The member named `name` (O(1)).
     pub fn find(&self, name: &str) -> Option<&Member> {
-        self.members.iter().find(|m| m.name == name)
+        self.index.get(name).map(|&i| &self.members[i])
     }
 
     /// The raw (possibly compressed) bytes of a member, checked against the file.
@@ -223,9 +283,23 @@ impl<'a> Archive<'a> {
         &self.bytes[m.data_start as usize..(m.data_start + m.compressed) as usize]
     }
 
-    /// Check a member's CRC-32.
+    /// Check a member's CRC-32 over `data` (its whole uncompressed bytes).
     pub fn check_crc(&self, m: &Member, data: &[u8]) -> Result<(), FormatError> {
-        let got = crc32fast::hash(data);
+        self.crc_matches(m, crc32(data, |_, _| {}))
+    }
+
+    /// Check a stored member's CRC-32 over its bytes in the archive, [`CRC_CHUNK`] at a time;
+    /// `release(start, len)` is called for each stretch of the archive once checked (a mapped
+    /// archive drops those pages from the resident set).
+    pub fn check_crc_stored(&self, m: &Member, release: impl Fn(usize, usize) + Sync) -> Result<(), FormatError> {
+        if m.method != Method::Stored {
+            return Err(FormatError::corrupt(self.path, m.name.clone(), "not a stored member"));
+        }
+        let base = m.data_start as usize;
+        self.crc_matches(m, crc32(self.raw(m), |s, n| release(base + s, n)))
+    }
+
+    fn crc_matches(&self, m: &Member, got: u32) -> Result<(), FormatError> {
         if got != m.crc {
             return Err(FormatError::CrcMismatch {
                 path: self.path.to_path_buf(),
@@ -237,8 +311,8 @@ impl<'a> Archive<'a> {
         Ok(())
     }
 
-    /// The member's bytes, decompressed under the cap and CRC-checked. Stored members are
-    /// borrowed; deflated ones owned.
+    /// The member's bytes, CRC-checked: stored members borrowed, deflated ones inflated
+    /// (owned) under the archive's inflate budget, the CRC computed while they inflate.
     pub fn read(&self, m: &Member) -> Result<std::borrow::Cow<'a, [u8]>, FormatError> {
         match m.method {
             Method::Stored => {
@@ -247,22 +321,32 @@ impl<'a> Archive<'a> {
                 Ok(std::borrow::Cow::Borrowed(d))
             }
             Method::Deflated => {
-                let cap = (self.bytes.len() as u64)
-                    .saturating_mul(INFLATE_RATIO)
-                    .saturating_add(INFLATE_SLACK);
-                if m.size > cap {
+                if m.size > self.inflate_limit {
                     return Err(FormatError::TooLarge {
                         path: self.path.to_path_buf(),
                         entry: m.name.clone(),
                         claimed: m.size,
-                        limit: cap,
+                        limit: self.inflate_limit,
                     });
                 }
-                // Allocate only what the (capped) header claims; never trust it beyond.
+                let total = self.inflated.get().saturating_add(m.size);
+                if total > self.inflate_limit {
+                    return Err(FormatError::OverBudget {
+                        path: self.path.to_path_buf(),
+                        entry: m.name.clone(),
+                        limit: self.inflate_limit,
+                        knob: "inflate",
+                        env: super::INFLATE_BUDGET_ENV,
+                    });
+                }
+                // Reserve what the (budgeted) header claims; never trust it beyond.
+                self.inflated.set(total);
                 let mut out = Vec::with_capacity(m.size as usize);
-                let dec = flate2::read::DeflateDecoder::new(self.raw(m));
-                dec.take(m.size + 1)
-                    .read_to_end(&mut out)
+                let mut dec = CrcReader {
+                    inner: flate2::read::DeflateDecoder::new(self.raw(m)).take(m.size + 1),
+                    crc: crc32fast::Hasher::new(),
+                };
+                dec.read_to_end(&mut out)
                     .map_err(|e| FormatError::corrupt(self.path, m.name.clone(), format!("deflate: {e}")))?;
                 if out.len() as u64 != m.size {
                     return Err(FormatError::corrupt(
@@ -271,9 +355,49 @@ impl<'a> Archive<'a> {
                         format!("inflates to {}{} bytes, header says {}", if out.len() as u64 > m.size { "more than " } else { "" }, out.len().min(m.size as usize), m.size),
                     ));
                 }
-                self.check_crc(m, &out)?;
+                self.crc_matches(m, dec.crc.finalize())?;
                 Ok(std::borrow::Cow::Owned(out))
             }
         }
     }
+}
+
+/// A reader that hashes what passes through it.
+struct CrcReader<R> {
+    inner: R,
+    crc: crc32fast::Hasher,
+}
+
+impl<R: Read> Read for CrcReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.crc.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+/// CRC-32 of `data`, [`CRC_CHUNK`] at a time, the chunks of a large buffer hashed on all
+/// cores and combined in order; `done(start, len)` is called for each chunk once hashed.
+pub fn crc32(data: &[u8], done: impl Fn(usize, usize) + Sync) -> u32 {
+    use rayon::prelude::*;
+    if data.len() <= CRC_CHUNK {
+        let c = crc32fast::hash(data);
+        done(0, data.len());
+        return c;
+    }
+    let parts: Vec<crc32fast::Hasher> = data
+        .par_chunks(CRC_CHUNK)
+        .enumerate()
+        .map(|(i, c)| {
+            let mut h = crc32fast::Hasher::new();
+            h.update(c);
+            done(i * CRC_CHUNK, c.len());
+            h
+        })
+        .collect();
+    let mut total = crc32fast::Hasher::new();
+    for p in &parts {
+        total.combine(p);
+    }
+    total.finalize()
 }

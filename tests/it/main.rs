@@ -32,3 +32,6 @@ mod new_families;
 mod module_graph;
 /// Artifacts that lie: heads, fresh parameters, lossy claims, dtypes, source hash (issue 13).
 mod tamper;
+/// Issue 14 (hardening): amplification, zip bombs, lookup, CRC, non-files, writers.
+#[cfg(target_os = "linux")]
+mod hardening;

@@ -1,0 +1,766 @@
+//! Issue 14 (hardening): each defect class from the second attack pass, fixed as a class and
+//! tested here with files crafted in the test — memory amplification in the pickle VM,
+//! shared-deflate zip bombs, tens of thousands of storages, CRC on every member read,
+//! FIFOs / devices / sockets / escaping symlinks as input, and the output writers (temp
+//! names, no-replace publish, cleanup). Where memory matters, the release binary is run on
+//! the crafted file and its peak RSS read with `wait4`. docs/guarantees.md states the bounds.
+
+use crate::util::{bin, fixture, siblings, temp_file, tmpdir};
+use comer_port::export::atomic::{self, AtomicFile, WriteError};
+use comer_port::formats::testkit::{torch_zip, Pickle, ZipWriter};
+use comer_port::formats::{self, FormatError, ReadLimits};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+macro_rules! variant {
+    ($e:expr, $p:pat) => {{
+        let e = $e;
+        assert!(matches!(e, $p), "wrong variant: {e:?}");
+    }};
+}
+
+/// Peak RSS (KiB) a refused crafted file may cost the process: the pickle budget for a
+/// ~1 MiB pickle is 64 MiB + 128 × 1 MiB, plus the binary's own ~20 MiB. Before issue 14
+/// these files reached 3–4 GB.
+const AMPLIFICATION_RSS_KB: u64 = 400 << 10;
+/// Peak RSS (KiB) for the refused zip bombs (refused from the central directory alone).
+const BOMB_RSS_KB: u64 = 64 << 10;
+
+/// Environment variable that turns [`rss_launcher`] on: the arguments for `comer-port`,
+/// separated by U+001F.
+const LAUNCH_ENV: &str = "COMER_PORT_IT_RSS_LAUNCH";
+
+/// Run `comer-port ARGS…` (with extra environment), return (exit code, peak RSS in KiB,
+/// stderr).
+///
+/// Peak RSS is `ru_maxrss` from `wait4`, but Linux carries the high-water mark of the
+/// memory a process was spawned from across `exec`: a child spawned straight from this
+/// (large, multi-threaded) test process would report this process's RSS. So the child is
+/// spawned by a small launcher — this test binary re-run as [`rss_launcher`] alone — whose
+/// own few MiB are the only inherited part.
+fn run_measured(args: &[&std::ffi::OsStr], env: &[(&str, &str)]) -> (i32, u64, String) {
+    let joined: Vec<String> = args.iter().map(|a| a.to_string_lossy().into_owned()).collect();
+    let mut cmd = std::process::Command::new(std::env::current_exe().expect("test binary"));
+    cmd.args(["hardening::rss_launcher", "--exact", "--nocapture", "--test-threads=1"])
+        .env(LAUNCH_ENV, joined.join("\u{1f}"))
+        .env("COMER_PORT_IT_BIN", env!("CARGO_BIN_EXE_comer-port"));
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("launcher");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let line = text
+        .lines()
+        .find_map(|l| l.strip_prefix("RSS-MEASURE "))
+        .unwrap_or_else(|| panic!("launcher printed no measurement:\n{text}\n{}", String::from_utf8_lossy(&out.stderr)));
+    let mut it = line.split(' ');
+    let code: i32 = it.next().and_then(|c| c.parse().ok()).expect("code");
+    let rss: u64 = it.next().and_then(|c| c.parse().ok()).expect("rss");
+    let stderr = text
+        .split_once("RSS-STDERR\n")
+        .and_then(|(_, e)| e.split_once("RSS-END\n"))
+        .map(|(e, _)| e.to_string())
+        .unwrap_or_default();
+    (code, rss, stderr)
+}
+
+/// Not a test on its own: with [`LAUNCH_ENV`] set (by [`run_measured`]) it runs comer-port
+/// with those arguments, reaps it with `wait4` and prints its exit code, peak RSS and stderr.
+#[test]
+// The child is reaped by `wait4` (for its rusage), which clippy cannot see.
+#[allow(clippy::zombie_processes)]
+fn rss_launcher() {
+    let Ok(args) = std::env::var(LAUNCH_ENV) else {
+        return;
+    };
+    let exe = std::env::var("COMER_PORT_IT_BIN").expect("binary");
+    let mut child = std::process::Command::new(exe)
+        .args(args.split('\u{1f}'))
+        .env_remove(LAUNCH_ENV)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn comer-port");
+    let mut stderr = child.stderr.take().expect("stderr");
+    // Read stderr on a thread so a chatty child can never block on a full pipe.
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+    let pid = child.id() as libc::pid_t;
+    let mut status = 0;
+    // SAFETY: rusage is plain data; wait4 fills it and the status for our own child.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: waits for (and reaps) exactly the child spawned above.
+    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
+    assert_eq!(r, pid, "wait4: {}", std::io::Error::last_os_error());
+    let code = if libc::WIFEXITED(status) { libc::WEXITSTATUS(status) } else { -1 };
+    let err = reader.join().unwrap_or_default();
+    // A line of its own: libtest prints "test … " before the output.
+    println!("\nRSS-MEASURE {code} {}\nRSS-STDERR\n{err}RSS-END", ru.ru_maxrss);
+}
+
+/// `comer-port inspect --no-sha256 FILE`: (exit code, peak RSS KiB, stderr).
+fn inspect_measured(p: &Path) -> (i32, u64, String) {
+    run_measured(&["inspect".as_ref(), "--no-sha256".as_ref(), p.as_os_str()], &[])
+}
+
+/// Open `bytes` written as `name` in a fresh folder: the error, asserting nothing was
+/// written beside the input.
+fn refuse(name: &str, bytes: &[u8]) -> FormatError {
+    let p = temp_file(name, bytes);
+    let r = formats::open(&p);
+    assert_eq!(siblings(&p), 1, "{name}: something was written beside the input");
+    match r {
+        Ok(ck) => panic!("{name}: accepted ({} tensors)", ck.tensors().len()),
+        Err(e) => e,
+    }
+}
+
+fn zip_with(pkl: &Pickle, recs: &[(&str, &[u8])]) -> Vec<u8> {
+    torch_zip("archive", &pkl.0, "little", recs)
+}
+
+fn f32_bytes(n: usize) -> Vec<u8> {
+    (0..n).flat_map(|i| (i as f32).to_le_bytes()).collect()
+}
+
+fn assert_budget(e: FormatError, which: &str) {
+    match e {
+        FormatError::OverBudget { knob, .. } => assert_eq!(knob, which),
+        other => panic!("expected OverBudget({which}), got {other:?}"),
+    }
+}
+
+// ---- 1. pickle memory amplification: one budget counts every byte materialised ----
+
+/// A 1 MiB string memoised, then fetched `n` times into a list: `n` MiB of copies.
+fn binget_of_a_big_string(n: usize) -> Pickle {
+    let mut p = Pickle::new().str(&"a".repeat(1 << 20)).binput(0).op(b'0').mark();
+    for _ in 0..n {
+        p = p.binget(0);
+    }
+    p.op(b'l').stop()
+}
+
+#[test]
+fn binget_copies_of_a_large_string_are_counted() {
+    let b = zip_with(&binget_of_a_big_string(3000), &[]);
+    assert_budget(refuse("m.pth", &b), "pickle");
+    let p = temp_file("amp.pth", &b);
+    let (code, rss, err) = inspect_measured(&p);
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("COMER_PORT_PICKLE_BUDGET"), "the message says how to raise it: {err}");
+    assert!(rss < AMPLIFICATION_RSS_KB, "peak RSS {rss} KiB");
+}
+
+#[test]
+fn dup_copies_of_a_large_string_are_counted() {
+    let mut p = Pickle::new().mark().str(&"a".repeat(1 << 20));
+    for _ in 0..3000 {
+        p = p.op(b'2');
+    }
+    let b = zip_with(&p.op(b'l').stop(), &[]);
+    assert_budget(refuse("m.pth", &b), "pickle");
+    let (code, rss, err) = inspect_measured(&temp_file("dup.pth", &b));
+    assert_eq!(code, 3, "{err}");
+    assert!(rss < AMPLIFICATION_RSS_KB, "peak RSS {rss} KiB");
+}
+
+#[test]
+fn memoize_copies_of_a_container_are_counted() {
+    // An immutable tuple of 200k items memoised 300 times: each MEMOIZE is a copy.
+    let tuple = Pickle::new().mark().raw(&vec![b'N'; 200_000]).tuple().raw(&[0x94; 300]).stop();
+    // A list memoised 300 times, then put in a tuple: each slot gets a copy of the finished
+    // list when it leaves the stack.
+    let list = Pickle::new()
+        .mark()
+        .op(b']')
+        .mark()
+        .raw(&vec![b'N'; 200_000])
+        .op(b'e')
+        .raw(&[0x94; 300])
+        .tuple()
+        .stop();
+    for p in [tuple, list] {
+        let b = zip_with(&p, &[]);
+        assert_budget(refuse("m.pth", &b), "pickle");
+        let (code, rss, err) = inspect_measured(&temp_file("memo.pth", &b));
+        assert_eq!(code, 3, "{err}");
+        assert!(rss < AMPLIFICATION_RSS_KB, "peak RSS {rss} KiB");
+    }
+}
+
+#[test]
+fn binget_pop_loop_is_bounded_in_time() {
+    // 500k × (copy 1 MiB, drop it): live memory stays small, but without a cumulative
+    // budget this is 500 GB of memcpy. Refused after a few dozen copies.
+    let mut p = Pickle::new().str(&"a".repeat(1 << 20)).binput(0).op(b'0');
+    p = p.raw(&b"h\x000".repeat(500_000)).none().stop();
+    let t = Instant::now();
+    assert_budget(refuse("m.pth", &zip_with(&p, &[])), "pickle");
+    assert!(t.elapsed() < Duration::from_secs(5), "took {:?}", t.elapsed());
+}
+
+#[test]
+fn pickle_budget_is_overridable() {
+    // A real checkpoint needs a few hundred kB of budget: 1 kB refuses it, the default reads it.
+    let src = fixture("sources/deit/deit_tiny.pth");
+    let tight = ReadLimits { pickle_bytes: Some(1024), ..ReadLimits::default() };
+    assert_budget(formats::open_with(&src, &tight).expect_err("over a 1 kB budget"), "pickle");
+    formats::open_with(&src, &ReadLimits::default()).expect("default budget");
+    // A raised budget admits what the default refuses (10 MiB of copies of a 1 MiB string).
+    let p = temp_file("m.pth", &zip_with(&binget_of_a_big_string(10), &[]));
+    let roomy = ReadLimits { pickle_bytes: Some(64 << 20), ..ReadLimits::default() };
+    formats::open_with(&p, &roomy).expect("within a raised budget");
+    let tiny = ReadLimits { pickle_bytes: Some(4 << 20), ..ReadLimits::default() };
+    assert_budget(formats::open_with(&p, &tiny).expect_err("over 4 MiB"), "pickle");
+    // The environment variable, through the binary.
+    let (code, _, err) = run_measured(&["inspect".as_ref(), src.as_os_str()], &[("COMER_PORT_PICKLE_BUDGET", "1k")]);
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("1024"), "{err}");
+    let (code, _, err) = run_measured(&["inspect".as_ref(), src.as_os_str()], &[("COMER_PORT_PICKLE_BUDGET", "lots")]);
+    assert_eq!(code, 3, "an unparsable budget is refused: {err}");
+    assert!(err.contains("COMER_PORT_PICKLE_BUDGET"), "{err}");
+    assert_eq!(formats::parse_bytes("512M"), Some(512 << 20));
+    assert_eq!(formats::parse_bytes("2G"), Some(2 << 30));
+    assert_eq!(formats::parse_bytes("12"), Some(12));
+    assert_eq!(formats::parse_bytes("x"), None);
+}
+
+#[test]
+fn every_fixture_reads_under_the_default_budgets() {
+    for rel in [
+        "sources/deit/deit_tiny.pth",
+        "sources/deit/deit_tiny_legacy.pth",
+        "sources/deit/deit_tiny_fp16.pth",
+        "sources/beitv2/beitv2_tiny_ft.pth",
+        "sources/clip/clip_tiny_quickgelu_visual_jit.pt",
+        "sources/augreg/augreg_tiny.npz",
+        "sources/hf_vit/vit-tiny-in21k",
+    ] {
+        let ck = formats::open_with(&fixture(rel), &ReadLimits::default()).unwrap_or_else(|e| panic!("{rel}: {e}"));
+        assert!(!ck.tensors().is_empty(), "{rel}");
+    }
+}
+
+// ---- 2. shared-deflate bombs: overlapping members refused, one inflate budget ----
+
+/// A `.pth` whose `n` storage records are central-directory entries over one deflate
+/// stream of `size` zero bytes (the 170 kB → 3.3 GB shape).
+fn shared_deflate_pth(n: usize, size: usize) -> Vec<u8> {
+    let mut p = Pickle::new().empty_dict().mark();
+    for i in 0..n {
+        p = p.str(&format!("w{i}")).tensor("FloatStorage", &i.to_string(), (size / 4) as i64, 0, &[(size / 4) as i64], &[1]);
+    }
+    let p = p.setitems().stop();
+    let mut z = ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    z.add("archive/data.pkl", &p.0).expect("add");
+    z.add("archive/byteorder", b"little").expect("add");
+    z.add_deflated("archive/data/0", &vec![0u8; size]).expect("add");
+    for i in 1..n {
+        z.alias(&format!("archive/data/{i}"), 2);
+    }
+    z.finish().expect("finish").into_inner()
+}
+
+/// An `.npz` of `n` entries over one deflated `.npy` of `elems` f32 zeros.
+fn shared_deflate_npz(n: usize, elems: usize) -> Vec<u8> {
+    let mut z = ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    z.add_deflated("a0.npy", &npy_f32_zeros(elems)).expect("add");
+    for i in 1..n {
+        z.alias(&format!("a{i}.npy"), 0);
+    }
+    z.finish().expect("finish").into_inner()
+}
+
+fn npy_f32_zeros(elems: usize) -> Vec<u8> {
+    npy_f32(&vec![0u8; elems * 4])
+}
+
+/// A 1-D little-endian f32 `.npy` holding `data`.
+fn npy_f32(data: &[u8]) -> Vec<u8> {
+    let mut h = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({},), }}", data.len() / 4);
+    while (10 + h.len() + 1) % 64 != 0 {
+        h.push(' ');
+    }
+    h.push('\n');
+    let mut b = b"\x93NUMPY\x01\x00".to_vec();
+    b.extend((h.len() as u16).to_le_bytes());
+    b.extend(h.as_bytes());
+    b.extend_from_slice(data);
+    b
+}
+
+#[test]
+fn shared_deflate_stream_in_a_pth() {
+    let b = shared_deflate_pth(2000, 1_600_000);
+    variant!(refuse("bomb.pth", &b), FormatError::OverlappingEntries { .. });
+    let (code, rss, err) = inspect_measured(&temp_file("bomb.pth", &b));
+    assert_eq!(code, 3, "{err}");
+    assert!(rss < BOMB_RSS_KB, "peak RSS {rss} KiB");
+}
+
+#[test]
+fn shared_deflate_stream_in_an_npz() {
+    let b = shared_deflate_npz(2500, 350_000);
+    variant!(refuse("bomb.npz", &b), FormatError::OverlappingEntries { .. });
+    let (code, rss, err) = inspect_measured(&temp_file("bomb.npz", &b));
+    assert_eq!(code, 3, "{err}");
+    assert!(rss < BOMB_RSS_KB, "peak RSS {rss} KiB");
+}
+
+#[test]
+fn two_names_over_one_stored_record() {
+    // Stored, not deflated: still one member's bytes read as two storages.
+    let p = Pickle::new()
+        .empty_dict()
+        .mark()
+        .str("a")
+        .tensor("FloatStorage", "0", 4, 0, &[4], &[1])
+        .str("b")
+        .tensor("FloatStorage", "1", 4, 0, &[4], &[1])
+        .setitems()
+        .stop();
+    let mut z = ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    z.add("archive/data.pkl", &p.0).expect("add");
+    z.add("archive/data/0", &f32_bytes(4)).expect("add");
+    z.alias("archive/data/1", 1);
+    let b = z.finish().expect("finish").into_inner();
+    match refuse("m.pth", &b) {
+        FormatError::OverlappingEntries { entry, other, .. } => {
+            let mut names = [entry, other];
+            names.sort();
+            assert_eq!(names, ["archive/data/0".to_string(), "archive/data/1".to_string()]);
+        }
+        other => panic!("expected OverlappingEntries, got {other:?}"),
+    }
+}
+
+#[test]
+fn one_name_listed_twice() {
+    let mut z = ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    z.add("archive/data.pkl", &Pickle::new().empty_dict().stop().0).expect("add");
+    z.add("archive/data/0", &f32_bytes(4)).expect("add");
+    z.add("archive/data/0", &f32_bytes(8)).expect("add");
+    variant!(refuse("m.pth", &z.finish().expect("finish").into_inner()), FormatError::Corrupt { .. });
+}
+
+#[test]
+fn inflate_budget_is_one_total_per_archive() {
+    // Eight separate deflated members of 1 MiB each, in a file of a few kB: each is under
+    // the budget (4 × file + 1 MiB), together they are over it.
+    let mut z = ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    for i in 0..8 {
+        z.add_deflated(&format!("a{i}.npy"), &npy_f32_zeros(250_000)).expect("add");
+    }
+    let b = z.finish().expect("finish").into_inner();
+    assert!(b.len() < 64 << 10, "{} bytes", b.len());
+    assert_budget(refuse("many.npz", &b), "inflate");
+    // Raised, the same archive reads.
+    let p = temp_file("many.npz", &b);
+    let roomy = ReadLimits { inflate_bytes: Some(16 << 20), ..ReadLimits::default() };
+    let ck = formats::open_with(&p, &roomy).expect("within a raised inflate budget");
+    assert_eq!(ck.tensors().len(), 8);
+}
+
+// ---- 3. tens of thousands of storages: member lookup is O(1) ----
+
+/// A torch zip of `n` one-element storages (the shape of a sharded optimizer state).
+fn many_storages(n: usize) -> Vec<u8> {
+    let mut p = Pickle::new().empty_dict().mark();
+    let mut recs = Vec::with_capacity(n);
+    for i in 0..n {
+        p = p.str(&format!("w{i}")).tensor("FloatStorage", &i.to_string(), 1, 0, &[1], &[1]);
+        if i % 1000 == 999 {
+            p = p.setitems().mark();
+        }
+        recs.push((i.to_string(), (i as f32).to_le_bytes().to_vec()));
+    }
+    let p = p.setitems().stop();
+    let recs: Vec<(&str, &[u8])> = recs.iter().map(|(k, v)| (k.as_str(), v.as_slice())).collect();
+    zip_with(&p, &recs)
+}
+
+/// Best of three times to open `p`.
+fn open_time(p: &Path, want: usize) -> f64 {
+    (0..3)
+        .map(|_| {
+            let t = Instant::now();
+            let ck = formats::open(p).expect("opens");
+            assert_eq!(ck.tensors().len(), want);
+            t.elapsed().as_secs_f64()
+        })
+        .fold(f64::INFINITY, f64::min)
+}
+
+#[test]
+fn forty_thousand_storages_open_in_linear_time() {
+    let small = temp_file("10k.pth", &many_storages(10_000));
+    let big = temp_file("40k.pth", &many_storages(40_000));
+    let (t10, t40) = (open_time(&small, 10_000), open_time(&big, 40_000));
+    // Linear: about 4×; the quadratic lookup was 16× (0.29 s → 5.08 s in inspect).
+    assert!(t40 < 8.0 * t10 + 0.05, "10k: {t10:.3} s, 40k: {t40:.3} s");
+    let ck = formats::open(&big).expect("opens");
+    let (_, sd) = ck.state_dict();
+    let last = sd.iter().find(|(k, _)| k == "w39999").expect("last key");
+    assert_eq!(last.1.to_f32(), vec![39999.0]);
+}
+
+// ---- 4. CRC of every member read, at every size, streamed ----
+
+/// A torch zip at `p` with one f32 storage of `n` elements (values i % 1000), written
+/// through a file (the point is size: above the old 64 MiB eager-CRC limit).
+fn write_big_zip(p: &Path, n: usize) {
+    let pkl = Pickle::new()
+        .empty_dict()
+        .str("w")
+        .tensor("FloatStorage", "0", n as i64, 0, &[n as i64], &[1])
+        .setitem()
+        .stop();
+    let f = std::fs::File::create(p).expect("create");
+    let mut z = ZipWriter::new(std::io::BufWriter::new(f));
+    z.add("archive/data.pkl", &pkl.0).expect("add");
+    z.add("archive/byteorder", b"little").expect("add");
+    z.add_with("archive/data/0", (n * 4) as u64, |sink| {
+        let chunk: Vec<u8> = (0..1 << 16).flat_map(|i: usize| ((i % 1000) as f32).to_le_bytes()).collect();
+        let mut left = n * 4;
+        while left > 0 {
+            let k = left.min(chunk.len());
+            sink(&chunk[..k])?;
+            left -= k;
+        }
+        Ok(())
+    })
+    .expect("add");
+    z.finish().expect("finish").flush().expect("flush");
+}
+
+#[test]
+fn flipped_bit_in_a_large_stored_record() {
+    let d = tmpdir();
+    let p = d.join("big.pth");
+    let n = (65 << 20) / 4 + 1000; // just over 65 MiB of data
+    write_big_zip(&p, n);
+    let ck = formats::open(&p).expect("the intact archive reads");
+    let t = &ck.tensors()[0].1;
+    assert_eq!(t.numel(), n);
+    drop(ck);
+    // Flip one bit in the middle of the record.
+    let mut f = std::fs::OpenOptions::new().read(true).write(true).open(&p).expect("open");
+    let at = std::fs::metadata(&p).expect("meta").len() / 2;
+    use std::os::unix::fs::FileExt;
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, at).expect("read");
+    f.write_all_at(&[b[0] ^ 0x10], at).expect("write");
+    f.flush().expect("flush");
+    match formats::open(&p).expect_err("a flipped bit is refused") {
+        FormatError::CrcMismatch { entry, .. } => assert_eq!(entry, "archive/data/0"),
+        other => panic!("expected CrcMismatch, got {other:?}"),
+    }
+    let (code, _, err) = inspect_measured(&p);
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("archive/data/0") && err.contains("CRC"), "{err}");
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn flipped_bit_in_a_deflated_npz_member() {
+    let mut z = ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    z.add_deflated("w.npy", &npy_f32(&f32_bytes(4096))).expect("add");
+    let mut b = z.finish().expect("finish").into_inner();
+    formats::open(&temp_file("ok.npz", &b)).expect("the intact archive reads");
+    // Change the central directory's CRC: the inflated bytes no longer match it.
+    let cd = b.windows(4).position(|w| w == [0x50, 0x4b, 0x01, 0x02]).expect("central entry");
+    b[cd + 16] ^= 0x01;
+    match refuse("bad.npz", &b) {
+        FormatError::CrcMismatch { entry, .. } => assert_eq!(entry, "w.npy"),
+        other => panic!("expected CrcMismatch, got {other:?}"),
+    }
+}
+
+// ---- 6. files that are not files; symlinks out of a model folder ----
+
+/// Open `p` on a thread; fail (instead of hanging the suite) if it takes over 5 s.
+fn open_with_deadline(p: &Path) -> Result<formats::Checkpoint, FormatError> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let q = p.to_path_buf();
+    std::thread::spawn(move || {
+        let _ = tx.send(formats::open(&q));
+    });
+    rx.recv_timeout(Duration::from_secs(5)).unwrap_or_else(|_| panic!("{}: opening hung", p.display()))
+}
+
+fn mkfifo(p: &Path) {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(p.as_os_str().as_bytes()).expect("path");
+    // SAFETY: a NUL-terminated path; mkfifo only reads it.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0, "mkfifo: {}", std::io::Error::last_os_error());
+}
+
+#[test]
+fn fifo_is_refused_without_hanging() {
+    let p = tmpdir().join("model.pth");
+    mkfifo(&p);
+    match open_with_deadline(&p).expect_err("a FIFO is refused") {
+        FormatError::NotAFile { path, kind } => {
+            assert_eq!(path, p);
+            assert!(kind.contains("FIFO"), "{kind}");
+        }
+        other => panic!("expected NotAFile, got {other:?}"),
+    }
+    let (code, _, err) = inspect_measured(&p);
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("model.pth") && err.contains("FIFO"), "{err}");
+}
+
+#[test]
+fn character_device_is_refused() {
+    variant!(open_with_deadline(Path::new("/dev/null")).expect_err("refused"), FormatError::NotAFile { .. });
+    variant!(open_with_deadline(Path::new("/dev/zero")).expect_err("refused"), FormatError::NotAFile { .. });
+}
+
+#[test]
+fn socket_is_refused() {
+    let p = tmpdir().join("model.safetensors");
+    let _l = std::os::unix::net::UnixListener::bind(&p).expect("bind");
+    variant!(open_with_deadline(&p).expect_err("refused"), FormatError::NotAFile { .. });
+}
+
+/// A folder holding `model.safetensors` copied from the tiny HF fixture, plus `config.json`.
+fn hf_folder() -> PathBuf {
+    let src = fixture("sources/hf_vit/vit-tiny-in21k");
+    let d = tmpdir().join("model");
+    std::fs::create_dir_all(&d).expect("dir");
+    for f in ["model.safetensors", "config.json"] {
+        std::fs::copy(src.join(f), d.join(f)).expect("copy");
+    }
+    d
+}
+
+#[test]
+fn hf_shard_symlinked_outside_the_folder() {
+    let d = hf_folder();
+    let outside = d.parent().expect("parent").join("elsewhere.safetensors");
+    std::fs::rename(d.join("model.safetensors"), &outside).expect("move");
+    std::os::unix::fs::symlink(&outside, d.join("model.safetensors")).expect("symlink");
+    variant!(formats::open(&d).expect_err("refused"), FormatError::SymlinkEscape { .. });
+    // And a config.json pointing at a file outside (its contents would be printed as metadata).
+    let d2 = hf_folder();
+    let secret = d2.parent().expect("parent").join("secret.json");
+    std::fs::rename(d2.join("config.json"), &secret).expect("move");
+    std::os::unix::fs::symlink(&secret, d2.join("config.json")).expect("symlink");
+    variant!(formats::open(&d2).expect_err("refused"), FormatError::SymlinkEscape { .. });
+    let (code, _, err) = inspect_measured(&d2);
+    assert_eq!(code, 3, "{err}");
+}
+
+#[test]
+fn hf_symlinks_inside_the_folder_and_the_hub_cache_layout_read() {
+    // Inside the folder.
+    let d = hf_folder();
+    std::fs::rename(d.join("model.safetensors"), d.join("weights.bin.real")).expect("move");
+    std::os::unix::fs::symlink("weights.bin.real", d.join("model.safetensors")).expect("symlink");
+    assert!(!formats::open(&d).expect("inside the folder").tensors().is_empty());
+    // The hub cache: models--org--name/snapshots/<rev>/file -> ../../blobs/<sha>.
+    let repo = tmpdir().join("models--org--vit");
+    let (snap, blobs) = (repo.join("snapshots/0123abc"), repo.join("blobs"));
+    std::fs::create_dir_all(&snap).expect("dir");
+    std::fs::create_dir_all(&blobs).expect("dir");
+    let src = fixture("sources/hf_vit/vit-tiny-in21k");
+    for (f, sha) in [("model.safetensors", "aa11"), ("config.json", "bb22")] {
+        std::fs::copy(src.join(f), blobs.join(sha)).expect("copy");
+        std::os::unix::fs::symlink(format!("../../blobs/{sha}"), snap.join(f)).expect("symlink");
+    }
+    assert!(!formats::open(&snap).expect("hub cache layout").tensors().is_empty());
+}
+
+#[test]
+fn hf_fifo_shard_or_config_is_refused() {
+    let d = hf_folder();
+    std::fs::remove_file(d.join("model.safetensors")).expect("rm");
+    mkfifo(&d.join("model.safetensors"));
+    variant!(open_with_deadline(&d).expect_err("refused"), FormatError::NotAFile { .. });
+    let d2 = hf_folder();
+    std::fs::remove_file(d2.join("config.json")).expect("rm");
+    mkfifo(&d2.join("config.json"));
+    variant!(open_with_deadline(&d2).expect_err("refused"), FormatError::NotAFile { .. });
+}
+
+// ---- 8/9/11. writers: O_EXCL|O_NOFOLLOW temps, no-replace publish, cleanup ----
+
+/// Names in `dir`, sorted.
+fn names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .expect("read dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn two_writers_one_destination_exactly_one_wins() {
+    for round in 0..20 {
+        let d = tmpdir();
+        let dest = d.join("out.safetensors");
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(2));
+        let handles: Vec<_> = (0..2u8)
+            .map(|i| {
+                let (dest, barrier) = (dest.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    let mut f = AtomicFile::create(&dest, false).expect("both start before either publishes");
+                    f.write_all(&vec![i; 100_000]).expect("write");
+                    barrier.wait();
+                    (i, f.commit())
+                })
+            })
+            .collect();
+        let results: Vec<(u8, Result<(), WriteError>)> = handles.into_iter().map(|h| h.join().expect("thread")).collect();
+        let winners: Vec<u8> = results.iter().filter(|(_, r)| r.is_ok()).map(|(i, _)| *i).collect();
+        assert_eq!(winners.len(), 1, "round {round}: {results:?}");
+        for (_, r) in &results {
+            if let Err(e) = r {
+                assert!(matches!(e, WriteError::Exists(_)), "the loser gets Exists: {e:?}");
+            }
+        }
+        assert_eq!(std::fs::read(&dest).expect("winner's file"), vec![winners[0]; 100_000], "intact");
+        assert_eq!(names(&d), ["out.safetensors"], "no temporary left");
+    }
+}
+
+#[test]
+fn two_processes_importing_to_one_output() {
+    let cfg = fixture("forward/det_tiny/case.json");
+    let src = fixture("sources/deit/deit_tiny.pth");
+    for _ in 0..3 {
+        let d = tmpdir();
+        let out = d.join("a.safetensors");
+        let spawn = || {
+            bin()
+                .arg("import")
+                .arg(&src)
+                .arg("--config")
+                .arg(&cfg)
+                .arg("-o")
+                .arg(&out)
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn")
+        };
+        let (a, b) = (spawn(), spawn());
+        let (a, b) = (a.wait_with_output().expect("a"), b.wait_with_output().expect("b"));
+        let mut codes = [a.status.code(), b.status.code()];
+        codes.sort();
+        assert_eq!(codes, [Some(0), Some(4)], "{}\n{}", String::from_utf8_lossy(&a.stderr), String::from_utf8_lossy(&b.stderr));
+        let ck = formats::open(&out).expect("the winner's artifact is intact");
+        assert!(!ck.tensors().is_empty());
+        assert!(!names(&d).iter().any(|n| n.contains(atomic::TMP_MARK)), "{:?}", names(&d));
+    }
+}
+
+#[test]
+fn existing_folder_as_destination() {
+    let d = tmpdir();
+    let dest = d.join("out.safetensors");
+    std::fs::create_dir(&dest).expect("mkdir");
+    for force in [false, true] {
+        match atomic::write_all(&dest, b"x", force) {
+            Err(WriteError::Io { source, .. }) => assert_eq!(source.kind(), std::io::ErrorKind::IsADirectory),
+            other => panic!("force={force}: expected an IsADirectory error, got {other:?}"),
+        }
+    }
+    assert_eq!(names(&d), ["out.safetensors"], "nothing else written");
+    assert!(dest.is_dir());
+}
+
+#[test]
+fn a_failed_publish_removes_the_temporary() {
+    // The destination becomes a folder while the file is written: rename fails (forced).
+    let d = tmpdir();
+    let dest = d.join("out.bin");
+    let mut f = AtomicFile::create(&dest, true).expect("create");
+    f.write_all(b"data").expect("write");
+    std::fs::create_dir(&dest).expect("mkdir");
+    std::fs::write(dest.join("keep"), b"k").expect("write");
+    variant!(f.commit().expect_err("cannot replace a non-empty folder"), WriteError::Io { .. });
+    assert_eq!(names(&d), ["out.bin"], "temporary removed");
+    // Not forced: another writer published first; ours is dropped, theirs kept.
+    let dest = d.join("late.bin");
+    let mut f = AtomicFile::create(&dest, false).expect("create");
+    f.write_all(b"mine").expect("write");
+    std::fs::write(&dest, b"theirs").expect("write");
+    variant!(f.commit().expect_err("exists"), WriteError::Exists(_));
+    assert_eq!(std::fs::read(&dest).expect("read"), b"theirs");
+    assert_eq!(names(&d), ["late.bin", "out.bin"], "temporary removed");
+    // Dropped without commit.
+    let f = AtomicFile::create(&d.join("never.bin"), false).expect("create");
+    drop(f);
+    assert_eq!(names(&d), ["late.bin", "out.bin"]);
+}
+
+#[test]
+fn symlink_at_the_destination_is_replaced_not_followed() {
+    let d = tmpdir();
+    let victim = d.join("victim.txt");
+    std::fs::write(&victim, b"precious").expect("write");
+    let dest = d.join("out.json");
+    std::os::unix::fs::symlink(&victim, &dest).expect("symlink");
+    variant!(atomic::write_all(&dest, b"{}", false).expect_err("a link counts as existing"), WriteError::Exists(_));
+    // A dangling link too.
+    let dangling = d.join("dangling.json");
+    std::os::unix::fs::symlink(d.join("nowhere"), &dangling).expect("symlink");
+    variant!(atomic::write_all(&dangling, b"{}", false).expect_err("exists"), WriteError::Exists(_));
+    assert!(!d.join("nowhere").exists(), "never created through the link");
+    atomic::write_all(&dest, b"{}", true).expect("forced: the link itself is replaced");
+    assert_eq!(std::fs::read(&victim).expect("read"), b"precious", "the link's target is untouched");
+    assert_eq!(std::fs::read(&dest).expect("read"), b"{}");
+    assert!(!std::fs::symlink_metadata(&dest).expect("meta").file_type().is_symlink());
+}
+
+#[test]
+fn stale_temporaries_of_dead_processes_are_cleaned() {
+    let d = tmpdir();
+    let dest = d.join("out.safetensors");
+    // A PID that has exited: a child we spawned and reaped.
+    let dead = std::process::Command::new("true").spawn().expect("spawn");
+    let dead_pid = dead.id();
+    let mut dead = dead;
+    dead.wait().expect("wait");
+    let stale = d.join(format!(".out.safetensors{}{dead_pid}-00ff00ff00ff00ff", atomic::TMP_MARK));
+    std::fs::write(&stale, vec![0u8; 4096]).expect("write");
+    // A live process's temporary (PID 1 always runs) and another destination's stale one.
+    let live = d.join(format!(".out.safetensors{}1-0123456789abcdef", atomic::TMP_MARK));
+    std::fs::write(&live, b"in progress").expect("write");
+    let other = d.join(format!(".other.bin{}{dead_pid}-0123456789abcdef", atomic::TMP_MARK));
+    std::fs::write(&other, b"x").expect("write");
+    // A symbolic link shaped like a stale temporary is left alone (never followed).
+    let victim = d.join("victim");
+    std::fs::write(&victim, b"v").expect("write");
+    let link = d.join(format!(".out.safetensors{}{dead_pid}-abcdefabcdefabcd", atomic::TMP_MARK));
+    std::os::unix::fs::symlink(&victim, &link).expect("symlink");
+
+    atomic::write_all(&dest, b"new", false).expect("write");
+    assert!(!stale.exists(), "the dead writer's temporary is removed");
+    assert!(live.exists(), "a live writer's temporary is kept");
+    assert!(other.exists(), "other destinations' temporaries are not this write's business");
+    assert!(std::fs::symlink_metadata(&link).is_ok() && victim.exists());
+    assert_eq!(std::fs::read(&dest).expect("read"), b"new");
+}
+
+#[test]
+fn temporary_names_carry_the_pid() {
+    let d = tmpdir();
+    let dest = d.join("x.onnx");
+    let f = AtomicFile::create(&dest, false).expect("create");
+    let name = f.tmp_path().file_name().expect("name").to_string_lossy().into_owned();
+    let prefix = format!(".x.onnx{}{}-", atomic::TMP_MARK, std::process::id());
+    assert!(name.starts_with(&prefix), "{name}");
+    assert!(name[prefix.len()..].bytes().all(|b| b.is_ascii_hexdigit()), "{name}");
+    drop(f);
+    assert!(names(&d).is_empty());
+}
