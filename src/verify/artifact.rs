@@ -445,7 +445,9 @@ pub fn artifact_report(
         let approx = approximations(&dropped, float_dtype(&ck));
         apply_approximations(&mut parity, &approx);
         parity.checks.into_iter().for_each(|c| report.push(c));
-        report.push(source_hash_check(source, &ck.metadata));
+        if let Some(c) = source_hash_check(source, &ck.metadata) {
+            report.push(c);
+        }
         match &replanned {
             Ok(plan) => report.push(fresh_check(plan, &ck)),
             Err(e) => report.push(Check::skipped("fresh parameters", format!("the source could not be mapped again: {e}"))),
@@ -504,18 +506,22 @@ fn replan(source: &Checkpoint, cfg: &ComerConfig) -> std::result::Result<Plan, S
     mapping::plan(&m, &layout, &sd, &PlanOptions { lossy: true, ..PlanOptions::default() }).map_err(|e| e.to_string())
 }
 
-/// The recorded source hash against the `--source` given (skipped when the artifact records
-/// none, or the source is not a file on disk, as during `import`, which records it after).
-fn source_hash_check(source: &Checkpoint, meta: &BTreeMap<String, String>) -> Check {
+/// The recorded source hash against the `--source` given: `None` while `import` verifies its
+/// own file (the hash is still the placeholder it fills after), skipped when the artifact
+/// records none or the source is not on disk.
+fn source_hash_check(source: &Checkpoint, meta: &BTreeMap<String, String>) -> Option<Check> {
     const NAME: &str = "source sha256";
     let recorded = meta.get(crate::meta::SOURCE_SHA_KEY).map(|s| s.trim()).unwrap_or("");
-    if recorded.is_empty() || recorded.bytes().all(|b| b == b'0') {
-        return Check::skipped(NAME, "the artifact records no source hash");
+    if !recorded.is_empty() && recorded.bytes().all(|b| b == b'0') {
+        return None;
+    }
+    if recorded.is_empty() {
+        return Some(Check::skipped(NAME, "the artifact records no source hash"));
     }
     if !source.path.exists() {
-        return Check::skipped(NAME, format!("{} is not on disk", source.path.display()));
+        return Some(Check::skipped(NAME, format!("{} is not on disk", source.path.display())));
     }
-    match formats::sha256(&source.path) {
+    Some(match formats::sha256(&source.path) {
         Ok(h) if h == recorded => Check::outcome(NAME, &[1], 1, None, Some(format!("{h} as recorded"))),
         Ok(h) => Check::outcome(
             NAME,
@@ -525,7 +531,7 @@ fn source_hash_check(source: &Checkpoint, meta: &BTreeMap<String, String>) -> Ch
             Some(format!("`{}` hashes to {h}, the artifact records {recorded}: another source", source.path.display())),
         ),
         Err(e) => Check::outcome(NAME, &[1], 1, Some(0), Some(format!("hashing {}: {e}", source.path.display()))),
-    }
+    })
 }
 
 /// Every fresh parameter (CTI, MRFP, SPM, `level_embed`, fallbacks, index buffers)
