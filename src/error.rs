@@ -2,7 +2,8 @@
 //! it to an exit code). Each stage keeps its own typed error (`formats::FormatError`,
 //! `model::ConfigError`, `model::ModelError`, `target::TargetError`, `families::error`,
 //! `verify::VerifyError`, `export::atomic::WriteError`, `export::onnx::OnnxError`); this module
-//! is the one place that knows which of them mean "bad input" and which "output not written".
+//! is the one place that knows which of them mean "bad input", which "output not written" and
+//! which "usage" (the command must name a choice it left open, such as the target).
 //! A failed check is not an error: it is a verdict in a `verify::Report`.
 
 use std::error::Error;
@@ -23,6 +24,9 @@ pub enum ErrorKind {
     BadInput,
     /// An output could not be written (it exists and overwriting was not asked for, or I/O).
     OutputNotWritten,
+    /// The command left a choice open that it must make (no target given and none or
+    /// several presets fit; a flavour asked for where nothing gives its dimensions).
+    Usage,
 }
 
 impl ErrorKind {
@@ -31,12 +35,19 @@ impl ErrorKind {
     /// first `Some`: a stage error wrapping a write failure transparently (`PipelineError::Write`,
     /// `OnnxError::Write`) is classified here, since the chain never shows the `WriteError`.
     pub fn of(err: &(dyn Error + 'static)) -> Option<ErrorKind> {
-        use ErrorKind::{BadInput, OutputNotWritten};
+        use ErrorKind::{BadInput, OutputNotWritten, Usage};
         if err.is::<WriteError>() {
             return Some(OutputNotWritten);
         }
         if let Some(e) = err.downcast_ref::<PipelineError>() {
-            return Some(if matches!(e, PipelineError::Write(_)) { OutputNotWritten } else { BadInput });
+            return Some(match e {
+                PipelineError::Write(_) => OutputNotWritten,
+                PipelineError::Target(t) if t.is_usage() => Usage,
+                _ => BadInput,
+            });
+        }
+        if let Some(t) = err.downcast_ref::<TargetError>() {
+            return Some(if t.is_usage() { Usage } else { BadInput });
         }
         if let Some(e) = err.downcast_ref::<OnnxError>() {
             return Some(if matches!(e, OnnxError::Write(_)) { OutputNotWritten } else { BadInput });
@@ -44,7 +55,6 @@ impl ErrorKind {
         let bad_input = err.is::<FormatError>()
             || err.is::<ConfigError>()
             || err.is::<ModelError>()
-            || err.is::<TargetError>()
             || err.is::<ImportError>()
             || err.is::<VerifyError>();
         bad_input.then_some(BadInput)
@@ -78,5 +88,14 @@ use crate::import::PipelineError;
         let fe = crate::formats::FormatError::Empty { path: PathBuf::from("f") };
         assert_eq!(ErrorKind::of(&fe), Some(ErrorKind::BadInput));
         assert_eq!(ErrorKind::of(&std::io::Error::other("plain")), None);
+    }
+
+    #[test]
+    fn an_open_choice_is_usage_even_when_wrapped() {
+        use crate::target::TargetError;
+        assert_eq!(ErrorKind::of(&TargetError::NoTarget), Some(ErrorKind::Usage));
+        assert_eq!(ErrorKind::of(&PipelineError::from(TargetError::NoTarget)), Some(ErrorKind::Usage));
+        let missing = TargetError::Input { path: PathBuf::from("c.json"), reason: "gone".into() };
+        assert_eq!(ErrorKind::of(&PipelineError::from(missing)), Some(ErrorKind::BadInput));
     }
 }

@@ -132,6 +132,43 @@ impl ArtifactMeta {
     }
 }
 
+/// The verification verdict an artifact records under [`VERIFY_KEY`], read back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecordedVerdict {
+    /// Every check that ran passed.
+    Passed,
+    /// Nothing failed, and what `--lossy` dropped was measured: the artifact computes another
+    /// function than its source, on request, and the verdict says so.
+    Lossy,
+    /// A check failed; the first failure as recorded, when it is.
+    Failed(Option<String>),
+    /// The import did not verify, and why (`--no-verify`, no safetensors output).
+    NotRun(String),
+    /// Anything else: no verdict (an artifact from elsewhere), one the import never filled
+    /// in, or one that does not parse; what was found, in words.
+    Missing(String),
+}
+
+impl RecordedVerdict {
+    /// The verdict recorded in a header map.
+    pub fn of(m: &BTreeMap<String, String>) -> RecordedVerdict {
+        let Some(text) = m.get(VERIFY_KEY) else {
+            return RecordedVerdict::Missing(format!("no {VERIFY_KEY} metadata"));
+        };
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(text) else {
+            return RecordedVerdict::Missing(format!("{VERIFY_KEY} is not a verdict ('{}')", text.chars().take(40).collect::<String>()));
+        };
+        let field = |k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_string);
+        match field("verdict").as_deref() {
+            Some("passed") => RecordedVerdict::Passed,
+            Some("lossy") => RecordedVerdict::Lossy,
+            Some("failed") => RecordedVerdict::Failed(field("first_failure")),
+            Some("not run") => RecordedVerdict::NotRun(field("why").unwrap_or_default()),
+            other => RecordedVerdict::Missing(format!("verdict {}", other.unwrap_or("absent"))),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -176,6 +213,23 @@ mod tests {
         let mut t = sample().transforms;
         t.lossy = false;
         assert!(t.dropped().is_empty());
+    }
+
+    #[test]
+    fn recorded_verdicts_read_back() {
+        let with = |v: &str| BTreeMap::from([(VERIFY_KEY.to_string(), v.to_string())]);
+        assert_eq!(RecordedVerdict::of(&sample().to_map()), RecordedVerdict::Passed);
+        assert_eq!(
+            RecordedVerdict::of(&with(r#"{"verdict":"failed","first_failure":"backbone f1"}"#)),
+            RecordedVerdict::Failed(Some("backbone f1".into()))
+        );
+        assert_eq!(
+            RecordedVerdict::of(&with(r#"{"verdict":"not run","why":"--no-verify"}"#)),
+            RecordedVerdict::NotRun("--no-verify".into())
+        );
+        assert_eq!(RecordedVerdict::of(&with(r#"{"verdict":"lossy"}"#)), RecordedVerdict::Lossy);
+        assert!(matches!(RecordedVerdict::of(&with("pending~~~")), RecordedVerdict::Missing(_)));
+        assert!(matches!(RecordedVerdict::of(&BTreeMap::new()), RecordedVerdict::Missing(_)));
     }
 
     #[test]

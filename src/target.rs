@@ -5,12 +5,14 @@
 //! the source's dimensions), `run`, `verify`, `export` and `demo` against an artifact (an
 //! explicit `--config` / `--preset` wins, else the config the artifact records in its
 //! `comer_port.config` metadata). Configs themselves are `model::ComerConfig` in upstream's
-//! `case.json` shape; the named ones are `model::presets`.
+//! `case.json` shape; the named ones are `model::presets`. When `import` is given no target,
+//! [`pick_preset`] chooses the preset whose flavour fits the source's family and whose
+//! dimensions are the source's.
 
 use std::path::{Path, PathBuf};
 
-use crate::families::SourceConfig;
 use crate::families::error::ImportError;
+use crate::families::{Family, SourceConfig};
 use crate::formats::FormatError;
 use crate::model::{ComerConfig, ConfigError, Flavor, presets};
 
@@ -30,6 +32,10 @@ pub enum TargetSpec {
     Flavor(Flavor),
     /// The config the artifact records in its [`CONFIG_METADATA_KEY`] metadata.
     Recorded,
+    /// Nothing named: for a source, the preset [`pick_preset`] chooses for its family and
+    /// dimensions (`import` resolves it, knowing the family); for an artifact, its recorded
+    /// config.
+    Auto,
 }
 
 impl TargetSpec {
@@ -86,6 +92,46 @@ pub enum TargetError {
     /// The recorded config was asked for while importing a source, which records none.
     #[error("choose a target: --preset NAME, --config C.json or --flavor FLAVOR")]
     NoTarget,
+    /// No target was given and no preset of the family's flavour has the source's dimensions.
+    #[error(
+        "no preset fits this {family} source ({dims}); the {flavor} presets are: {candidates}. \
+         Take the source's own dimensions with --flavor {flavor}, or choose --preset NAME or --config C.json"
+    )]
+    NoPresetFits {
+        /// The source family.
+        family: String,
+        /// The source's dimensions, in words.
+        dims: String,
+        /// The flavour whose presets were considered.
+        flavor: String,
+        /// Those presets with their dimensions (`none` when the flavour has none).
+        candidates: String,
+    },
+    /// No target was given and several presets of the family's flavour fit the source.
+    #[error("several presets fit this {family} source ({dims}): {candidates}; choose one with --preset NAME")]
+    AmbiguousPreset {
+        /// The source family.
+        family: String,
+        /// The source's dimensions, in words.
+        dims: String,
+        /// The presets that fit, with their dimensions.
+        candidates: String,
+    },
+}
+
+impl TargetError {
+    /// Whether the error is the command's fault rather than a file's: a target that must be
+    /// named (none given, none fits, several fit) or a flavour asked for where no source gives
+    /// its dimensions. The command line reports these as usage errors.
+    pub fn is_usage(&self) -> bool {
+        matches!(
+            self,
+            TargetError::UnknownDims { .. }
+                | TargetError::NoTarget
+                | TargetError::NoPresetFits { .. }
+                | TargetError::AmbiguousPreset { .. }
+        )
+    }
 }
 
 /// Resolve `spec` against `basis`: a preset by name, a config file, a config in hand, a
@@ -104,7 +150,7 @@ pub fn resolve(spec: &TargetSpec, basis: Basis<'_>) -> Result<ComerConfig, Targe
             Basis::Source(source) => from_source(*f, source)?,
             Basis::Artifact(_) => return Err(TargetError::UnknownDims { flavor: f.name().into() }),
         },
-        TargetSpec::Recorded => match basis {
+        TargetSpec::Recorded | TargetSpec::Auto => match basis {
             Basis::Artifact(path) => {
                 // An unreadable file is named once (`FormatError::Io` also carries its cause).
                 let ck = crate::formats::open(path).map_err(|e| match e {
@@ -146,6 +192,79 @@ pub fn from_source(f: Flavor, s: &SourceConfig) -> Result<ComerConfig, ConfigErr
     }
     let map = kw.as_object().cloned().unwrap_or_default();
     ComerConfig::from_kwargs(f, &map)
+}
+
+/// The preset [`pick_preset`] chose, and why.
+#[derive(Debug, Clone)]
+pub struct Picked {
+    /// The preset's name (`--preset` takes it).
+    pub name: &'static str,
+    /// Its config.
+    pub config: ComerConfig,
+    /// Which preset and why, in one line (printed by `import` and kept in its report).
+    pub reason: String,
+}
+
+/// The source's dimensions in words, as [`check_dims`] compares them.
+fn source_dims(s: &SourceConfig) -> String {
+    let assumed = if s.assumed.iter().any(|a| a == "num_heads") { " (assumed)" } else { "" };
+    format!("embed {}, depth {}, {} heads{assumed}, mlp {}", s.embed_dim, s.depth, s.num_heads, s.mlp_hidden)
+}
+
+/// A preset's dimensions in words.
+fn preset_dims(name: &str, c: &ComerConfig) -> String {
+    let mlp = (c.embed_dim as f64 * c.mlp_ratio) as usize;
+    format!("{name} (embed {}, depth {}, {} heads, mlp {mlp})", c.embed_dim, c.depth, c.num_heads)
+}
+
+/// The target `import` takes when none is given: among the presets of the flavour the family
+/// fits ([`Family::preset_flavor`]: BEiT → `beit-comer`, DINOv2 → the `vit-comer-det` DINOv2
+/// presets, the others → the `vit-comer-seg` presets), the one whose dimensions (embed dim,
+/// depth, heads unless assumed, MLP width: what [`check_dims`] compares) are the source's.
+/// None or several → an error listing the candidates with their dimensions.
+pub fn pick_preset(family: &dyn Family, s: &SourceConfig) -> Result<Picked, TargetError> {
+    let flavor = family.preset_flavor();
+    let mut candidates = Vec::new();
+    for p in presets::PRESETS {
+        let cfg = presets::preset(p.name)?;
+        if cfg.flavor == flavor {
+            candidates.push((p.name, cfg));
+        }
+    }
+    pick_among(family.name(), flavor, s, candidates)
+}
+
+/// [`pick_preset`] over a given list of a flavour's presets.
+fn pick_among(
+    family: &str,
+    flavor: Flavor,
+    s: &SourceConfig,
+    candidates: Vec<(&'static str, ComerConfig)>,
+) -> Result<Picked, TargetError> {
+    let list = |c: &[(&'static str, ComerConfig)]| {
+        let v: Vec<String> = c.iter().map(|(n, c)| preset_dims(n, c)).collect();
+        if v.is_empty() { "none".to_string() } else { v.join(", ") }
+    };
+    let fits: Vec<_> = candidates.iter().filter(|(_, c)| check_dims(s, c).is_ok()).cloned().collect();
+    match fits.as_slice() {
+        [(name, config)] => {
+            let (name, config) = (*name, config.clone());
+            let reason = format!(
+                "chose preset {name} (no --preset, --config or --flavor given): {family} sources go into the {} \
+                 presets, and this is the one with the source's dimensions ({})",
+                flavor.name(),
+                source_dims(s),
+            );
+            Ok(Picked { name, config, reason })
+        }
+        [] => Err(TargetError::NoPresetFits {
+            family: family.into(),
+            dims: source_dims(s),
+            flavor: flavor.name().into(),
+            candidates: list(&candidates),
+        }),
+        _ => Err(TargetError::AmbiguousPreset { family: family.into(), dims: source_dims(s), candidates: list(&fits) }),
+    }
 }
 
 /// Refuse a source whose dimensions differ from the target's.
@@ -226,6 +345,40 @@ mod tests {
     fn no_target() {
         let e = resolve(&TargetSpec::Recorded, Basis::Source(&dims())).expect_err("nothing recorded");
         assert!(matches!(e, TargetError::NoTarget), "{e}");
+    }
+
+    #[test]
+    fn no_preset_fits() {
+        // The tiny DeiT (embed 48) fits none of the real presets: the seg ones are listed.
+        let e = pick_preset(crate::families::by_name("deit").expect("deit"), &dims()).expect_err("none fits");
+        assert!(matches!(e, TargetError::NoPresetFits { .. }), "{e}");
+        assert!(e.is_usage());
+        assert!(e.to_string().contains("vit-comer-s-seg (embed 384, depth 12"), "{e}");
+    }
+
+    #[test]
+    fn ambiguous_preset() {
+        let tiny = ComerConfig::from_case_json(TINY).expect("tiny");
+        let two = vec![("a", tiny.clone()), ("b", tiny)];
+        let e = pick_among("deit", Flavor::Det, &dims(), two).expect_err("two fit");
+        assert!(matches!(e, TargetError::AmbiguousPreset { .. }), "{e}");
+        assert!(e.is_usage() && e.to_string().contains("a (embed 48") && e.to_string().contains("b (embed 48"), "{e}");
+    }
+
+    #[test]
+    fn picks_by_family_flavour_and_dimensions() {
+        let tiny = ComerConfig::from_case_json(TINY).expect("tiny");
+        let p = pick_among("deit", Flavor::Det, &dims(), vec![("tiny", tiny.clone())]).expect("fits");
+        assert_eq!((p.name, p.config), ("tiny", tiny));
+        assert!(p.reason.starts_with("chose preset tiny"), "{}", p.reason);
+        // The real presets: a DeiT-S-shaped source goes into the seg preset of its size, the
+        // same dimensions from DINOv2 into the det-dinov2 one.
+        let small = SourceConfig { embed_dim: 384, depth: 12, num_heads: 6, mlp_hidden: 1536, ..dims() };
+        let f = |n: &str| crate::families::by_name(n).expect("family");
+        assert_eq!(pick_preset(f("deit"), &small).expect("deit").name, "vit-comer-s-seg");
+        assert_eq!(pick_preset(f("dinov2"), &small).expect("dinov2").name, "vit-comer-s-det-dinov2");
+        let large = SourceConfig { embed_dim: 1024, depth: 24, num_heads: 16, mlp_hidden: 4096, ..dims() };
+        assert_eq!(pick_preset(f("beit"), &large).expect("beit").name, "beit-comer-l-codetr");
     }
 
     #[test]

@@ -10,6 +10,10 @@ use comer_port::model::{Comer, Store, presets};
 
 /// Arguments of `comer-port bench`.
 #[derive(clap::Args, Debug)]
+#[command(after_help = "Examples:\n  comer-port bench --preset vit-comer-s-seg\n  \
+comer-port bench --preset vit-comer-t-seg --size 224 --runs 3 --threads 4 --profile\n  \
+comer-port bench --preset beit-comer-l-codetr --size 512 --json\n\n\
+Exit codes: 0 ok, 2 usage, 3 bad input.")]
 pub struct Args {
     /// Preset name (see `comer-port presets`).
     #[arg(long, value_parser = super::presets::parser())]

@@ -27,11 +27,14 @@ const STEPS: usize = 5;
 /// How many fresh temporary folder names to try before giving up.
 const TEMP_TRIES: u32 = 100;
 
+/// The bundled source: the DeiT-tiny fixture, imported with the det_tiny config.
+const BUNDLED: &[u8] = include_bytes!("../../fixtures/sources/deit/deit_tiny.pth");
+const BUNDLED_CONFIG: &str = include_str!("../../fixtures/forward/det_tiny/case.json");
+
 /// File names inside the demo folder.
 const SOURCE: &str = "deit_tiny.pth";
 const ARTIFACT: &str = "deit_tiny.comer.safetensors";
 const ARTIFACT_PTH: &str = "deit_tiny.comer.pth";
-const CONFIG: &str = "config.json";
 const REPORT: &str = "import_report.json";
 const IMAGE: &str = "input.png";
 const PYRAMID: &str = "pyramid.safetensors";
@@ -43,7 +46,7 @@ const ONNX: &str = "deit_tiny.comer.onnx";
 #[command(after_help = "Steps, on the DeiT-tiny checkpoint and det_tiny config bundled in the binary \
 (no network, no files needed):\n  \
 1. inspect  write the source into the folder and read it (format, family, config, tensors)\n  \
-2. import   remap it into vit-comer-det (seed 0): .safetensors, .pth, config.json, report\n  \
+2. import   remap it into vit-comer-det (seed 0): .safetensors, .pth, .config.json, report\n  \
 3. verify   round trips, mapping parity with the source, backbone checks (the verdict table)\n  \
 4. run      the forward on a seeded 64x64 PNG: pyramid.safetensors and the PCA view pyramid.png\n  \
 5. export   ONNX (opset 17) at the config's image size\n\n\
@@ -119,11 +122,11 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     // 1. inspect
     let t0 = Instant::now();
     let source = dir.join(SOURCE);
-    atomic::write_all(&source, super::import::BUNDLED, force)?;
+    atomic::write_all(&source, BUNDLED, force)?;
     let ck = comer_port::formats::open(&source)?;
     let det = detect::detect_checkpoint(&ck);
     let (_, sd) = ck.state_dict();
-    let sha = comer_port::formats::sha256_bytes(super::import::BUNDLED);
+    let sha = comer_port::formats::sha256_bytes(BUNDLED);
     let dims = det.config.as_ref().map(|c| {
         format!("embed {} depth {} heads {} patch {}", c.embed_dim, c.depth, c.num_heads, c.patch_size)
     });
@@ -141,7 +144,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             "family": det.family,
             "config": det.config,
             "tensors": sd.len(),
-            "bytes": super::import::BUNDLED.len(),
+            "bytes": BUNDLED.len(),
             "sha256": sha,
         }),
         vec![source.clone()],
@@ -154,7 +157,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     let artifact = dir.join(ARTIFACT);
     let artifact_pth = dir.join(ARTIFACT_PTH);
     let report_json = dir.join(REPORT);
-    let cfg = ComerConfig::from_case_json(super::import::BUNDLED_CONFIG)?;
+    let cfg = ComerConfig::from_case_json(BUNDLED_CONFIG)?;
     let opts = ImportOptions {
         family: None,
         target: TargetSpec::Config(Box::new(cfg.clone())),
@@ -164,8 +167,9 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         strict_finite: false,
         no_buffers: false,
         out: Some(artifact.clone()),
-        pth: Some(artifact_pth.clone()),
-        report: Some(report_json.clone()),
+        pth: Some(artifact_pth),
+        key_prefix: None,
+        report: Some(report_json),
         write_config: true,
         force,
         progress: false,
@@ -198,7 +202,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             "seed": s.seed,
             "notes": s.plan.decisions.iter().chain(&s.warnings).collect::<Vec<_>>(),
         }),
-        vec![artifact.clone(), artifact_pth, dir.join(CONFIG), report_json.clone(), report_json.with_extension("txt")],
+        import::output_paths(&opts),
         t0,
     );
 

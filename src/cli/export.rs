@@ -7,8 +7,17 @@ use comer_port::export::onnx::{self, Deform, ExportOptions};
 use comer_port::model::ComerConfig;
 use comer_port::target::{self, Basis, TargetSpec};
 
+/// Examples shared by `export --help` and `export onnx --help`.
+const EXAMPLES: &str = "Examples:\n  comer-port export onnx comer.safetensors --input-size 512x512 -o comer.onnx\n  \
+comer-port export onnx comer.safetensors --input-size 640x480 --batch 2 -o comer.onnx --force\n  \
+comer-port export onnx weights.safetensors --preset vit-comer-s-seg --input-size 512x512 -o comer.onnx\n\n\
+The config is the artifact's recorded one unless --config or --preset is given. An artifact whose recorded \
+verification is not 'passed' (failed, not run, or none recorded) is exported, with a warning on stderr.\n\n\
+Exit codes: 0 ok, 2 usage, 3 bad input, 4 output not written.";
+
 /// Arguments of `comer-port export`.
 #[derive(clap::Args, Debug)]
+#[command(after_help = EXAMPLES)]
 pub struct Args {
     #[command(subcommand)]
     pub target: Target,
@@ -21,6 +30,7 @@ pub enum Target {
 }
 
 #[derive(clap::Args, Debug)]
+#[command(after_help = EXAMPLES)]
 pub struct OnnxArgs {
     /// The ViT-CoMer artifact (safetensors, as written by `comer-port import`).
     pub artifact: PathBuf,
@@ -52,7 +62,9 @@ fn parse_size(s: &str) -> Result<(usize, usize), String> {
         .split_once(['x', 'X'])
         .ok_or_else(|| format!("'{s}' is not HxW (e.g. 512x512)"))?;
     let p = |v: &str| v.trim().parse::<usize>().map_err(|_| format!("'{s}' is not HxW (e.g. 512x512)"));
-    Ok((p(h)?, p(w)?))
+    let (h, w) = (p(h)?, p(w)?);
+    onnx::check_input_size(h, w).map_err(|e| e.to_string())?;
+    Ok((h, w))
 }
 
 pub fn run(args: Args) -> anyhow::Result<i32> {
@@ -70,6 +82,7 @@ fn run_onnx(a: OnnxArgs) -> anyhow::Result<i32> {
     let ck = comer_port::formats::open(&a.artifact)?;
     let spec = TargetSpec::from_flags(a.config.as_deref(), a.preset.as_deref()).unwrap_or(TargetSpec::Recorded);
     let cfg = target::resolve(&spec, Basis::Artifact(&a.artifact))?;
+    super::warn_unless_verified(&a.artifact, &ck.metadata);
     let mut opts = ExportOptions::new(h, w);
     opts.batch = a.batch;
     opts.deform = a.deform;

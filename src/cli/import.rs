@@ -1,7 +1,8 @@
 //! `comer-port import`: remap a checkpoint into an upstream ViT-CoMer layout with fresh
-//! CTI/MRFP parameters, write safetensors / `.pth` / `config.json` and a provenance report.
+//! CTI/MRFP parameters, write safetensors / `.pth` / `X.config.json` and a provenance report.
 //! The work is in `import` (plan → write → verify → commit); this file parses arguments and
-//! prints the summary.
+//! prints the summary. Without `--preset`, `--config` or `--flavor` the library picks the
+//! preset that fits the source (`target::pick_preset`).
 
 use comer_port::families::mapping::PlanOptions;
 use comer_port::import::{self, ImportOptions};
@@ -9,10 +10,6 @@ use comer_port::formats::DType;
 use comer_port::model::Flavor;
 use comer_port::target::TargetSpec;
 use std::path::PathBuf;
-
-/// The bundled fixture used when no file is given.
-pub(crate) const BUNDLED: &[u8] = include_bytes!("../../fixtures/sources/deit/deit_tiny.pth");
-pub(crate) const BUNDLED_CONFIG: &str = include_str!("../../fixtures/forward/det_tiny/case.json");
 
 /// A `--flavor` value: the flavours' own names (`Flavor::names`), nothing spelled here.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -47,18 +44,40 @@ pub enum PatchArg {
     Pinv,
 }
 
+/// The value parser of `--family NAME`: one of the registered families.
+fn family_parser() -> clap::builder::PossibleValuesParser {
+    clap::builder::PossibleValuesParser::new(comer_port::families::names())
+}
+
 /// Arguments of `comer-port import`.
 #[derive(clap::Args, Debug)]
+#[command(after_help = "Target: --preset NAME (see `comer-port presets`), --config C.json, or --flavor \
+FLAVOR with the source's own dimensions. With none of them, the preset whose flavour fits the source's \
+family (BEiT: beit-comer; DINOv2: the vit-comer-det DINOv2 presets; others: the vit-comer-seg ADE20K \
+presets) and whose dimensions are the source's is chosen, and the choice is printed; none or several \
+fitting is a usage error listing the candidates.\n\n\
+Outputs: -o X.safetensors (default: <source stem>.comer.safetensors here), X.config.json beside it, \
+--pth P.pth and --report R.json (+ R.txt) as given; every file written is listed.\n\n\
+Examples:\n  comer-port import beitv2_large_patch16_224_pt1k_ft21kto1k.pth -o beit-comer.safetensors\n  \
+comer-port import deit_small_patch16_224.pth --preset vit-comer-s-seg -o comer.safetensors --pth comer.pth\n  \
+comer-port import vit-base-patch16-224/ --flavor vit-comer-det -o comer.safetensors --report report.json\n  \
+comer-port import dinov2_vits14_reg4_pretrain.pth --lossy --no-verify -o comer.safetensors\n  \
+comer-port import beitv2.pth -o comer.safetensors --pth comer.backbone.pth --key-prefix backbone.   (mmdet load_from)\n\n\
+Exit codes: 0 ok, 1 the written artifact failed verification, 2 usage, 3 bad input, 4 output not written.")]
 pub struct Args {
-    /// Source checkpoint (file or Hugging Face folder). Without one, a bundled DeiT-tiny
-    /// fixture is imported with the det_tiny config.
-    pub source: Option<PathBuf>,
+    /// Source checkpoint (file or Hugging Face folder).
+    pub source: PathBuf,
     /// Output safetensors (default: `<source stem>.comer.safetensors` in the current folder).
     #[arg(short = 'o', long)]
     pub output: Option<PathBuf>,
     /// Also write a torch.save-compatible `.pth` (`{"state_dict", "meta"}`).
     #[arg(long)]
     pub pth: Option<PathBuf>,
+    /// Prefix every key of the `.pth` (e.g. `backbone.`, the detector's names for mmdet /
+    /// Co-DETR `load_from`; see docs/mmdet.md). The safetensors artifact keeps upstream's
+    /// backbone names. The `.pth` must not share the artifact's stem.
+    #[arg(long, requires = "pth", value_name = "PREFIX")]
+    pub key_prefix: Option<String>,
     /// Named upstream configuration (see `comer-port presets`).
     #[arg(long, conflicts_with = "config", value_parser = super::presets::parser())]
     pub preset: Option<String>,
@@ -66,10 +85,10 @@ pub struct Args {
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// Target flavour with dimensions inferred from the source.
-    #[arg(long, value_enum)]
+    #[arg(long, value_enum, conflicts_with_all = ["preset", "config"])]
     pub flavor: Option<FlavorArg>,
-    /// Source family (default: guessed from key patterns).
-    #[arg(long)]
+    /// Source family (default: detected from key patterns).
+    #[arg(long, value_parser = family_parser())]
     pub family: Option<String>,
     /// Seed of the fresh parameters.
     #[arg(long, default_value_t = 0)]
@@ -108,16 +127,11 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> anyhow::Result<i32> {
-    let bundled = a.source.is_none();
-    let source = a.source.clone().unwrap_or_else(|| PathBuf::from("deit_tiny.pth"));
-    let target = if let Some(spec) = TargetSpec::from_flags(a.config.as_deref(), a.preset.as_deref()) {
-        spec
-    } else if let Some(f) = a.flavor {
-        TargetSpec::Flavor(f.0)
-    } else if bundled {
-        TargetSpec::Config(Box::new(comer_port::model::ComerConfig::from_case_json(BUNDLED_CONFIG)?))
-    } else {
-        anyhow::bail!("choose a target: --preset NAME, --config C.json or --flavor FLAVOR");
+    let source = a.source.clone();
+    let target = match (TargetSpec::from_flags(a.config.as_deref(), a.preset.as_deref()), a.flavor) {
+        (Some(spec), _) => spec,
+        (None, Some(f)) => TargetSpec::Flavor(f.0),
+        (None, None) => TargetSpec::Auto,
     };
     let output = a.output.clone().or_else(|| {
         let stem = source.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
@@ -139,15 +153,30 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         },
         strict_finite: a.strict_finite,
         no_buffers: a.no_buffers,
-        out: output.clone(),
+        out: output,
         pth: a.pth.clone(),
+        key_prefix: a.key_prefix.clone(),
         report: a.report.clone(),
         write_config: true,
         force: a.force,
         progress: true,
         verify: !a.no_verify,
     };
-    let s = import::run(&source, if bundled { Some(BUNDLED) } else { None }, &opts)?;
+    // `verify X.safetensors` reads a same-stem `X.pth` back key for key: prefixed keys there
+    // would read as a failed round trip.
+    if let (Some(prefix), Some(out), Some(pth)) = (&opts.key_prefix, &opts.out, &opts.pth)
+        && out.with_extension("pth") == *pth
+    {
+        return Err(super::UsageError(format!(
+            "--key-prefix {prefix}: name the .pth apart from the artifact (e.g. {}), since `comer-port verify {}` \
+             reads a same-stem .pth back key for key",
+            out.with_extension("backbone.pth").display(),
+            out.display()
+        ))
+        .into());
+    }
+    let written = import::output_paths(&opts);
+    let s = import::run(&source, None, &opts)?;
     let fresh = s.plan.targets.iter().filter(|p| matches!(p.origin, comer_port::families::mapping::Origin::Fresh { .. })).count();
     println!(
         "imported {} ({}) into {}: {} target keys ({} from the source, {} fresh, seed {})",
@@ -162,11 +191,8 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     for d in s.plan.decisions.iter().chain(&s.warnings) {
         println!("  note: {d}");
     }
-    if let Some(o) = &output {
-        println!("wrote {}", o.display());
-    }
-    if let Some(p) = &a.pth {
-        println!("wrote {}", p.display());
+    for path in &written {
+        println!("wrote {}", path.display());
     }
     if let Some(r) = &s.verify {
         println!("verify (recorded in the artifact's comer_port.verify metadata):");

@@ -4,12 +4,17 @@
 //!
 //! Exit codes: 0 success; 1 a check failed (verify mismatch, non-finite weights under
 //! `--check-finite`); 2 usage error (clap: unknown flag, bad value such as an unknown
-//! `--preset`); 3 bad input (unreadable, refused or mismatched file or config); 4 an output
-//! could not be written (exists without `--force`, I/O error). 3 and 4 come from the
-//! library's typed errors through `comer_port::error::ErrorKind`.
+//! `--preset` or `--family`, conflicting flags; after parsing: a [`UsageError`], or a choice
+//! the library says the command must make, such as the target when no preset fits); 3 bad
+//! input (unreadable, refused or mismatched file or config); 4 an output could not be written
+//! (exists without `--force`, I/O error). 2 (after parsing), 3 and 4 come from the library's
+//! typed errors through `comer_port::error::ErrorKind`.
+
+use std::path::Path;
 
 use clap::{Parser, Subcommand};
 use comer_port::error::ErrorKind;
+use comer_port::meta::RecordedVerdict;
 
 pub mod bench;
 pub mod demo;
@@ -92,11 +97,42 @@ pub fn main() -> i32 {
     }
 }
 
-/// Map an error chain to an exit code: the first link the library classifies
-/// ([`ErrorKind::of`]) decides; an unclassified chain (a message) is bad input.
+/// A usage error found after parsing: arguments the parser accepts one by one but that
+/// say nothing to do (exit 2).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// Map an error chain to an exit code: a [`UsageError`] is usage; else the first link the
+/// library classifies ([`ErrorKind::of`]) decides; an unclassified chain (a message) is bad
+/// input.
 pub fn exit_code_for(err: &anyhow::Error) -> i32 {
+    if err.chain().any(|e| e.is::<UsageError>()) {
+        return EXIT_USAGE;
+    }
     match err.chain().find_map(ErrorKind::of) {
         Some(ErrorKind::OutputNotWritten) => EXIT_OUTPUT,
+        Some(ErrorKind::Usage) => EXIT_USAGE,
         Some(ErrorKind::BadInput) | None => EXIT_BAD_INPUT,
+    }
+}
+
+/// Warn on stderr when the artifact at `path` (header map `metadata`) records a failed
+/// verification or none (not run, absent, unreadable): `run` and `export` use what they are
+/// given, but say so.
+pub fn warn_unless_verified(path: &Path, metadata: &std::collections::BTreeMap<String, String>) {
+    let p = path.display();
+    let check = format!("check it with `comer-port verify {p} --source SOURCE`");
+    match RecordedVerdict::of(metadata) {
+        // A lossy verdict is a verification that ran: what was dropped was asked for and measured.
+        RecordedVerdict::Passed | RecordedVerdict::Lossy => {}
+        RecordedVerdict::Failed(first) => eprintln!(
+            "warning: {p}: the verification recorded at import FAILED{}; its outputs may be wrong ({check})",
+            first.map(|f| format!(" (first failure: {f})")).unwrap_or_default()
+        ),
+        RecordedVerdict::NotRun(why) => eprintln!("warning: {p}: not verified at import ({why}); {check}"),
+        RecordedVerdict::Missing(what) => {
+            eprintln!("warning: {p}: records no verification verdict ({what}); {check}")
+        }
     }
 }

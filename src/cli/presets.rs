@@ -6,6 +6,9 @@ use comer_port::model::presets::{PRESETS, preset};
 
 /// Arguments of `comer-port presets`.
 #[derive(clap::Args, Debug)]
+#[command(after_help = "Examples:\n  comer-port presets\n  comer-port presets --json\n  \
+comer-port import deit_small_patch16_224.pth --preset vit-comer-s-seg -o comer.safetensors\n\n\
+Exit codes: 0 ok, 2 usage.")]
 pub struct Args {
     /// One JSON array on stdout (name, flavor, source, constructor kwargs).
     #[arg(long)]

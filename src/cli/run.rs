@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use candle_core::{DType, Device, Tensor};
 
 use comer_port::model::{Comer, ComerConfig, Store, resize};
@@ -21,7 +21,13 @@ const STD: [f32; 3] = [0.229, 0.224, 0.225];
 #[derive(clap::Args, Debug)]
 #[command(after_help = "Images (--input x.png|x.jpg) are converted to RGB, resized bilinearly \
 (align_corners=False, no antialias) so that each side is the nearest multiple of 32 (at least 32), \
-scaled to 0..1 and normalised with ImageNet mean/std; the tensor is named 'image'.")]
+scaled to 0..1 and normalised with ImageNet mean/std; the tensor is named 'image'.\n\n\
+The config is the artifact's recorded one unless --config or --preset is given. An artifact whose \
+recorded verification is not 'passed' (failed, not run, or none recorded) is used, with a warning on stderr.\n\n\
+Examples:\n  comer-port run --weights comer.safetensors --input img.png --viz pyramid.png\n  \
+comer-port run --weights comer.safetensors --input batch.safetensors -o pyramid.safetensors --taps\n  \
+comer-port run --weights weights.safetensors --preset vit-comer-s-seg --input img.jpg -o out.safetensors\n\n\
+Exit codes: 0 ok, 2 usage, 3 bad input, 4 output not written.")]
 pub struct Args {
     /// Weights (safetensors, target state-dict names).
     #[arg(long)]
@@ -91,7 +97,7 @@ pub fn safetensors_bytes(tensors: &[(String, Tensor)]) -> anyhow::Result<Vec<u8>
 
 pub fn run(args: Args) -> anyhow::Result<i32> {
     if args.output.is_none() && args.viz.is_none() {
-        bail!("nothing to write: give -o OUT.safetensors and/or --viz OUT.png");
+        return Err(super::UsageError("nothing to write: give -o OUT.safetensors and/or --viz OUT.png".into()).into());
     }
     for p in [&args.output, &args.viz].into_iter().flatten() {
         if p.exists() && !args.force {
@@ -100,6 +106,9 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     }
     let spec = TargetSpec::from_flags(args.config.as_deref(), args.preset.as_deref()).unwrap_or(TargetSpec::Recorded);
     let cfg = target::resolve(&spec, Basis::Artifact(&args.weights))?;
+    if let Ok(ck) = comer_port::formats::open(&args.weights) {
+        super::warn_unless_verified(&args.weights, &ck.metadata);
+    }
     let done = forward_to_files(
         &args.weights,
         &cfg,

@@ -19,7 +19,11 @@ backbone on a seeded image at img_size (finite, f1..f4 at strides 4/8/16/32 with
 upstream's layout (missing, unexpected, mis-shaped keys named), (d) --golden DIR: a forward/* fixture \
 folder (1e-4 relative) or a sources/<family> folder (the vit_tokens goldens against the artifact's \
 plain-ViT branch with the family's bound; what the plain layout cannot express is measured and reported \
-as skipped). Exit 0 when every check that ran passed, 1 when one failed.")]
+as skipped).\n\n\
+Examples:\n  comer-port verify comer.safetensors --source beitv2.pth\n  \
+comer-port verify comer.safetensors --source deit_tiny.pth --json\n  \
+comer-port verify weights.safetensors --config case.json --golden fixtures/forward/det_tiny\n\n\
+Exit codes: 0 every check that ran passed, 1 one failed, 2 usage, 3 bad input.")]
 pub struct Args {
     /// The artifact (safetensors, target names).
     pub artifact: PathBuf,

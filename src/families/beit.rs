@@ -3,6 +3,7 @@
 //! Rules in `mappings/beit.toml`.
 
 use super::Family;
+use crate::model::Flavor;
 use super::detect::{Keys, Meta, QkvStyle, RelPos, SourceConfig, heads_or_assumed, square, timm_like_config, timm_prefix};
 use crate::model::plain_vit::{PlainVit, Result, Weights, load_beit};
 
@@ -64,6 +65,10 @@ impl Family for Beit {
         c.qkv = if k.has(&key("blocks.0.attn.q_bias")) { QkvStyle::FusedQvBias } else { QkvStyle::FusedNoBias };
         c.layer_scale = k.has(&key("blocks.0.gamma_1")).then(|| "gamma_1".to_string());
         Ok(c)
+    }
+    /// Upstream's BEiT-CoMer preset (Co-DETR, BEiTv2-L) is the `beit-comer` flavour.
+    fn preset_flavor(&self) -> Flavor {
+        Flavor::Beit
     }
     fn source_vit(&self, w: &Weights, sc: &SourceConfig) -> Result<PlainVit> {
         load_beit(w, sc.num_heads)

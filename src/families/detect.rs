@@ -165,6 +165,18 @@ fn unknown(reason: impl Into<String>) -> Detection {
     Detection { family: "unknown", config: None, reason: reason.into() }
 }
 
+/// Why a state dict (or its metadata) is a ViT-CoMer artifact rather than a plain-ViT
+/// source, or `None`: comer-port's `comer_port.config` metadata, or upstream's `level_embed`
+/// (every flavour has one, under any prefix such as mmdet's `backbone.`).
+pub fn comer_artifact(sd: &[(String, &TensorView)], metadata: &Meta) -> Option<String> {
+    if metadata.contains_key("comer_port.config") {
+        return Some("it records comer_port.config metadata".to_string());
+    }
+    sd.iter()
+        .find(|(k, _)| k == "level_embed" || k.ends_with(".level_embed"))
+        .map(|(k, _)| format!("it holds '{k}', the CNN levels' embedding of upstream's ViT-CoMer"))
+}
+
 /// Key → shape lookup over a state dict.
 pub struct Keys<'a> {
     map: BTreeMap<&'a str, &'a [usize]>,

@@ -21,6 +21,33 @@ pub enum ImportError {
         /// Why no family applies.
         reason: String,
     },
+    /// `--family` names no registered family.
+    #[error("no source family '{name}'; the known families are: {known}")]
+    NoSuchFamily {
+        /// The name given.
+        name: String,
+        /// Every registered family's name.
+        known: String,
+    },
+    /// The family was given, and the checkpoint's keys are not that family's.
+    #[error("not a {family} checkpoint: {reason} (the family was given, not detected: leave --family out to detect it from the keys)")]
+    NotThisFamily {
+        /// The family given.
+        family: String,
+        /// Why its reader refused the keys.
+        reason: String,
+    },
+    /// The source is a ViT-CoMer artifact already (written by comer-port or upstream).
+    #[error(
+        "{path} is already a ViT-CoMer artifact ({why}); import reads plain-ViT source checkpoints: \
+         use this file with `comer-port verify`, `run` or `export`, or import the checkpoint it was made from"
+    )]
+    AlreadyArtifact {
+        /// The source given.
+        path: PathBuf,
+        /// What gives it away (a key such as `level_embed`, or comer-port's metadata).
+        why: String,
+    },
     /// The source and the target disagree on a dimension (embed dim, depth, heads, mlp).
     #[error("source and target disagree on {what}: source {source_value}, target {target_value}")]
     DimensionMismatch {

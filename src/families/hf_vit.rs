@@ -1,5 +1,7 @@
-//! Family `hf-vit`: Hugging Face `ViTModel` folders (`model.safetensors` + `config.json`),
-//! mirroring transformers `models/vit/modeling_vit.py`. Rules in `mappings/hf-vit.toml`.
+//! Family `hf-vit`: Hugging Face `ViTModel` folders (`model.safetensors` + `config.json`) and
+//! the `ViT*For*` wrappers around one (`ViTForImageClassification`: the model under `vit.`,
+//! a `classifier` head), mirroring transformers `models/vit/modeling_vit.py`. Rules in
+//! `mappings/hf-vit.toml`.
 
 use super::detect::{
     Activation, Keys, Meta, PosResize, QkvStyle, RelPos, SourceConfig, eps_from_config, heads_from_config, square,
@@ -22,9 +24,12 @@ impl Family for HfVit {
         include_str!("../../mappings/hf-vit.toml")
     }
     fn recognise(&self, k: &Keys<'_>, _: &Meta) -> Option<String> {
-        k.prefix_of("embeddings.patch_embeddings.projection.weight").map(|_| {
-            "Hugging Face ViTModel names (embeddings.patch_embeddings, encoder.layer.N.attention.attention.query/key/value)"
-                .to_string()
+        k.prefix_of("embeddings.patch_embeddings.projection.weight").map(|p| {
+            let names = "Hugging Face ViTModel names (embeddings.patch_embeddings, encoder.layer.N.attention.attention.query/key/value)";
+            match p.as_str() {
+                "" => names.to_string(),
+                p => format!("{names} under '{p}' (a ViT*For* wrapper such as ViTForImageClassification)"),
+            }
         })
     }
     fn config(&self, k: &Keys<'_>, metadata: &Meta) -> std::result::Result<SourceConfig, String> {

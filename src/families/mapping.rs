@@ -35,7 +35,8 @@ pub enum Transform {
     QvBiasConcat,
     /// Drop the 3 cls rows of a relative-position table and resize it to the target window.
     ResizeRelposTable,
-    /// Keep the cls row, drop other prefix rows, resize the position grid bicubically.
+    /// Keep the cls row (a zero one for a table of the grid alone, timm's `no_embed_class`),
+    /// drop other prefix rows, resize the position grid bicubically.
     ResizePosGrid,
     /// Patch-embedding kernel to the target patch size (bilinear, or pinv when asked).
     ResizePatchKernel,
@@ -123,6 +124,8 @@ struct RawMapping {
     #[serde(default)]
     prefix_if: Option<PrefixIf>,
     #[serde(default)]
+    strip_prefix: Option<PrefixIf>,
+    #[serde(default)]
     map: Vec<RawMap>,
     #[serde(default)]
     drop: Vec<RawDrop>,
@@ -130,6 +133,10 @@ struct RawMapping {
 
 /// Source keys stored without a prefix the rules expect (a TorchScript visual tower saved
 /// on its own): when `key` is present and `prefix + key` is not, every key gets `prefix`.
+/// As `strip_prefix`, the other way round: keys stored under a prefix the rules do not
+/// expect (a Hugging Face `ViTForImageClassification`'s `vit.`): when `prefix + key` is
+/// present and `key` is not, every key starting with `prefix` loses it (the others, such as
+/// the classifier head, stay as they are).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PrefixIf {
@@ -162,6 +169,7 @@ pub struct Mapping {
     pub family: String,
     pub description: String,
     pub prefix_if: Option<PrefixIf>,
+    pub strip_prefix: Option<PrefixIf>,
     pub map: Vec<MapRule>,
     pub drop: Vec<DropRule>,
 }
@@ -192,17 +200,39 @@ impl Mapping {
         for d in raw.drop {
             drop.push(DropRule { source: re(&d.source)?, reason: d.reason, lossy: d.lossy });
         }
-        Ok(Mapping { family: raw.family, description: raw.description, prefix_if: raw.prefix_if, map, drop })
+        Ok(Mapping {
+            family: raw.family,
+            description: raw.description,
+            prefix_if: raw.prefix_if,
+            strip_prefix: raw.strip_prefix,
+            map,
+            drop,
+        })
     }
 }
 
 impl Mapping {
     /// Source key names as the rules expect them (see [`PrefixIf`]).
     pub fn normalise_keys<'a>(&self, sd: Vec<(String, &'a TensorView)>) -> Vec<(String, &'a TensorView)> {
-        let Some(p) = &self.prefix_if else { return sd };
-        let has = |k: &str| sd.iter().any(|(n, _)| n == k);
-        if has(&p.key) && !has(&format!("{}{}", p.prefix, p.key)) {
-            return sd.into_iter().map(|(k, v)| (format!("{}{k}", p.prefix), v)).collect();
+        let has = |sd: &[(String, &TensorView)], k: &str| sd.iter().any(|(n, _)| n == k);
+        let mut sd = sd;
+        if let Some(p) = &self.prefix_if
+            && has(&sd, &p.key)
+            && !has(&sd, &format!("{}{}", p.prefix, p.key))
+        {
+            sd = sd.into_iter().map(|(k, v)| (format!("{}{k}", p.prefix), v)).collect();
+        }
+        if let Some(p) = &self.strip_prefix
+            && has(&sd, &format!("{}{}", p.prefix, p.key))
+            && !has(&sd, &p.key)
+        {
+            sd = sd
+                .into_iter()
+                .map(|(k, v)| match k.strip_prefix(p.prefix.as_str()) {
+                    Some(rest) => (rest.to_string(), v),
+                    None => (k, v),
+                })
+                .collect();
         }
         sd
     }
@@ -458,9 +488,15 @@ pub fn produce(
                     (rows, 1)
                 }
                 _ => {
-                    let t = views[0].to_f32();
+                    let mut t = views[0].to_f32();
                     let n = t.len() / d.max(1);
-                    let prefix = n - square_below(n).pow(2);
+                    let mut prefix = n - square_below(n).pow(2);
+                    if prefix == 0 && !is_square(e.shape[1]) {
+                        // A table of the grid alone (timm's `no_embed_class`) into a layout
+                        // with a cls row: a zero row, as `PadClsRow` (upstream drops it).
+                        t.splice(0..0, std::iter::repeat_n(0.0, d));
+                        prefix = 1;
+                    }
                     (t, prefix)
                 }
             };
@@ -469,7 +505,7 @@ pub fn produce(
             if g * g + prefix != n {
                 return Err(fail(format!("{} rows is not a square grid plus prefix rows", n)));
             }
-            let keep = if e.shape[1] == square_below(e.shape[1]).pow(2) { 0 } else { 1 };
+            let keep = if is_square(e.shape[1]) { 0 } else { 1 };
             let keep = keep.min(prefix);
             let dst = square_below(e.shape[1] - keep);
             let out = tf::resize_pos_embed(&table, d, prefix, keep, (g, g), (dst, dst));
@@ -545,6 +581,11 @@ fn check_shape(e: &TargetEntry, keys: &[String], got: &[usize]) -> Result<(), Im
         });
     }
     Ok(())
+}
+
+/// Whether `n` rows are a square grid alone (no prefix row).
+fn is_square(n: usize) -> bool {
+    square_below(n).pow(2) == n
 }
 
 /// Largest g with g² ≤ n.

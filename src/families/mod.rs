@@ -28,6 +28,7 @@ pub mod uniperceiver;
 pub use detect::{Detection, Keys, Meta, SourceConfig};
 pub use error::ImportError;
 
+use crate::model::Flavor;
 use crate::model::plain_vit::{self, PlainVit, Weights};
 
 /// LayerNorm eps of upstream's ViT blocks.
@@ -77,6 +78,12 @@ pub trait Family: Sync {
     fn fit(&self, sc: &SourceConfig) -> Fit {
         eps_fit(sc.layernorm_eps)
     }
+    /// The flavour whose presets `import` picks from when no target is given
+    /// (`target::pick_preset`): the upstream configs built for this family's weights. The
+    /// ADE20K `vit-comer-seg` presets by default; BEiT and DINOv2 say otherwise.
+    fn preset_flavor(&self) -> Flavor {
+        Flavor::Seg
+    }
 }
 
 /// Exact, or an eps change when the source's LayerNorm eps is not upstream's.
@@ -101,9 +108,11 @@ pub static FAMILIES: &[&dyn Family] = &[
 
 /// The family called `name`.
 pub fn by_name(name: &str) -> Result<&'static dyn Family, ImportError> {
-    FAMILIES.iter().copied().find(|f| f.name() == name).ok_or_else(|| ImportError::UnknownFamily {
-        reason: format!("no family '{name}' (known: {})", names().join(", ")),
-    })
+    FAMILIES
+        .iter()
+        .copied()
+        .find(|f| f.name() == name)
+        .ok_or_else(|| ImportError::NoSuchFamily { name: name.to_string(), known: names().join(", ") })
 }
 
 /// Every family's name, in registry order.

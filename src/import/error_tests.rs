@@ -75,7 +75,39 @@ fn unknown_family() {
     let foo = t(&[1], 0.0);
     let sd = vec![("foo.bar".to_string(), &foo)];
     assert!(matches!(super::pick_family(None, &sd, &Default::default()), Err(ImportError::UnknownFamily { .. })));
-    assert!(matches!(crate::families::mapping_for("nope"), Err(ImportError::UnknownFamily { .. })));
+}
+
+#[test]
+fn no_such_family() {
+    let e = crate::families::mapping_for("nope").expect_err("no family 'nope'");
+    assert!(matches!(e, ImportError::NoSuchFamily { .. }), "{e}");
+    // The message lists the families and does not ask for the flag that was given.
+    assert!(e.to_string().contains("dinov2") && !e.to_string().contains("pass --family"), "{e}");
+}
+
+#[test]
+fn not_this_family() {
+    // DeiT keys read as Hugging Face ViT: its reader finds no patch projection.
+    let e = import_err(run(&deit(48, 4), "hf-vit"));
+    assert!(matches!(e, ImportError::NotThisFamily { .. }), "{e}");
+}
+
+#[test]
+fn already_artifact() {
+    let mut s = deit(48, 4);
+    s.push(("level_embed".into(), t(&[3, 48], 0.0)));
+    use crate::formats::{Checkpoint, Format, Value};
+    let ck = Checkpoint {
+        path: "a.safetensors".into(),
+        format: Format::Safetensors,
+        root: Value::Dict(s.into_iter().map(|(k, v)| (Value::Str(k), Value::Tensor(v))).collect()),
+        metadata: Default::default(),
+    };
+    let e = match super::plan(&ck, std::path::Path::new("a.safetensors"), &super::ImportOptions::default()) {
+        Err(PipelineError::Import(e)) => e,
+        other => panic!("expected an ImportError, got {:?}", other.map(|_| ())),
+    };
+    assert!(matches!(e, ImportError::AlreadyArtifact { .. }), "{e}");
 }
 
 #[test]

@@ -66,9 +66,12 @@ pub struct ImportOptions {
     pub out: Option<PathBuf>,
     /// The `.pth` artifact.
     pub pth: Option<PathBuf>,
+    /// A prefix of every key of the `.pth` (`backbone.`: the detector's names that mmdet's
+    /// `load_from` expects); the safetensors artifact keeps upstream's backbone names.
+    pub key_prefix: Option<String>,
     /// The report (`.json`, and `.txt` beside it).
     pub report: Option<PathBuf>,
-    /// Write `config.json` beside the first artifact.
+    /// Write the config beside the first artifact, named after it (`X.config.json`).
     pub write_config: bool,
     /// Replace existing outputs.
     pub force: bool,
@@ -91,6 +94,7 @@ impl Default for ImportOptions {
             no_buffers: false,
             out: None,
             pth: None,
+            key_prefix: None,
             report: None,
             write_config: true,
             force: false,
@@ -183,8 +187,11 @@ pub fn plan_state_dict(
     let m = mapping::Mapping::parse(family.mapping())?;
     let source = family
         .config(&Keys::new(sd), meta)
-        .map_err(|reason| ImportError::UnknownFamily { reason: format!("not a {} checkpoint: {reason}", family.name()) })?;
-    let cfg = target::resolve(target, target::Basis::Source(&source))?;
+        .map_err(|reason| ImportError::NotThisFamily { family: family.name().into(), reason })?;
+    let cfg = match target {
+        TargetSpec::Auto => target::pick_preset(family, &source)?.config,
+        t => target::resolve(t, target::Basis::Source(&source))?,
+    };
     target::check_dims(&source, &cfg)?;
     let layout = crate::model::layout::target_layout(&cfg);
     let plan = mapping::plan(&m, &layout, sd, opts)?;
@@ -196,10 +203,16 @@ pub fn plan_state_dict(
 pub fn plan<'ck>(ck: &'ck Checkpoint, source: &Path, opts: &ImportOptions) -> Result<ImportPlan<'ck>, PipelineError> {
     let (wrapper, sd) = ck.state_dict();
     let det_meta = detect::checkpoint_meta(ck, wrapper);
+    if let Some(why) = detect::comer_artifact(&sd, &det_meta) {
+        return Err(ImportError::AlreadyArtifact { path: source.to_path_buf(), why }.into());
+    }
     let family = pick_family(opts.family.as_deref(), &sd, &det_meta)?;
     let sd = crate::families::mapping_for(family.name())?.normalise_keys(sd);
     let (source_config, cfg, plan) = plan_state_dict(family, &sd, &det_meta, &opts.target, &opts.plan)?;
     let mut warnings = Vec::new();
+    if let TargetSpec::Auto = opts.target {
+        warnings.push(target::pick_preset(family, &source_config)?.reason);
+    }
     if let Some(eps) = ck.metadata.get("layer_norm_eps").and_then(|v| v.parse::<f64>().ok())
         && (eps - 1e-6).abs() > 1e-12
     {
@@ -278,11 +291,11 @@ pub fn output_paths(opts: &ImportOptions) -> Vec<PathBuf> {
     v
 }
 
-/// `config.json` beside the first artifact, when written.
-fn config_path(opts: &ImportOptions) -> Option<PathBuf> {
+/// The config beside the first artifact, named after it (`X.safetensors` → `X.config.json`),
+/// when written.
+pub fn config_path(opts: &ImportOptions) -> Option<PathBuf> {
     let first = opts.out.as_ref().or(opts.pth.as_ref()).filter(|_| opts.write_config)?;
-    let dir = first.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    Some(dir.join("config.json"))
+    Some(first.with_extension("config.json"))
 }
 
 /// The output tensors of a plan (buffers dropped with `no_buffers`), with plan indices.
@@ -523,7 +536,11 @@ pub fn commit(
         let producer = Producer::new(&p, opts, false);
         let pmeta: Vec<(String, String)> = meta.to_map().into_iter().collect();
         let mut w2 = Vec::new();
-        crate::export::pth::write(pth, opts.force, &p.outs, &pmeta, |j| producer.step(j, &mut w2))?;
+        let outs: Cow<'_, [OutTensor]> = match opts.key_prefix.as_deref() {
+            Some(prefix) => p.outs.iter().map(|t| OutTensor { name: format!("{prefix}{}", t.name), ..t.clone() }).collect(),
+            None => Cow::Borrowed(&p.outs),
+        };
+        crate::export::pth::write(pth, opts.force, &outs, &pmeta, |j| producer.step(j, &mut w2))?;
         producer.finish_file();
         if opts.out.is_none() {
             warnings.extend(w2);

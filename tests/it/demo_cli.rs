@@ -60,7 +60,7 @@ fn demo_writes_every_listed_file_and_verify_passes() {
         "deit_tiny.pth",
         "deit_tiny.comer.safetensors",
         "deit_tiny.comer.pth",
-        "config.json",
+        "deit_tiny.comer.config.json",
         "import_report.json",
         "import_report.txt",
         "input.png",

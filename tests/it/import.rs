@@ -151,7 +151,8 @@ fn same_inputs_and_seed_give_identical_bytes() {
     }
     let cfg: serde_json::Value = serde_json::from_str(&meta["comer_port.config"]).expect("json");
     assert_eq!(cfg["flavor"], "beit-comer");
-    assert!(a.join("config.json").exists());
+    assert!(a.join("a.config.json").exists(), "the config is named after the artifact (issue 15)");
+    assert!(!a.join("config.json").exists());
     assert!(a.join("r.txt").exists());
 }
 
@@ -160,9 +161,9 @@ fn existing_output_needs_force() {
     let d = tmp("force");
     let out = d.join("x.safetensors");
     std::fs::write(&out, b"keep").expect("write");
-    // Nothing is written when a later output (here config.json) already exists either.
+    // Nothing is written when a later output (here y.config.json) already exists either.
     let d2 = tmp("force-late");
-    std::fs::write(d2.join("config.json"), b"mine").expect("write");
+    std::fs::write(d2.join("y.config.json"), b"mine").expect("write");
     let st = bin()
         .arg("import")
         .arg(fixture("sources/deit/deit_tiny.pth"))
@@ -173,7 +174,7 @@ fn existing_output_needs_force() {
         .expect("runs");
     assert_eq!(st.status.code(), Some(4), "{}", String::from_utf8_lossy(&st.stderr));
     assert!(!d2.join("y.safetensors").exists(), "nothing written before the refusal");
-    assert_eq!(std::fs::read(d2.join("config.json")).expect("read"), b"mine");
+    assert_eq!(std::fs::read(d2.join("y.config.json")).expect("read"), b"mine");
     let st = bin()
         .arg("import")
         .arg(fixture("sources/deit/deit_tiny.pth"))
@@ -187,12 +188,15 @@ fn existing_output_needs_force() {
     assert_eq!(std::fs::read(&out).expect("read"), b"keep");
 }
 
+/// `import` needs a source (issue 15): without one it is a usage error and writes nothing,
+/// not even in the current folder; the bundled fixture belongs to `demo`.
 #[test]
-fn no_argument_imports_the_bundled_fixture() {
+fn no_argument_is_a_usage_error() {
     let d = tmp("bundled");
-    let st = bin().arg("import").arg("-o").arg(d.join("b.safetensors")).output().expect("runs");
-    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
-    assert_eq!(layout_of(&d.join("b.safetensors")), layout_of(&fixture("forward/det_tiny/weights.safetensors")));
+    let st = bin().arg("import").arg("-o").arg(d.join("b.safetensors")).current_dir(&d).output().expect("runs");
+    assert_eq!(st.status.code(), Some(2), "{}", String::from_utf8_lossy(&st.stderr));
+    assert!(String::from_utf8_lossy(&st.stderr).contains("<SOURCE>"), "{}", String::from_utf8_lossy(&st.stderr));
+    assert_eq!(std::fs::read_dir(&d).expect("dir").count(), 0, "nothing written");
 }
 
 #[test]

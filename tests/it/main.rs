@@ -35,3 +35,6 @@ mod tamper;
 /// Issue 14 (hardening): amplification, zip bombs, lookup, CRC, non-files, writers.
 #[cfg(target_os = "linux")]
 mod hardening;
+/// The newcomer's path: the preset chosen for the user, hub wrapper layouts, usage errors,
+/// outputs named after the artifact, warnings about unverified artifacts (issue 15).
+mod newcomer;
