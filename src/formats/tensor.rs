@@ -90,13 +90,30 @@ pub struct TensorView {
     /// Shape, outermost first.
     pub shape: Vec<usize>,
     /// Strides in elements (not bytes), one per dimension.
-    pub strides: Vec<usize>,
+    pub(crate) strides: Vec<usize>,
     /// Offset of element 0 into the storage, in elements.
-    pub offset: usize,
+    pub(crate) offset: usize,
     /// True when the storage bytes are big-endian (zip `byteorder` = big, `.npy` `>f4`).
-    pub big_endian: bool,
+    pub(crate) big_endian: bool,
     /// The storage the view reads (shared between views).
-    pub storage: Arc<Storage>,
+    pub(crate) storage: Arc<Storage>,
+}
+
+impl TensorView {
+    /// Strides in elements (not bytes), one per dimension.
+    pub fn strides(&self) -> &[usize] {
+        &self.strides
+    }
+
+    /// True when the storage bytes are big-endian (zip `byteorder` = big, `.npy` `>f4`).
+    pub fn big_endian(&self) -> bool {
+        self.big_endian
+    }
+
+    /// The storage the view reads (shared between views).
+    pub fn storage(&self) -> &Arc<Storage> {
+        &self.storage
+    }
 }
 
 impl TensorView {

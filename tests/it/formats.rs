@@ -216,9 +216,9 @@ fn every_dtype_both_byteorders_and_strided_views() {
         }
         // The transposed view shares t_f32's storage: element (i, j) is storage[j*4 + i].
         let tt = &sd["t_f32_T"];
-        assert_eq!((tt.shape.clone(), tt.strides.clone()), (vec![4, 3], vec![1, 4]));
+        assert_eq!((tt.shape.clone(), tt.strides().to_vec()), (vec![4, 3], vec![1, 4]));
         assert!(!tt.is_contiguous());
-        assert!(std::sync::Arc::ptr_eq(&tt.storage, &sd["t_f32"].storage));
+        assert!(std::sync::Arc::ptr_eq(tt.storage(), sd["t_f32"].storage()));
         check_formula("t_f32_T", tt, |i| (i % 3) * 4 + i / 3);
         let f32s = tt.to_f32();
         assert_eq!(f32s[1], expected(DType::F32, 4) as f32);
@@ -259,7 +259,7 @@ fn npz_stored_deflated_endianness_and_fortran_order() {
     for n in ["a_f32_le", "a_f32_be", "a_f16", "a_f64", "a_i64", "a_u8", "a_bool", "a_fortran", "dir/nested"] {
         check_formula(n, &sd[n], |i| i);
     }
-    assert!(sd["a_f32_be"].big_endian);
+    assert!(sd["a_f32_be"].big_endian());
     assert!(!sd["a_fortran"].is_contiguous());
     let npy = open("generated/single_be.npy");
     assert_eq!(npy.format, Format::Npy);
