@@ -11,7 +11,6 @@ use crate::model::plain_vit::{
     Attention, Block, LayerNorm, Linear, PatchEmbed, PlainVit, PosEmbed, Result, Weights, embed_dim,
     hidden_of, mlp_depth, pick_prefix, rows2,
 };
-use candle_core::Tensor;
 
 /// The Hugging Face ViT family.
 pub struct HfVit;
@@ -98,23 +97,6 @@ fn load_hf(w: &Weights, heads: usize, eps: f64) -> Result<PlainVit> {
     for i in 0..depth {
         let p = format!("{layers}.{i}");
         let a = format!("{p}.attention.attention");
-        let get = |n: &str, s: &[usize]| w.get_shaped(&format!("{a}.{n}"), s);
-        let weight = Tensor::cat(
-            &[
-                get("query.weight", &[c, c])?,
-                get("key.weight", &[c, c])?,
-                get("value.weight", &[c, c])?,
-            ],
-            0,
-        )?;
-        let bias = Tensor::cat(
-            &[
-                get("query.bias", &[c])?,
-                get("key.bias", &[c])?,
-                get("value.bias", &[c])?,
-            ],
-            0,
-        )?;
         let hidden = hidden_of(w, &format!("{p}.intermediate.dense.weight"))?;
         blocks.push(Block {
             name: p.clone(),
@@ -126,10 +108,7 @@ fn load_hf(w: &Weights, heads: usize, eps: f64) -> Result<PlainVit> {
                 eps,
             )?,
             attn: Attention {
-                qkv: Linear {
-                    weight,
-                    bias: Some(bias),
-                },
+                qkv: Linear::fused_qkv(w, &a, ["query", "key", "value"], c)?,
                 proj: Linear::load(w, &format!("{p}.attention.output.dense"), c, c)?,
                 num_heads: heads,
                 rel_pos: None,

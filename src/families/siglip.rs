@@ -137,16 +137,12 @@ impl Family for Siglip {
         for i in 0..depth {
             let p = format!("{layers}.{i}");
             let a = format!("{p}.self_attn");
-            let get = |n: &str, s: &[usize]| w.get_shaped(&format!("{a}.{n}"), s);
-            let weight =
-                Tensor::cat(&[get("q_proj.weight", &[c, c])?, get("k_proj.weight", &[c, c])?, get("v_proj.weight", &[c, c])?], 0)?;
-            let bias = Tensor::cat(&[get("q_proj.bias", &[c])?, get("k_proj.bias", &[c])?, get("v_proj.bias", &[c])?], 0)?;
             let hidden = hidden_of(w, &format!("{p}.mlp.fc1.weight"))?;
             blocks.push(Block {
                 name: p.clone(),
                 norm1: LayerNorm::load(w, &format!("{p}.layer_norm1"), ("weight", "bias"), c, eps)?,
                 attn: Attention {
-                    qkv: Linear { weight, bias: Some(bias) },
+                    qkv: Linear::fused_qkv(w, &a, ["q_proj", "k_proj", "v_proj"], c)?,
                     proj: Linear::load(w, &format!("{a}.out_proj"), c, c)?,
                     num_heads: heads,
                     rel_pos: None,

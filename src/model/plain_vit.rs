@@ -93,6 +93,16 @@ pub struct Linear {
 }
 
 impl Linear {
+    /// A fused `qkv` Linear `(3C, C)` from separate q, k, v Linears `{prefix}.{q|k|v}.{weight,
+    /// bias}` (Hugging Face ViT `query/key/value`, SigLIP `q_proj/k_proj/v_proj`), concatenated
+    /// in q, k, v order as timm's `qkv` holds them.
+    pub fn fused_qkv(w: &Weights, prefix: &str, [q, k, v]: [&str; 3], c: usize) -> Result<Linear> {
+        let get = |n: &str, part: &str, s: &[usize]| w.get_shaped(&format!("{prefix}.{n}.{part}"), s);
+        let weight = Tensor::cat(&[get(q, "weight", &[c, c])?, get(k, "weight", &[c, c])?, get(v, "weight", &[c, c])?], 0)?;
+        let bias = Tensor::cat(&[get(q, "bias", &[c])?, get(k, "bias", &[c])?, get(v, "bias", &[c])?], 0)?;
+        Ok(Linear { weight, bias: Some(bias) })
+    }
+
     /// `{prefix}.weight` of shape `(out, in)` and `{prefix}.bias` of `(out,)`.
     pub fn load(w: &Weights, prefix: &str, out: usize, inp: usize) -> Result<Self> {
         Ok(Linear {
