@@ -30,7 +30,7 @@ use crate::families::{Family, Fit};
 use crate::formats::{self, Checkpoint};
 use crate::families::mapping::{self, Mapping, Plan, PlanOptions, Values};
 use crate::meta::{ArtifactMeta, Transforms};
-use crate::model::plain_vit::Weights;
+use crate::model::plain_vit::{RelPosTable, VitError, Weights};
 use crate::model::{Comer, ComerConfig};
 
 /// Why the artifact's ViT branch is not the source's function at all (cross-layout import,
@@ -53,25 +53,6 @@ fn structural_skip(family: &dyn Family, sc: &SourceConfig, cfg: &ComerConfig) ->
             "blocks {windowed:?} use windowed attention of different sizes: the source attends globally, and no \
              grid makes every window the whole grid (no stated bound); verify with a global-attention config \
              to prove the mapping"
-        ));
-    } else if sc.rel_pos != RelPos::None && cfg.window_attn.iter().any(|w| *w) {
-        let windowed: Vec<usize> = cfg.window_attn.iter().enumerate().filter(|(_, w)| **w).map(|(i, _)| i).collect();
-        return Some(format!(
-            "blocks {windowed:?} use windowed attention: the source attends globally, so the artifact's ViT \
-             branch is a different function (no stated bound); verify with a global-attention config to \
-             prove the mapping"
-        ));
-    }
-    let tg = cfg.pretrain_size / cfg.patch_size.max(1);
-    if sc.rel_pos != RelPos::None
-        && let Some(g) = sc.pretrain_grid
-        && g != (tg, tg)
-    {
-        return Some(format!(
-            "relative-position tables resized {}x{} -> {tg}x{tg} windows at import: unilm BEiT fixes its \
-             window, so the source has no forward at the target grid to bound against (the resize itself is \
-             held to the relpos_bicubic / relpos_geometric goldens)",
-            g.0, g.1
         ));
     }
     None
@@ -97,6 +78,209 @@ fn parity_grid(cfg: &ComerConfig) -> Option<usize> {
     }
 }
 
+/// BEiT targets: the smallest window any block's relative-position table defines (a global
+/// block's table spans the pretrain grid). At that grid every table can be cropped to the
+/// offsets the grid uses (`crop_table`), so each block runs as one unpadded window.
+fn beit_parity_grid(cfg: &ComerConfig) -> usize {
+    let tg = cfg.pretrain_size / cfg.patch_size.max(1);
+    (0..cfg.depth)
+        .map(|j| match (cfg.window_attn.get(j), cfg.window_size.get(j)) {
+            (Some(true), Some(Some(w))) => *w,
+            _ => tg,
+        })
+        .filter(|w| *w > 0)
+        .min()
+        .unwrap_or(tg)
+}
+
+/// The `(2g-1)^2` rows of a `(2w-1)^2`-row relative-position table that a `g x g` window
+/// reads: offsets `-(g-1)..=g-1` on each axis, the table's centre (`g <= w`).
+fn crop_table(
+    key: &str,
+    table: &RelPosTable,
+    g: usize,
+) -> std::result::Result<RelPosTable, VitError> {
+    let w = table.window;
+    if g == w {
+        return Ok(table.clone());
+    }
+    let (s, t) = (2 * w - 1, 2 * g - 1);
+    let heads = table.table.dim(1).map_err(VitError::tensor(key))?;
+    let crop = (|| {
+        table
+            .table
+            .reshape((s, s, heads))? // (2w-1, 2w-1, H): rows (dy, dx)
+            .narrow(0, w - g, t)?
+            .narrow(1, w - g, t)?
+            .contiguous()?
+            .reshape((t * t, heads)) // ((2g-1)^2, H)
+    })()
+    .map_err(VitError::tensor(key))?;
+    Ok(RelPosTable {
+        table: crop,
+        window: g,
+    })
+}
+
+/// BEiT sources into `beit-comer`: align both sides' relative-position tables to the parity
+/// grid `g`. Where the import resized a block's table (a 14-window table to a 56-window
+/// block, upstream's `resize_rel_pos_bias`-style interpolation), the source side gets the
+/// reference resize of its own table (`mapping::produce`, the function the
+/// `relpos_bicubic`/`relpos_geometric` goldens certify), and the artifact's table is compared
+/// with that reference in full (the returned check). Both sides then read the centre of their
+/// table that a `g x g` window uses, so the block forward proves every other tensor of the
+/// block exactly. Returns the table check (when a table was resized) and the resized blocks.
+fn align_beit_tables(
+    source: &Checkpoint,
+    cfg: &ComerConfig,
+    transforms: &Transforms,
+    dtype_of: &dyn Fn(&str) -> Option<formats::DType>,
+    g: usize,
+    src: &mut crate::model::plain_vit::PlainVit,
+    tgt: &mut crate::model::plain_vit::PlainVit,
+) -> Result<(Option<Check>, Vec<usize>)> {
+    let opts = PlanOptions {
+        lossy: true,
+        relpos_geometric: transforms.relpos_resize == "geometric",
+        patch_pinv: transforms.patch_resize == "pinv",
+    };
+    let mut resized = Vec::new();
+    let mut checked = Vec::new();
+    let (mut got_all, mut want_all) = (Vec::new(), Vec::new());
+    let mut first_bad: Option<String> = None;
+    let mut plan_ctx: Option<(Plan, Vec<(String, &formats::TensorView)>)> = None;
+    for (j, (sb, tb)) in src.blocks.iter_mut().zip(tgt.blocks.iter_mut()).enumerate() {
+        let key = format!("blocks.{j}.attn.relative_position_bias_table");
+        let (Some(st), Some(tt)) = (sb.attn.rel_pos.as_ref(), tb.attn.rel_pos.as_ref()) else {
+            continue;
+        };
+        if tt.window < g {
+            continue;
+        }
+        let reference = if tt.window == st.window {
+            st.clone()
+        } else {
+            if plan_ctx.is_none() {
+                let plan =
+                    replan_with(source, cfg, &opts).map_err(|reason| VerifyError::Fixture {
+                        path: source.path.clone(),
+                        reason: format!("the source could not be mapped again: {reason}"),
+                    })?;
+                let det = detect::detect_checkpoint(source);
+                let m = det.family().map(|f| Mapping::parse(f.mapping()));
+                let (_, sd) = source.state_dict();
+                let sd = match m {
+                    Some(Ok(m)) => m.normalise_keys(sd),
+                    _ => sd,
+                };
+                plan_ctx = Some((plan, sd));
+            }
+            let Some((plan, sd)) = plan_ctx.as_ref() else {
+                continue;
+            };
+            let lookup: std::collections::HashMap<&str, &formats::TensorView> =
+                sd.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+            let want = plan
+                .targets
+                .iter()
+                .find(|p| p.entry.name == key)
+                .and_then(|p| match mapping::produce(p, &lookup, &opts, 0) {
+                    Ok(Values::F32(v)) => Some(v),
+                    _ => None,
+                })
+                .ok_or_else(|| VerifyError::Fixture {
+                    path: source.path.clone(),
+                    reason: format!("the source gives no reference for `{key}`"),
+                })?;
+            let heads = tt.table.dim(1)?;
+            let rows = want.len() / heads.max(1);
+            resized.push(j);
+            RelPosTable {
+                table: Tensor::from_vec(want, (rows, heads), &Device::Cpu)?,
+                window: tt.window,
+            }
+        };
+        // The crop reads only the table's centre: the rest is compared in full here.
+        if tt.window > g || resized.last() == Some(&j) {
+            let got = tt.table.flatten_all()?.to_vec1::<f32>()?;
+            // The reference in the artifact's dtype, rounded as `import::encode` rounds.
+            let round = |x: f32| match dtype_of(&key) {
+                Some(formats::DType::F16) => half::f16::from_f32(x).to_f32(),
+                Some(formats::DType::BF16) => half::bf16::from_f32(x).to_f32(),
+                _ => x,
+            };
+            let want: Vec<f32> = reference
+                .table
+                .flatten_all()?
+                .to_vec1::<f32>()?
+                .into_iter()
+                .map(round)
+                .collect();
+            if first_bad.is_none()
+                && (got.len() != want.len()
+                    || got
+                        .iter()
+                        .zip(&want)
+                        .any(|(a, b)| a.to_bits() != b.to_bits()))
+            {
+                first_bad = Some(key.clone());
+            }
+            got_all.extend_from_slice(&got);
+            want_all.extend_from_slice(&want);
+            checked.push(j);
+        }
+        sb.attn.rel_pos = Some(crop_table(&key, &reference, g)?);
+        tb.attn.rel_pos = Some(crop_table(&key, tt, g)?);
+    }
+    if checked.is_empty() {
+        return Ok((None, resized));
+    }
+    let method = if opts.relpos_geometric {
+        "geometric"
+    } else {
+        "bicubic"
+    };
+    let mut c = Check::new(
+        format!("relative-position tables ({} blocks)", checked.len()),
+        &[got_all.len()],
+        &got_all,
+        &want_all,
+        EXACT_BOUND,
+    );
+    if got_all.len() != want_all.len() {
+        c.passed = false;
+    }
+    let copied: Vec<&usize> = checked.iter().filter(|j| !resized.contains(j)).collect();
+    let mut what = Vec::new();
+    if !resized.is_empty() {
+        what.push(format!("blocks {resized:?} resized at import ({method}) against the reference resize of the source's table"));
+    }
+    if !copied.is_empty() {
+        what.push(format!(
+            "blocks {copied:?} against the source's own table (cls rows dropped)"
+        ));
+    }
+    c.note = Some(match first_bad {
+        Some(k) => {
+            c.passed = false;
+            format!(
+                "`{k}` differs from its reference; compared: {}",
+                what.join("; ")
+            )
+        }
+        None => format!(
+            "{}: bit for bit{}",
+            what.join("; "),
+            if resized.is_empty() {
+                String::new()
+            } else {
+                format!(" (the relpos_{method} goldens certify that resize against upstream)")
+            }
+        ),
+    });
+    Ok((Some(c), resized))
+}
+
 /// A two-sided comparison that ran (not skipped, not an artifact that failed to load).
 fn is_comparison(c: &Check) -> bool {
     c.skipped.is_none() && c.bound > 0.0
@@ -109,13 +293,16 @@ fn is_comparison(c: &Check) -> bool {
 /// bicubically at import; at the target's pretrain size the source model resizes its own
 /// table to the same grid with the same bicubic filter at run time, so that image is held to
 /// the family's bound; at the second size the artifact resizes an already-resized table (two
-/// bicubic resizes against one) and the figures are reported as skipped. BEiT relative
-/// position tables define one window, so only the pretrain size runs.
+/// bicubic resizes against one) and the figures are reported as skipped. BEiT targets run at
+/// the smallest window any block's table defines, every table cropped to that grid and
+/// checked in full against its reference (`align_beit_tables`); only that square size runs.
+/// `dtype_of` gives an artifact tensor's stored dtype (references are rounded to it).
 pub fn parity_checks(
     source: &Checkpoint,
     artifact: &Weights,
     cfg: &ComerConfig,
     transforms: &Transforms,
+    dtype_of: &dyn Fn(&str) -> Option<formats::DType>,
     seed: u64,
 ) -> Result<Vec<Check>> {
     const NAME: &str = "mapping parity";
@@ -132,7 +319,13 @@ pub fn parity_checks(
     let tg = cfg.pretrain_size / cfg.patch_size.max(1);
     // Windowed blocks: parity runs at the grid of one window (exactly global attention).
     let windowed = cfg.window_attn.iter().any(|w| *w);
-    let pg = parity_grid(cfg).unwrap_or(tg);
+    let beit =
+        TargetFlavour::of(cfg.flavor) == TargetFlavour::BeitComer && sc.rel_pos != RelPos::None;
+    let pg = if beit {
+        beit_parity_grid(cfg)
+    } else {
+        parity_grid(cfg).unwrap_or(tg)
+    };
     // The source sees tg x tg patches of its own size. A target with another patch size sees
     // every patch resized (FlexiViT's identity: with the pseudo-inverse kernel the tokens are
     // the same; with upstream's bilinear kernel they are not, and the figures say by how much).
@@ -151,17 +344,20 @@ pub fn parity_checks(
     let resized_pos = sc.rel_pos == RelPos::None && sc.pretrain_grid.is_some_and(|g| g != (tg, tg));
     let mut second_skip = None;
     if let Some(s) = second {
-        if windowed {
+        if sc.rel_pos != RelPos::None {
+            second_skip = Some((
+                s.0,
+                None,
+                format!(
+                    "relative-position tables define square windows: every block is one {pg}x{pg} window only on the \
+                     {pg}x{pg} grid, and BEiT has no forward at another grid"
+                ),
+            ));
+        } else if windowed {
             second_skip = Some((
                 s.0,
                 None,
                 format!("windowed attention equals global attention only on a {pg}x{pg} grid (one whole window)"),
-            ));
-        } else if sc.rel_pos != RelPos::None {
-            second_skip = Some((
-                s.0,
-                None,
-                format!("relative-position tables define one {tg}x{tg} window; BEiT has no forward at another grid"),
             ));
         } else if resized_pos {
             let g = sc.pretrain_grid.unwrap_or_default();
@@ -188,11 +384,25 @@ pub fn parity_checks(
             inputs.push(s);
         }
     }
-    let src = family.source_vit(&src_w, sc)?;
-    let tgt = match target_vit(TargetFlavour::of(cfg.flavor), artifact, cfg.num_heads) {
+    let mut src = family.source_vit(&src_w, sc)?;
+    let mut tgt = match target_vit(TargetFlavour::of(cfg.flavor), artifact, cfg.num_heads) {
         Ok(t) => t,
         Err(e) => return Ok(vec![artifact_failure(&format!("{NAME} ({})", det.family), &e)]),
     };
+    let mut table_check = None;
+    let mut resized_tables = Vec::new();
+    if beit {
+        match align_beit_tables(source, cfg, transforms, dtype_of, pg, &mut src, &mut tgt) {
+            Ok((c, r)) => (table_check, resized_tables) = (c, r),
+            Err(VerifyError::Vit(e)) => {
+                return Ok(vec![artifact_failure(
+                    &format!("{NAME} ({})", det.family),
+                    &e,
+                )]);
+            }
+            Err(e) => return Err(e),
+        }
+    }
     let mut checks = parity_of_pairs(&src, &tgt, &inputs, bound)?.checks;
     if let Some((input, images, reason)) = second_skip {
         match images {
@@ -207,6 +417,21 @@ pub fn parity_checks(
         c.name = format!("{} ({})", c.name, det.family);
         if !is_comparison(c) {
             continue;
+        }
+        if beit && c.note.is_none() {
+            c.note = Some(if resized_tables.is_empty() {
+                format!(
+                    "every block runs as one {pg}x{pg} window without padding, reading the centre of its table that \
+                     the grid uses (tables larger than the grid are checked in full in `relative-position tables`)"
+                )
+            } else {
+                format!(
+                    "every block runs as one {pg}x{pg} window without padding, reading the centre of its table that \
+                     the grid uses (tables checked in full in `relative-position tables`); blocks {resized_tables:?} \
+                     have other windows than the source, with tables resized at import: their source side reads the \
+                     reference resize of the source's table"
+                )
+            });
         }
         if windowed && c.note.is_none() {
             c.note = Some(format!(
@@ -240,6 +465,10 @@ pub fn parity_checks(
         } else if c.note.is_none() {
             c.note.clone_from(&why);
         }
+    }
+    if let Some(mut c) = table_check {
+        c.name = format!("{} ({})", c.name, det.family);
+        checks.insert(0, c);
     }
     Ok(checks)
 }
@@ -432,7 +661,13 @@ pub fn artifact_report(
     if let Some(source) = source {
         let mut parity = super::Report::default();
         let transforms = ArtifactMeta::transforms_of(&ck.metadata);
-        for c in parity_checks(source, &target, cfg, &transforms, seed)? {
+        let dtypes: BTreeMap<String, formats::DType> = ck
+            .tensors()
+            .into_iter()
+            .map(|(k, t)| (k, t.dtype))
+            .collect();
+        let dtype_of = |k: &str| dtypes.get(k).copied();
+        for c in parity_checks(source, &target, cfg, &transforms, &dtype_of, seed)? {
             parity.push(c);
         }
         // What --lossy dropped is re-derived from the source and the mapping, not read
@@ -497,13 +732,18 @@ pub fn float_dtype(ck: &Checkpoint) -> crate::formats::DType {
 /// The source mapped again into the artifact's config (with `--lossy`, so that what only
 /// `--lossy` drops is listed rather than refused): the plan the artifact should follow.
 fn replan(source: &Checkpoint, cfg: &ComerConfig) -> std::result::Result<Plan, String> {
+    replan_with(source, cfg, &PlanOptions { lossy: true, ..PlanOptions::default() })
+}
+
+/// [`replan`] with the import's transform options.
+fn replan_with(source: &Checkpoint, cfg: &ComerConfig, opts: &PlanOptions) -> std::result::Result<Plan, String> {
     let det = detect::detect_checkpoint(source);
     let family = det.family().ok_or_else(|| det.reason.clone())?;
     let m = Mapping::parse(family.mapping()).map_err(|e| e.to_string())?;
     let (_, sd) = source.state_dict();
     let sd = m.normalise_keys(sd);
     let layout = crate::model::layout::target_layout(cfg);
-    mapping::plan(&m, &layout, &sd, &PlanOptions { lossy: true, ..PlanOptions::default() }).map_err(|e| e.to_string())
+    mapping::plan(&m, &layout, &sd, opts).map_err(|e| e.to_string())
 }
 
 /// The recorded source hash against the `--source` given: `None` while `import` verifies its

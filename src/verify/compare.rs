@@ -241,6 +241,19 @@ impl Report {
                 index: c.first_parted_at.clone().unwrap_or_default(),
                 max_rel: c.figures.max_rel,
                 bound: c.bound,
+                also: {
+                    let rest: Vec<&str> = self
+                        .checks
+                        .iter()
+                        .filter(|o| !o.passed && o.skipped.is_none() && !std::ptr::eq(*o, c))
+                        .map(|o| o.name.as_str())
+                        .collect();
+                    if rest.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; also failed: {}", rest.join(", "))
+                    }
+                },
             }),
         }
     }

@@ -16,7 +16,7 @@ pub enum VerifyError {
 
     /// The two sides of a comparison part beyond the stated bound.
     #[error(
-        "`{key}` parts at index {index:?}: max relative error {max_rel:.3e} > bound {bound:.1e}"
+        "`{key}` parts at index {index:?}: max relative error {max_rel:.3e} > bound {bound:.1e}{also}"
     )]
     Parted {
         /// The check or tensor.
@@ -27,6 +27,8 @@ pub enum VerifyError {
         max_rel: f64,
         /// The bound it was held to.
         bound: f64,
+        /// The other checks that failed (`; also failed: …`), or empty.
+        also: String,
     },
 
     /// The checkpoint could not be read.
@@ -64,6 +66,7 @@ mod tests {
             index: vec![0, 3, 7],
             max_rel: 1e-3,
             bound: 1e-5,
+            also: String::new(),
         };
         assert!(matches!(e, VerifyError::Parted { ref index, .. } if index == &[0, 3, 7]));
         assert!(e.to_string().contains("vit_tokens"));

@@ -190,3 +190,95 @@ fn a_lossy_clip_import_is_lossy_never_passed() {
     assert_eq!(code, Some(0), "{text}");
     assert!(text.contains("verdict: lossy") && text.contains("cosine"), "{text}");
 }
+
+const BEIT: &str = "sources/beitv2/beitv2_tiny_ft.pth";
+
+/// beit_tiny: blocks 0 and 2 attend in 2x2 windows (their 7x7 source tables resized to 3x3
+/// at import), blocks 1 and 3 globally on the 4x4 grid (tables copied).
+fn import_beit(dir: &Path) -> PathBuf {
+    let out = dir.join("beit.safetensors");
+    let st = bin()
+        .arg("import")
+        .arg(fixture(BEIT))
+        .args([
+            "--config",
+            &fixture("forward/beit_tiny/case.json").to_string_lossy(),
+        ])
+        .arg("-o")
+        .arg(&out)
+        .output()
+        .expect("runs");
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    out
+}
+
+/// Add `delta` to the f32 at `index` (negative: from the end).
+fn nudge(data: &mut [u8], index: isize, delta: f32) {
+    let n = data.len() / 4;
+    let i = if index < 0 {
+        n - index.unsigned_abs()
+    } else {
+        index as usize
+    };
+    let c = &mut data[4 * i..4 * i + 4];
+    let x = f32::from_le_bytes([c[0], c[1], c[2], c[3]]) + delta;
+    c.copy_from_slice(&x.to_le_bytes());
+}
+
+#[test]
+fn beit_windowed_blocks_are_proven_by_mapping_parity() {
+    let d = tmpdir();
+    let art = import_beit(&d);
+    let (code, text) = verify(&art, BEIT);
+    assert_eq!(code, Some(0), "{text}");
+    let parity = text
+        .lines()
+        .find(|l| l.starts_with("mapping parity image32x32"))
+        .unwrap_or_default();
+    assert!(parity.ends_with("ok"), "parity ran and held: {text}");
+    assert!(
+        text.contains("relative-position tables (4 blocks)"),
+        "{text}"
+    );
+}
+
+#[test]
+fn beit_tampered_block_or_table_is_named() {
+    let d = tmpdir();
+    let art = import_beit(&d);
+    // (tensor, index, what verify names): a weight of a block with a resized table, the
+    // corner of a copied 7x7 table that the 2x2 parity grid never reads, a resized table.
+    let cases: [(&str, isize, &str); 3] = [
+        ("blocks.0.mlp.fc1.weight", 5, "first parts after blocks.0"),
+        (
+            "blocks.1.attn.relative_position_bias_table",
+            -1,
+            "`blocks.1.attn.relative_position_bias_table` differs",
+        ),
+        (
+            "blocks.2.attn.relative_position_bias_table",
+            0,
+            "`blocks.2.attn.relative_position_bias_table` differs",
+        ),
+    ];
+    for (key, index, named) in cases {
+        let bad = d.join(format!("{key}.safetensors"));
+        rewrite(
+            &art,
+            &bad,
+            |_| {},
+            |n, _, data| {
+                if n == key {
+                    nudge(data, index, 0.05);
+                }
+            },
+        );
+        let (code, text) = verify(&bad, BEIT);
+        assert_eq!(code, Some(1), "{key}: {text}");
+        assert!(text.contains(named), "{key}: {text}");
+    }
+}
