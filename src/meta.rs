@@ -137,6 +137,8 @@ impl ArtifactMeta {
 pub enum RecordedVerdict {
     /// Every check that ran passed.
     Passed,
+    /// Every check that ran passed, some within the bound of a declared approximation.
+    PassedWithApproximations,
     /// Nothing failed, and what `--lossy` dropped was measured: the artifact computes another
     /// function than its source, on request, and the verdict says so.
     Lossy,
@@ -161,6 +163,7 @@ impl RecordedVerdict {
         let field = |k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_string);
         match field("verdict").as_deref() {
             Some("passed") => RecordedVerdict::Passed,
+            Some("passed with approximations") => RecordedVerdict::PassedWithApproximations,
             Some("lossy") => RecordedVerdict::Lossy,
             Some("failed") => RecordedVerdict::Failed(field("first_failure")),
             Some("not run") => RecordedVerdict::NotRun(field("why").unwrap_or_default()),

@@ -465,6 +465,13 @@ pub fn parity_checks(
         } else if c.note.is_none() {
             c.note.clone_from(&why);
         }
+        if c.skipped.is_none() {
+            c.approximation = match &fit {
+                Fit::EpsChange { from } => Some(format!("LayerNorm eps {from:e} -> {:e}", crate::families::TARGET_EPS)),
+                Fit::Approximation { what, .. } => Some(what.clone()),
+                Fit::Exact | Fit::Inexpressible(_) => None,
+            };
+        }
     }
     if let Some(mut c) = table_check {
         c.name = format!("{} ({})", c.name, det.family);

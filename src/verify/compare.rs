@@ -105,6 +105,53 @@ pub struct Check {
     /// Why the check could not run (then `passed` is false but the run does not fail on it).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub skipped: Option<String>,
+    /// Whether two sides were compared (the figures mean something); false for checks
+    /// without a second side (finiteness, key sets), whose figures are not shown.
+    pub compared: bool,
+    /// The declared approximation the bound stands for (a LayerNorm eps change, a narrow
+    /// dtype, a family's stated approximation), when the check is not held to exactness.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub approximation: Option<String>,
+}
+
+/// What a check's row says: `exact`, `approximation` (within the bound its declared
+/// approximation earns), `ok` (a check without a second side that held), `skipped`, `FAILED`.
+pub fn status(c: &Check) -> &'static str {
+    match (&c.skipped, c.passed, c.compared, &c.approximation) {
+        (Some(_), ..) => "skipped",
+        (None, false, ..) => "FAILED",
+        (None, true, true, Some(_)) => "approximation",
+        (None, true, true, None) => "exact",
+        (None, true, false, _) => "ok",
+    }
+}
+
+/// The overall verdict of a report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Every check ran and held exactly (or, without a second side, held).
+    Passed,
+    /// Every check held; some only within the bound of a declared approximation.
+    PassedWithApproximations,
+    /// Parts were dropped on request (`--lossy`): the artifact computes another function.
+    Lossy,
+    /// A check failed.
+    Failed,
+    /// No check ran.
+    NothingRan,
+}
+
+impl Verdict {
+    /// The verdict in words, as the table and the recorded metadata print it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Verdict::Passed => "passed",
+            Verdict::PassedWithApproximations => "passed with approximations",
+            Verdict::Lossy => "lossy",
+            Verdict::Failed => "failed",
+            Verdict::NothingRan => "nothing ran",
+        }
+    }
 }
 
 impl Check {
@@ -127,6 +174,8 @@ impl Check {
             note: None,
             passed,
             skipped: None,
+            compared: true,
+            approximation: None,
         }
     }
 
@@ -147,6 +196,8 @@ impl Check {
             note: None,
             passed: false,
             skipped: Some(reason.into()),
+            compared: false,
+            approximation: None,
         }
     }
 
@@ -186,6 +237,8 @@ impl Check {
             note,
             passed: first_bad.is_none(),
             skipped: None,
+            compared: false,
+            approximation: None,
         }
     }
 }
@@ -221,6 +274,36 @@ impl Report {
     /// skipped because `--lossy` dropped part of the source (verdict *lossy*, never *passed*).
     pub fn is_lossy(&self) -> bool {
         self.checks.iter().any(|c| c.skipped.as_deref().is_some_and(|s| s.starts_with(LOSSY_SKIP)))
+    }
+
+    /// The overall verdict: failed when a check failed, lossy when `--lossy` dropped parts,
+    /// passed with approximations when a check held only within a declared approximation's
+    /// bound, passed when every check that ran held, nothing ran otherwise.
+    pub fn verdict(&self) -> Verdict {
+        if self.first_failure().is_some() {
+            Verdict::Failed
+        } else if !self.passed() {
+            Verdict::NothingRan
+        } else if self.is_lossy() {
+            Verdict::Lossy
+        } else if self.checks.iter().any(|c| c.skipped.is_none() && c.approximation.is_some()) {
+            Verdict::PassedWithApproximations
+        } else {
+            Verdict::Passed
+        }
+    }
+
+    /// Each approximation a passing check held under, with its measured figure and bound.
+    pub fn approximations(&self) -> Vec<String> {
+        self.checks
+            .iter()
+            .filter(|c| c.skipped.is_none() && c.passed)
+            .filter_map(|c| {
+                c.approximation.as_ref().map(|a| {
+                    format!("{}: {a}, measured max rel {:.3e} within {:.1e}", c.name, c.figures.max_rel, c.bound)
+                })
+            })
+            .collect()
     }
 
     /// How many checks were skipped.
@@ -261,6 +344,7 @@ impl Report {
     /// JSON with the checks and the overall verdict.
     pub fn to_json(&self) -> serde_json::Value {
         serde_json::json!({
+            "verdict": self.verdict().name(),
             "passed": self.passed(),
             "skipped": self.skipped(),
             "checks": self.checks,
@@ -286,19 +370,21 @@ impl Report {
                 .as_ref()
                 .map(|i| format!("{i:?}"))
                 .unwrap_or_else(|| "-".into());
+            // Only the figures the check computed: a check without a second side has none.
+            let (abs, rel, cos, bound) = if c.compared {
+                (
+                    format!("{:.3e}", c.figures.max_abs),
+                    format!("{:.3e}", c.figures.max_rel),
+                    format!("{:.7}", c.figures.cosine),
+                    if c.skipped.is_some() { "-".to_string() } else { format!("{:.1e}", c.bound) },
+                )
+            } else {
+                ("-".into(), "-".into(), "-".into(), "-".into())
+            };
             out.push_str(&format!(
-                "{:<width$}  {:>10.3e}  {:>10.3e}  {:>10.7}  {:>9.1e}  {:>8}  {}\n",
+                "{:<width$}  {abs:>10}  {rel:>10}  {cos:>10}  {bound:>9}  {at:>8}  {}\n",
                 c.name,
-                c.figures.max_abs,
-                c.figures.max_rel,
-                c.figures.cosine,
-                c.bound,
-                at,
-                match (&c.skipped, c.passed) {
-                    (Some(_), _) => "skipped",
-                    (None, true) => "ok",
-                    (None, false) => "FAILED",
-                }
+                status(c),
             ));
             if let Some(reason) = &c.skipped {
                 out.push_str(&format!("    skipped: {reason}\n"));
@@ -311,12 +397,19 @@ impl Report {
             0 => String::new(),
             n => format!(" ({n} skipped)"),
         };
-        out.push_str(&if self.passed() && self.is_lossy() {
-            format!("verdict: lossy{skipped}: the artifact computes another function than the source (see the skipped parity figures)\n")
-        } else if self.passed() {
-            format!("verdict: passed{skipped}\n")
-        } else {
-            format!("verdict: FAILED{skipped}\n")
+        out.push_str(&match self.verdict() {
+            Verdict::Lossy => format!(
+                "verdict: lossy{skipped}: the artifact computes another function than the source (see the skipped parity figures)\n"
+            ),
+            Verdict::Passed => format!("verdict: passed{skipped}\n"),
+            Verdict::PassedWithApproximations => {
+                let mut v = format!("verdict: passed with approximations{skipped}\n");
+                for a in self.approximations() {
+                    v.push_str(&format!("    {a}\n"));
+                }
+                v
+            }
+            Verdict::Failed | Verdict::NothingRan => format!("verdict: FAILED{skipped}\n"),
         });
         out
     }
@@ -426,5 +519,27 @@ mod tests {
         let e = r.ensure_passed().unwrap_err();
         assert!(matches!(e, VerifyError::Parted { ref key, ref index, .. }
             if key == "parity image64x64 (first parts after blocks.2)" && index == &[0, 1]));
+    }
+
+    #[test]
+    fn verdict_kinds_and_rows_show_only_computed_figures() {
+        let mut r = Report::default();
+        r.push(Check::outcome("backbone f1", &[1], 1, None, Some("finite".into())));
+        r.push(Check::new("mapping parity", &[2], &[1.0, 2.0], &[1.0, 2.0], 1e-5));
+        assert_eq!(r.verdict(), Verdict::Passed);
+        let table = r.render_table();
+        let row = table.lines().find(|l| l.starts_with("backbone f1")).unwrap();
+        assert!(!row.contains("e0") && !row.contains("1.0000000") && row.ends_with("ok"), "{row}");
+        assert!(table.lines().any(|l| l.starts_with("mapping parity") && l.ends_with("exact")), "{table}");
+        let mut approx = Check::new("parity siglip", &[1], &[1.001], &[1.0], 1e-2);
+        approx.approximation = Some("tanh GELU".into());
+        r.push(approx);
+        assert_eq!(r.verdict(), Verdict::PassedWithApproximations);
+        let table = r.render_table();
+        assert!(table.contains("verdict: passed with approximations"), "{table}");
+        assert!(table.contains("parity siglip: tanh GELU, measured max rel 1.000e-3 within 1.0e-2"), "{table}");
+        r.push(Check::outcome("fresh", &[2], 2, Some(1), Some("`k`".into())));
+        assert_eq!(r.verdict(), Verdict::Failed);
+        assert_eq!(Report::default().verdict(), Verdict::NothingRan);
     }
 }

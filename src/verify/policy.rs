@@ -94,6 +94,10 @@ pub fn apply_approximations(report: &mut Report, approx: &[Approximation]) {
                             c.first_parted_at = None;
                         }
                         c.note = Some(format!("approximate: weights stored as {name}, bound {bound:e}"));
+                        c.approximation = Some(match c.approximation.take() {
+                            Some(a) => format!("{a}; weights stored as {name}"),
+                            None => format!("weights stored as {name}"),
+                        });
                     }
                 }
                 Approximation::Dtype { .. } => {}
@@ -135,24 +139,12 @@ pub fn header_verdict(report: &Report) -> String {
 /// failure, and per check its name, status and worst relative error. When the per-check
 /// list does not fit, it is dropped and `checks_omitted` says how many there were.
 pub fn compact_verdict(report: &Report, room: usize) -> String {
-    let verdict = if report.first_failure().is_some() {
-        "failed"
-    } else if report.is_lossy() {
-        "lossy"
-    } else if report.passed() {
-        "passed"
-    } else {
-        "nothing ran"
-    };
+    let verdict = report.verdict().name();
     let checks: Vec<serde_json::Value> = report
         .checks
         .iter()
         .map(|c| {
-            let status = match (&c.skipped, c.passed) {
-                (Some(_), _) => "skipped",
-                (None, true) => "ok",
-                (None, false) => "failed",
-            };
+            let status = super::compare::status(c).to_lowercase();
             serde_json::json!({ "name": c.name, "status": status, "max_rel": c.figures.max_rel, "bound": c.bound })
         })
         .collect();
