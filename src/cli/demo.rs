@@ -209,7 +209,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     // 3. verify: the artifact's own metadata config, as `comer-port verify` reads it.
     let t0 = Instant::now();
     let vcfg = target::resolve(&TargetSpec::Recorded, Basis::Artifact(&artifact))?;
-    let report = super::verify::report(&artifact, Some(&source), None, &vcfg, SEED)?;
+    let report = super::verify::report(&artifact, Some(&source), None, &vcfg, &[], SEED)?;
     let ran = report.checks.iter().filter(|c| c.skipped.is_none()).count();
     let worst = report
         .checks

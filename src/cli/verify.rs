@@ -22,6 +22,7 @@ plain-ViT branch with the family's bound; what the plain layout cannot express i
 as skipped).\n\n\
 Examples:\n  comer-port verify comer.safetensors --source beitv2.pth\n  \
 comer-port verify comer.safetensors --source deit_tiny.pth --json\n  \
+comer-port verify comer.safetensors --source deit_small.pth --size 320x480 --size 512x512\n  \
 comer-port verify weights.safetensors --config case.json --golden fixtures/forward/det_tiny\n\n\
 Exit codes: 0 every check that ran passed, 1 one failed, 2 usage, 3 bad input.")]
 pub struct Args {
@@ -43,6 +44,12 @@ pub struct Args {
     /// Seed of the generated images.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Add a mapping-parity image of HxW pixels (whole target patches, at most 2048 a side);
+    /// repeatable. Judged as the non-square second size is: where the target computes the
+    /// source's function only on one grid (windows, relative-position tables) it is skipped
+    /// with the reason.
+    #[arg(long = "size", value_name = "HxW", value_parser = parse_size)]
+    pub sizes: Vec<(usize, usize)>,
     /// Print the report as JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -56,19 +63,35 @@ pub fn report(
     source: Option<&Path>,
     golden: Option<&Path>,
     cfg: &ComerConfig,
+    sizes: &[(usize, usize)],
     seed: u64,
 ) -> anyhow::Result<Report> {
+    if let Some((h, w)) = sizes.iter().find(|(h, w)| h % cfg.patch_size != 0 || w % cfg.patch_size != 0) {
+        return Err(super::UsageError(format!(
+            "--size {h}x{w} is not a whole number of the target's {p}-pixel patches; use multiples of {p}",
+            p = cfg.patch_size
+        ))
+        .into());
+    }
     let source = match source {
         Some(src) => Some(comer_port::formats::open(src)?),
         None => None,
     };
-    Ok(artifact::artifact_report(artifact, source.as_ref(), golden, cfg, seed)?)
+    Ok(artifact::artifact_report(artifact, source.as_ref(), golden, cfg, sizes, seed)?)
+}
+
+/// `HxW` in pixels, each side 1..=2048.
+fn parse_size(s: &str) -> Result<(usize, usize), String> {
+    let bad = || format!("'{s}' is not HxW with sides 1..=2048 (e.g. 320x480)");
+    let (h, w) = s.split_once(['x', 'X']).ok_or_else(bad)?;
+    let p = |v: &str| v.trim().parse::<usize>().ok().filter(|v| (1..=2048).contains(v)).ok_or_else(bad);
+    Ok((p(h)?, p(w)?))
 }
 
 pub fn run(a: Args) -> anyhow::Result<i32> {
     let spec = TargetSpec::from_flags(a.config.as_deref(), a.preset.as_deref()).unwrap_or(TargetSpec::Recorded);
     let cfg = target::resolve(&spec, Basis::Artifact(&a.artifact))?;
-    let report = report(&a.artifact, a.source.as_deref(), a.golden.as_deref(), &cfg, a.seed)?;
+    let report = report(&a.artifact, a.source.as_deref(), a.golden.as_deref(), &cfg, &a.sizes, a.seed)?;
 
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report.to_json())?);

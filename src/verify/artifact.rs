@@ -22,7 +22,7 @@ use candle_core::{DType, Device, Tensor};
 
 use super::compare::Check;
 use super::error::VerifyError;
-use super::parity::{Result, artifact_failure, parity_of_pairs, resize_patches, seeded_images, seeded_values};
+use super::parity::{Result, artifact_failure, parity_of_pairs, resize_patches, seeded_image, seeded_images, seeded_values};
 use super::policy::{EXACT_BOUND, GOLDEN_BOUND, apply_approximations, approximations, fit_bound};
 use super::target_vit::{TargetFlavour, target_vit};
 use crate::families::detect::{self, PosResize, QkvStyle, RelPos, SourceConfig};
@@ -296,13 +296,15 @@ fn is_comparison(c: &Check) -> bool {
 /// bicubic resizes against one) and the figures are reported as skipped. BEiT targets run at
 /// the smallest window any block's table defines, every table cropped to that grid and
 /// checked in full against its reference (`align_beit_tables`); only that square size runs.
-/// `dtype_of` gives an artifact tensor's stored dtype (references are rounded to it).
+/// `dtype_of` gives an artifact tensor's stored dtype (references are rounded to it);
+/// `sizes` adds images (target pixels, `verify --size`), judged as the second size is.
 pub fn parity_checks(
     source: &Checkpoint,
     artifact: &Weights,
     cfg: &ComerConfig,
     transforms: &Transforms,
     dtype_of: &dyn Fn(&str) -> Option<formats::DType>,
+    sizes: &[(usize, usize)],
     seed: u64,
 ) -> Result<Vec<Check>> {
     const NAME: &str = "mapping parity";
@@ -330,58 +332,73 @@ pub fn parity_checks(
     // every patch resized (FlexiViT's identity: with the pseudo-inverse kernel the tokens are
     // the same; with upstream's bilinear kernel they are not, and the figures say by how much).
     let (ps, pt) = (sc.patch_size.max(1), cfg.patch_size.max(1));
+    // Images on the source's side: the parity grid, a non-square second size, and each
+    // `--size` (target pixels, whole target patches), as the same grid of source patches.
+    let mut grids: Vec<(usize, usize)> = vec![(pg, pg)];
+    let p = seeded_images(seed, (pg * ps, pg * ps), ps)?;
+    if let Some((_, second)) = p.get(1) {
+        grids.push((second.dims()[2] / ps, second.dims()[3] / ps));
+    }
+    for &(h, w) in sizes {
+        grids.push((h / pt, w / pt));
+    }
     let mut inputs = Vec::new();
-    for (name, img) in seeded_images(seed, (pg * ps, pg * ps), ps)? {
+    for (k, &(gh, gw)) in grids.iter().enumerate() {
+        let img = match p.get(k) {
+            Some((_, img)) => img.clone(),
+            None => seeded_image(seed.wrapping_add(k as u64), (gh * ps, gw * ps))?,
+        };
+        let name = format!("image{}x{}", gh * ps, gw * ps);
         if ps == pt {
-            inputs.push((name, img.clone(), img));
+            inputs.push(((gh, gw), (name, img.clone(), img)));
         } else {
             let t = resize_patches(&img, ps, pt)?;
             let (h, w) = (t.dims()[2], t.dims()[3]);
-            inputs.push((format!("{name} -> {h}x{w}"), img, t));
+            inputs.push(((gh, gw), (format!("{name} -> {h}x{w}"), img, t)));
         }
     }
-    let second = inputs.pop();
     let resized_pos = sc.rel_pos == RelPos::None && sc.pretrain_grid.is_some_and(|g| g != (tg, tg));
-    let mut second_skip = None;
-    if let Some(s) = second {
-        if sc.rel_pos != RelPos::None {
-            second_skip = Some((
-                s.0,
-                None,
+    // Every size but the parity grid: run, run and report as skipped with its figures, or skip.
+    let mut run = Vec::new();
+    let mut skips = Vec::new();
+    for (k, (grid, s)) in inputs.into_iter().enumerate() {
+        let skip: Option<(bool, String)> = if k == 0 || grid == (pg, pg) {
+            None
+        } else if sc.rel_pos != RelPos::None {
+            Some((
+                false,
                 format!(
                     "relative-position tables define square windows: every block is one {pg}x{pg} window only on the \
                      {pg}x{pg} grid, and BEiT has no forward at another grid"
                 ),
-            ));
+            ))
         } else if windowed {
-            second_skip = Some((
-                s.0,
-                None,
-                format!("windowed attention equals global attention only on a {pg}x{pg} grid (one whole window)"),
-            ));
+            Some((false, format!("windowed attention equals global attention only on a {pg}x{pg} grid (one whole window)")))
         } else if resized_pos {
             let g = sc.pretrain_grid.unwrap_or_default();
-            second_skip = Some((
-                s.0.clone(),
-                Some((s.1, s.2)),
+            Some((
+                true,
                 format!(
                     "position table resized {}x{} -> {tg}x{tg} at import: at this size the artifact resizes it a \
                      second time, the source once from {}x{}; two bicubic resizes against one have no stated bound",
                     g.0, g.1, g.0, g.1
                 ),
-            ));
+            ))
         } else if sc.pos_resize != PosResize::Bicubic {
-            second_skip = Some((
-                s.0.clone(),
-                Some((s.1, s.2)),
+            Some((
+                true,
                 format!(
                     "the source resizes its position table {:?} at run time, upstream's ViT-CoMer bicubic: at a \
                      grid other than {tg}x{tg} the two functions differ, with no stated bound",
                     sc.pos_resize
                 ),
-            ));
+            ))
         } else {
-            inputs.push(s);
+            None
+        };
+        match skip {
+            None => run.push(s),
+            Some((figures, reason)) => skips.push((s, figures, reason)),
         }
     }
     let mut src = family.source_vit(&src_w, sc)?;
@@ -403,14 +420,13 @@ pub fn parity_checks(
             Err(e) => return Err(e),
         }
     }
-    let mut checks = parity_of_pairs(&src, &tgt, &inputs, bound)?.checks;
-    if let Some((input, images, reason)) = second_skip {
-        match images {
-            Some((a, b)) => {
-                let c = parity_of_pairs(&src, &tgt, &[(input, a, b)], EXACT_BOUND)?.checks;
-                checks.extend(c.into_iter().map(|c| if is_comparison(&c) { c.into_skipped(reason.clone()) } else { c }));
-            }
-            None => checks.push(Check::skipped(format!("{NAME} {input}"), reason)),
+    let mut checks = parity_of_pairs(&src, &tgt, &run, bound)?.checks;
+    for ((input, a, b), figures, reason) in skips {
+        if figures {
+            let c = parity_of_pairs(&src, &tgt, &[(input, a, b)], EXACT_BOUND)?.checks;
+            checks.extend(c.into_iter().map(|c| if is_comparison(&c) { c.into_skipped(reason.clone()) } else { c }));
+        } else {
+            checks.push(Check::skipped(format!("{NAME} {input}"), reason));
         }
     }
     for c in &mut checks {
@@ -647,12 +663,14 @@ pub fn golden_checks(model: &Comer, dir: &Path) -> Result<Vec<Check>> {
 /// layout, (a) mapping parity against `source` judged under the approximations the artifact
 /// declares (`policy::approximations`), (d) a `sources/*` golden folder on the ViT
 /// branch, then (b) the backbone and a `forward/*` golden folder. A model that does not load
-/// is a failed check naming the key. Shared by `verify`, `demo` and `import`.
+/// is a failed check naming the key. `sizes` adds mapping-parity images (`verify --size`).
+/// Shared by `verify`, `demo` and `import`.
 pub fn artifact_report(
     artifact: &Path,
     source: Option<&Checkpoint>,
     golden: Option<&Path>,
     cfg: &ComerConfig,
+    sizes: &[(usize, usize)],
     seed: u64,
 ) -> Result<super::Report> {
     use super::golden as golden_folder;
@@ -674,7 +692,7 @@ pub fn artifact_report(
             .map(|(k, t)| (k, t.dtype))
             .collect();
         let dtype_of = |k: &str| dtypes.get(k).copied();
-        for c in parity_checks(source, &target, cfg, &transforms, &dtype_of, seed)? {
+        for c in parity_checks(source, &target, cfg, &transforms, &dtype_of, sizes, seed)? {
             parity.push(c);
         }
         // What --lossy dropped is re-derived from the source and the mapping, not read

@@ -54,6 +54,11 @@ pub fn seeded_images(
     Ok(out)
 }
 
+/// One seeded `(1, 3, h, w)` image.
+pub fn seeded_image(seed: u64, (h, w): (usize, usize)) -> Result<Tensor> {
+    Ok(Tensor::from_vec(seeded_values(seed, 3 * h * w), (1, 3, h, w), &Device::Cpu)?)
+}
+
 /// The source side of a parity run: the family, the source's own config, its tensors.
 pub struct SourceSide<'a> {
     /// The source family (its forward).

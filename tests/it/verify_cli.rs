@@ -307,3 +307,51 @@ fn beit_windowed_table_resized_the_wrong_way_fails_its_golden() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("relpos_bicubic.block0.7to3"));
 }
+
+#[test]
+fn size_adds_parity_images_and_is_checked() {
+    let d = tmpdir();
+    let src = fixture("sources/deit/deit_tiny.pth");
+    let art = d.join("a.safetensors");
+    let st = bin()
+        .arg("import")
+        .arg(&src)
+        .arg("--config")
+        .arg(fixture("forward/seg_tiny/case.json"))
+        .arg("-o")
+        .arg(&art)
+        .output()
+        .expect("runs");
+    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+    let verify = |extra: &[&str]| bin().arg("verify").arg(&art).arg("--source").arg(&src).args(extra).output().expect("runs");
+    let out = verify(&["--size", "32x96", "--size", "128x64"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    for size in ["32x96", "128x64"] {
+        let row = text.lines().find(|l| l.starts_with(&format!("mapping parity image{size} "))).unwrap_or_default();
+        assert!(row.ends_with("exact"), "{size}: {text}");
+    }
+    for bad in ["30x96", "0x64", "64", "64x99999"] {
+        let out = verify(&["--size", bad]);
+        assert_eq!(out.status.code(), Some(2), "{bad}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains(bad), "{bad}");
+    }
+    // A windowed BEiT target computes the source's function on one grid only: skipped, named.
+    let beit = fixture("sources/beitv2/beitv2_tiny_ft.pth");
+    let art = d.join("b.safetensors");
+    let st = bin()
+        .arg("import")
+        .arg(&beit)
+        .arg("--config")
+        .arg(fixture("forward/beit_tiny/case.json"))
+        .arg("-o")
+        .arg(&art)
+        .output()
+        .expect("runs");
+    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+    let out = bin().arg("verify").arg(&art).arg("--source").arg(&beit).args(["--size", "64x64"]).output().expect("runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    let row = text.lines().find(|l| l.starts_with("mapping parity image64x64")).unwrap_or_default();
+    assert!(row.ends_with("skipped"), "{text}");
+}
