@@ -151,6 +151,15 @@ pub enum VitError {
         key: String,
     },
 
+    /// A tensor of a mapped artifact could not be read (a dtype candle does not hold).
+    #[error("tensor `{key}` cannot be read: {reason}")]
+    Unreadable {
+        /// The key.
+        key: String,
+        /// Why.
+        reason: String,
+    },
+
     /// A tensor has a shape the forward cannot use.
     #[error("tensor `{key}` has shape {got:?}, expected {expected}")]
     Shape {
@@ -228,6 +237,12 @@ mod error_tests {
         let e = VitError::MissingTensor { key: "blocks.0.attn.qkv.weight".into() };
         assert!(matches!(e, VitError::MissingTensor { ref key } if key == "blocks.0.attn.qkv.weight"));
         assert!(e.to_string().contains("blocks.0.attn.qkv.weight"));
+    }
+
+    #[test]
+    fn unreadable_names_key() {
+        let e = VitError::Unreadable { key: "pos_embed".into(), reason: "I32".into() };
+        assert!(e.to_string().contains("`pos_embed` cannot be read: I32"));
     }
 
     #[test]

@@ -220,17 +220,46 @@ const ATTN_ROWS: usize = 256;
 /// Logits per task, at most (1 MB): the (rows, N) block stays in L2 beside K and V.
 const ATTN_LOGITS: usize = 1 << 18;
 
+/// BEiT's relative-position bias of a `w x w` window (N = w²), gathered row by row from its
+/// table `(heads, (2w-1)²)` (head-major), never expanded to (heads, N, N): for query token
+/// `(yi, xi)` and key `(yj, xj)` the row `(yi-yj+w-1)·(2w-1) + (xi-xj+w-1)` of unilm's
+/// `relative_position_index`.
+#[derive(Debug, Clone, Copy)]
+pub struct RelBias<'a> {
+    /// `(heads, (2w-1)²)`.
+    pub table: &'a [f32],
+    /// The window side w.
+    pub window: usize,
+}
+
+impl RelBias<'_> {
+    /// Add head `h`'s bias of query row `qi` to `row` (N logits).
+    #[inline]
+    fn add_row(&self, h: usize, qi: usize, row: &mut [f32]) {
+        let w = self.window;
+        let side = 2 * w - 1;
+        let th = &self.table[h * side * side..][..side * side];
+        let (yi, xi) = (qi / w, qi % w);
+        for (yj, keys) in row.chunks_mut(w).enumerate() {
+            // xj = 0..w reads the table backwards from (yi-yj+w-1, xi+w-1)
+            let base = (yi + w - 1 - yj) * side + xi + w - 1;
+            keys.iter_mut().enumerate().for_each(|(xj, x)| *x += th[base - xj]);
+        }
+    }
+}
+
 /// `softmax(scale·q kᵀ + bias) v` for every sequence and head. `qkv` is (seqs, N, 3, heads,
-/// head_dim) as the `qkv` Linear writes it; `bias`, if any, is (heads, N, N). Returns
+/// head_dim) as the `qkv` Linear writes it; `bias`, if any, a [`RelBias`]. Returns
 /// (seqs, N, heads·head_dim). Works on blocks of query rows in parallel, as many as fit
 /// [`ATTN_LOGITS`] (at most [`ATTN_ROWS`], at least 16).
-pub fn attention(qkv: &[f32], bias: Option<&[f32]>, s: AttnShape, path: Path) -> Vec<f32> {
+pub fn attention(qkv: &[f32], bias: Option<RelBias>, s: AttnShape, path: Path) -> Vec<f32> {
     let (n, hd) = (s.n, s.head_dim);
     let block_rows = (ATTN_LOGITS / n.max(1)).clamp(16, ATTN_ROWS);
     let c = s.heads * hd;
     assert_eq!(qkv.len(), s.seqs * n * 3 * c, "qkv is (seqs, N, 3C)");
-    if let Some(b) = bias {
-        assert_eq!(b.len(), s.heads * n * n, "bias is (heads, N, N)");
+    if let Some(b) = &bias {
+        assert_eq!(b.window * b.window, n, "a relative bias's window is the sequence");
+        assert_eq!(b.table.len(), s.heads * (2 * b.window - 1) * (2 * b.window - 1), "table is (heads, (2w-1)^2)");
     }
     super::buffer::par_filled(s.seqs * n * c, n * c, |seq, out_seq| {
         let qkv = &qkv[seq * n * 3 * c..(seq + 1) * n * 3 * c];
@@ -260,9 +289,8 @@ pub fn attention(qkv: &[f32], bias: Option<&[f32]>, s: AttnShape, path: Path) ->
                 }
                 let mut inv = [0f32; ATTN_ROWS];
                 for (i, r) in logits.chunks_mut(n).enumerate() {
-                    if let Some(b) = bias {
-                        let br = &b[(h * n + r0 + i) * n..][..n];
-                        r.iter_mut().zip(br).for_each(|(x, b)| *x += b);
+                    if let Some(b) = &bias {
+                        b.add_row(h, r0 + i, r);
                     }
                     inv[i] = 1.0 / multiversion!(path, exp_shifted(r));
                 }
@@ -384,16 +412,32 @@ mod tests {
         o.flatten_all().unwrap().to_vec1().unwrap()
     }
 
+    /// unilm's bias of a `w x w` window expanded through `relative_position_index`:
+    /// (heads, N, N) from the head-major table.
+    fn expanded(table: &[f32], heads: usize, w: usize) -> Vec<f32> {
+        let (n, side) = (w * w, 2 * w - 1);
+        let index = crate::model::vit::relative_position_index(w);
+        let mut dense = vec![0f32; heads * n * n];
+        for h in 0..heads {
+            for (ij, &r) in index.iter().enumerate() {
+                dense[h * n * n + ij] = table[h * side * side + r as usize];
+            }
+        }
+        dense
+    }
+
     #[test]
     fn attention_matches_candle_on_both_paths() {
-        // N = 70: one block of rows, partial exp lanes, two sequences; N = 300: a full
-        // 256-row block and a partial one.
-        for (seqs, n) in [(2, 70), (1, 300)] {
+        // N = 64: one block of rows, two sequences; N = 289: a full 256-row block and a
+        // partial one.
+        for (seqs, w) in [(2, 8), (1, 17)] {
+            let n = w * w;
             let s = AttnShape { seqs, n, heads: 3, head_dim: 8, scale: 0.35 };
             let qkv: Vec<f32> = seeded(seqs * n * 3 * 24, 3).iter().map(|v| v * 3.0).collect();
-            let bias = seeded(3 * n * n, 4);
-            for b in [None, Some(&bias[..])] {
-                let want = attention_candle(&qkv, b, s);
+            let table = seeded(3 * (2 * w - 1) * (2 * w - 1), 4);
+            let dense = expanded(&table, 3, w);
+            for (b, d) in [(None, None), (Some(RelBias { table: &table, window: w }), Some(&dense[..]))] {
+                let want = attention_candle(&qkv, d, s);
                 for path in [Path::Best, Path::Portable] {
                     rel_close(&attention(&qkv, b, s, path), &want, 2e-6);
                 }

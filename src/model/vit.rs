@@ -59,7 +59,8 @@ pub struct Attention {
     window: Option<usize>,
     /// The `qkv` row of a padded token (timm: zeros; BEiT: the qkv bias).
     pad_row: Vec<f32>,
-    /// BEiT: relative-position bias (heads, w², w²) and its window w.
+    /// BEiT: its window w and relative-position table, head-major `(heads, (2w-1)²)`; the
+    /// bias is gathered row by row in the attention kernel, never expanded to (heads, w², w²).
     rel_bias: Option<(usize, Vec<f32>)>,
     block: usize,
 }
@@ -102,11 +103,11 @@ impl Attention {
         if stored.is_some_and(|s| s != index) {
             return Err(ModelError::RelativePositionIndex { name: vb.name("relative_position_index") });
         }
-        let n = ws * ws;
-        let mut rb = vec![0f32; heads * n * n];
-        for h in 0..heads {
-            for (ij, &r) in index.iter().enumerate() {
-                rb[h * n * n + ij] = table[r as usize * heads + h];
+        // (rows, heads) → (heads, rows)
+        let mut rb = vec![0f32; heads * nrel];
+        for (r, row) in table.chunks(heads).enumerate() {
+            for (h, v) in row.iter().enumerate() {
+                rb[h * nrel + r] = *v;
             }
         }
         Ok(Attention {
@@ -126,7 +127,7 @@ impl Attention {
     /// scales the product; both are the scale applied inside the one fused kernel here.
     fn core(&self, qkv: &[f32], bw: usize, n: usize) -> Vec<f32> {
         let s = AttnShape { seqs: bw, n, heads: self.heads, head_dim: self.head_dim, scale: self.scale as f32 };
-        let bias = self.rel_bias.as_ref().map(|(_, b)| &b[..]);
+        let bias = self.rel_bias.as_ref().map(|(w, t)| kernels::RelBias { table: t, window: *w });
         kernels::attention(qkv, bias, s, Path::Best)
     }
 

@@ -21,21 +21,70 @@ use crate::formats::Checkpoint;
 #[derive(Debug, Clone, Default)]
 pub struct Store {
     tensors: BTreeMap<String, Tensor>,
+    /// A mapped artifact whose tensors are read on demand ([`Store::from_safetensors`]):
+    /// each is copied out when asked for and its pages leave the resident set, so the
+    /// model's own copy is the only one.
+    mapped: Option<std::sync::Arc<Mapped>>,
     used: RefCell<BTreeSet<String>>,
     missing: RefCell<Vec<String>>,
+}
+
+/// A mapped checkpoint and the position of each name in its tensor list.
+#[derive(Debug)]
+struct Mapped {
+    ck: Checkpoint,
+    index: BTreeMap<String, usize>,
+}
+
+impl Mapped {
+    /// Tensor `name` as candle holds it, in its stored dtype; its mapped pages released.
+    fn tensor(&self, name: &str) -> Option<Result<Tensor, ModelError>> {
+        let i = *self.index.get(name)?;
+        let (_, views) = self.ck.state_dict();
+        let (_, view) = views.get(i)?;
+        let dtype = match view.dtype {
+            crate::formats::DType::F32 => DType::F32,
+            crate::formats::DType::F16 => DType::F16,
+            crate::formats::DType::BF16 => DType::BF16,
+            crate::formats::DType::F64 => DType::F64,
+            crate::formats::DType::I64 => DType::I64,
+            crate::formats::DType::U8 => DType::U8,
+            other => {
+                return Some(Err(ModelError::Dtype {
+                    name: name.to_string(),
+                    expected: "F32, F16, BF16, F64, I64 or U8".into(),
+                    got: other.name().to_string(),
+                }));
+            }
+        };
+        let t = match view.le_bytes_borrowed() {
+            Some(b) => Tensor::from_raw_buffer(b, dtype, &view.shape, &Device::Cpu),
+            None => Tensor::from_raw_buffer(&view.to_le_bytes(), dtype, &view.shape, &Device::Cpu),
+        };
+        view.release();
+        Some(t.map_err(ModelError::from))
+    }
 }
 
 impl Store {
     /// Tensors by target key, none read yet.
     pub fn new(tensors: impl IntoIterator<Item = (String, Tensor)>) -> Store {
-        Store { tensors: tensors.into_iter().collect(), used: RefCell::default(), missing: RefCell::default() }
+        Store { tensors: tensors.into_iter().collect(), ..Store::default() }
     }
 
-    /// Read every tensor of a safetensors file.
+    /// A safetensors file, mapped: each tensor is copied out when the model asks for it.
     pub fn from_safetensors(path: &Path) -> Result<Store, ModelError> {
-        let tensors = candle_core::safetensors::load(path, &Device::Cpu)
-            .map_err(|e| ModelError::Read { path: path.to_path_buf(), message: e.to_string() })?;
-        Ok(Store::new(tensors))
+        let ck = crate::formats::open(path).map_err(|e| ModelError::Read { path: path.to_path_buf(), message: e.to_string() })?;
+        let index = ck.state_dict().1.into_iter().enumerate().map(|(i, (k, _))| (k, i)).collect();
+        Ok(Store { mapped: Some(std::sync::Arc::new(Mapped { ck, index })), ..Store::default() })
+    }
+
+    /// Tensor `name`: held, or copied out of the mapped file.
+    fn lookup(&self, name: &str) -> Option<Result<Tensor, ModelError>> {
+        match self.tensors.get(name) {
+            Some(t) => Some(Ok(t.clone())),
+            None => self.mapped.as_ref()?.tensor(name),
+        }
     }
 
     /// The lookup at the root of the state dict (no prefix).
@@ -48,8 +97,7 @@ impl Store {
         let used = self.used.borrow();
         let missing = self.missing.borrow();
         let unexpected: Vec<&String> = self
-            .tensors
-            .keys()
+            .names()
             .filter(|k| !used.contains(*k) && !k.ends_with("num_batches_tracked"))
             .collect();
         if !missing.is_empty() {
@@ -73,12 +121,14 @@ impl Store {
 
 /// The plain-ViT forwards' reading (`model::plain_vit`): no accounting, f32 tensors.
 impl Store {
-    /// The checkpoint's state dict (wrapper stripped), every tensor cast to f32.
+    /// The checkpoint's state dict (wrapper stripped), every tensor cast to f32; each mapped
+    /// record's pages leave the resident set once copied.
     pub fn from_checkpoint(ckpt: &Checkpoint) -> Result<Store, VitError> {
         let (_, tensors) = ckpt.state_dict();
         let mut w = Store::default();
         for (name, view) in tensors {
             w.insert_f32(&name, view.to_f32(), &view.shape)?;
+            view.release();
         }
         Ok(w)
     }
@@ -97,27 +147,32 @@ impl Store {
 
     /// Whether a tensor is called `name`.
     pub fn contains(&self, name: &str) -> bool {
-        self.tensors.contains_key(name)
+        self.tensors.contains_key(name) || self.mapped.as_ref().is_some_and(|m| m.index.contains_key(name))
     }
 
     /// Every name, sorted.
     pub fn keys(&self) -> impl Iterator<Item = &str> {
-        self.tensors.keys().map(String::as_str)
+        self.names().map(String::as_str)
+    }
+
+    /// Every name: the held ones, then the mapped ones not held.
+    fn names(&self) -> impl Iterator<Item = &String> {
+        let mapped = self.mapped.as_ref().map(|m| m.index.keys().filter(|k| !self.tensors.contains_key(*k)));
+        self.tensors.keys().chain(mapped.into_iter().flatten())
     }
 
     /// The tensor called `name`.
     pub fn get(&self, name: &str) -> Result<Tensor, VitError> {
-        self.tensors
-            .get(name)
-            .cloned()
-            .ok_or_else(|| VitError::MissingTensor {
-                key: name.to_string(),
-            })
+        match self.lookup(name) {
+            Some(Ok(t)) => Ok(t),
+            Some(Err(e)) => Err(VitError::Unreadable { key: name.to_string(), reason: e.to_string() }),
+            None => Err(VitError::MissingTensor { key: name.to_string() }),
+        }
     }
 
-    /// The tensor called `name`, if present.
+    /// The tensor called `name`, if present (and readable).
     pub fn opt(&self, name: &str) -> Option<Tensor> {
-        self.tensors.get(name).cloned()
+        self.lookup(name).and_then(Result::ok)
     }
 
     /// The tensor called `name`, checked to have exactly `shape`.
@@ -162,10 +217,11 @@ impl<'a> Vb<'a> {
     /// [`Store::finish`]) and answered with zeros so that every missing key is listed at once.
     pub fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor, ModelError> {
         let full = self.full(name);
-        let Some(t) = self.store.tensors.get(&full) else {
+        let Some(t) = self.store.lookup(&full) else {
             self.store.missing.borrow_mut().push(full);
             return Ok(Tensor::zeros(shape, DType::F32, &Device::Cpu)?);
         };
+        let t = t?;
         self.store.used.borrow_mut().insert(full.clone());
         // Half-precision artifacts (`import --dtype f16|bf16`) run in f32, as
         // `model.float()` would run them upstream; other dtypes are not parameters.
@@ -190,7 +246,8 @@ impl<'a> Vb<'a> {
     /// An optional int64 buffer (may be absent): checked for shape and dtype when present.
     pub fn buffer_i64(&self, name: &str, shape: &[usize]) -> Result<Option<Vec<i64>>, ModelError> {
         let full = self.full(name);
-        let Some(t) = self.store.tensors.get(&full) else { return Ok(None) };
+        let Some(t) = self.store.lookup(&full) else { return Ok(None) };
+        let t = t?;
         self.store.used.borrow_mut().insert(full.clone());
         if t.dtype() != DType::I64 {
             return Err(ModelError::Dtype { name: full, expected: "I64".into(), got: format!("{:?}", t.dtype()) });

@@ -22,7 +22,7 @@ use candle_core::{DType, Device, Tensor};
 
 use super::compare::Check;
 use super::error::VerifyError;
-use super::parity::{Result, artifact_failure, parity_of_pairs, resize_patches, seeded_image, seeded_images, seeded_values};
+use super::parity::{Result, SourceTaps, artifact_failure, compare_taps, resize_patches, seeded_image, seeded_images, seeded_values};
 use super::policy::{EXACT_BOUND, GOLDEN_BOUND, apply_approximations, approximations, fit_bound};
 use super::target_vit::{TargetFlavour, target_vit};
 use crate::families::detect::{self, PosResize, QkvStyle, RelPos, SourceConfig};
@@ -123,7 +123,7 @@ fn crop_table(
 }
 
 /// BEiT sources into `beit-comer`: align both sides' relative-position tables to the parity
-/// grid `g`. Where the import resized a block's table (a 14-window table to a 56-window
+/// grid `g` (`tgt_tables`: the artifact's, per block, cropped in place). Where the import resized a block's table (a 14-window table to a 56-window
 /// block, upstream's `resize_rel_pos_bias`-style interpolation), the source side gets the
 /// reference resize of its own table (`mapping::produce`, the function the
 /// `relpos_bicubic`/`relpos_geometric` goldens certify), and the artifact's table is compared
@@ -137,7 +137,7 @@ fn align_beit_tables(
     dtype_of: &dyn Fn(&str) -> Option<formats::DType>,
     g: usize,
     src: &mut crate::model::plain_vit::PlainVit,
-    tgt: &mut crate::model::plain_vit::PlainVit,
+    tgt_tables: &mut [Option<RelPosTable>],
 ) -> Result<(Option<Check>, Vec<usize>)> {
     let opts = PlanOptions {
         lossy: true,
@@ -149,9 +149,9 @@ fn align_beit_tables(
     let (mut got_all, mut want_all) = (Vec::new(), Vec::new());
     let mut first_bad: Option<String> = None;
     let mut plan_ctx: Option<(Plan, Vec<(String, &formats::TensorView)>)> = None;
-    for (j, (sb, tb)) in src.blocks.iter_mut().zip(tgt.blocks.iter_mut()).enumerate() {
+    for (j, (sb, tb)) in src.blocks.iter_mut().zip(tgt_tables.iter_mut()).enumerate() {
         let key = format!("blocks.{j}.attn.relative_position_bias_table");
-        let (Some(st), Some(tt)) = (sb.attn.rel_pos.as_ref(), tb.attn.rel_pos.as_ref()) else {
+        let (Some(st), Some(tt)) = (sb.attn.rel_pos.as_ref(), tb.as_ref()) else {
             continue;
         };
         if tt.window < g {
@@ -230,7 +230,7 @@ fn align_beit_tables(
             checked.push(j);
         }
         sb.attn.rel_pos = Some(crop_table(&key, &reference, g)?);
-        tb.attn.rel_pos = Some(crop_table(&key, tt, g)?);
+        *tb = Some(crop_table(&key, tt, g)?);
     }
     if checked.is_empty() {
         return Ok((None, resized));
@@ -300,7 +300,7 @@ fn is_comparison(c: &Check) -> bool {
 /// `sizes` adds images (target pixels, `verify --size`), judged as the second size is.
 pub fn parity_checks(
     source: &Checkpoint,
-    artifact: &Weights,
+    artifact: &Checkpoint,
     cfg: &ComerConfig,
     transforms: &Transforms,
     dtype_of: &dyn Fn(&str) -> Option<formats::DType>,
@@ -317,7 +317,6 @@ pub fn parity_checks(
     }
     let fit = family.fit(sc);
     let (bound, why) = fit_bound(&fit);
-    let src_w = Weights::from_checkpoint(source)?;
     let tg = cfg.pretrain_size / cfg.patch_size.max(1);
     // Windowed blocks: parity runs at the grid of one window (exactly global attention).
     let windowed = cfg.window_attn.iter().any(|w| *w);
@@ -401,30 +400,59 @@ pub fn parity_checks(
             Some((figures, reason)) => skips.push((s, figures, reason)),
         }
     }
-    let mut src = family.source_vit(&src_w, sc)?;
-    let mut tgt = match target_vit(TargetFlavour::of(cfg.flavor), artifact, cfg.num_heads) {
+    // One side's weights at a time: the source's taps are kept, its weights dropped before
+    // the artifact's ViT branch is read.
+    let depth = cfg.depth;
+    let mut tgt_tables: Vec<Option<RelPosTable>> = Vec::new();
+    if beit {
+        for j in 0..depth {
+            let key = format!("blocks.{j}.attn.relative_position_bias_table");
+            tgt_tables.push(match artifact_tensor(artifact, &key) {
+                Some(t) => match RelPosTable::from_table(&key, &t?) {
+                    Ok(t) => Some(t),
+                    Err(e) => return Ok(vec![artifact_failure(&format!("{NAME} ({})", det.family), &e)]),
+                },
+                None => None,
+            });
+        }
+    }
+    let mut table_check = None;
+    let mut resized_tables = Vec::new();
+    let figure_inputs: Vec<(String, Tensor, Tensor)> = skips.iter().filter(|(_, f, _)| *f).map(|(s, _, _)| s.clone()).collect();
+    let (run_taps, skip_taps) = {
+        let src_w = Weights::from_checkpoint(source)?;
+        let mut src = family.source_vit(&src_w, sc)?;
+        drop(src_w);
+        if beit {
+            match align_beit_tables(source, cfg, transforms, dtype_of, pg, &mut src, &mut tgt_tables) {
+                Ok((c, r)) => (table_check, resized_tables) = (c, r),
+                Err(VerifyError::Vit(e)) => {
+                    return Ok(vec![artifact_failure(&format!("{NAME} ({})", det.family), &e)]);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        (SourceTaps::of(&src, &run)?, SourceTaps::of(&src, &figure_inputs)?)
+    };
+    let tgt_w = vit_branch(artifact)?;
+    let mut tgt = match target_vit(TargetFlavour::of(cfg.flavor), &tgt_w, cfg.num_heads) {
         Ok(t) => t,
         Err(e) => return Ok(vec![artifact_failure(&format!("{NAME} ({})", det.family), &e)]),
     };
-    let mut table_check = None;
-    let mut resized_tables = Vec::new();
-    if beit {
-        match align_beit_tables(source, cfg, transforms, dtype_of, pg, &mut src, &mut tgt) {
-            Ok((c, r)) => (table_check, resized_tables) = (c, r),
-            Err(VerifyError::Vit(e)) => {
-                return Ok(vec![artifact_failure(
-                    &format!("{NAME} ({})", det.family),
-                    &e,
-                )]);
-            }
-            Err(e) => return Err(e),
+    drop(tgt_w);
+    for (b, t) in tgt.blocks.iter_mut().zip(tgt_tables) {
+        if t.is_some() {
+            b.attn.rel_pos = t;
         }
     }
-    let mut checks = parity_of_pairs(&src, &tgt, &run, bound)?.checks;
-    for ((input, a, b), figures, reason) in skips {
+    let tgt = tgt;
+    let mut checks = compare_taps(&run_taps, &tgt, &run, bound)?.checks;
+    let mut figured = compare_taps(&skip_taps, &tgt, &figure_inputs, EXACT_BOUND)?.checks.into_iter();
+    for ((input, _, _), figures, reason) in skips {
         if figures {
-            let c = parity_of_pairs(&src, &tgt, &[(input, a, b)], EXACT_BOUND)?.checks;
-            checks.extend(c.into_iter().map(|c| if is_comparison(&c) { c.into_skipped(reason.clone()) } else { c }));
+            if let Some(c) = figured.next() {
+                checks.push(if is_comparison(&c) { c.into_skipped(reason.clone()) } else { c });
+            }
         } else {
             checks.push(Check::skipped(format!("{NAME} {input}"), reason));
         }
@@ -682,7 +710,6 @@ pub fn artifact_report(
     let ck = formats::open(artifact)?;
     let keys: Vec<ArtifactKey> = ck.tensors().into_iter().map(|(k, t)| (k, t.shape.clone(), t.dtype)).collect();
     report.push(layout_check(&keys, cfg));
-    let target = Weights::from_checkpoint(&ck)?;
     if let Some(source) = source {
         let mut parity = super::Report::default();
         let transforms = ArtifactMeta::transforms_of(&ck.metadata);
@@ -692,7 +719,7 @@ pub fn artifact_report(
             .map(|(k, t)| (k, t.dtype))
             .collect();
         let dtype_of = |k: &str| dtypes.get(k).copied();
-        for c in parity_checks(source, &target, cfg, &transforms, &dtype_of, sizes, seed)? {
+        for c in parity_checks(source, &ck, cfg, &transforms, &dtype_of, sizes, seed)? {
             parity.push(c);
         }
         // What --lossy dropped is re-derived from the source and the mapping, not read
@@ -714,13 +741,18 @@ pub fn artifact_report(
         }
     }
     if let Some(dir) = golden.filter(|d| golden_folder::is_source_folder(d)) {
+        let target = vit_branch(&ck)?;
         let side = golden_folder::ArtifactSide { weights: &target, metadata: &ck.metadata, cfg };
         for c in golden_folder::source_golden_checks(dir, &side, source)? {
             report.push(c);
         }
     }
-    let store = crate::model::Store::from_safetensors(artifact)?;
-    match Comer::new(&store.root(), cfg).and_then(|m| store.finish().map(|()| m)) {
+    // The store is dropped once the model holds what it reads.
+    let model = {
+        let store = crate::model::Store::from_safetensors(artifact)?;
+        Comer::new(&store.root(), cfg).and_then(|m| store.finish().map(|()| m))
+    };
+    match model {
         Ok(model) => {
             for c in backbone_checks(&model, cfg, seed)? {
                 report.push(c);
@@ -734,6 +766,30 @@ pub fn artifact_report(
         Err(e) => report.push(Check::outcome("backbone load", &[1], 1, Some(0), Some(e.to_string()))),
     }
     Ok(report)
+}
+
+/// The artifact's ViT branch (`patch_embed`, `pos_embed`, `blocks.*` and BEiT's shared
+/// table) in f32, for the plain-ViT forward: the CTI/MRFP/SPM parts and the int64 index
+/// buffers are left on disk.
+fn vit_branch(ck: &Checkpoint) -> Result<Weights> {
+    let (_, tensors) = ck.state_dict();
+    let mut w = Weights::default();
+    for (name, view) in tensors {
+        let vit = ["patch_embed.", "pos_embed", "blocks.", "rel_pos_bias.", "cls_token"].iter().any(|p| name.starts_with(p));
+        if !vit || view.dtype == formats::DType::I64 {
+            continue;
+        }
+        w.insert_f32(&name, view.to_f32(), &view.shape)?;
+        view.release();
+    }
+    Ok(w)
+}
+
+/// Tensor `key` of the artifact in f32, when present.
+fn artifact_tensor(ck: &Checkpoint, key: &str) -> Option<Result<Tensor>> {
+    let (_, tensors) = ck.state_dict();
+    let (_, view) = tensors.into_iter().find(|(k, _)| k == key)?;
+    Some(Tensor::from_vec(view.to_f32(), view.shape.clone(), &Device::Cpu).map_err(VerifyError::from))
 }
 
 /// The float dtype of an artifact when every floating-point tensor has it; F32 (no relaxed
@@ -831,6 +887,7 @@ fn fresh_check(plan: &Plan, ck: &Checkpoint) -> Check {
             Ok(Values::I64(want)) => got.to_f64().iter().map(|v| *v as i64).eq(want.iter().copied()),
             Err(_) => false,
         };
+        got.release();
         if !same {
             return Check::outcome(
                 name,

@@ -111,10 +111,35 @@ pub fn parity_of(src: &PlainVit, tgt: &PlainVit, inputs: &[(String, Tensor)], bo
 /// source image, target image)` (a source with 14-pixel patches against a target with
 /// 16-pixel ones sees each patch resized).
 pub fn parity_of_pairs(src: &PlainVit, tgt: &PlainVit, inputs: &[(String, Tensor, Tensor)], bound: f64) -> Result<Report> {
+    let taps = SourceTaps::of(src, inputs)?;
+    compare_taps(&taps, tgt, inputs, bound)
+}
+
+/// The source forward's taps (embeddings, then after every block) on each input's source
+/// image, and its block names: what a parity run keeps of the source side, so the source's
+/// weights can be dropped before the artifact's are read.
+pub struct SourceTaps {
+    /// Per input, the taps.
+    pub taps: Vec<Vec<Tensor>>,
+    /// The source's block names, in order.
+    pub blocks: Vec<String>,
+}
+
+impl SourceTaps {
+    /// Run `src` on every input's source image.
+    pub fn of(src: &PlainVit, inputs: &[(String, Tensor, Tensor)]) -> Result<SourceTaps> {
+        let taps = inputs.iter().map(|(_, image, _)| src.forward_taps(image)).collect::<std::result::Result<_, _>>()?;
+        Ok(SourceTaps { taps, blocks: src.blocks.iter().map(|b| b.name.clone()).collect() })
+    }
+}
+
+/// The artifact's ViT branch on every input's target image against the source's taps,
+/// against `bound` (relative). A failing check names the first block whose output parts; a
+/// target-side error is a failed check naming the tensor.
+pub fn compare_taps(src: &SourceTaps, tgt: &PlainVit, inputs: &[(String, Tensor, Tensor)], bound: f64) -> Result<Report> {
     let mut report = Report::default();
-    for (name, src_image, tgt_image) in inputs {
+    for ((name, _, tgt_image), a) in inputs.iter().zip(&src.taps) {
         let check_name = format!("mapping parity {name}");
-        let a = src.forward_taps(src_image)?;
         let b = match tgt.forward_taps(tgt_image) {
             Ok(b) => b,
             Err(e) => {
@@ -131,7 +156,7 @@ pub fn parity_of_pairs(src: &PlainVit, tgt: &PlainVit, inputs: &[(String, Tensor
             check.passed = false;
             check.note = Some(format!("artifact gives shape {:?}, source {:?}", got.dims(), exp.dims()));
         } else if !check.passed {
-            check.note = first_parting_tap(&a, &b, bound, src)?;
+            check.note = first_parting_tap(a, &b, bound, &src.blocks)?;
         }
         report.push(check);
     }
@@ -176,22 +201,13 @@ pub fn artifact_failure(name: &str, e: &VitError) -> Check {
 }
 
 /// Name of the first tap (`embed` after patch + position, then each block) where the sides part.
-fn first_parting_tap(
-    a: &[Tensor],
-    b: &[Tensor],
-    bound: f64,
-    src: &PlainVit,
-) -> Result<Option<String>> {
+fn first_parting_tap(a: &[Tensor], b: &[Tensor], bound: f64, blocks: &[String]) -> Result<Option<String>> {
     for (i, (x, y)) in a.iter().zip(b).enumerate() {
         let c = Check::new("tap", x.dims(), &flat(y)?, &flat(x)?, bound);
         if !c.passed {
             let name = match i {
                 0 => "embeddings".to_string(),
-                _ => src
-                    .blocks
-                    .get(i - 1)
-                    .map(|b| b.name.clone())
-                    .unwrap_or_default(),
+                _ => blocks.get(i - 1).cloned().unwrap_or_default(),
             };
             return Ok(Some(format!("first parts after {name}")));
         }
