@@ -40,8 +40,8 @@ pub struct OnnxArgs {
     /// Fixed input size HxW (multiples of 32), e.g. 512x512.
     #[arg(long = "input-size", value_parser = parse_size)]
     pub input_size: (usize, usize),
-    /// Fixed batch size.
-    #[arg(long, default_value_t = 1)]
+    /// Fixed batch size (1..=256).
+    #[arg(long, default_value_t = 1, value_parser = parse_batch)]
     pub batch: usize,
     /// Config JSON (case.json shape) when the artifact carries none.
     #[arg(long, conflicts_with = "preset")]
@@ -65,6 +65,12 @@ fn parse_size(s: &str) -> Result<(usize, usize), String> {
     let (h, w) = (p(h)?, p(w)?);
     onnx::check_input_size(h, w).map_err(|e| e.to_string())?;
     Ok((h, w))
+}
+
+fn parse_batch(s: &str) -> Result<usize, String> {
+    let b = s.trim().parse::<usize>().map_err(|_| format!("'{s}' is not a batch size (e.g. 1)"))?;
+    onnx::check_batch(b).map_err(|e| e.to_string())?;
+    Ok(b)
 }
 
 pub fn run(args: Args) -> anyhow::Result<i32> {
