@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use comer_port::export::onnx::{self, Deform, ExportOptions};
+use comer_port::text::EscapedPath;
 use comer_port::model::ComerConfig;
 use comer_port::target::{self, Basis, TargetSpec};
 
@@ -95,7 +96,7 @@ fn run_onnx(a: OnnxArgs) -> anyhow::Result<i32> {
     let written = write_onnx(&ck, &a.artifact, &cfg, opts, &a.output, a.force)?;
     println!(
         "wrote {} ({} bytes, {} nodes, {} initializers, opset {}, {} deformable sampling, input {}x{}, batch {})",
-        a.output.display(),
+        EscapedPath(&a.output),
         written.model_bytes,
         written.nodes,
         written.initializers,
@@ -106,7 +107,7 @@ fn run_onnx(a: OnnxArgs) -> anyhow::Result<i32> {
         a.batch
     );
     if let Some((p, n)) = written.external {
-        println!("wrote {} ({n} bytes of external data)", p.display());
+        println!("wrote {} ({n} bytes of external data)", EscapedPath(&p));
     }
     Ok(crate::cli::EXIT_OK)
 }
@@ -130,6 +131,6 @@ pub fn write_onnx(
     match onnx::export(tensors, cfg, &opts, output, force) {
         Ok(w) => Ok(w),
         Err(onnx::OnnxError::Write(e)) => Err(e.into()),
-        Err(e) => Err(anyhow::Error::new(e).context(format!("exporting {} to ONNX", artifact.display()))),
+        Err(e) => Err(anyhow::Error::new(e).context(format!("exporting {} to ONNX", EscapedPath(artifact)))),
     }
 }

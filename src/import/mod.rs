@@ -23,6 +23,7 @@ use crate::formats::{Checkpoint, DType, TensorView};
 use crate::meta::{ArtifactMeta, SOURCE_SHA_KEY, Transforms, VERIFY_KEY};
 use crate::model::ComerConfig;
 use crate::target::{self, TargetSpec};
+use crate::text::Escaped;
 use crate::verify::{Check, Report, policy};
 
 /// Errors from every stage, carried through `import`.
@@ -563,7 +564,7 @@ pub fn commit(
         verify: report,
     };
     if let Some(r) = &opts.report {
-        let json = serde_json::to_string_pretty(&summary).unwrap_or_default();
+        let json = crate::text::json_safe(&serde_json::to_string_pretty(&summary).unwrap_or_default());
         crate::export::atomic::write_all(r, json.as_bytes(), opts.force)?;
         crate::export::atomic::write_all(&r.with_extension("txt"), human_report(&summary).as_bytes(), opts.force)?;
     }
@@ -599,23 +600,26 @@ pub fn run(source: &Path, bytes: Option<&[u8]>, opts: &ImportOptions) -> Result<
 }
 
 /// The human summary: every target key with its origin, every source key with its fate.
+/// Source keys, the source's name and the decisions naming them are escaped
+/// (`text::Escaped`): the summary is read on a terminal.
 pub fn human_report(s: &ImportSummary) -> String {
-    let mut out = format!("comer-port import: {} ({}) -> {} seed {}\n\nTarget keys:\n", s.source, s.family, s.flavor, s.seed);
+    let mut out =
+        format!("comer-port import: {} ({}) -> {} seed {}\n\nTarget keys:\n", Escaped(&s.source), s.family, s.flavor, s.seed);
     for p in &s.plan.targets {
         let how = match &p.origin {
-            Origin::Source { keys, transform, .. } => format!("{} <- {}", transform.name(), keys.join(" + ")),
-            Origin::Fresh { init, reason } => format!("fresh {init:?} ({reason})"),
+            Origin::Source { keys, transform, .. } => format!("{} <- {}", transform.name(), Escaped(&keys.join(" + "))),
+            Origin::Fresh { init, reason } => format!("fresh {init:?} ({})", Escaped(reason)),
         };
-        out.push_str(&format!("  {} {:?}: {how}\n", p.entry.name, p.entry.shape));
+        out.push_str(&format!("  {} {:?}: {how}\n", Escaped(&p.entry.name), p.entry.shape));
     }
     out.push_str("\nSource keys:\n");
     for f in &s.plan.sources {
-        out.push_str(&format!("  {}: {} ({})\n", f.key, f.fate, f.detail));
+        out.push_str(&format!("  {}: {} ({})\n", Escaped(&f.key), f.fate, Escaped(&f.detail)));
     }
     if !s.plan.decisions.is_empty() || !s.warnings.is_empty() {
         out.push_str("\nDecisions and warnings:\n");
         for d in s.plan.decisions.iter().chain(&s.warnings) {
-            out.push_str(&format!("  {d}\n"));
+            out.push_str(&format!("  {}\n", Escaped(d)));
         }
     }
     out

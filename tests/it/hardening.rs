@@ -1025,3 +1025,100 @@ fn every_preset_and_fixture_config_is_still_accepted() {
         assert_eq!(code, 0, "{case}: {err}");
     }
 }
+
+// ---- 7. terminal escapes: untrusted names are escaped in every human-readable output ----
+
+/// A key that would clear the screen and print a fake verdict, and one with a right-to-left
+/// override.
+const EVIL_KEYS: [&str; 2] = ["\u{1b}[2J\u{1b}[Hverdict passed\n", "evil\u{202e}yek\u{9b}31m"];
+
+/// No raw control character in `text` except line breaks between lines.
+fn assert_no_controls(what: &str, text: &str) {
+    let bad: Vec<char> = text.chars().filter(|&c| c != '\n' && comer_port::text::needs_escape(c)).collect();
+    assert!(bad.is_empty(), "{what}: raw control characters {bad:?} in:\n{}", text.escape_debug());
+}
+
+/// A safetensors file of `tensors` plus one f32 tensor per [`EVIL_KEYS`] entry.
+fn safetensors_with_evil_keys(tensors: &[Owned]) -> Vec<u8> {
+    let zero = 0f32.to_le_bytes().to_vec();
+    let mut all = tensors.to_vec();
+    all.extend(EVIL_KEYS.iter().map(|k| (k.to_string(), safetensors::Dtype::F32, vec![1], zero.clone())));
+    safetensors_of(&all, None)
+}
+
+#[test]
+fn evil_key_and_file_names_are_escaped_in_inspect() {
+    // A safetensors file named with an escape sequence and a line break, and a .pth.
+    let d = tmpdir();
+    let st = d.join("ev\u{1b}[31mil\n.safetensors");
+    std::fs::write(&st, safetensors_with_evil_keys(&[])).expect("write");
+    let mut pkl = Pickle::new().empty_dict().mark();
+    for (i, k) in EVIL_KEYS.iter().enumerate() {
+        pkl = pkl.str(k).tensor("FloatStorage", &i.to_string(), 1, 0, &[1], &[1]);
+    }
+    let pkl = pkl.op(b'u').stop();
+    let zero = 0f32.to_le_bytes();
+    let pth = d.join("evil\u{202e}.pth");
+    std::fs::write(&pth, zip_with(&pkl, &[("0", &zero), ("1", &zero)])).expect("write");
+    for file in [&st, &pth] {
+        let (code, out, err) = cli(&["inspect".as_ref(), file.as_os_str(), "--all".as_ref()]);
+        assert_eq!(code, 0, "{err}");
+        assert_no_controls("inspect stdout", &out);
+        assert_no_controls("inspect stderr", &err);
+        assert!(out.contains("\\x1b[2J\\x1b[Hverdict passed\\n") && out.contains("evil\\u{202e}yek\\u{9b}31m"), "{out}");
+        assert!(!out.lines().any(|l| l.starts_with("verdict")), "no line of the key's own: {out}");
+        let (code, json, _) = cli(&["inspect".as_ref(), file.as_os_str(), "--json".as_ref()]);
+        assert_eq!(code, 0);
+        assert_no_controls("inspect --json", &json);
+        let v: serde_json::Value = serde_json::from_str(&json).expect("still JSON");
+        let listed: Vec<&str> = v["tensors"].as_array().expect("tensors").iter().filter_map(|t| t["name"].as_str()).collect();
+        for k in EVIL_KEYS {
+            assert!(listed.iter().any(|n| n.ends_with(k)), "JSON keeps the exact key {k:?}: {listed:?}");
+        }
+    }
+    // A file that is refused names its path escaped too.
+    let bad = d.join("x\u{1b}]0;pwned\u{7}.pth");
+    std::fs::write(&bad, b"not a checkpoint at all").expect("write");
+    let (code, out, err) = cli(&["inspect".as_ref(), bad.as_os_str()]);
+    assert_eq!(code, 3);
+    assert_no_controls("refused inspect", &format!("{out}{err}"));
+    assert!(err.contains("x\\x1b]0;pwned\\x07.pth"), "{err}");
+}
+
+#[test]
+fn evil_key_names_are_escaped_in_import_verify_and_run() {
+    let d = tmpdir();
+    // import: the DeiT source with two keys no rule uses: refused, naming the key escaped.
+    let src = d.join("deit\u{1b}[2J.safetensors");
+    std::fs::write(&src, safetensors_with_evil_keys(&tensors_of(&fixture("sources/deit/deit_tiny.pth")))).expect("write");
+    let cfg = fixture("forward/det_tiny/case.json");
+    let out = d.join("a.safetensors");
+    let before = snapshot(&d);
+    let (code, stdout, err) =
+        cli(&["import".as_ref(), src.as_os_str(), "--config".as_ref(), cfg.as_os_str(), "-o".as_ref(), out.as_os_str()]);
+    assert_eq!(code, 3, "{err}");
+    assert_no_controls("import", &format!("{stdout}{err}"));
+    assert!(err.contains("source key '\\x1b[2J\\x1b[Hverdict passed\\n'") || err.contains("evil\\u{202e}"), "{err}");
+    assert_eq!(snapshot(&d), before, "nothing written, the source unchanged");
+    // verify and run: an artifact carrying an extra key: failed checks and errors name it.
+    let art = d.join("art\u{1b}]0;t\u{7}.safetensors");
+    std::fs::write(&art, safetensors_with_evil_keys(&tensors_of(&fixture("forward/det_tiny/weights.safetensors")))).expect("write");
+    let (code, stdout, err) = cli(&["verify".as_ref(), art.as_os_str(), "--config".as_ref(), cfg.as_os_str()]);
+    assert_eq!(code, 1, "{err}");
+    assert_no_controls("verify", &format!("{stdout}{err}"));
+    assert!(stdout.contains("\\x1b[2J\\x1b[Hverdict passed\\n"), "{stdout}");
+    assert!(!stdout.lines().any(|l| l.starts_with("verdict passed")), "{stdout}");
+    let (code, json, _) = cli(&["verify".as_ref(), art.as_os_str(), "--config".as_ref(), cfg.as_os_str(), "--json".as_ref()]);
+    assert_eq!(code, 1);
+    assert_no_controls("verify --json", &json);
+    serde_json::from_str::<serde_json::Value>(&json).expect("still JSON");
+    let r = d.join("r.safetensors");
+    let input = fixture("forward/det_tiny/inputs.safetensors");
+    let (code, stdout, err) = cli(&[
+        "run".as_ref(), "--weights".as_ref(), art.as_os_str(), "--config".as_ref(), cfg.as_os_str(),
+        "--input".as_ref(), input.as_os_str(), "-o".as_ref(), r.as_os_str(),
+    ]);
+    assert_eq!(code, 3, "{err}");
+    assert_no_controls("run", &format!("{stdout}{err}"));
+    assert!(!r.exists());
+}
