@@ -114,6 +114,7 @@ impl Log {
 
 pub fn run(a: Args) -> anyhow::Result<i32> {
     let dir = prepare_dir(a.dir.as_deref(), a.force)?;
+    check_outputs(&dir)?;
     let force = a.force;
     let mut log = Log { json: a.json, steps: Vec::new() };
     if !a.json {
@@ -318,6 +319,33 @@ fn finish(log: &Log, dir: &Path, report: &comer_port::verify::Report, code: i32)
     println!("{} files in {} (kept; remove the folder when done)", log.files().len(), EscapedPath(dir));
     println!("next: comer-port verify {} --source {}", EscapedPath(&artifact), EscapedPath(&source));
     Ok(code)
+}
+
+/// Every file the demo writes is its own file: in a reused `--dir`, a hard or symbolic link
+/// planted between two of the names would make one step write over another's file (the
+/// source it reads included). A usage error before the first file is written.
+fn check_outputs(dir: &Path) -> anyhow::Result<()> {
+    let artifact = dir.join(ARTIFACT);
+    let onnx_path = dir.join(ONNX);
+    let files = [
+        dir.join(SOURCE),
+        artifact.clone(),
+        dir.join(ARTIFACT_PTH),
+        artifact.with_extension("config.json"),
+        dir.join(REPORT),
+        dir.join(REPORT).with_extension("txt"),
+        dir.join(IMAGE),
+        dir.join(PYRAMID),
+        dir.join(VIZ),
+        onnx::data_path(&onnx_path),
+        onnx_path,
+    ];
+    let roles: Vec<(String, PathBuf)> = files
+        .into_iter()
+        .map(|p| (format!("the demo's {}", p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()), p))
+        .collect();
+    comer_port::export::outputs::check(&roles, &[])?;
+    Ok(())
 }
 
 /// The demo folder: `dir` (created when missing; refused when not empty unless `force`) or a

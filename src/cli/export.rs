@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use comer_port::export::onnx::{self, Deform, ExportOptions};
+use comer_port::export::outputs;
 use comer_port::text::EscapedPath;
 use comer_port::model::ComerConfig;
 use comer_port::target::{self, Basis, TargetSpec};
@@ -83,6 +84,12 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
 fn run_onnx(a: OnnxArgs) -> anyhow::Result<i32> {
     let (h, w) = a.input_size;
     onnx::check_input_size(h, w)?;
+    // The model file and its external data file, each its own file and neither an input
+    // (--force included): a usage error first.
+    let data = onnx::data_path(&a.output);
+    let outs = outputs::roles([("the -o output", Some(a.output.as_path())), ("the external data file of -o", Some(data.as_path()))]);
+    let inputs = outputs::roles([("the artifact", Some(a.artifact.as_path())), ("the --config file", a.config.as_deref())]);
+    outputs::check(&outs, &inputs)?;
     if a.output.exists() && !a.force {
         return Err(comer_port::export::atomic::WriteError::Exists(a.output.clone()).into());
     }

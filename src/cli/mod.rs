@@ -4,11 +4,14 @@
 //!
 //! Exit codes: 0 success; 1 a check failed (verify mismatch, non-finite weights under
 //! `--check-finite`); 2 usage error (clap: unknown flag, bad value such as an unknown
-//! `--preset` or `--family`, conflicting flags; after parsing: a [`UsageError`], or a choice
-//! the library says the command must make, such as the target when no preset fits); 3 bad
-//! input (unreadable, refused or mismatched file or config); 4 an output could not be written
-//! (exists without `--force`, I/O error). 2 (after parsing), 3 and 4 come from the library's
-//! typed errors through `comer_port::error::ErrorKind`.
+//! `--preset` or `--family`, an out-of-range `--input-size`, `--batch` or `--size`,
+//! conflicting flags; after parsing: a [`UsageError`], a choice the library says the command
+//! must make, such as the target when no preset fits, a refused `--config` file, outputs that
+//! are one file or that name an input); 3 bad input (unreadable, refused or mismatched file,
+//! a config recorded in an artifact or taken from a source that is refused); 4 an output could
+//! not be written (exists without `--force`, I/O error). 2 (after parsing), 3 and 4 come from
+//! the library's typed errors through `comer_port::error::ErrorKind`. Every message is
+//! printed escaped (`comer_port::text`): names from files cannot drive the terminal.
 
 use std::path::Path;
 

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use candle_core::{DType, Device, Tensor};
 
+use comer_port::export::outputs;
 use comer_port::model::{Comer, ComerConfig, Store, resize};
 use comer_port::text::EscapedPath;
 use comer_port::target::{self, Basis, TargetSpec};
@@ -100,6 +101,14 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     if args.output.is_none() && args.viz.is_none() {
         return Err(super::UsageError("nothing to write: give -o OUT.safetensors and/or --viz OUT.png".into()).into());
     }
+    // Each output its own file, none an input (--force included): a usage error first.
+    let outputs = outputs::roles([("the -o output", args.output.as_deref()), ("the --viz output", args.viz.as_deref())]);
+    let inputs = outputs::roles([
+        ("the --weights file", Some(args.weights.as_path())),
+        ("the --input file", Some(args.input.as_path())),
+        ("the --config file", args.config.as_deref()),
+    ]);
+    outputs::check(&outputs, &inputs)?;
     for p in [&args.output, &args.viz].into_iter().flatten() {
         if p.exists() && !args.force {
             return Err(comer_port::export::atomic::WriteError::Exists(p.clone()).into());

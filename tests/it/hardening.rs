@@ -1,9 +1,12 @@
 //! Issue 14 (hardening): each defect class from the second attack pass, fixed as a class and
 //! tested here with files crafted in the test — memory amplification in the pickle VM,
 //! shared-deflate zip bombs, tens of thousands of storages, CRC on every member read,
-//! FIFOs / devices / sockets / escaping symlinks as input, and the output writers (temp
-//! names, no-replace publish, cleanup). Where memory matters, the release binary is run on
-//! the crafted file and its peak RSS read with `wait4`. docs/guarantees.md states the bounds.
+//! FIFOs / devices / sockets / escaping symlinks as input, the output writers (temp
+//! names, no-replace publish, cleanup), config values out of range in every subcommand and
+//! in an artifact's recorded config (5), terminal escapes in key and file names (7), outputs
+//! that are one file (10) or an input, `--force` included (12). Where memory matters, the
+//! release binary is run on the crafted file and its peak RSS read with `wait4`.
+//! docs/guarantees.md states the bounds.
 
 use crate::util::{bin, fixture, siblings, temp_file, tmpdir};
 use comer_port::export::atomic::{self, AtomicFile, WriteError};
@@ -1121,4 +1124,89 @@ fn evil_key_names_are_escaped_in_import_verify_and_run() {
     assert_eq!(code, 3, "{err}");
     assert_no_controls("run", &format!("{stdout}{err}"));
     assert!(!r.exists());
+}
+
+// ---- 10/12. outputs: each its own file, none an input, checked before the first byte ----
+
+/// `comer-port ARGS…` (paths relative to `dir`) refused as a usage error naming `says`,
+/// leaving every file under `dir` as it was.
+fn refused_in(dir: &Path, args: &[&str], says: &[&str]) {
+    let before = snapshot(dir);
+    let o = bin().current_dir(dir).args(args).output().expect("runs");
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(o.status.code() != Some(101) && !err.contains("panicked"), "{args:?}: {err}");
+    assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+    for s in says {
+        assert!(err.contains(s), "{args:?}: names {s:?}: {err}");
+    }
+    assert_eq!(snapshot(dir), before, "{args:?}: nothing written, nothing replaced");
+}
+
+#[test]
+fn outputs_that_are_one_file_are_refused_before_any_is_written() {
+    let d = workdir();
+    for force in [&[][..], &["--force"][..]] {
+        let with = |a: &[&'static str]| [a, force].concat();
+        let imp = ["import", "src.pth", "--config", "case.json"];
+        refused_in(&d, &with(&[&imp[..], &["-o", "x.safetensors", "--pth", "x.safetensors"]].concat()), &["--pth output x.safetensors", "-o output"]);
+        refused_in(&d, &with(&[&imp[..], &["-o", "x.safetensors", "--report", "./x.safetensors"]].concat()), &["--report", "-o"]);
+        refused_in(&d, &with(&[&imp[..], &["-o", "x.safetensors", "--pth", "x.config.json"]].concat()), &["--pth", "config written beside"]);
+        refused_in(&d, &with(&[&imp[..], &["-o", "x.safetensors", "--report", "r.txt"]].concat()), &["text summary of --report", "--report output"]);
+        refused_in(&d, &with(&[&imp[..], &["-o", "p.safetensors", "--report", "p.config.json"]].concat()), &["--report", "config written beside"]);
+        let run = ["run", "--weights", "weights.safetensors", "--config", "case.json", "--input", "inputs.safetensors"];
+        refused_in(&d, &with(&[&run[..], &["-o", "o.png", "--viz", "o.png"]].concat()), &["--viz", "-o output"]);
+    }
+    // A link between two outputs that already exist: one file under two names.
+    std::fs::write(d.join("old.safetensors"), b"old").expect("write");
+    std::fs::hard_link(d.join("old.safetensors"), d.join("old.pth")).expect("link");
+    std::os::unix::fs::symlink("old.safetensors", d.join("old.json")).expect("symlink");
+    let imp = ["import", "src.pth", "--config", "case.json", "-o", "old.safetensors", "--force"];
+    refused_in(&d, &[&imp[..], &["--pth", "old.pth"]].concat(), &["--pth", "link"]);
+    refused_in(&d, &[&imp[..], &["--report", "old.json"]].concat(), &["--report", "link"]);
+}
+
+#[test]
+fn outputs_never_replace_an_input_even_with_force() {
+    let d = workdir();
+    std::fs::hard_link(d.join("src.pth"), d.join("hard.pth")).expect("link");
+    std::os::unix::fs::symlink("src.pth", d.join("soft.pth")).expect("symlink");
+    std::os::unix::fs::symlink("weights.safetensors", d.join("w-link.onnx.data")).expect("symlink");
+    let imp = ["import", "src.pth", "--config", "case.json", "--force"];
+    for extra in [
+        &["-o", "src.pth"][..],
+        &["-o", "./sub/../src.pth"],
+        &["-o", "a.safetensors", "--pth", "src.pth"],
+        &["-o", "a.safetensors", "--report", "src.pth"],
+        &["-o", "hard.pth"],
+        &["-o", "soft.pth"],
+    ] {
+        refused_in(&d, &[&imp[..], extra].concat(), &["is the source", "--force"]);
+    }
+    refused_in(&d, &[&imp[..], &["-o", "case.json"]].concat(), &["is the --config file"]);
+    // A Hugging Face folder: nothing is written into it (its config.json included).
+    let hf = d.join("hf");
+    std::fs::create_dir(&hf).expect("dir");
+    for f in ["model.safetensors", "config.json"] {
+        std::fs::copy(fixture("sources/hf_vit/vit-tiny-in21k").join(f), hf.join(f)).expect("copy");
+    }
+    std::os::unix::fs::symlink("hf", d.join("hf-link")).expect("symlink");
+    for extra in [&["-o", "hf/config.json"][..], &["-o", "x.safetensors", "--pth", "hf/x.pth"], &["-o", "hf-link/x.safetensors"], &["-o", "hf"]] {
+        refused_in(&d, &[&["import", "hf", "--config", "case.json", "--force"][..], extra].concat(), &["the source"]);
+    }
+    // run and export against their inputs.
+    let run = ["run", "--weights", "weights.safetensors", "--config", "case.json", "--input", "inputs.safetensors", "--force"];
+    refused_in(&d, &[&run[..], &["-o", "weights.safetensors"]].concat(), &["the --weights file"]);
+    refused_in(&d, &[&run[..], &["--viz", "inputs.safetensors"]].concat(), &["the --input file"]);
+    refused_in(&d, &[&run[..], &["-o", "case.json"]].concat(), &["the --config file"]);
+    let export = ["export", "onnx", "weights.safetensors", "--config", "case.json", "--input-size", "64x64", "--force"];
+    refused_in(&d, &[&export[..], &["-o", "weights.safetensors"]].concat(), &["the artifact"]);
+    refused_in(&d, &[&export[..], &["-o", "w-link.onnx"]].concat(), &["external data file", "the artifact"]);
+}
+
+#[test]
+fn demo_refuses_a_folder_whose_names_are_linked() {
+    let d = tmpdir();
+    std::fs::write(d.join("deit_tiny.pth"), b"precious").expect("write");
+    std::fs::hard_link(d.join("deit_tiny.pth"), d.join("pyramid.png")).expect("link");
+    refused_in(&d, &["demo", "--dir", ".", "--force"], &["pyramid.png", "deit_tiny.pth"]);
 }
