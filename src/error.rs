@@ -3,12 +3,15 @@
 //! `model::ConfigError`, `model::ModelError`, `target::TargetError`, `families::error`,
 //! `verify::VerifyError`, `export::atomic::WriteError`, `export::onnx::OnnxError`); this module
 //! is the one place that knows which of them mean "bad input", which "output not written" and
-//! which "usage" (the command must name a choice it left open, such as the target).
+//! which "usage" (the command must name a choice it left open, such as the target; its
+//! `--config` file is refused; its outputs collide with each other or with its inputs).
+//! A config recorded in an artifact or taken from a source is that file's fault: bad input.
 //! A failed check is not an error: it is a verdict in a `verify::Report`.
 
 use std::error::Error;
 
 use crate::export::atomic::WriteError;
+use crate::export::outputs::CollisionError;
 use crate::export::onnx::OnnxError;
 use crate::families::error::ImportError;
 use crate::import::PipelineError;
@@ -24,8 +27,10 @@ pub enum ErrorKind {
     BadInput,
     /// An output could not be written (it exists and overwriting was not asked for, or I/O).
     OutputNotWritten,
-    /// The command left a choice open that it must make (no target given and none or
-    /// several presets fit; a flavour asked for where nothing gives its dimensions).
+    /// The command is at fault, not a file: it left a choice open that it must make (no
+    /// target given and none or several presets fit; a flavour asked for where nothing gives
+    /// its dimensions), its `--config` file's config is refused, or two of its outputs, or an
+    /// output and an input, are one file.
     Usage,
 }
 
@@ -39,9 +44,13 @@ impl ErrorKind {
         if err.is::<WriteError>() {
             return Some(OutputNotWritten);
         }
+        if err.is::<CollisionError>() {
+            return Some(Usage);
+        }
         if let Some(e) = err.downcast_ref::<PipelineError>() {
             return Some(match e {
                 PipelineError::Write(_) => OutputNotWritten,
+                PipelineError::Collision(_) => Usage,
                 PipelineError::Target(t) if t.is_usage() => Usage,
                 _ => BadInput,
             });
@@ -88,6 +97,21 @@ use crate::import::PipelineError;
         let fe = crate::formats::FormatError::Empty { path: PathBuf::from("f") };
         assert_eq!(ErrorKind::of(&fe), Some(ErrorKind::BadInput));
         assert_eq!(ErrorKind::of(&std::io::Error::other("plain")), None);
+    }
+
+    #[test]
+    fn collisions_and_refused_config_files_are_usage() {
+        use crate::export::outputs::CollisionError;
+        use crate::model::ConfigError;
+        use crate::target::TargetError;
+        let c = || CollisionError::Outputs { role: "--pth".into(), path: PathBuf::from("x"), other: "-o".into(), how: String::new() };
+        assert_eq!(ErrorKind::of(&c()), Some(ErrorKind::Usage));
+        assert_eq!(ErrorKind::of(&PipelineError::from(c())), Some(ErrorKind::Usage));
+        let bad = || ConfigError::Invalid("x".into());
+        let file = TargetError::ConfigFile { path: PathBuf::from("c.json"), error: bad() };
+        assert_eq!(ErrorKind::of(&PipelineError::from(file)), Some(ErrorKind::Usage));
+        let recorded = TargetError::Recorded { path: PathBuf::from("a.safetensors"), error: bad() };
+        assert_eq!(ErrorKind::of(&recorded), Some(ErrorKind::BadInput));
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! candle-core, `export/` writes safetensors / `.pth` / ONNX atomically, `verify/` proves
 //! parity. Beside them: `target` resolves which configuration an artifact targets (one
 //! resolver for every subcommand), `error` classifies the stages' typed errors for callers
-//! that report them. The command line (`src/cli/`) belongs to the `comer-port` binary, not to
+//! that report them, `text` escapes untrusted strings (key and file names) for printing. The command line (`src/cli/`) belongs to the `comer-port` binary, not to
 //! this library.
 
 #![deny(missing_docs)]
@@ -19,6 +19,7 @@ pub mod import;
 pub mod meta;
 pub mod model;
 pub mod target;
+pub mod text;
 pub mod verify;
 
 /// Tool version recorded in every artifact's metadata.

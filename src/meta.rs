@@ -77,7 +77,10 @@ pub struct ArtifactMeta {
     pub family: String,
     /// The target flavour.
     pub flavor: String,
-    /// The target config in upstream's constructor keywords (`case.json` form).
+    /// The target config in upstream's constructor keywords (`case.json` form), as recorded:
+    /// raw JSON, never trusted. A typed config is read from an artifact only through
+    /// `target::resolve` (`ComerConfig::from_case_json`, which ends in
+    /// `ComerConfig::validate`): a recorded config out of range is refused there as bad input.
     pub config: serde_json::Value,
     /// Seed of the fresh parameters.
     pub seed: u64,

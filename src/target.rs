@@ -9,6 +9,7 @@
 //! [`pick_preset`] chooses the preset whose flavour fits the source's family and whose
 //! dimensions are the source's.
 
+use crate::text::esc;
 use std::path::{Path, PathBuf};
 
 use crate::families::error::ImportError;
@@ -64,16 +65,37 @@ pub enum Basis<'a> {
 #[derive(Debug, thiserror::Error)]
 pub enum TargetError {
     /// A `--config` file or the artifact could not be read.
-    #[error("{path}: {reason}")]
+    #[error("{path}: {reason}", path = esc(.path), reason = esc(.reason))]
     Input {
         /// The file.
         path: PathBuf,
         /// What reading it reported.
         reason: String,
     },
-    /// The config is refused: an unknown preset, bad JSON, a keyword upstream does not take.
+    /// A config neither read from a `--config` file nor recorded in an artifact is refused:
+    /// an unknown preset, a config in hand, or one taken from a source's dimensions (the
+    /// source is then the bad input).
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// A `--config` file's content is refused: not JSON of the `case.json` shape, a keyword
+    /// upstream does not take, a value out of range or inconsistent. The command named it, so
+    /// this is a usage error (exit 2).
+    #[error("{path}: {error} (fix the file, or choose --preset NAME)", path = esc(.path))]
+    ConfigFile {
+        /// The `--config` file.
+        path: PathBuf,
+        /// Why its config is refused.
+        error: ConfigError,
+    },
+    /// The config an artifact records in its [`CONFIG_METADATA_KEY`] metadata is refused:
+    /// the artifact is the bad input (exit 3).
+    #[error("{path}: its recorded '{CONFIG_METADATA_KEY}' is refused: {error} (pass --config C.json or --preset NAME to use another)", path = esc(.path))]
+    Recorded {
+        /// The artifact.
+        path: PathBuf,
+        /// Why the recorded config is refused.
+        error: ConfigError,
+    },
     /// The artifact whose recorded config was asked for is not a checkpoint comer-port reads.
     #[error(transparent)]
     Format(#[from] FormatError),
@@ -84,7 +106,7 @@ pub enum TargetError {
         flavor: String,
     },
     /// No config was given and the artifact records none.
-    #[error("{path}: no --config or --preset given and no '{CONFIG_METADATA_KEY}' metadata in the weights")]
+    #[error("{path}: no --config or --preset given and no '{CONFIG_METADATA_KEY}' metadata in the weights", path = esc(.path))]
     NotRecorded {
         /// The artifact.
         path: PathBuf,
@@ -95,7 +117,7 @@ pub enum TargetError {
     /// No target was given and no preset of the family's flavour has the source's dimensions.
     #[error(
         "no preset fits this {family} source ({dims}); the {flavor} presets are: {candidates}. \
-         Take the source's own dimensions with --flavor {flavor}, or choose --preset NAME or --config C.json"
+         Take the source's own dimensions with --flavor {flavor}, or choose --preset NAME or --config C.json", family = esc(.family), dims = esc(.dims), candidates = esc(.candidates)
     )]
     NoPresetFits {
         /// The source family.
@@ -108,7 +130,7 @@ pub enum TargetError {
         candidates: String,
     },
     /// No target was given and several presets of the family's flavour fit the source.
-    #[error("several presets fit this {family} source ({dims}): {candidates}; choose one with --preset NAME")]
+    #[error("several presets fit this {family} source ({dims}): {candidates}; choose one with --preset NAME", family = esc(.family), dims = esc(.dims), candidates = esc(.candidates))]
     AmbiguousPreset {
         /// The source family.
         family: String,
@@ -121,12 +143,14 @@ pub enum TargetError {
 
 impl TargetError {
     /// Whether the error is the command's fault rather than a file's: a target that must be
-    /// named (none given, none fits, several fit) or a flavour asked for where no source gives
-    /// its dimensions. The command line reports these as usage errors.
+    /// named (none given, none fits, several fit), a flavour asked for where no source gives
+    /// its dimensions, or a `--config` file whose config is refused. The command line reports
+    /// these as usage errors.
     pub fn is_usage(&self) -> bool {
         matches!(
             self,
             TargetError::UnknownDims { .. }
+                | TargetError::ConfigFile { .. }
                 | TargetError::NoTarget
                 | TargetError::NoPresetFits { .. }
                 | TargetError::AmbiguousPreset { .. }
@@ -141,11 +165,13 @@ pub fn resolve(spec: &TargetSpec, basis: Basis<'_>) -> Result<ComerConfig, Targe
     Ok(match spec {
         TargetSpec::Preset(name) => presets::preset(name)?,
         TargetSpec::ConfigFile(path) => {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| TargetError::Input { path: path.clone(), reason: e.to_string() })?;
-            ComerConfig::from_case_json(&text)?
+            let text = read_config_file(path)?;
+            ComerConfig::from_case_json(&text).map_err(|error| TargetError::ConfigFile { path: path.clone(), error })?
         }
-        TargetSpec::Config(c) => (**c).clone(),
+        TargetSpec::Config(c) => {
+            c.validate()?;
+            (**c).clone()
+        }
         TargetSpec::Flavor(f) => match basis {
             Basis::Source(source) => from_source(*f, source)?,
             Basis::Artifact(_) => return Err(TargetError::UnknownDims { flavor: f.name().into() }),
@@ -158,7 +184,8 @@ pub fn resolve(spec: &TargetSpec, basis: Basis<'_>) -> Result<ComerConfig, Targe
                     other => other.into(),
                 })?;
                 match ck.metadata.get(CONFIG_METADATA_KEY) {
-                    Some(json) => ComerConfig::from_case_json(json)?,
+                    Some(json) => ComerConfig::from_case_json(json)
+                        .map_err(|error| TargetError::Recorded { path: path.to_path_buf(), error })?,
                     None => return Err(TargetError::NotRecorded { path: path.to_path_buf() }),
                 }
             }
@@ -167,12 +194,58 @@ pub fn resolve(spec: &TargetSpec, basis: Basis<'_>) -> Result<ComerConfig, Targe
     })
 }
 
+/// The most a `--config` file may hold: a `case.json` is a few kB.
+pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
+/// The text of a `--config` file, read without hanging and without reading more than
+/// [`MAX_CONFIG_BYTES`]: the file is opened non-blocking (a FIFO nobody writes to reads as
+/// empty instead of blocking the open; process substitution, `--config <(…)`, still works)
+/// and read through a bounded reader (`/dev/zero` stops at the bound). Too large or not
+/// UTF-8 is a refused config ([`TargetError::ConfigFile`]); unreadable is
+/// [`TargetError::Input`].
+fn read_config_file(path: &Path) -> Result<String, TargetError> {
+    use std::io::Read;
+    let input = |e: std::io::Error| TargetError::Input { path: path.to_path_buf(), reason: e.to_string() };
+    let mut opts = std::fs::OpenOptions::new();
+    opts.read(true);
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY);
+    }
+    let file = opts.open(path).map_err(input)?;
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        // Blocking reads again, so a pipe's writer is waited for; a FIFO without one reads
+        // end-of-file at once.
+        // SAFETY: F_GETFL/F_SETFL on a descriptor this function owns; no memory is passed.
+        unsafe {
+            let fd = file.as_raw_fd();
+            let flags = libc::fcntl(fd, libc::F_GETFL);
+            if flags >= 0 {
+                libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK);
+            }
+        }
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_CONFIG_BYTES + 1).read_to_end(&mut bytes).map_err(input)?;
+    let refused = |m: String| TargetError::ConfigFile { path: path.to_path_buf(), error: ConfigError::Json(m) };
+    if bytes.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(refused(format!("larger than {MAX_CONFIG_BYTES} bytes: not a config (a case.json is a few kB)")));
+    }
+    String::from_utf8(bytes).map_err(|e| refused(format!("not UTF-8 text ({e})")))
+}
+
 /// A config of flavour `f` with the source's dimensions (its head count as the source's
 /// detector read or assumed it) and upstream's defaults otherwise: the interactions split
 /// the blocks into four even stretches, attention is global, the image and pretrain size are
 /// the source's grid times 16.
 pub fn from_source(f: Flavor, s: &SourceConfig) -> Result<ComerConfig, ConfigError> {
     let (embed, depth) = (s.embed_dim, s.depth.max(1));
+    // `depth` sizes the lists built below: a crafted source claiming a billion blocks is
+    // refused before they are allocated (validate() checks every other field).
+    crate::model::config::in_range("depth", depth, &crate::model::limits::DEPTH)?;
     let grid = s.pretrain_grid.map(|g| g.0).unwrap_or(14);
     let per = depth.div_ceil(4).max(1);
     let idx: Vec<[usize; 2]> =
@@ -325,6 +398,39 @@ mod tests {
         let e = resolve(&TargetSpec::Recorded, Basis::Artifact(Path::new("/nonexistent/a.safetensors")))
             .expect_err("missing artifact");
         assert!(matches!(e, TargetError::Input { .. }), "{e}");
+    }
+
+    #[test]
+    fn config_file() {
+        // A refused --config file is a usage error naming the file; an over-long one is
+        // refused after reading at most MAX_CONFIG_BYTES + 1 bytes.
+        let d = std::env::temp_dir().join(format!("comer-port-target-{}", std::process::id()));
+        std::fs::create_dir_all(&d).expect("dir");
+        let p = d.join("bad.json");
+        std::fs::write(&p, TINY.replace("\"n_points\": 4", "\"n_points\": 0")).expect("write");
+        let e = resolve(&TargetSpec::ConfigFile(p.clone()), Basis::Source(&dims())).expect_err("n_points 0");
+        assert!(matches!(e, TargetError::ConfigFile { error: ConfigError::OutOfRange { .. }, .. }), "{e}");
+        assert!(e.is_usage() && e.to_string().contains("bad.json") && e.to_string().contains("n_points = 0"), "{e}");
+        let e = resolve(&TargetSpec::ConfigFile("/dev/zero".into()), Basis::Source(&dims())).expect_err("endless");
+        assert!(matches!(e, TargetError::ConfigFile { .. }), "{e}");
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn recorded() {
+        // An artifact whose recorded config is refused: bad input naming the artifact.
+        let d = std::env::temp_dir().join(format!("comer-port-target-rec-{}", std::process::id()));
+        std::fs::create_dir_all(&d).expect("dir");
+        let p = d.join("a.safetensors");
+        let cfg = TINY.replace("\"depth\": 4", "\"depth\": 1000000000");
+        let meta = std::collections::HashMap::from([(CONFIG_METADATA_KEY.to_string(), cfg)]);
+        let t: Vec<(String, safetensors::tensor::TensorView<'_>)> = Vec::new();
+        let bytes = safetensors::serialize(t, Some(meta)).expect("header");
+        std::fs::write(&p, bytes).expect("write");
+        let e = resolve(&TargetSpec::Recorded, Basis::Artifact(&p)).expect_err("depth 1e9");
+        assert!(matches!(e, TargetError::Recorded { error: ConfigError::OutOfRange { .. }, .. }), "{e}");
+        assert!(!e.is_usage() && e.to_string().contains("a.safetensors"), "{e}");
+        let _ = std::fs::remove_dir_all(&d);
     }
 
     #[test]

@@ -18,8 +18,8 @@ pub struct Args {
     /// Preset name (see `comer-port presets`).
     #[arg(long, value_parser = super::presets::parser())]
     pub preset: String,
-    /// Square input size (a multiple of 32).
-    #[arg(long, default_value_t = 512)]
+    /// Square input size (a multiple of 32, at most 4096).
+    #[arg(long, default_value_t = 512, value_parser = parse_size)]
     pub size: usize,
     /// Worker threads (default: all cores).
     #[arg(long)]
@@ -36,6 +36,14 @@ pub struct Args {
     /// One JSON object on stdout.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `--size`: what `export onnx --input-size` takes for one side (a positive multiple of 32, at
+/// most `onnx::MAX_INPUT_SIDE`), so a bad size is a usage error before any weight is made.
+fn parse_size(s: &str) -> Result<usize, String> {
+    let v = s.trim().parse::<usize>().map_err(|_| format!("'{s}' is not a size in pixels (e.g. 512)"))?;
+    comer_port::export::onnx::check_input_size(v, v).map_err(|e| e.to_string())?;
+    Ok(v)
 }
 
 /// xorshift64*: a small seeded generator, enough for benchmark weights.

@@ -18,6 +18,7 @@ use comer_port::import::{self, ImportOptions};
 use comer_port::formats::DType;
 use comer_port::model::ComerConfig;
 use comer_port::target::{self, Basis, TargetSpec};
+use comer_port::text::{EscapedPath, escape, json_safe};
 use comer_port::verify::parity::seeded_values;
 
 /// Seed of the fresh CTI/MRFP parameters, the verify images and the demo image.
@@ -97,10 +98,10 @@ impl Log {
             seconds: t0.elapsed().as_secs_f64(),
         };
         if !self.json {
-            println!("[{}/{STEPS}] {:<8}{} ({:.2} s)", step.step, step.name, step.summary, step.seconds);
+            println!("[{}/{STEPS}] {:<8}{} ({:.2} s)", step.step, step.name, escape(&step.summary), step.seconds);
             for f in &step.files {
                 let bytes = std::fs::metadata(f).map(|m| m.len()).unwrap_or(0);
-                println!("        {} ({bytes} bytes)", f.display());
+                println!("        {} ({bytes} bytes)", EscapedPath(f));
             }
         }
         self.steps.push(step);
@@ -113,10 +114,11 @@ impl Log {
 
 pub fn run(a: Args) -> anyhow::Result<i32> {
     let dir = prepare_dir(a.dir.as_deref(), a.force)?;
+    check_outputs(&dir)?;
     let force = a.force;
     let mut log = Log { json: a.json, steps: Vec::new() };
     if !a.json {
-        println!("comer-port demo in {}", dir.display());
+        println!("comer-port demo in {}", EscapedPath(&dir));
     }
 
     // 1. inspect
@@ -308,15 +310,42 @@ fn finish(log: &Log, dir: &Path, report: &comer_port::verify::Report, code: i32)
             "files": log.files(),
             "verify": report.to_json(),
         });
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        println!("{}", json_safe(&serde_json::to_string_pretty(&v)?));
         return Ok(code);
     }
     if code != super::EXIT_OK {
         println!("stopped after verify: the artifact did not pass, so it was neither run nor exported");
     }
-    println!("{} files in {} (kept; remove the folder when done)", log.files().len(), dir.display());
-    println!("next: comer-port verify {} --source {}", artifact.display(), source.display());
+    println!("{} files in {} (kept; remove the folder when done)", log.files().len(), EscapedPath(dir));
+    println!("next: comer-port verify {} --source {}", EscapedPath(&artifact), EscapedPath(&source));
     Ok(code)
+}
+
+/// Every file the demo writes is its own file: in a reused `--dir`, a hard or symbolic link
+/// planted between two of the names would make one step write over another's file (the
+/// source it reads included). A usage error before the first file is written.
+fn check_outputs(dir: &Path) -> anyhow::Result<()> {
+    let artifact = dir.join(ARTIFACT);
+    let onnx_path = dir.join(ONNX);
+    let files = [
+        dir.join(SOURCE),
+        artifact.clone(),
+        dir.join(ARTIFACT_PTH),
+        artifact.with_extension("config.json"),
+        dir.join(REPORT),
+        dir.join(REPORT).with_extension("txt"),
+        dir.join(IMAGE),
+        dir.join(PYRAMID),
+        dir.join(VIZ),
+        onnx::data_path(&onnx_path),
+        onnx_path,
+    ];
+    let roles: Vec<(String, PathBuf)> = files
+        .into_iter()
+        .map(|p| (format!("the demo's {}", p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()), p))
+        .collect();
+    comer_port::export::outputs::check(&roles, &[])?;
+    Ok(())
 }
 
 /// The demo folder: `dir` (created when missing; refused when not empty unless `force`) or a

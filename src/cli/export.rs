@@ -4,6 +4,8 @@
 use std::path::{Path, PathBuf};
 
 use comer_port::export::onnx::{self, Deform, ExportOptions};
+use comer_port::export::outputs;
+use comer_port::text::EscapedPath;
 use comer_port::model::ComerConfig;
 use comer_port::target::{self, Basis, TargetSpec};
 
@@ -40,8 +42,8 @@ pub struct OnnxArgs {
     /// Fixed input size HxW (multiples of 32), e.g. 512x512.
     #[arg(long = "input-size", value_parser = parse_size)]
     pub input_size: (usize, usize),
-    /// Fixed batch size.
-    #[arg(long, default_value_t = 1)]
+    /// Fixed batch size (1..=256).
+    #[arg(long, default_value_t = 1, value_parser = parse_batch)]
     pub batch: usize,
     /// Config JSON (case.json shape) when the artifact carries none.
     #[arg(long, conflicts_with = "preset")]
@@ -67,6 +69,12 @@ fn parse_size(s: &str) -> Result<(usize, usize), String> {
     Ok((h, w))
 }
 
+fn parse_batch(s: &str) -> Result<usize, String> {
+    let b = s.trim().parse::<usize>().map_err(|_| format!("'{s}' is not a batch size (e.g. 1)"))?;
+    onnx::check_batch(b).map_err(|e| e.to_string())?;
+    Ok(b)
+}
+
 pub fn run(args: Args) -> anyhow::Result<i32> {
     match args.target {
         Target::Onnx(a) => run_onnx(a),
@@ -76,6 +84,12 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
 fn run_onnx(a: OnnxArgs) -> anyhow::Result<i32> {
     let (h, w) = a.input_size;
     onnx::check_input_size(h, w)?;
+    // The model file and its external data file, each its own file and neither an input
+    // (--force included): a usage error first.
+    let data = onnx::data_path(&a.output);
+    let outs = outputs::roles([("the -o output", Some(a.output.as_path())), ("the external data file of -o", Some(data.as_path()))]);
+    let inputs = outputs::roles([("the artifact", Some(a.artifact.as_path())), ("the --config file", a.config.as_deref())]);
+    outputs::check(&outs, &inputs)?;
     if a.output.exists() && !a.force {
         return Err(comer_port::export::atomic::WriteError::Exists(a.output.clone()).into());
     }
@@ -89,7 +103,7 @@ fn run_onnx(a: OnnxArgs) -> anyhow::Result<i32> {
     let written = write_onnx(&ck, &a.artifact, &cfg, opts, &a.output, a.force)?;
     println!(
         "wrote {} ({} bytes, {} nodes, {} initializers, opset {}, {} deformable sampling, input {}x{}, batch {})",
-        a.output.display(),
+        EscapedPath(&a.output),
         written.model_bytes,
         written.nodes,
         written.initializers,
@@ -100,7 +114,7 @@ fn run_onnx(a: OnnxArgs) -> anyhow::Result<i32> {
         a.batch
     );
     if let Some((p, n)) = written.external {
-        println!("wrote {} ({n} bytes of external data)", p.display());
+        println!("wrote {} ({n} bytes of external data)", EscapedPath(&p));
     }
     Ok(crate::cli::EXIT_OK)
 }
@@ -124,6 +138,6 @@ pub fn write_onnx(
     match onnx::export(tensors, cfg, &opts, output, force) {
         Ok(w) => Ok(w),
         Err(onnx::OnnxError::Write(e)) => Err(e.into()),
-        Err(e) => Err(anyhow::Error::new(e).context(format!("exporting {} to ONNX", artifact.display()))),
+        Err(e) => Err(anyhow::Error::new(e).context(format!("exporting {} to ONNX", EscapedPath(artifact)))),
     }
 }

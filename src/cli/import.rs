@@ -9,6 +9,7 @@ use comer_port::import::{self, ImportOptions};
 use comer_port::formats::DType;
 use comer_port::model::Flavor;
 use comer_port::target::TargetSpec;
+use comer_port::text::{Escaped, EscapedPath};
 use std::path::PathBuf;
 
 /// A `--flavor` value: the flavours' own names (`Flavor::names`), nothing spelled here.
@@ -168,10 +169,11 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         && out.with_extension("pth") == *pth
     {
         return Err(super::UsageError(format!(
-            "--key-prefix {prefix}: name the .pth apart from the artifact (e.g. {}), since `comer-port verify {}` \
+            "--key-prefix {}: name the .pth apart from the artifact (e.g. {}), since `comer-port verify {}` \
              reads a same-stem .pth back key for key",
-            out.with_extension("backbone.pth").display(),
-            out.display()
+            Escaped(prefix),
+            EscapedPath(&out.with_extension("backbone.pth")),
+            EscapedPath(out)
         ))
         .into());
     }
@@ -180,7 +182,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     let fresh = s.plan.targets.iter().filter(|p| matches!(p.origin, comer_port::families::mapping::Origin::Fresh { .. })).count();
     println!(
         "imported {} ({}) into {}: {} target keys ({} from the source, {} fresh, seed {})",
-        s.source,
+        Escaped(&s.source),
         s.family,
         s.flavor,
         s.plan.targets.len(),
@@ -189,10 +191,10 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         s.seed
     );
     for d in s.plan.decisions.iter().chain(&s.warnings) {
-        println!("  note: {d}");
+        println!("  note: {}", Escaped(d));
     }
     for path in &written {
-        println!("wrote {}", path.display());
+        println!("wrote {}", EscapedPath(path));
     }
     if let Some(r) = &s.verify {
         println!("verify (recorded in the artifact's comer_port.verify metadata):");

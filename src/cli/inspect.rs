@@ -9,6 +9,7 @@
 
 use comer_port::families::detect::{self, Detection};
 use comer_port::formats::{self, Checkpoint, TensorView, Value};
+use comer_port::text::{Escaped, EscapedPath, escape, json_safe};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -225,7 +226,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
                 .map(|(n, nan, inf)| serde_json::json!({"name": n, "nan": nan, "inf": inf}))
                 .collect::<Vec<_>>());
         }
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        println!("{}", json_safe(&serde_json::to_string_pretty(&v)?));
     } else {
         print_table(&args, &ck, sha.as_deref(), size, &tensors, &wrapper, &det, read_s, sha_s);
         if args.check_finite {
@@ -233,7 +234,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
                 println!("check-finite: every value is finite");
             } else {
                 for (n, nan, inf) in &bad {
-                    println!("check-finite: {n}: {nan} NaN, {inf} Inf");
+                    println!("check-finite: {}: {nan} NaN, {inf} Inf", Escaped(n));
                 }
             }
         }
@@ -254,7 +255,7 @@ fn print_table(
     sha_s: f64,
 ) {
     let p: &Path = &ck.path;
-    println!("file       {}", p.display());
+    println!("file       {}", EscapedPath(p));
     println!("format     {}", ck.format.name());
     println!("size       {} ({size} bytes)", human(size));
     match sha {
@@ -264,28 +265,30 @@ fn print_table(
             AUTO_SHA256_MAX >> 20
         ),
     }
-    println!("structure  {}", structure(&ck.root, 0));
-    println!("wrapper    {}", if wrapper.is_empty() { "(none: the root is the state dict)" } else { wrapper });
+    println!("structure  {}", Escaped(&structure(&ck.root, 0)));
+    println!("wrapper    {}", if wrapper.is_empty() { "(none: the root is the state dict)".into() } else { escape(wrapper) });
     for (k, v) in &ck.metadata {
         if !k.starts_with("config.") || args.all {
-            println!("meta       {k} = {v}");
+            println!("meta       {} = {}", Escaped(k), Escaped(v));
         }
     }
     println!();
     let rows = rows(tensors, args.all);
-    let w = rows.iter().map(|r| r.name().len()).max().unwrap_or(4).clamp(4, 80);
+    // Names as printed: escaped, so a key cannot move the cursor or fake a line.
+    let names: Vec<String> = rows.iter().map(|r| escape(&r.name()).into_owned()).collect();
+    let w = names.iter().map(|n| n.chars().count()).max().unwrap_or(4).clamp(4, 80);
     println!("{:<w$}  {:<5}  {:<18}  {:>12}  {:>12}", "name", "dtype", "shape", "numel", "bytes");
-    for r in &rows {
+    for (r, name) in rows.iter().zip(&names) {
         let shape = format!("{:?}", r.shape);
         let mult = if r.indices.len() > 1 { format!(" ×{}", r.indices.len()) } else { String::new() };
-        println!("{:<w$}  {:<5}  {:<18}  {:>12}  {:>12}{mult}", r.name(), r.dtype, shape, r.numel, r.bytes);
+        println!("{name:<w$}  {:<5}  {:<18}  {:>12}  {:>12}{mult}", r.dtype, shape, r.numel, r.bytes);
     }
     let numel: usize = tensors.iter().map(|(_, t)| t.numel()).sum();
     let bytes: usize = tensors.iter().map(|(_, t)| t.nbytes()).sum();
     println!("total      {} tensors, {numel} values, {}", tensors.len(), human(bytes as u64));
     println!();
-    println!("family     {}", det.family);
-    println!("reason     {}", det.reason);
+    println!("family     {}", Escaped(det.family));
+    println!("reason     {}", Escaped(&det.reason));
     if let Some(c) = &det.config {
         println!(
             "config     embed {} depth {} heads {} patch {} grid {} prefix {} registers {} mlp {}",
@@ -301,12 +304,12 @@ fn print_table(
         println!(
             "           qkv {:?} layer-scale {} rel-pos {:?} activation {:?} ln-eps {:e} pre-norm {}{}",
             c.qkv,
-            c.layer_scale.as_deref().unwrap_or("-"),
+            Escaped(c.layer_scale.as_deref().unwrap_or("-")),
             c.rel_pos,
             c.activation,
             c.layernorm_eps,
-            c.pre_norm.as_deref().unwrap_or("-"),
-            if c.assumed.is_empty() { String::new() } else { format!(" (assumed: {})", c.assumed.join(", ")) }
+            Escaped(c.pre_norm.as_deref().unwrap_or("-")),
+            if c.assumed.is_empty() { String::new() } else { format!(" (assumed: {})", Escaped(&c.assumed.join(", "))) }
         );
     }
 }

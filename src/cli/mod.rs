@@ -4,17 +4,21 @@
 //!
 //! Exit codes: 0 success; 1 a check failed (verify mismatch, non-finite weights under
 //! `--check-finite`); 2 usage error (clap: unknown flag, bad value such as an unknown
-//! `--preset` or `--family`, conflicting flags; after parsing: a [`UsageError`], or a choice
-//! the library says the command must make, such as the target when no preset fits); 3 bad
-//! input (unreadable, refused or mismatched file or config); 4 an output could not be written
-//! (exists without `--force`, I/O error). 2 (after parsing), 3 and 4 come from the library's
-//! typed errors through `comer_port::error::ErrorKind`.
+//! `--preset` or `--family`, an out-of-range `--input-size`, `--batch` or `--size`,
+//! conflicting flags; after parsing: a [`UsageError`], a choice the library says the command
+//! must make, such as the target when no preset fits, a refused `--config` file, outputs that
+//! are one file or that name an input); 3 bad input (unreadable, refused or mismatched file,
+//! a config recorded in an artifact or taken from a source that is refused); 4 an output could
+//! not be written (exists without `--force`, I/O error). 2 (after parsing), 3 and 4 come from
+//! the library's typed errors through `comer_port::error::ErrorKind`. Every message is
+//! printed escaped (`comer_port::text`): names from files cannot drive the terminal.
 
 use std::path::Path;
 
 use clap::{Parser, Subcommand};
 use comer_port::error::ErrorKind;
 use comer_port::meta::RecordedVerdict;
+use comer_port::text::{Escaped, EscapedPath, escape_keeping_lines};
 
 pub mod bench;
 pub mod demo;
@@ -91,14 +95,17 @@ pub fn main() -> i32 {
     match result {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            // The library escapes the keys and paths its errors name; this is the last guard
+            // for whatever else a message carries (an OS error, a context). Messages that
+            // list keys one per line keep their lines.
+            eprintln!("error: {}", escape_keeping_lines(&format!("{err:#}")));
             exit_code_for(&err)
         }
     }
 }
 
 /// A usage error found after parsing: arguments the parser accepts one by one but that
-/// say nothing to do (exit 2).
+/// say nothing to do (exit 2). Its message is printed through the escaping of every error.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct UsageError(pub String);
@@ -121,18 +128,18 @@ pub fn exit_code_for(err: &anyhow::Error) -> i32 {
 /// verification or none (not run, absent, unreadable): `run` and `export` use what they are
 /// given, but say so.
 pub fn warn_unless_verified(path: &Path, metadata: &std::collections::BTreeMap<String, String>) {
-    let p = path.display();
+    let p = EscapedPath(path);
     let check = format!("check it with `comer-port verify {p} --source SOURCE`");
     match RecordedVerdict::of(metadata) {
         // A lossy verdict is a verification that ran: what was dropped was asked for and measured.
         RecordedVerdict::Passed | RecordedVerdict::PassedWithApproximations | RecordedVerdict::Lossy => {}
         RecordedVerdict::Failed(first) => eprintln!(
             "warning: {p}: the verification recorded at import FAILED{}; its outputs may be wrong ({check})",
-            first.map(|f| format!(" (first failure: {f})")).unwrap_or_default()
+            first.map(|f| format!(" (first failure: {})", Escaped(&f))).unwrap_or_default()
         ),
-        RecordedVerdict::NotRun(why) => eprintln!("warning: {p}: not verified at import ({why}); {check}"),
+        RecordedVerdict::NotRun(why) => eprintln!("warning: {p}: not verified at import ({}); {check}", Escaped(&why)),
         RecordedVerdict::Missing(what) => {
-            eprintln!("warning: {p}: records no verification verdict ({what}); {check}")
+            eprintln!("warning: {p}: records no verification verdict ({}); {check}", Escaped(&what))
         }
     }
 }

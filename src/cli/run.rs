@@ -10,7 +10,9 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use candle_core::{DType, Device, Tensor};
 
+use comer_port::export::outputs;
 use comer_port::model::{Comer, ComerConfig, Store, resize};
+use comer_port::text::EscapedPath;
 use comer_port::target::{self, Basis, TargetSpec};
 
 /// ImageNet normalisation (RGB, on 0..1 values).
@@ -57,7 +59,7 @@ pub struct Args {
 
 /// Load an image as a normalised (1, 3, H', W') tensor, H' and W' the nearest multiples of 32.
 pub fn load_image(path: &Path) -> anyhow::Result<Tensor> {
-    let img = image::open(path).with_context(|| format!("{}", path.display()))?.to_rgb8();
+    let img = image::open(path).with_context(|| format!("{}", EscapedPath(path)))?.to_rgb8();
     let (w, h) = (img.width() as usize, img.height() as usize);
     let round = |v: usize| ((v + 16) / 32).max(1) * 32;
     let (oh, ow) = (round(h), round(w));
@@ -99,6 +101,14 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     if args.output.is_none() && args.viz.is_none() {
         return Err(super::UsageError("nothing to write: give -o OUT.safetensors and/or --viz OUT.png".into()).into());
     }
+    // Each output its own file, none an input (--force included): a usage error first.
+    let outputs = outputs::roles([("the -o output", args.output.as_deref()), ("the --viz output", args.viz.as_deref())]);
+    let inputs = outputs::roles([
+        ("the --weights file", Some(args.weights.as_path())),
+        ("the --input file", Some(args.input.as_path())),
+        ("the --config file", args.config.as_deref()),
+    ]);
+    outputs::check(&outputs, &inputs)?;
     for p in [&args.output, &args.viz].into_iter().flatten() {
         if p.exists() && !args.force {
             return Err(comer_port::export::atomic::WriteError::Exists(p.clone()).into());
@@ -119,10 +129,10 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         args.force,
     )?;
     if let Some(path) = &args.output {
-        eprintln!("wrote {} tensors to {}", done.tensors, path.display());
+        eprintln!("wrote {} tensors to {}", done.tensors, EscapedPath(path));
     }
     if let Some(path) = &args.viz {
-        eprintln!("wrote {}", path.display());
+        eprintln!("wrote {}", EscapedPath(path));
     }
     Ok(super::EXIT_OK)
 }
@@ -155,7 +165,7 @@ pub fn forward_to_files(
         vec![("image".to_string(), load_image(input)?)]
     } else {
         let map: HashMap<String, Tensor> = candle_core::safetensors::load(input, &Device::Cpu)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", input.display()))?;
+            .map_err(|e| anyhow::anyhow!("{}: {e}", EscapedPath(input)))?;
         let mut v: Vec<(String, Tensor)> = map.into_iter().collect();
         v.sort_by(|a, b| a.0.cmp(&b.0));
         v.into_iter().map(|(n, t)| Ok((n, t.to_dtype(DType::F32)?))).collect::<anyhow::Result<_>>()?

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use comer_port::model::ComerConfig;
 use comer_port::target::{self, Basis, TargetSpec};
+use comer_port::text::{EscapedPath, json_safe};
 use comer_port::verify::{Report, artifact};
 
 /// Arguments of `comer-port verify`.
@@ -94,9 +95,9 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     let report = report(&a.artifact, a.source.as_deref(), a.golden.as_deref(), &cfg, &a.sizes, a.seed)?;
 
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&report.to_json())?);
+        println!("{}", json_safe(&serde_json::to_string_pretty(&report.to_json())?));
     } else {
-        println!("verify {} ({}, {})", a.artifact.display(), cfg.flavor.name(), cfg.img_size);
+        println!("verify {} ({}, {})", EscapedPath(&a.artifact), cfg.flavor.name(), cfg.img_size);
         print!("{}", report.render_table());
     }
     Ok(verdict_code(&report))

@@ -19,6 +19,7 @@
 //! written (Linux `sync_file_range(SYNC_FILE_RANGE_WRITE)` every [`KICK_EVERY`] bytes), so the
 //! final fsync waits for the last stretch only.
 
+use crate::text::esc;
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -28,10 +29,10 @@ use std::path::{Path, PathBuf};
 pub enum WriteError {
     /// The destination exists and `force` was not given (or another process published it
     /// first).
-    #[error("{0}: already exists (pass --force to overwrite)")]
+    #[error("{}: already exists (pass --force to overwrite)", esc(.0))]
     Exists(PathBuf),
     /// Creating, writing or renaming failed (the destination is a folder, the disk is full …).
-    #[error("{path}: {source}")]
+    #[error("{path}: {source}", path = esc(.path))]
     Io {
         /// The file that failed (the temporary file while writing, the destination on rename).
         path: PathBuf,

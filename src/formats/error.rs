@@ -1,13 +1,14 @@
 //! The `formats/` stage's one error enum. Every variant names the file and, where there is
 //! one, the entry (zip member, tensor key, pickle offset) and the reason.
 
+use crate::text::esc;
 use std::path::{Path, PathBuf};
 
 /// Why a checkpoint could not be read; nothing in it was executed.
 #[derive(Debug, thiserror::Error)]
 pub enum FormatError {
     /// The file could not be opened or read.
-    #[error("{path}: {source}")]
+    #[error("{path}: {source}", path = esc(.path))]
     Io {
         /// The file (or folder) read.
         path: PathBuf,
@@ -16,7 +17,7 @@ pub enum FormatError {
         source: std::io::Error,
     },
     /// The file is not a container comer-port reads (or a feature of it is not supported).
-    #[error("{path}: unsupported: {reason}")]
+    #[error("{path}: unsupported: {reason}", path = esc(.path), reason = esc(.reason))]
     Unsupported {
         /// The file (or folder) read.
         path: PathBuf,
@@ -24,7 +25,7 @@ pub enum FormatError {
         reason: String,
     },
     /// The container is structurally broken (truncated, bad header, bad offsets).
-    #[error("{path}: corrupt {what}: {reason}")]
+    #[error("{path}: corrupt {what}: {reason}", path = esc(.path), what = esc(.what), reason = esc(.reason))]
     Corrupt {
         /// The file (or folder) read.
         path: PathBuf,
@@ -34,7 +35,7 @@ pub enum FormatError {
         reason: String,
     },
     /// A tensor's metadata does not fit its storage (offset/stride/shape lies, overflow).
-    #[error("{path}: tensor '{tensor}': {reason}")]
+    #[error("{path}: tensor '{tensor}': {reason}", path = esc(.path), tensor = esc(.tensor), reason = esc(.reason))]
     BadTensor {
         /// The file (or folder) read.
         path: PathBuf,
@@ -45,7 +46,7 @@ pub enum FormatError {
     },
     /// The pickle names a global that the allowlist refuses (never executed).
     #[error(
-        "{path}: {entry}: refused pickle global '{module}.{name}' (not on the weights-only allowlist; nothing was executed)"
+        "{path}: {entry}: refused pickle global '{module}.{name}' (not on the weights-only allowlist; nothing was executed)", path = esc(.path), entry = esc(.entry), module = esc(.module), name = esc(.name)
     )]
     ForbiddenGlobal {
         /// The file (or folder) read.
@@ -58,7 +59,7 @@ pub enum FormatError {
         name: String,
     },
     /// The pickle stream is malformed or abusive (bad opcode, stack underflow, length lie).
-    #[error("{path}: {entry}: bad pickle at byte {offset}: {reason}")]
+    #[error("{path}: {entry}: bad pickle at byte {offset}: {reason}", path = esc(.path), entry = esc(.entry), reason = esc(.reason))]
     Pickle {
         /// The file (or folder) read.
         path: PathBuf,
@@ -70,7 +71,7 @@ pub enum FormatError {
         reason: String,
     },
     /// A zip entry name that could escape a folder (`../`, absolute, drive letter, backslash).
-    #[error("{path}: {entry}: unsafe entry name (path traversal refused)")]
+    #[error("{path}: {entry}: unsafe entry name (path traversal refused)", path = esc(.path), entry = esc(.entry))]
     UnsafeEntryName {
         /// The file (or folder) read.
         path: PathBuf,
@@ -78,7 +79,7 @@ pub enum FormatError {
         entry: String,
     },
     /// A zip member whose CRC-32 does not match its bytes.
-    #[error("{path}: {entry}: CRC mismatch (stored {expected:08x}, computed {found:08x})")]
+    #[error("{path}: {entry}: CRC mismatch (stored {expected:08x}, computed {found:08x})", path = esc(.path), entry = esc(.entry))]
     CrcMismatch {
         /// The file (or folder) read.
         path: PathBuf,
@@ -91,7 +92,7 @@ pub enum FormatError {
     },
     /// A declared size over a named limit (deflate bomb, absurd header length): refused
     /// before anything of that size is allocated.
-    #[error("{path}: {entry}: declares {claimed} bytes, over the limit of {limit}")]
+    #[error("{path}: {entry}: declares {claimed} bytes, over the limit of {limit}", path = esc(.path), entry = esc(.entry))]
     TooLarge {
         /// The file (or folder) read.
         path: PathBuf,
@@ -103,7 +104,7 @@ pub enum FormatError {
         limit: u64,
     },
     /// A declared length larger than the bytes present (a length lie or a truncated file).
-    #[error("{path}: {entry}: needs {needed} bytes but only {available} are present (truncated or lying)")]
+    #[error("{path}: {entry}: needs {needed} bytes but only {available} are present (truncated or lying)", path = esc(.path), entry = esc(.entry))]
     Truncated {
         /// The file (or folder) read.
         path: PathBuf,
@@ -115,7 +116,7 @@ pub enum FormatError {
         available: u64,
     },
     /// A record the container must have is missing (`data.pkl`, `data/N`, a shard).
-    #[error("{path}: missing {entry}")]
+    #[error("{path}: missing {entry}", path = esc(.path), entry = esc(.entry))]
     MissingEntry {
         /// The file (or folder) read.
         path: PathBuf,
@@ -123,13 +124,13 @@ pub enum FormatError {
         entry: String,
     },
     /// The file is empty.
-    #[error("{path}: empty file")]
+    #[error("{path}: empty file", path = esc(.path))]
     Empty {
         /// The file (or folder) read.
         path: PathBuf,
     },
     /// A `.npy` array of Python objects (would need pickle execution): refused.
-    #[error("{path}: {entry}: numpy object arrays are refused (they hold pickled Python objects)")]
+    #[error("{path}: {entry}: numpy object arrays are refused (they hold pickled Python objects)", path = esc(.path), entry = esc(.entry))]
     ObjectArray {
         /// The file (or folder) read.
         path: PathBuf,
@@ -137,7 +138,7 @@ pub enum FormatError {
         entry: String,
     },
     /// Two tensors stored under one key.
-    #[error("{path}: {entry}: duplicate key '{key}' names two tensors")]
+    #[error("{path}: {entry}: duplicate key '{key}' names two tensors", path = esc(.path), entry = esc(.entry), key = esc(.key))]
     DuplicateKey {
         /// The file (or folder) read.
         path: PathBuf,
@@ -150,7 +151,7 @@ pub enum FormatError {
     /// pickle VM's values and every copy DUP / BINGET / MEMOIZE makes; or the inflated bytes
     /// of an archive's deflated members, all together): refused before the allocation.
     /// [`super::ReadLimits`] says how to raise it.
-    #[error("{path}: {entry}: reading would build more than {limit} bytes in memory (the {knob} budget; set {env} to raise it)")]
+    #[error("{path}: {entry}: reading would build more than {limit} bytes in memory (the {knob} budget; set {env} to raise it)", path = esc(.path), entry = esc(.entry))]
     OverBudget {
         /// The file.
         path: PathBuf,
@@ -165,7 +166,7 @@ pub enum FormatError {
     },
     /// Two zip entries whose bytes overlap (many directory entries sharing one deflate
     /// stream is a decompression-bomb shape): refused before either is read.
-    #[error("{path}: zip entries '{entry}' and '{other}' share bytes (overlapping member data is refused)")]
+    #[error("{path}: zip entries '{entry}' and '{other}' share bytes (overlapping member data is refused)", path = esc(.path), entry = esc(.entry), other = esc(.other))]
     OverlappingEntries {
         /// The archive.
         path: PathBuf,
@@ -175,7 +176,7 @@ pub enum FormatError {
         other: String,
     },
     /// The input is a FIFO, device, socket or other non-regular file: refused without reading.
-    #[error("{path}: is a {kind}, not a regular file or folder (refused without reading it)")]
+    #[error("{path}: is a {kind}, not a regular file or folder (refused without reading it)", path = esc(.path))]
     NotAFile {
         /// The input.
         path: PathBuf,
@@ -183,7 +184,7 @@ pub enum FormatError {
         kind: &'static str,
     },
     /// A file in a model folder is a symbolic link to somewhere outside that folder.
-    #[error("{path}: is a symbolic link to {target}, outside the model folder (refused without reading it)")]
+    #[error("{path}: is a symbolic link to {target}, outside the model folder (refused without reading it)", path = esc(.path), target = esc(.target))]
     SymlinkEscape {
         /// The link.
         path: PathBuf,

@@ -23,6 +23,7 @@ use crate::formats::{Checkpoint, DType, TensorView};
 use crate::meta::{ArtifactMeta, SOURCE_SHA_KEY, Transforms, VERIFY_KEY};
 use crate::model::ComerConfig;
 use crate::target::{self, TargetSpec};
+use crate::text::Escaped;
 use crate::verify::{Check, Report, policy};
 
 /// Errors from every stage, carried through `import`.
@@ -43,6 +44,10 @@ pub enum PipelineError {
     /// The target config could not be resolved.
     #[error(transparent)]
     Target(#[from] target::TargetError),
+    /// Two outputs are one file, or an output is the source (or inside its folder) or the
+    /// `--config` file.
+    #[error(transparent)]
+    Collision(#[from] crate::export::outputs::CollisionError),
 }
 
 /// Everything `import` needs besides the source.
@@ -198,9 +203,11 @@ pub fn plan_state_dict(
     Ok((source, cfg, plan))
 }
 
-/// Step 1: decide everything — the family, the source's config, the target, every target
-/// key's origin, the metadata — and refuse before anything is written.
+/// Step 1: decide everything — the outputs (each its own file, none an input:
+/// [`check_paths`]), the family, the source's config, the target, every target key's origin,
+/// the metadata — and refuse before anything is written.
 pub fn plan<'ck>(ck: &'ck Checkpoint, source: &Path, opts: &ImportOptions) -> Result<ImportPlan<'ck>, PipelineError> {
+    check_paths(source, opts)?;
     let (wrapper, sd) = ck.state_dict();
     let det_meta = detect::checkpoint_meta(ck, wrapper);
     if let Some(why) = detect::comer_artifact(&sd, &det_meta) {
@@ -278,17 +285,39 @@ pub fn plan<'ck>(ck: &'ck Checkpoint, source: &Path, opts: &ImportOptions) -> Re
     Ok(ImportPlan { ck, family, source_config, config: cfg, plan, meta, warnings, sd, outs, idx })
 }
 
-/// Every file an import with `opts` writes.
-pub fn output_paths(opts: &ImportOptions) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = opts.out.iter().chain(&opts.pth).cloned().collect();
+/// Every file an import with `opts` writes, with its role, in the order they are written.
+pub fn output_roles(opts: &ImportOptions) -> Vec<(String, PathBuf)> {
+    let mut v = Vec::new();
+    if let Some(o) = &opts.out {
+        v.push(("the -o output".to_string(), o.clone()));
+    }
+    if let Some(p) = &opts.pth {
+        v.push(("the --pth output".to_string(), p.clone()));
+    }
     if let Some(c) = config_path(opts) {
-        v.push(c);
+        v.push(("the config written beside the artifact".to_string(), c));
     }
     if let Some(r) = &opts.report {
-        v.push(r.clone());
-        v.push(r.with_extension("txt"));
+        v.push(("the --report output".to_string(), r.clone()));
+        v.push(("the text summary of --report".to_string(), r.with_extension("txt")));
     }
     v
+}
+
+/// Every file an import with `opts` writes.
+pub fn output_paths(opts: &ImportOptions) -> Vec<PathBuf> {
+    output_roles(opts).into_iter().map(|(_, p)| p).collect()
+}
+
+/// Refuse outputs that are one file, or that are the source, inside a source folder (a
+/// Hugging Face model folder) or the `--config` file — with or without `--force`
+/// (`export::outputs`): a usage error before anything is written.
+pub fn check_paths(source: &Path, opts: &ImportOptions) -> Result<(), PipelineError> {
+    let mut inputs = vec![("the source".to_string(), source.to_path_buf())];
+    if let TargetSpec::ConfigFile(c) = &opts.target {
+        inputs.push(("the --config file".to_string(), c.clone()));
+    }
+    Ok(crate::export::outputs::check(&output_roles(opts), &inputs)?)
 }
 
 /// The config beside the first artifact, named after it (`X.safetensors` → `X.config.json`),
@@ -563,7 +592,7 @@ pub fn commit(
         verify: report,
     };
     if let Some(r) = &opts.report {
-        let json = serde_json::to_string_pretty(&summary).unwrap_or_default();
+        let json = crate::text::json_safe(&serde_json::to_string_pretty(&summary).unwrap_or_default());
         crate::export::atomic::write_all(r, json.as_bytes(), opts.force)?;
         crate::export::atomic::write_all(&r.with_extension("txt"), human_report(&summary).as_bytes(), opts.force)?;
     }
@@ -599,23 +628,26 @@ pub fn run(source: &Path, bytes: Option<&[u8]>, opts: &ImportOptions) -> Result<
 }
 
 /// The human summary: every target key with its origin, every source key with its fate.
+/// Source keys, the source's name and the decisions naming them are escaped
+/// (`text::Escaped`): the summary is read on a terminal.
 pub fn human_report(s: &ImportSummary) -> String {
-    let mut out = format!("comer-port import: {} ({}) -> {} seed {}\n\nTarget keys:\n", s.source, s.family, s.flavor, s.seed);
+    let mut out =
+        format!("comer-port import: {} ({}) -> {} seed {}\n\nTarget keys:\n", Escaped(&s.source), s.family, s.flavor, s.seed);
     for p in &s.plan.targets {
         let how = match &p.origin {
-            Origin::Source { keys, transform, .. } => format!("{} <- {}", transform.name(), keys.join(" + ")),
-            Origin::Fresh { init, reason } => format!("fresh {init:?} ({reason})"),
+            Origin::Source { keys, transform, .. } => format!("{} <- {}", transform.name(), Escaped(&keys.join(" + "))),
+            Origin::Fresh { init, reason } => format!("fresh {init:?} ({})", Escaped(reason)),
         };
-        out.push_str(&format!("  {} {:?}: {how}\n", p.entry.name, p.entry.shape));
+        out.push_str(&format!("  {} {:?}: {how}\n", Escaped(&p.entry.name), p.entry.shape));
     }
     out.push_str("\nSource keys:\n");
     for f in &s.plan.sources {
-        out.push_str(&format!("  {}: {} ({})\n", f.key, f.fate, f.detail));
+        out.push_str(&format!("  {}: {} ({})\n", Escaped(&f.key), f.fate, Escaped(&f.detail)));
     }
     if !s.plan.decisions.is_empty() || !s.warnings.is_empty() {
         out.push_str("\nDecisions and warnings:\n");
         for d in s.plan.decisions.iter().chain(&s.warnings) {
-            out.push_str(&format!("  {d}\n"));
+            out.push_str(&format!("  {}\n", Escaped(d)));
         }
     }
     out

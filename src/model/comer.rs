@@ -12,7 +12,7 @@
 use candle_core::Tensor;
 
 use super::buffer::par_filled;
-use super::config::{ComerConfig, ConfigError, Flavor};
+use super::config::{ComerConfig, Flavor};
 use super::error::ModelError;
 use super::kernels::{self, Path};
 use super::nn::{BatchNorm, Conv2d, ConvNhwc, DwConv, LayerNorm, Linear, Result, add_scaled, tensor, values, with_values};
@@ -485,14 +485,7 @@ impl Comer {
         let grid = cfg.pretrain_size / 16;
         let beit = cfg.flavor == Flavor::Beit;
         // The parameter has (img_size/16)² rows; upstream reshapes it to the pretrain grid at
-        // run time, which only works when the two grids agree.
-        if (cfg.use_abs_pos_emb || !beit) && cfg.img_size / ps != grid {
-            return Err(ConfigError::Invalid(format!(
-                "img_size {} and pretrain_size {} give different position grids; upstream's _get_pos_embed cannot reshape that",
-                cfg.img_size, cfg.pretrain_size
-            ))
-            .into());
-        }
+        // run time: `validate` has checked that the two grids agree.
         let pos_embed = if !beit {
             let v = vb.vec("pos_embed", &[1, grid * grid + 1, d])?;
             Some(v[d..].to_vec())

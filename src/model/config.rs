@@ -11,6 +11,7 @@
 //! are accepted and ignored; any other unknown keyword is an error, so nothing a user wrote is
 //! dropped silently.
 
+use crate::text::esc;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::{Map, Value as Json};
 
@@ -142,24 +143,35 @@ impl<'de> Deserialize<'de> for Flavor {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The JSON did not parse or a field has the wrong type.
-    #[error("config: {0}")]
+    #[error("config: {}", esc(.0))]
     Json(String),
     /// `flavor` is not one of the three upstream targets.
-    #[error("config: unknown flavor '{0}' (expected {expected})", expected = Flavor::expected())]
+    #[error("config: unknown flavor '{}' (expected {expected})", esc(.0), expected = Flavor::expected())]
     UnknownFlavor(String),
     /// A constructor keyword upstream's class does not take.
-    #[error("config: keyword '{key}' is not an argument of upstream's {flavor} constructor")]
+    #[error("config: keyword '{key}' is not an argument of upstream's {flavor} constructor", key = esc(.key))]
     UnknownKwarg {
         /// The flavour's name.
         flavor: &'static str,
         /// The keyword.
         key: String,
     },
-    /// Values that do not fit together (list lengths, divisibility, ranges).
-    #[error("config: {0}")]
+    /// A value outside the range [`limits`] allows for its field.
+    #[error("config: {field} = {value} is out of range (allowed: {allowed})", field = esc(.field), value = esc(.value))]
+    OutOfRange {
+        /// The constructor keyword (with its index for per-block lists: `window_size[3]`).
+        field: String,
+        /// The value given.
+        value: String,
+        /// The allowed values, in words (`1..=64`, `a finite number in (0, 16]`).
+        allowed: String,
+    },
+    /// Values that do not fit together (list lengths, divisibility, grids, interaction
+    /// indexes), each named with its value.
+    #[error("config: {}", esc(.0))]
     Invalid(String),
     /// No preset with that name.
-    #[error("config: unknown preset '{name}' (known: {known})")]
+    #[error("config: unknown preset '{name}' (known: {known})", name = esc(.name), known = esc(.known))]
     UnknownPreset {
         /// The name asked for.
         name: String,
@@ -262,6 +274,69 @@ const IGNORED_KWARGS: &[&str] = &[
     "type",
 ];
 
+/// The allowed values of every numeric field, checked by [`ComerConfig::validate`] (and
+/// `depth` by the parser before any per-block list is built). Generous around upstream's own
+/// configs (ViT-L: D 1024, depth 24, 16 heads; windows 14 and 56; 4 points; conv_inplane 64;
+/// ratios 0.25–6), and small enough that nothing a config alone sizes — per-block lists,
+/// relative-position tables and their (w²)² indexes, position grids, fresh parameters — can
+/// exhaust memory or overflow before the weights are read. `docs/guarantees.md` lists them.
+pub mod limits {
+    use std::ops::RangeInclusive;
+
+    /// `depth`: ViT blocks.
+    pub const DEPTH: RangeInclusive<usize> = 1..=64;
+    /// `embed_dim`: the token width D.
+    pub const EMBED_DIM: RangeInclusive<usize> = 1..=8192;
+    /// `num_heads`: attention heads per ViT block.
+    pub const NUM_HEADS: RangeInclusive<usize> = 1..=256;
+    /// `deform_num_heads`: heads of deformable attention.
+    pub const DEFORM_NUM_HEADS: RangeInclusive<usize> = 1..=256;
+    /// `patch_size`: upstream's pyramid assumes stride-16 patches.
+    pub const PATCH_SIZE: RangeInclusive<usize> = 16..=16;
+    /// `img_size` and `pretrain_size`, in pixels (and a multiple of `patch_size`).
+    pub const IMAGE_SIZE: RangeInclusive<usize> = 16..=4096;
+    /// `in_chans`: input channels.
+    pub const IN_CHANS: RangeInclusive<usize> = 1..=64;
+    /// Every `window_size` entry (a windowed block's window; a BEiT block's table side).
+    pub const WINDOW_SIZE: RangeInclusive<usize> = 1..=64;
+    /// `conv_inplane`: the spatial prior module's stem width (its widest conv has 4×).
+    pub const CONV_INPLANE: RangeInclusive<usize> = 1..=512;
+    /// `n_points`: sampling points per head and level.
+    pub const N_POINTS: RangeInclusive<usize> = 1..=32;
+    /// `extra_num`: extra CTIs on the last interaction (det; seg and beit build 4).
+    pub const EXTRA_NUM: RangeInclusive<usize> = 0..=16;
+    /// `mlp_ratio`, `cffn_ratio`, `deform_ratio`, `dim_ratio`: finite, above 0, at most this.
+    pub const RATIO_MAX: f64 = 16.0;
+    /// `qk_scale` (when given): finite, above 0, at most this.
+    pub const QK_SCALE_MAX: f64 = 1e3;
+    /// `init_values` (when given): finite, at most this in magnitude.
+    pub const INIT_VALUES_MAX: f64 = 1e3;
+}
+
+/// `value` within `range`, or [`ConfigError::OutOfRange`] naming `field`.
+pub(crate) fn in_range(field: &str, value: usize, range: &std::ops::RangeInclusive<usize>) -> Result<(), ConfigError> {
+    if range.contains(&value) {
+        return Ok(());
+    }
+    let allowed = if range.start() == range.end() { range.start().to_string() } else { format!("{}..={}", range.start(), range.end()) };
+    Err(ConfigError::OutOfRange { field: field.into(), value: value.to_string(), allowed })
+}
+
+/// A float field: finite and within `(0, max]` (`positive`) or `[-max, max]`.
+fn in_float_range(field: &str, value: f64, max: f64, positive: bool) -> Result<(), ConfigError> {
+    let ok = value.is_finite() && if positive { value > 0.0 && value <= max } else { value.abs() <= max };
+    if ok {
+        return Ok(());
+    }
+    let allowed = if positive { format!("a finite number in (0, {max}]") } else { format!("a finite number in [-{max}, {max}]") };
+    Err(ConfigError::OutOfRange { field: field.into(), value: value.to_string(), allowed })
+}
+
+/// `int(d * ratio)`, as upstream sizes hidden widths (Python's `int` truncates).
+pub fn scaled(d: usize, ratio: f64) -> usize {
+    (d as f64 * ratio) as usize
+}
+
 struct Kwargs<'a> {
     map: &'a Map<String, Json>,
     used: std::collections::BTreeSet<String>,
@@ -358,6 +433,8 @@ impl ComerConfig {
         let beit = flavor == Flavor::Beit;
         let names = flavor.names();
         let depth = k.usize(&["depth"], 12)?;
+        // `depth` sizes every per-block list built below: checked before any is allocated.
+        in_range("depth", depth, &limits::DEPTH)?;
         let img_size = k.usize(&["img_size"], if beit { 512 } else { 224 })?;
         let pretrain_size = k.usize(&["pretrain_size"], 224)?;
         let window_attn = k.bool_list(&["window_attn"], false, depth)?;
@@ -382,6 +459,12 @@ impl ComerConfig {
                 .map_err(|e| ConfigError::Json(format!("interaction_indexes: {e}")))?,
         };
         let n_int = interaction_indexes.len();
+        // The per-interaction lists below have this many entries (validate() checks the rest).
+        if n_int == 0 || n_int > depth {
+            return Err(ConfigError::Invalid(format!(
+                "interaction_indexes has {n_int} entries; 1..={depth} (one per stretch of the {depth} blocks) are allowed"
+            )));
+        }
         let cfg = ComerConfig {
             flavor,
             img_size,
@@ -430,40 +513,132 @@ impl ComerConfig {
         Ok(cfg)
     }
 
-    /// Checks that upstream would fail on later, made early and named.
+    /// Every check of a config, in one place: each numeric field within its [`limits`]
+    /// range, then what must fit together (heads dividing widths, hidden widths of at least
+    /// one channel, windows, interaction indexes, position grids). Every config is checked
+    /// here before anything is built from it: [`ComerConfig::from_kwargs`] (so `--config`
+    /// files, presets, an artifact's recorded `comer_port.config` and configs taken from a
+    /// source) ends with it, and the forward and the ONNX export call it again on configs
+    /// built in code. Cheap: no allocation beyond the message.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        use limits::*;
         let bad = |m: String| Err(ConfigError::Invalid(m));
-        if self.embed_dim == 0 || self.num_heads == 0 || !self.embed_dim.is_multiple_of(self.num_heads) {
-            return bad(format!("embed_dim {} must be a positive multiple of num_heads {}", self.embed_dim, self.num_heads));
+        let flavor = self.flavor.name();
+        in_range("depth", self.depth, &DEPTH)?;
+        in_range("embed_dim", self.embed_dim, &EMBED_DIM)?;
+        in_range("num_heads", self.num_heads, &NUM_HEADS)?;
+        in_range("deform_num_heads", self.deform_num_heads, &DEFORM_NUM_HEADS)?;
+        in_range("patch_size", self.patch_size, &PATCH_SIZE)?;
+        in_range("img_size", self.img_size, &IMAGE_SIZE)?;
+        in_range("pretrain_size", self.pretrain_size, &IMAGE_SIZE)?;
+        in_range("in_chans", self.in_chans, &IN_CHANS)?;
+        in_range("conv_inplane", self.conv_inplane, &CONV_INPLANE)?;
+        in_range("n_points", self.n_points, &N_POINTS)?;
+        in_range("extra_num", self.extra_num, &EXTRA_NUM)?;
+        in_float_range("mlp_ratio", self.mlp_ratio, RATIO_MAX, true)?;
+        in_float_range("cffn_ratio", self.cffn_ratio, RATIO_MAX, true)?;
+        in_float_range("deform_ratio", self.deform_ratio, RATIO_MAX, true)?;
+        in_float_range("dim_ratio", self.dim_ratio, RATIO_MAX, true)?;
+        if let Some(s) = self.qk_scale {
+            in_float_range("qk_scale", s, QK_SCALE_MAX, true)?;
         }
-        if self.deform_num_heads == 0 || !self.embed_dim.is_multiple_of(self.deform_num_heads) {
-            return bad(format!("embed_dim {} must be a multiple of deform_num_heads {}", self.embed_dim, self.deform_num_heads));
+        if let Some(v) = self.init_values {
+            in_float_range("init_values", v, INIT_VALUES_MAX, false)?;
         }
-        let value_dim = (self.embed_dim as f64 * self.deform_ratio) as usize;
+        // Fields a flavour fixes (upstream has no keyword for them there).
+        if self.flavor != Flavor::Det && self.extra_num != 4 {
+            return bad(format!("extra_num = {}: {flavor} always builds 4 extra modules", self.extra_num));
+        }
+        if self.flavor != Flavor::Seg && self.dim_ratio != 0.5 {
+            return bad(format!("dim_ratio = {}: {flavor}'s MRFP hidden width is fixed at 0.5·embed_dim", self.dim_ratio));
+        }
+        // Widths that must divide or be at least one channel.
+        let d = self.embed_dim;
+        if !d.is_multiple_of(self.num_heads) {
+            return bad(format!("embed_dim {d} must be a multiple of num_heads {}", self.num_heads));
+        }
+        if !d.is_multiple_of(self.deform_num_heads) {
+            return bad(format!("embed_dim {d} must be a multiple of deform_num_heads {}", self.deform_num_heads));
+        }
+        let value_dim = scaled(d, self.deform_ratio);
         if value_dim == 0 || !value_dim.is_multiple_of(self.deform_num_heads) {
-            return bad(format!("embed_dim·deform_ratio = {value_dim} must be a multiple of deform_num_heads {}", self.deform_num_heads));
+            return bad(format!(
+                "embed_dim·deform_ratio = {d}·{} = {value_dim} must be a positive multiple of deform_num_heads {}",
+                self.deform_ratio, self.deform_num_heads
+            ));
         }
+        for (field, ratio, what) in [
+            ("mlp_ratio", self.mlp_ratio, "the ViT blocks' MLP"),
+            ("cffn_ratio", self.cffn_ratio, "ConvFFN"),
+            ("dim_ratio", self.dim_ratio, "MRFP"),
+        ] {
+            if scaled(d, ratio) == 0 {
+                return bad(format!("embed_dim·{field} = {d}·{ratio} gives {what} no hidden channel (at least 1 is needed)"));
+            }
+        }
+        // Per-block lists and windows.
         if self.window_attn.len() < self.depth || self.window_size.len() < self.depth {
-            return bad(format!("window_attn/window_size need {} entries", self.depth));
+            return bad(format!(
+                "window_attn has {} and window_size {} entries; depth {} needs one per block",
+                self.window_attn.len(),
+                self.window_size.len(),
+                self.depth
+            ));
         }
-        for (i, (&w, ws)) in self.window_attn.iter().zip(&self.window_size).enumerate().take(self.depth) {
-            if w && ws.is_none_or(|s| s == 0) {
-                return bad(format!("block {i} is windowed but its window_size is {ws:?}"));
+        for i in 0..self.depth {
+            match self.window_size[i] {
+                Some(w) => in_range(&format!("window_size[{i}]"), w, &WINDOW_SIZE)?,
+                None if self.window_attn[i] => {
+                    return bad(format!("window_attn[{i}] is true but window_size[{i}] is null: a windowed block needs its window"));
+                }
+                None => {}
             }
         }
-        for (i, r) in self.interaction_indexes.iter().enumerate() {
-            if r[0] > r[1] || r[1] >= self.depth {
-                return bad(format!("interaction_indexes[{i}] = {r:?} is outside 0..{}", self.depth));
+        // Interactions: increasing, non-overlapping stretches of blocks within depth.
+        let n_int = self.interaction_indexes.len();
+        if n_int == 0 || n_int > self.depth {
+            return bad(format!("interaction_indexes has {n_int} entries; 1..={} are allowed", self.depth));
+        }
+        let mut next = 0;
+        for (i, &[a, b]) in self.interaction_indexes.iter().enumerate() {
+            if a > b || b >= self.depth || a < next {
+                return bad(format!(
+                    "interaction_indexes[{i}] = [{a}, {b}]: each interaction spans blocks [first, last] with \
+                     first <= last < depth {}, after the previous one ends (from block {next} on)",
+                    self.depth
+                ));
+            }
+            next = b + 1;
+        }
+        if self.flavor == Flavor::Seg && n_int != 4 {
+            return bad(format!(
+                "interaction_indexes has {n_int} entries: vit-comer-seg adds the ViT map after each interaction, so exactly 4 are needed"
+            ));
+        }
+        for (field, list) in [
+            (self.flavor.names().use_tov_kwarg, &self.use_cti_tov),
+            (self.flavor.names().use_toc_kwarg, &self.use_cti_toc),
+            ("cnn_feature_interaction", &self.cnn_feature_interaction),
+        ] {
+            if list.len() < n_int {
+                return bad(format!("{field} has {} entries but the {n_int} interactions need one each", list.len()));
             }
         }
-        if self.interaction_indexes.is_empty() {
-            return bad("interaction_indexes is empty".into());
+        // Position grids: whole patches, and one grid where the position table is absolute.
+        let ps = self.patch_size;
+        for (field, size) in [("img_size", self.img_size), ("pretrain_size", self.pretrain_size)] {
+            if !size.is_multiple_of(ps) {
+                return bad(format!("{field} {size} must be a multiple of patch_size {ps}"));
+            }
         }
-        if self.flavor == Flavor::Seg && self.interaction_indexes.len() != 4 {
-            return bad("vit-comer-seg adds the ViT map after each interaction: exactly four interactions are needed".into());
-        }
-        if self.patch_size != 16 {
-            return bad(format!("patch_size {} unsupported: upstream's pyramid assumes stride 16 patches", self.patch_size));
+        if (self.use_abs_pos_emb || self.flavor != Flavor::Beit) && self.img_size != self.pretrain_size {
+            let (img, pre) = (self.img_size, self.pretrain_size);
+            return bad(format!(
+                "img_size {img} and pretrain_size {pre} give different position grids ({}x{0} and {}x{1}); upstream's \
+                 _get_pos_embed reshapes the table to the pretrain grid, so they must be equal",
+                img / ps,
+                pre / ps,
+            ));
         }
         Ok(())
     }
@@ -551,6 +726,83 @@ mod tests {
         )
         .unwrap_err();
         assert!(matches!(err, ConfigError::UnknownKwarg { .. }));
+    }
+
+    /// det_tiny's case.json with one keyword replaced.
+    fn tiny_with(key: &str, value: Json) -> Result<ComerConfig, ConfigError> {
+        let p = format!("{}/fixtures/forward/det_tiny/case.json", env!("CARGO_MANIFEST_DIR"));
+        let mut v: Json = serde_json::from_str(&std::fs::read_to_string(p).expect("fixture")).expect("json");
+        v["constructor_kwargs"][key] = value;
+        ComerConfig::from_case_json(&v.to_string())
+    }
+
+    #[test]
+    fn out_of_range_names_field_value_and_range() {
+        use serde_json::json;
+        for (key, value, field) in [
+            ("n_points", json!(0), "n_points"),
+            ("conv_inplane", json!(0), "conv_inplane"),
+            ("depth", json!(1_000_000_000u64), "depth"),
+            ("extra_num", json!(1_000_000_000u64), "extra_num"),
+            ("cffn_ratio", json!(1e9), "cffn_ratio"),
+            ("pretrain_size", json!(1_000_000_000u64), "pretrain_size"),
+            ("embed_dim", json!(0), "embed_dim"),
+            ("num_heads", json!(0), "num_heads"),
+            ("deform_num_heads", json!(0), "deform_num_heads"),
+            ("mlp_ratio", json!(-1.0), "mlp_ratio"),
+            ("window_size", json!(1_000_000_000u64), "window_size[0]"),
+            ("init_values", json!(1e300), "init_values"),
+        ] {
+            match tiny_with(key, value.clone()) {
+                Err(ConfigError::OutOfRange { field: f, value: v, allowed }) => {
+                    assert_eq!(f, field, "{key}");
+                    assert!(!v.is_empty() && !allowed.is_empty(), "{key}");
+                }
+                other => panic!("{key} = {value}: {other:?}"),
+            }
+        }
+        let e = tiny_with("n_points", json!(0)).unwrap_err().to_string();
+        assert_eq!(e, "config: n_points = 0 is out of range (allowed: 1..=32)");
+    }
+
+    #[test]
+    fn inconsistent_values_are_invalid() {
+        use serde_json::json;
+        for (key, value, says) in [
+            ("num_heads", json!(5), "multiple of num_heads 5"),
+            ("deform_num_heads", json!(7), "multiple of deform_num_heads 7"),
+            ("interaction_indexes", json!([[0, 1], [1, 2], [3, 3]]), "interaction_indexes[1] = [1, 2]"),
+            ("interaction_indexes", json!([[2, 1]]), "interaction_indexes[0] = [2, 1]"),
+            ("interaction_indexes", json!([[0, 4]]), "interaction_indexes[0] = [0, 4]"),
+            ("interaction_indexes", json!([]), "interaction_indexes has 0 entries"),
+            ("img_size", json!(72), "img_size 72 must be a multiple of patch_size 16"),
+            ("img_size", json!(128), "img_size 128 and pretrain_size 64 give different position grids"),
+            ("mlp_ratio", json!(0.001), "mlp_ratio"),
+            ("window_attn", json!(true), "window_size[0] is null"),
+        ] {
+            match tiny_with(key, value.clone()) {
+                Err(ConfigError::Invalid(m)) => assert!(m.contains(says), "{key} = {value}: {m}"),
+                other => panic!("{key} = {value}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_config_changed_in_code_is_checked_again() {
+        let p = format!("{}/fixtures/forward/det_tiny/case.json", env!("CARGO_MANIFEST_DIR"));
+        let mut c = ComerConfig::from_case_json(&std::fs::read_to_string(p).expect("fixture")).expect("valid");
+        c.window_size = vec![Some(1 << 40); 4];
+        c.window_attn = vec![true; 4];
+        assert!(matches!(c.validate(), Err(ConfigError::OutOfRange { .. })));
+        c.window_size = vec![Some(2); 4];
+        c.use_cti_tov.truncate(1);
+        assert!(matches!(c.validate(), Err(ConfigError::Invalid(_))));
+    }
+
+    #[test]
+    fn json_variant() {
+        assert!(matches!(ComerConfig::from_case_json("{"), Err(ConfigError::Json(_))));
+        assert!(matches!(tiny_with("depth", serde_json::json!("four")), Err(ConfigError::Json(_))));
     }
 
     #[test]

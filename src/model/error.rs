@@ -4,6 +4,7 @@
 //! early and named: missing/unexpected keys (with near-miss hints), shape and dtype
 //! mismatches, input sizes the pyramid cannot take.
 
+use crate::text::esc;
 use std::path::PathBuf;
 
 /// A key with an optional "did you mean" hint.
@@ -16,8 +17,8 @@ pub struct KeyHint {
 impl std::fmt::Display for KeyHint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.hint {
-            Some(h) => write!(f, "{} (did you mean '{h}'?)", self.key),
-            None => write!(f, "{}", self.key),
+            Some(h) => write!(f, "{} (did you mean '{}'?)", esc(&self.key), esc(h)),
+            None => write!(f, "{}", esc(&self.key)),
         }
     }
 }
@@ -42,7 +43,7 @@ pub enum ModelError {
         keys: Vec<KeyHint>,
     },
     /// A tensor whose shape differs from what the config implies.
-    #[error("weights: '{name}' has shape {got:?}, the config needs {expected:?}")]
+    #[error("weights: '{name}' has shape {got:?}, the config needs {expected:?}", name = esc(.name))]
     Shape {
         /// The key.
         name: String,
@@ -52,7 +53,7 @@ pub enum ModelError {
         got: Vec<usize>,
     },
     /// A tensor of the wrong element type.
-    #[error("weights: '{name}' is {got}, expected {expected}")]
+    #[error("weights: '{name}' is {got}, expected {expected}", name = esc(.name), got = esc(.got), expected = esc(.expected))]
     Dtype {
         /// The key.
         name: String,
@@ -62,13 +63,13 @@ pub enum ModelError {
         got: String,
     },
     /// A stored `relative_position_index` buffer that differs from the computed one.
-    #[error("weights: '{name}' differs from the index upstream computes for its window")]
+    #[error("weights: '{name}' differs from the index upstream computes for its window", name = esc(.name))]
     RelativePositionIndex {
         /// The key.
         name: String,
     },
     /// Input height or width not divisible by 32 (the stride-32 pyramid level).
-    #[error("input '{name}': {h}×{w} is not divisible by 32 (resize or pad the image)")]
+    #[error("input '{name}': {h}×{w} is not divisible by 32 (resize or pad the image)", name = esc(.name))]
     InputSize {
         /// The input's name.
         name: String,
@@ -78,7 +79,7 @@ pub enum ModelError {
         w: usize,
     },
     /// Input tensor that is not (B, in_chans, H, W) float32.
-    #[error("input '{name}': shape {shape:?} is not (B, {in_chans}, H, W)")]
+    #[error("input '{name}': shape {shape:?} is not (B, {in_chans}, H, W)", name = esc(.name))]
     InputShape {
         /// The input's name.
         name: String,
@@ -100,7 +101,7 @@ pub enum ModelError {
         w: usize,
     },
     /// Reading a weights or input file failed.
-    #[error("{path}: {message}")]
+    #[error("{path}: {message}", path = esc(.path), message = esc(.message))]
     Read {
         /// The file.
         path: PathBuf,
@@ -145,7 +146,7 @@ pub fn near_miss<'a>(key: &str, candidates: impl IntoIterator<Item = &'a String>
 #[derive(Debug, thiserror::Error)]
 pub enum VitError {
     /// A tensor the forward needs is not in the checkpoint or artifact.
-    #[error("tensor `{key}` is missing")]
+    #[error("tensor `{key}` is missing", key = esc(.key))]
     MissingTensor {
         /// The missing key.
         key: String,
@@ -161,7 +162,7 @@ pub enum VitError {
     },
 
     /// A tensor has a shape the forward cannot use.
-    #[error("tensor `{key}` has shape {got:?}, expected {expected}")]
+    #[error("tensor `{key}` has shape {got:?}, expected {expected}", key = esc(.key), expected = esc(.expected))]
     Shape {
         /// The offending key.
         key: String,
@@ -172,7 +173,7 @@ pub enum VitError {
     },
 
     /// The input image or a position table does not fit the patch grid.
-    #[error("`{key}`: {reason}")]
+    #[error("`{key}`: {reason}", key = esc(.key), reason = esc(.reason))]
     Grid {
         /// `image` or the position table's key.
         key: String,
@@ -181,7 +182,7 @@ pub enum VitError {
     },
 
     /// A tensor operation failed inside a block.
-    #[error("tensor operation failed in `{block}`: {source}")]
+    #[error("tensor operation failed in `{block}`: {source}", block = esc(.block))]
     Tensor {
         /// The block (or key) it failed in; empty until named.
         block: String,

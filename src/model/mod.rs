@@ -18,7 +18,7 @@ pub(crate) mod vit;
 pub(crate) mod weights;
 
 pub use comer::{Comer, Outputs};
-pub use config::{ComerConfig, ConfigError, Flavor};
+pub use config::{ComerConfig, ConfigError, Flavor, limits};
 pub use nn::Activation;
 pub use vit::relative_position_index;
 pub use error::ModelError;

@@ -5,6 +5,7 @@
 //! cosine similarity, and the first element where the two sides part. A [`Report`] renders a
 //! readable table and serialises to JSON for `comer-port verify --json`.
 
+use crate::text::{Escaped, escape};
 use serde::Serialize;
 
 use super::error::VerifyError;
@@ -351,20 +352,17 @@ impl Report {
         })
     }
 
-    /// A fixed-width table, one line per check, and a verdict line.
+    /// A fixed-width table, one line per check, and a verdict line. Check names, skip reasons
+    /// and notes name keys and files from the artifact: they are escaped (`text::Escaped`), so
+    /// a key cannot clear the screen or print a line of its own.
     pub fn render_table(&self) -> String {
-        let width = self
-            .checks
-            .iter()
-            .map(|c| c.name.len())
-            .max()
-            .unwrap_or(5)
-            .max(5);
+        let names: Vec<String> = self.checks.iter().map(|c| escape(&c.name).into_owned()).collect();
+        let width = names.iter().map(|n| n.chars().count()).max().unwrap_or(5).max(5);
         let mut out = format!(
             "{:<width$}  {:>10}  {:>10}  {:>10}  {:>9}  {:>8}  result\n",
             "check", "max abs", "max rel", "cosine", "bound", "parts at"
         );
-        for c in &self.checks {
+        for (c, name) in self.checks.iter().zip(&names) {
             let at = c
                 .first_parted_at
                 .as_ref()
@@ -383,14 +381,14 @@ impl Report {
             };
             out.push_str(&format!(
                 "{:<width$}  {abs:>10}  {rel:>10}  {cos:>10}  {bound:>9}  {at:>8}  {}\n",
-                c.name,
+                name,
                 status(c),
             ));
             if let Some(reason) = &c.skipped {
-                out.push_str(&format!("    skipped: {reason}\n"));
+                out.push_str(&format!("    skipped: {}\n", Escaped(reason)));
             }
             if let Some(note) = &c.note {
-                out.push_str(&format!("    {note}\n"));
+                out.push_str(&format!("    {}\n", Escaped(note)));
             }
         }
         let skipped = match self.skipped() {

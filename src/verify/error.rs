@@ -4,6 +4,7 @@
 //! each variant carries the source or target key (or the check / block name) where the two
 //! sides part, so a failing verify names the first offending tensor.
 
+use crate::text::esc;
 use crate::formats::FormatError;
 
 /// Everything that stops a parity check or a source forward.
@@ -16,7 +17,7 @@ pub enum VerifyError {
 
     /// The two sides of a comparison part beyond the stated bound.
     #[error(
-        "`{key}` parts at index {index:?}: max relative error {max_rel:.3e} > bound {bound:.1e}{also}"
+        "`{key}` parts at index {index:?}: max relative error {max_rel:.3e} > bound {bound:.1e}{also}", key = esc(.key), also = esc(.also)
     )]
     Parted {
         /// The check or tensor.
@@ -40,7 +41,7 @@ pub enum VerifyError {
     Model(#[from] crate::model::ModelError),
 
     /// A fixture folder or file is not what verify expects.
-    #[error("{path}: {reason}")]
+    #[error("{path}: {reason}", path = esc(.path), reason = esc(.reason))]
     Fixture {
         /// The fixture file or folder.
         path: std::path::PathBuf,

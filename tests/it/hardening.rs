@@ -1,9 +1,12 @@
 //! Issue 14 (hardening): each defect class from the second attack pass, fixed as a class and
 //! tested here with files crafted in the test — memory amplification in the pickle VM,
 //! shared-deflate zip bombs, tens of thousands of storages, CRC on every member read,
-//! FIFOs / devices / sockets / escaping symlinks as input, and the output writers (temp
-//! names, no-replace publish, cleanup). Where memory matters, the release binary is run on
-//! the crafted file and its peak RSS read with `wait4`. docs/guarantees.md states the bounds.
+//! FIFOs / devices / sockets / escaping symlinks as input, the output writers (temp
+//! names, no-replace publish, cleanup), config values out of range in every subcommand and
+//! in an artifact's recorded config (5), terminal escapes in key and file names (7), outputs
+//! that are one file (10) or an input, `--force` included (12). Where memory matters, the
+//! release binary is run on the crafted file and its peak RSS read with `wait4`.
+//! docs/guarantees.md states the bounds.
 
 use crate::util::{bin, fixture, siblings, temp_file, tmpdir};
 use comer_port::export::atomic::{self, AtomicFile, WriteError};
@@ -763,4 +766,447 @@ fn temporary_names_carry_the_pid() {
     assert!(name[prefix.len()..].bytes().all(|b| b.is_ascii_hexdigit()), "{name}");
     drop(f);
     assert!(names(&d).is_empty());
+}
+
+// ---- shared by 5, 7, 10 and 12: run the binary, check what it left ----
+
+/// `comer-port ARGS…`: (exit code, stdout, stderr), asserted not to have panicked.
+fn cli(args: &[&std::ffi::OsStr]) -> (i32, String, String) {
+    let o = bin().args(args).output().expect("runs");
+    let (out, err) = (String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned());
+    let code = o.status.code().unwrap_or(-1);
+    assert!(code != 101 && !err.contains("panicked"), "{args:?} panicked ({code}):\n{err}");
+    (code, out, err)
+}
+
+/// `&str`s as `OsStr`s for [`cli`].
+fn os<'a>(args: &[&'a str]) -> Vec<&'a std::ffi::OsStr> {
+    args.iter().map(|a| std::ffi::OsStr::new(*a)).collect()
+}
+
+/// Every file under `dir` (recursively) with its bytes: what a refused command must leave
+/// exactly as it was.
+fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).expect("read dir").flatten() {
+            let p = e.path();
+            let ft = e.file_type().expect("type");
+            if ft.is_dir() {
+                stack.push(p);
+            } else if ft.is_symlink() {
+                out.push((p.clone(), std::fs::read_link(&p).expect("link").into_os_string().into_encoded_bytes()));
+            } else {
+                out.push((p.clone(), std::fs::read(&p).expect("read")));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// A folder holding copies of the DeiT-tiny source, the det_tiny config, weights and inputs.
+fn workdir() -> PathBuf {
+    let d = tmpdir();
+    std::fs::copy(fixture("sources/deit/deit_tiny.pth"), d.join("src.pth")).expect("copy");
+    for f in ["case.json", "weights.safetensors", "inputs.safetensors"] {
+        std::fs::copy(fixture(&format!("forward/det_tiny/{f}")), d.join(f)).expect("copy");
+    }
+    d
+}
+
+// ---- 5. config values: one range per field, checked before anything is built ----
+
+/// det_tiny's case.json with the given constructor keywords replaced.
+fn bad_config(changes: &[(&str, serde_json::Value)]) -> String {
+    let text = std::fs::read_to_string(fixture("forward/det_tiny/case.json")).expect("fixture");
+    let mut v: serde_json::Value = serde_json::from_str(&text).expect("json");
+    for (k, x) in changes {
+        v["constructor_kwargs"][*k] = x.clone();
+    }
+    v.to_string()
+}
+
+/// Out-of-range and inconsistent configs, each with the field its message must name.
+fn bad_configs() -> Vec<(&'static str, String)> {
+    use serde_json::json;
+    let big = json!(1_000_000_000u64);
+    vec![
+        ("n_points", bad_config(&[("n_points", json!(0))])),
+        ("conv_inplane", bad_config(&[("conv_inplane", json!(0))])),
+        ("window_size[0]", bad_config(&[("window_attn", json!(true)), ("window_size", big.clone())])),
+        ("depth", bad_config(&[("depth", big.clone())])),
+        ("extra_num", bad_config(&[("extra_num", big.clone())])),
+        ("cffn_ratio", bad_config(&[("cffn_ratio", json!(1e9))])),
+        ("pretrain_size", bad_config(&[("pretrain_size", big.clone())])),
+        ("img_size", bad_config(&[("img_size", big)])),
+        ("num_heads", bad_config(&[("num_heads", json!(5))])),
+        ("deform_num_heads", bad_config(&[("deform_num_heads", json!(7))])),
+        ("interaction_indexes", bad_config(&[("interaction_indexes", json!([[0, 0], [2, 2], [1, 1], [3, 3]]))])),
+        ("mlp_ratio", bad_config(&[("mlp_ratio", json!(0.0))])),
+        ("img_size", bad_config(&[("img_size", json!(72))])),
+    ]
+}
+
+#[test]
+fn config_values_out_of_range_are_usage_errors_in_every_subcommand() {
+    let d = workdir();
+    let out = tmpdir();
+    for (i, (field, text)) in bad_configs().into_iter().enumerate() {
+        let cfg = d.join(format!("bad{i}.json"));
+        std::fs::write(&cfg, &text).expect("write");
+        let before = snapshot(&d);
+        let c = cfg.to_str().expect("utf-8");
+        let (src, w, inp) = (d.join("src.pth"), d.join("weights.safetensors"), d.join("inputs.safetensors"));
+        let (src, w, inp) = (src.to_str().expect("utf-8"), w.to_str().expect("utf-8"), inp.to_str().expect("utf-8"));
+        let o = |n: &str| out.join(n).to_string_lossy().into_owned();
+        let runs: Vec<Vec<String>> = vec![
+            vec!["import".into(), src.into(), "--config".into(), c.into(), "-o".into(), o("a.safetensors"), "--pth".into(), o("a.pth")],
+            vec!["verify".into(), w.into(), "--config".into(), c.into()],
+            vec!["run".into(), "--weights".into(), w.into(), "--config".into(), c.into(), "--input".into(), inp.into(), "-o".into(), o("r.safetensors")],
+            vec!["export".into(), "onnx".into(), w.into(), "--config".into(), c.into(), "--input-size".into(), "64x64".into(), "-o".into(), o("m.onnx")],
+        ];
+        for args in runs {
+            let a: Vec<&str> = args.iter().map(String::as_str).collect();
+            let (code, _, err) = cli(&os(&a));
+            assert_eq!(code, 2, "{field}: {a:?}: {err}");
+            assert!(err.contains(&format!("bad{i}.json")) && err.contains(field), "{field}: names the file and the field: {err}");
+            assert!(names(&out).is_empty(), "{field}: {a:?} wrote {:?}", names(&out));
+        }
+        assert_eq!(snapshot(&d), before, "{field}: the inputs are unchanged");
+    }
+}
+
+#[test]
+fn a_refused_config_names_the_value_and_the_allowed_range() {
+    let d = workdir();
+    let cfg = d.join("c.json");
+    std::fs::write(&cfg, bad_config(&[("n_points", serde_json::json!(0))])).expect("write");
+    let w = d.join("weights.safetensors");
+    let (code, _, err) = cli(&["verify".as_ref(), w.as_os_str(), "--config".as_ref(), cfg.as_os_str()]);
+    assert_eq!(code, 2);
+    assert!(err.contains("n_points = 0 is out of range (allowed: 1..=32)"), "{err}");
+}
+
+/// A tensor as (name, dtype, shape, little-endian bytes), for [`safetensors_of`].
+type Owned = (String, safetensors::Dtype, Vec<usize>, Vec<u8>);
+
+/// Every tensor of a checkpoint's state dict.
+fn tensors_of(p: &Path) -> Vec<Owned> {
+    let ck = formats::open(p).expect("fixture");
+    let (_, sd) = ck.state_dict();
+    sd.iter()
+        .map(|(n, t)| {
+            let dt = match t.dtype {
+                formats::DType::F32 => safetensors::Dtype::F32,
+                formats::DType::I64 => safetensors::Dtype::I64,
+                other => panic!("{n}: {other:?} not expected in the fixture"),
+            };
+            (n.clone(), dt, t.shape.clone(), t.to_le_bytes())
+        })
+        .collect()
+}
+
+/// A safetensors file of `tensors`, with `meta` as its metadata.
+fn safetensors_of(tensors: &[Owned], meta: Option<std::collections::HashMap<String, String>>) -> Vec<u8> {
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
+        .iter()
+        .map(|(n, dt, s, b)| (n.clone(), safetensors::tensor::TensorView::new(*dt, s.clone(), b).expect("view")))
+        .collect();
+    safetensors::serialize(views, meta).expect("serialize")
+}
+
+/// det_tiny's weights with `comer_port.config` metadata recording `config`.
+fn artifact_recording(config: &str) -> PathBuf {
+    let meta = std::collections::HashMap::from([("comer_port.config".to_string(), config.to_string())]);
+    let bytes = safetensors_of(&tensors_of(&fixture("forward/det_tiny/weights.safetensors")), Some(meta));
+    temp_file("recorded.safetensors", &bytes)
+}
+
+#[test]
+fn a_recorded_config_out_of_range_is_bad_input() {
+    let inputs = fixture("forward/det_tiny/inputs.safetensors");
+    for (field, text) in bad_configs() {
+        let art = artifact_recording(&text);
+        let out = art.parent().expect("dir").to_path_buf();
+        let before = snapshot(&out);
+        let (r, m) = (out.join("r.safetensors"), out.join("m.onnx"));
+        let runs: Vec<Vec<&std::ffi::OsStr>> = vec![
+            vec!["verify".as_ref(), art.as_os_str()],
+            vec!["run".as_ref(), "--weights".as_ref(), art.as_os_str(), "--input".as_ref(), inputs.as_os_str(), "-o".as_ref(), r.as_os_str()],
+            vec!["export".as_ref(), "onnx".as_ref(), art.as_os_str(), "--input-size".as_ref(), "64x64".as_ref(), "-o".as_ref(), m.as_os_str()],
+        ];
+        for args in runs {
+            let (code, _, err) = cli(&args);
+            assert_eq!(code, 3, "{field}: {args:?}: {err}");
+            assert!(err.contains("recorded.safetensors") && err.contains("comer_port.config") && err.contains(field), "{field}: {err}");
+            assert!(err.contains("--config"), "says how to override it: {err}");
+        }
+        assert_eq!(snapshot(&out), before, "{field}: nothing written, the artifact unchanged");
+    }
+    // The fix the message names: another config for the same weights.
+    let art = artifact_recording(&bad_configs()[0].1);
+    let r = art.with_file_name("r.safetensors");
+    let cfg = fixture("forward/det_tiny/case.json");
+    let (code, _, err) = cli(&[
+        "run".as_ref(), "--weights".as_ref(), art.as_os_str(), "--config".as_ref(), cfg.as_os_str(),
+        "--input".as_ref(), inputs.as_os_str(), "-o".as_ref(), r.as_os_str(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+}
+
+#[test]
+fn a_config_file_that_is_endless_or_a_fifo_is_refused_without_hanging() {
+    let d = workdir();
+    let fifo = d.join("fifo.json");
+    mkfifo(&fifo);
+    let w = d.join("weights.safetensors");
+    for cfg in [Path::new("/dev/zero"), fifo.as_path()] {
+        let mut child = bin()
+            .args(["verify".as_ref(), w.as_os_str(), "--config".as_ref(), cfg.as_os_str()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            if let Some(s) = child.try_wait().expect("wait") {
+                break s;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("{}: verify --config hung", cfg.display());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert_eq!(status.code(), Some(2), "{}", cfg.display());
+    }
+}
+
+#[test]
+fn sizes_on_the_command_line_are_bounded() {
+    let w = fixture("forward/det_tiny/weights.safetensors");
+    let cfg = fixture("forward/det_tiny/case.json");
+    let out = tmpdir().join("m.onnx");
+    for (flag, value) in [("--input-size", "100000x64"), ("--input-size", "0x64"), ("--batch", "0"), ("--batch", "100000")] {
+        let mut args: Vec<&std::ffi::OsStr> =
+            vec!["export".as_ref(), "onnx".as_ref(), w.as_os_str(), "--config".as_ref(), cfg.as_os_str(), "-o".as_ref(), out.as_os_str()];
+        args.extend(os(&[flag, value]));
+        if flag == "--batch" {
+            args.extend(os(&["--input-size", "64x64"]));
+        }
+        let (code, _, err) = cli(&args);
+        assert_eq!(code, 2, "{flag} {value}: {err}");
+    }
+    assert!(!out.exists());
+    for size in ["0", "100000", "33"] {
+        let (code, _, err) = cli(&os(&["bench", "--preset", "vit-comer-t-seg", "--size", size, "--runs", "1"]));
+        assert_eq!(code, 2, "bench --size {size}: {err}");
+    }
+}
+
+#[test]
+fn every_preset_and_fixture_config_is_still_accepted() {
+    use comer_port::target::{self, Basis, TargetSpec};
+    let d = tmpdir();
+    let art = fixture("forward/det_tiny/weights.safetensors");
+    for p in comer_port::model::presets::PRESETS {
+        let cfg = comer_port::model::presets::preset(p.name).expect("preset");
+        let file = d.join(format!("{}.json", p.name));
+        std::fs::write(&file, cfg.to_case_json().to_string()).expect("write");
+        let again = target::resolve(&TargetSpec::ConfigFile(file), Basis::Artifact(&art)).expect(p.name);
+        assert_eq!(again, cfg, "{}", p.name);
+    }
+    for case in ["det_tiny", "det_tiny_cfi_window", "seg_tiny", "beit_tiny"] {
+        let dir = fixture(&format!("forward/{case}"));
+        let out = d.join(format!("{case}.safetensors"));
+        let (code, _, err) = cli(&[
+            "run".as_ref(), "--weights".as_ref(), dir.join("weights.safetensors").as_os_str(), "--config".as_ref(),
+            dir.join("case.json").as_os_str(), "--input".as_ref(), dir.join("inputs.safetensors").as_os_str(), "-o".as_ref(), out.as_os_str(),
+        ]);
+        assert_eq!(code, 0, "{case}: {err}");
+    }
+}
+
+// ---- 7. terminal escapes: untrusted names are escaped in every human-readable output ----
+
+/// A key that would clear the screen and print a fake verdict, and one with a right-to-left
+/// override.
+const EVIL_KEYS: [&str; 2] = ["\u{1b}[2J\u{1b}[Hverdict passed\n", "evil\u{202e}yek\u{9b}31m"];
+
+/// No raw control character in `text` except line breaks between lines.
+fn assert_no_controls(what: &str, text: &str) {
+    let bad: Vec<char> = text.chars().filter(|&c| c != '\n' && comer_port::text::needs_escape(c)).collect();
+    assert!(bad.is_empty(), "{what}: raw control characters {bad:?} in:\n{}", text.escape_debug());
+}
+
+/// A safetensors file of `tensors` plus one f32 tensor per [`EVIL_KEYS`] entry.
+fn safetensors_with_evil_keys(tensors: &[Owned]) -> Vec<u8> {
+    let zero = 0f32.to_le_bytes().to_vec();
+    let mut all = tensors.to_vec();
+    all.extend(EVIL_KEYS.iter().map(|k| (k.to_string(), safetensors::Dtype::F32, vec![1], zero.clone())));
+    safetensors_of(&all, None)
+}
+
+#[test]
+fn evil_key_and_file_names_are_escaped_in_inspect() {
+    // A safetensors file named with an escape sequence and a line break, and a .pth.
+    let d = tmpdir();
+    let st = d.join("ev\u{1b}[31mil\n.safetensors");
+    std::fs::write(&st, safetensors_with_evil_keys(&[])).expect("write");
+    let mut pkl = Pickle::new().empty_dict().mark();
+    for (i, k) in EVIL_KEYS.iter().enumerate() {
+        pkl = pkl.str(k).tensor("FloatStorage", &i.to_string(), 1, 0, &[1], &[1]);
+    }
+    let pkl = pkl.op(b'u').stop();
+    let zero = 0f32.to_le_bytes();
+    let pth = d.join("evil\u{202e}.pth");
+    std::fs::write(&pth, zip_with(&pkl, &[("0", &zero), ("1", &zero)])).expect("write");
+    for file in [&st, &pth] {
+        let (code, out, err) = cli(&["inspect".as_ref(), file.as_os_str(), "--all".as_ref()]);
+        assert_eq!(code, 0, "{err}");
+        assert_no_controls("inspect stdout", &out);
+        assert_no_controls("inspect stderr", &err);
+        assert!(out.contains("\\x1b[2J\\x1b[Hverdict passed\\n") && out.contains("evil\\u{202e}yek\\u{9b}31m"), "{out}");
+        assert!(!out.lines().any(|l| l.starts_with("verdict")), "no line of the key's own: {out}");
+        let (code, json, _) = cli(&["inspect".as_ref(), file.as_os_str(), "--json".as_ref()]);
+        assert_eq!(code, 0);
+        assert_no_controls("inspect --json", &json);
+        let v: serde_json::Value = serde_json::from_str(&json).expect("still JSON");
+        let listed: Vec<&str> = v["tensors"].as_array().expect("tensors").iter().filter_map(|t| t["name"].as_str()).collect();
+        for k in EVIL_KEYS {
+            assert!(listed.iter().any(|n| n.ends_with(k)), "JSON keeps the exact key {k:?}: {listed:?}");
+        }
+    }
+    // A file that is refused names its path escaped too.
+    let bad = d.join("x\u{1b}]0;pwned\u{7}.pth");
+    std::fs::write(&bad, b"not a checkpoint at all").expect("write");
+    let (code, out, err) = cli(&["inspect".as_ref(), bad.as_os_str()]);
+    assert_eq!(code, 3);
+    assert_no_controls("refused inspect", &format!("{out}{err}"));
+    assert!(err.contains("x\\x1b]0;pwned\\x07.pth"), "{err}");
+}
+
+#[test]
+fn evil_key_names_are_escaped_in_import_verify_and_run() {
+    let d = tmpdir();
+    // import: the DeiT source with two keys no rule uses: refused, naming the key escaped.
+    let src = d.join("deit\u{1b}[2J.safetensors");
+    std::fs::write(&src, safetensors_with_evil_keys(&tensors_of(&fixture("sources/deit/deit_tiny.pth")))).expect("write");
+    let cfg = fixture("forward/det_tiny/case.json");
+    let out = d.join("a.safetensors");
+    let before = snapshot(&d);
+    let (code, stdout, err) =
+        cli(&["import".as_ref(), src.as_os_str(), "--config".as_ref(), cfg.as_os_str(), "-o".as_ref(), out.as_os_str()]);
+    assert_eq!(code, 3, "{err}");
+    assert_no_controls("import", &format!("{stdout}{err}"));
+    assert!(err.contains("source key '\\x1b[2J\\x1b[Hverdict passed\\n'") || err.contains("evil\\u{202e}"), "{err}");
+    assert_eq!(snapshot(&d), before, "nothing written, the source unchanged");
+    // verify and run: an artifact carrying an extra key: failed checks and errors name it.
+    let art = d.join("art\u{1b}]0;t\u{7}.safetensors");
+    std::fs::write(&art, safetensors_with_evil_keys(&tensors_of(&fixture("forward/det_tiny/weights.safetensors")))).expect("write");
+    let (code, stdout, err) = cli(&["verify".as_ref(), art.as_os_str(), "--config".as_ref(), cfg.as_os_str()]);
+    assert_eq!(code, 1, "{err}");
+    assert_no_controls("verify", &format!("{stdout}{err}"));
+    assert!(stdout.contains("\\x1b[2J\\x1b[Hverdict passed\\n"), "{stdout}");
+    assert!(!stdout.lines().any(|l| l.starts_with("verdict passed")), "{stdout}");
+    let (code, json, _) = cli(&["verify".as_ref(), art.as_os_str(), "--config".as_ref(), cfg.as_os_str(), "--json".as_ref()]);
+    assert_eq!(code, 1);
+    assert_no_controls("verify --json", &json);
+    serde_json::from_str::<serde_json::Value>(&json).expect("still JSON");
+    let r = d.join("r.safetensors");
+    let input = fixture("forward/det_tiny/inputs.safetensors");
+    let (code, stdout, err) = cli(&[
+        "run".as_ref(), "--weights".as_ref(), art.as_os_str(), "--config".as_ref(), cfg.as_os_str(),
+        "--input".as_ref(), input.as_os_str(), "-o".as_ref(), r.as_os_str(),
+    ]);
+    assert_eq!(code, 3, "{err}");
+    assert_no_controls("run", &format!("{stdout}{err}"));
+    assert!(!r.exists());
+}
+
+// ---- 10/12. outputs: each its own file, none an input, checked before the first byte ----
+
+/// `comer-port ARGS…` (paths relative to `dir`) refused as a usage error naming `says`,
+/// leaving every file under `dir` as it was.
+fn refused_in(dir: &Path, args: &[&str], says: &[&str]) {
+    let before = snapshot(dir);
+    let o = bin().current_dir(dir).args(args).output().expect("runs");
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(o.status.code() != Some(101) && !err.contains("panicked"), "{args:?}: {err}");
+    assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+    for s in says {
+        assert!(err.contains(s), "{args:?}: names {s:?}: {err}");
+    }
+    assert_eq!(snapshot(dir), before, "{args:?}: nothing written, nothing replaced");
+}
+
+#[test]
+fn outputs_that_are_one_file_are_refused_before_any_is_written() {
+    let d = workdir();
+    for force in [&[][..], &["--force"][..]] {
+        let with = |a: &[&'static str]| [a, force].concat();
+        let imp = ["import", "src.pth", "--config", "case.json"];
+        refused_in(&d, &with(&[&imp[..], &["-o", "x.safetensors", "--pth", "x.safetensors"]].concat()), &["--pth output x.safetensors", "-o output"]);
+        refused_in(&d, &with(&[&imp[..], &["-o", "x.safetensors", "--report", "./x.safetensors"]].concat()), &["--report", "-o"]);
+        refused_in(&d, &with(&[&imp[..], &["-o", "x.safetensors", "--pth", "x.config.json"]].concat()), &["--pth", "config written beside"]);
+        refused_in(&d, &with(&[&imp[..], &["-o", "x.safetensors", "--report", "r.txt"]].concat()), &["text summary of --report", "--report output"]);
+        refused_in(&d, &with(&[&imp[..], &["-o", "p.safetensors", "--report", "p.config.json"]].concat()), &["--report", "config written beside"]);
+        let run = ["run", "--weights", "weights.safetensors", "--config", "case.json", "--input", "inputs.safetensors"];
+        refused_in(&d, &with(&[&run[..], &["-o", "o.png", "--viz", "o.png"]].concat()), &["--viz", "-o output"]);
+    }
+    // A link between two outputs that already exist: one file under two names.
+    std::fs::write(d.join("old.safetensors"), b"old").expect("write");
+    std::fs::hard_link(d.join("old.safetensors"), d.join("old.pth")).expect("link");
+    std::os::unix::fs::symlink("old.safetensors", d.join("old.json")).expect("symlink");
+    let imp = ["import", "src.pth", "--config", "case.json", "-o", "old.safetensors", "--force"];
+    refused_in(&d, &[&imp[..], &["--pth", "old.pth"]].concat(), &["--pth", "link"]);
+    refused_in(&d, &[&imp[..], &["--report", "old.json"]].concat(), &["--report", "link"]);
+}
+
+#[test]
+fn outputs_never_replace_an_input_even_with_force() {
+    let d = workdir();
+    std::fs::hard_link(d.join("src.pth"), d.join("hard.pth")).expect("link");
+    std::os::unix::fs::symlink("src.pth", d.join("soft.pth")).expect("symlink");
+    std::os::unix::fs::symlink("weights.safetensors", d.join("w-link.onnx.data")).expect("symlink");
+    let imp = ["import", "src.pth", "--config", "case.json", "--force"];
+    for extra in [
+        &["-o", "src.pth"][..],
+        &["-o", "./sub/../src.pth"],
+        &["-o", "a.safetensors", "--pth", "src.pth"],
+        &["-o", "a.safetensors", "--report", "src.pth"],
+        &["-o", "hard.pth"],
+        &["-o", "soft.pth"],
+    ] {
+        refused_in(&d, &[&imp[..], extra].concat(), &["is the source", "--force"]);
+    }
+    refused_in(&d, &[&imp[..], &["-o", "case.json"]].concat(), &["is the --config file"]);
+    // A Hugging Face folder: nothing is written into it (its config.json included).
+    let hf = d.join("hf");
+    std::fs::create_dir(&hf).expect("dir");
+    for f in ["model.safetensors", "config.json"] {
+        std::fs::copy(fixture("sources/hf_vit/vit-tiny-in21k").join(f), hf.join(f)).expect("copy");
+    }
+    std::os::unix::fs::symlink("hf", d.join("hf-link")).expect("symlink");
+    for extra in [&["-o", "hf/config.json"][..], &["-o", "x.safetensors", "--pth", "hf/x.pth"], &["-o", "hf-link/x.safetensors"], &["-o", "hf"]] {
+        refused_in(&d, &[&["import", "hf", "--config", "case.json", "--force"][..], extra].concat(), &["the source"]);
+    }
+    // run and export against their inputs.
+    let run = ["run", "--weights", "weights.safetensors", "--config", "case.json", "--input", "inputs.safetensors", "--force"];
+    refused_in(&d, &[&run[..], &["-o", "weights.safetensors"]].concat(), &["the --weights file"]);
+    refused_in(&d, &[&run[..], &["--viz", "inputs.safetensors"]].concat(), &["the --input file"]);
+    refused_in(&d, &[&run[..], &["-o", "case.json"]].concat(), &["the --config file"]);
+    let export = ["export", "onnx", "weights.safetensors", "--config", "case.json", "--input-size", "64x64", "--force"];
+    refused_in(&d, &[&export[..], &["-o", "weights.safetensors"]].concat(), &["the artifact"]);
+    refused_in(&d, &[&export[..], &["-o", "w-link.onnx"]].concat(), &["external data file", "the artifact"]);
+}
+
+#[test]
+fn demo_refuses_a_folder_whose_names_are_linked() {
+    let d = tmpdir();
+    std::fs::write(d.join("deit_tiny.pth"), b"precious").expect("write");
+    std::fs::hard_link(d.join("deit_tiny.pth"), d.join("pyramid.png")).expect("link");
+    refused_in(&d, &["demo", "--dir", ".", "--force"], &["pyramid.png", "deit_tiny.pth"]);
 }

@@ -32,7 +32,8 @@ mod new_families;
 mod module_graph;
 /// Artifacts that lie: heads, fresh parameters, lossy claims, dtypes, source hash (issue 13).
 mod tamper;
-/// Issue 14 (hardening): amplification, zip bombs, lookup, CRC, non-files, writers.
+/// Issue 14 (hardening): amplification, zip bombs, lookup, CRC, non-files, writers, config
+/// ranges, escaped names, output collisions.
 #[cfg(target_os = "linux")]
 mod hardening;
 /// The newcomer's path: the preset chosen for the user, hub wrapper layouts, usage errors,

@@ -15,6 +15,7 @@ pub(crate) mod deform;
 pub(crate) mod layers;
 pub mod proto;
 
+use crate::text::esc;
 use std::path::{Path, PathBuf};
 
 use prost::Message;
@@ -43,7 +44,7 @@ const EXTERNAL_MIN_BYTES: usize = 1024;
 #[derive(Debug, thiserror::Error)]
 pub enum OnnxError {
     /// `--input-size` is not a positive multiple of 32 (the stride-32 level must tile it).
-    #[error("input size {h}x{w}: {reason}")]
+    #[error("input size {h}x{w}: {reason}", reason = esc(.reason))]
     InputSize {
         /// Requested height.
         h: usize,
@@ -52,17 +53,20 @@ pub enum OnnxError {
         /// What is wrong with it.
         reason: String,
     },
-    /// `--batch` is zero.
-    #[error("batch size must be at least 1")]
-    Batch,
+    /// `--batch` is zero or over [`MAX_BATCH`].
+    #[error("batch size {0} is out of range (allowed: 1..={MAX_BATCH})")]
+    Batch(usize),
+    /// The config is refused (`ComerConfig::validate`).
+    #[error(transparent)]
+    Config(#[from] crate::model::ConfigError),
     /// A weight the graph needs is not in the artifact.
-    #[error("weight '{key}' is missing from the artifact")]
+    #[error("weight '{key}' is missing from the artifact", key = esc(.key))]
     MissingWeight {
         /// The target key.
         key: String,
     },
     /// A weight has a shape other than the config implies.
-    #[error("weight '{key}' has shape {got:?}, expected {expected:?}")]
+    #[error("weight '{key}' has shape {got:?}, expected {expected:?}", key = esc(.key))]
     WeightShape {
         /// The target key.
         key: String,
@@ -72,7 +76,7 @@ pub enum OnnxError {
         got: Vec<usize>,
     },
     /// A node cannot be built for this config/input size.
-    #[error("node '{node}' ({op_type}): {reason}")]
+    #[error("node '{node}' ({op_type}): {reason}", node = esc(.node), reason = esc(.reason))]
     Node {
         /// The node's name (its upstream module path).
         node: String,
@@ -82,7 +86,7 @@ pub enum OnnxError {
         reason: String,
     },
     /// The side `.onnx.data` file could not be written.
-    #[error("{path}: {source}")]
+    #[error("{path}: {source}", path = esc(.path))]
     ExternalData {
         /// The `.onnx.data` file.
         path: PathBuf,
@@ -127,7 +131,13 @@ impl ExportOptions {
     }
 }
 
-/// Check an input size: positive and a multiple of 32.
+/// The largest input side an export takes, in pixels: the graph's constants (the resized
+/// position table, reference points, window paddings) grow with the input's area.
+pub const MAX_INPUT_SIDE: usize = 4096;
+/// The largest fixed batch an export takes.
+pub const MAX_BATCH: usize = 256;
+
+/// Check an input size: positive multiples of 32, at most [`MAX_INPUT_SIDE`].
 pub fn check_input_size(h: usize, w: usize) -> Result<(), OnnxError> {
     if h == 0 || w == 0 || !h.is_multiple_of(32) || !w.is_multiple_of(32) {
         return Err(OnnxError::InputSize {
@@ -135,6 +145,17 @@ pub fn check_input_size(h: usize, w: usize) -> Result<(), OnnxError> {
             w,
             reason: "height and width must be positive multiples of 32 (the stride-32 pyramid level must tile the image)".into(),
         });
+    }
+    if h > MAX_INPUT_SIDE || w > MAX_INPUT_SIDE {
+        return Err(OnnxError::InputSize { h, w, reason: format!("height and width may be at most {MAX_INPUT_SIDE}") });
+    }
+    Ok(())
+}
+
+/// Check a fixed batch size: 1..=[`MAX_BATCH`].
+pub fn check_batch(batch: usize) -> Result<(), OnnxError> {
+    if batch == 0 || batch > MAX_BATCH {
+        return Err(OnnxError::Batch(batch));
     }
     Ok(())
 }
@@ -157,9 +178,8 @@ fn value_info(name: &str, shape: &[usize]) -> ValueInfoProto {
 /// Build the model in memory (initializers inline).
 pub fn build_model(tensors: Vec<(String, &TensorView)>, cfg: &ComerConfig, opts: &ExportOptions) -> Result<ModelProto, OnnxError> {
     check_input_size(opts.height, opts.width)?;
-    if opts.batch == 0 {
-        return Err(OnnxError::Batch);
-    }
+    check_batch(opts.batch)?;
+    cfg.validate()?;
     let weights = Weights::new(tensors);
     let mut g = Graph::new(&weights);
     let lv = layers::Levels { b: opts.batch, h: opts.height / 16, w: opts.width / 16 };
@@ -320,7 +340,20 @@ mod tests {
     fn batch_variant() {
         let mut o = ExportOptions::new(64, 64);
         o.batch = 0;
-        assert!(matches!(build_model(vec![], &tiny_cfg(), &o).err(), Some(OnnxError::Batch)));
+        assert!(matches!(build_model(vec![], &tiny_cfg(), &o).err(), Some(OnnxError::Batch(0))));
+        o.batch = MAX_BATCH + 1;
+        assert!(matches!(build_model(vec![], &tiny_cfg(), &o).err(), Some(OnnxError::Batch(_))));
+        let e = build_model(vec![], &tiny_cfg(), &ExportOptions::new(64, MAX_INPUT_SIDE + 32)).err();
+        assert!(matches!(e, Some(OnnxError::InputSize { .. })));
+    }
+
+    #[test]
+    fn config_variant() {
+        // A config mutated in code after it was parsed is checked again before any node.
+        let mut cfg = tiny_cfg();
+        cfg.n_points = 0;
+        let e = build_model(vec![], &cfg, &ExportOptions::new(64, 64)).err();
+        assert!(matches!(e, Some(OnnxError::Config(crate::model::ConfigError::OutOfRange { .. }))), "{e:?}");
     }
 
     #[test]
