@@ -395,7 +395,19 @@ impl PlainVit {
 
     /// Tokens after every block, for locating the first block where two forwards part.
     pub fn forward_taps(&self, image: &Tensor) -> Result<Vec<Tensor>> {
-        let (mut x, grid) = self.patch_embed.forward(image)?;
+        let (x, grid) = self.patch_embed.forward(image)?;
+        self.taps_from_patches(x, grid)
+    }
+
+    /// The patch embedding alone: tokens `(B, gh * gw, C)` and the grid.
+    pub fn patch_tokens(&self, image: &Tensor) -> Result<(Tensor, (usize, usize))> {
+        self.patch_embed.forward(image)
+    }
+
+    /// [`PlainVit::forward_taps`] from patch tokens `(B, gh * gw, C)` (another model's patch
+    /// embedding, say): position, pre-norm, then every block.
+    pub fn taps_from_patches(&self, patches: Tensor, grid: (usize, usize)) -> Result<Vec<Tensor>> {
+        let mut x = patches;
         if let Some(pos) = &self.pos_embed {
             x = x.broadcast_add(&pos.for_grid(grid)?)?;
         }

@@ -281,6 +281,66 @@ fn align_beit_tables(
     Ok((Some(c), resized))
 }
 
+/// The artifact's patch kernel against the reference resize of the source's (`ps` -> `pt`
+/// pixels, the transform and method the mapping uses), bit for bit in the artifact's dtype.
+#[allow(clippy::too_many_arguments)]
+fn kernel_check(
+    source: &Checkpoint,
+    artifact: &Checkpoint,
+    cfg: &ComerConfig,
+    transforms: &Transforms,
+    dtype_of: &dyn Fn(&str) -> Option<formats::DType>,
+    ps: usize,
+    pt: usize,
+) -> Result<Check> {
+    const KEY: &str = "patch_embed.proj.weight";
+    let method = if transforms.patch_resize == "pinv" { "pinv" } else { "bilinear" };
+    let name = format!("patch kernel {ps} -> {pt} ({method})");
+    let opts = PlanOptions { lossy: true, relpos_geometric: transforms.relpos_resize == "geometric", patch_pinv: method == "pinv" };
+    let want = match reference_of(source, cfg, &opts, KEY) {
+        Ok(v) => v,
+        Err(reason) => return Ok(Check::outcome(name, &[1], 1, Some(0), Some(format!("no reference for `{KEY}`: {reason}")))),
+    };
+    let Some(got) = artifact_tensor(artifact, KEY) else {
+        return Ok(Check::outcome(name, &[1], 1, Some(0), Some(format!("`{KEY}` is missing"))));
+    };
+    let got = got?;
+    let shape = got.dims().to_vec();
+    let got = got.flatten_all()?.to_vec1::<f32>()?;
+    let round = |x: f32| match dtype_of(KEY) {
+        Some(formats::DType::F16) => half::f16::from_f32(x).to_f32(),
+        Some(formats::DType::BF16) => half::bf16::from_f32(x).to_f32(),
+        _ => x,
+    };
+    let want: Vec<f32> = want.into_iter().map(round).collect();
+    let mut c = Check::new(name, &shape, &got, &want, EXACT_BOUND);
+    let same = got.len() == want.len() && got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits());
+    c.passed = same;
+    c.note = Some(if same {
+        format!("`{KEY}` equals the {method} resize of the source's kernel, bit for bit (the sources/dinov2 bilinear_16 and pi_resize_16 goldens certify that resize against upstream)")
+    } else {
+        format!("`{KEY}` is not the {method} resize of the source's kernel")
+    });
+    Ok(c)
+}
+
+/// The value the mapping gives target `key` from `source` under `opts` (f32).
+fn reference_of(source: &Checkpoint, cfg: &ComerConfig, opts: &PlanOptions, key: &str) -> std::result::Result<Vec<f32>, String> {
+    let plan = replan_with(source, cfg, opts)?;
+    let det = detect::detect_checkpoint(source);
+    let family = det.family().ok_or_else(|| det.reason.clone())?;
+    let m = Mapping::parse(family.mapping()).map_err(|e| e.to_string())?;
+    let (_, sd) = source.state_dict();
+    let sd = m.normalise_keys(sd);
+    let lookup: std::collections::HashMap<&str, &formats::TensorView> = sd.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+    let p = plan.targets.iter().find(|p| p.entry.name == key).ok_or_else(|| format!("the mapping gives no `{key}`"))?;
+    match mapping::produce(p, &lookup, opts, 0) {
+        Ok(Values::F32(v)) => Ok(v),
+        Ok(Values::I64(_)) => Err(format!("`{key}` is an integer buffer")),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// A two-sided comparison that ran (not skipped, not an artifact that failed to load).
 fn is_comparison(c: &Check) -> bool {
     c.skipped.is_none() && c.bound > 0.0
@@ -446,8 +506,34 @@ pub fn parity_checks(
         }
     }
     let tgt = tgt;
-    let mut checks = compare_taps(&run_taps, &tgt, &run, bound)?.checks;
-    let mut figured = compare_taps(&skip_taps, &tgt, &figure_inputs, EXACT_BOUND)?.checks.into_iter();
+    let mut checks = compare_taps(&run_taps, &tgt, &run, bound, false)?.checks;
+    let mut figured = compare_taps(&skip_taps, &tgt, &figure_inputs, EXACT_BOUND, false)?.checks.into_iter();
+    // A kernel resized bilinearly (upstream's convert_14to16) changes the function: the
+    // source's own patch tokens go into both ViT branches, which proves everything after the
+    // kernel exactly, and the kernel is held bit for bit to its reference resize.
+    let bilinear_kernel = ps != pt && transforms.patch_resize != "pinv";
+    let mut shared = Vec::new();
+    if bilinear_kernel && !matches!(fit, Fit::Inexpressible(_)) {
+        shared.push(kernel_check(source, artifact, cfg, transforms, dtype_of, ps, pt)?);
+        for mut c in compare_taps(&run_taps, &tgt, &run, bound, true)?.checks {
+            c.name = format!("{} ({})", c.name, det.family);
+            if is_comparison(&c) && c.note.is_none() {
+                c.note = Some(format!(
+                    "the source's own {ps}-pixel patch tokens into both ViT branches: everything after the patch \
+                     kernel, exactly{}",
+                    why.as_deref().map(|w| format!("; {w}")).unwrap_or_default()
+                ));
+            }
+            if c.skipped.is_none() {
+                c.approximation = match &fit {
+                    Fit::EpsChange { from } => Some(format!("LayerNorm eps {from:e} -> {:e}", crate::families::TARGET_EPS)),
+                    Fit::Approximation { what, .. } => Some(what.clone()),
+                    Fit::Exact | Fit::Inexpressible(_) => None,
+                };
+            }
+            shared.push(c);
+        }
+    }
     for ((input, _, _), figures, reason) in skips {
         if figures {
             if let Some(c) = figured.next() {
@@ -494,10 +580,11 @@ pub fn parity_checks(
             *c = c.clone().into_skipped(reason.clone());
         } else if ps != pt && transforms.patch_resize != "pinv" {
             *c = c.clone().into_skipped(format!(
-                "patch kernel resized {ps} -> {pt} with {} interpolation at import (upstream's convert_14to16): the \
-                 source on {ps}-pixel patches against the artifact on the same patches resized to {pt} pixels is no \
-                 identity for that kernel, so no bound can be stated; `--patch-resize pinv` (FlexiViT's \
-                 pseudo-inverse) makes it exact",
+                "declared approximation: the patch kernel resized {ps} -> {pt} with {} interpolation at import \
+                 (upstream's convert_14to16) computes other tokens; measured here end to end, the source on \
+                 {ps}-pixel patches against the artifact on the same patches resized to {pt} pixels, with no bound \
+                 that can be stated (the rest of the mapping is proven from shared patch tokens); `--patch-resize \
+                 pinv` (FlexiViT's pseudo-inverse) makes the whole check exact",
                 if transforms.patch_resize.is_empty() { "an unrecorded" } else { transforms.patch_resize.as_str() }
             ));
         } else if ps != pt {
@@ -516,6 +603,9 @@ pub fn parity_checks(
                 Fit::Exact | Fit::Inexpressible(_) => None,
             };
         }
+    }
+    if !shared.is_empty() {
+        checks.splice(0..0, shared);
     }
     if let Some(mut c) = table_check {
         c.name = format!("{} ({})", c.name, det.family);

@@ -112,7 +112,7 @@ pub fn parity_of(src: &PlainVit, tgt: &PlainVit, inputs: &[(String, Tensor)], bo
 /// 16-pixel ones sees each patch resized).
 pub fn parity_of_pairs(src: &PlainVit, tgt: &PlainVit, inputs: &[(String, Tensor, Tensor)], bound: f64) -> Result<Report> {
     let taps = SourceTaps::of(src, inputs)?;
-    compare_taps(&taps, tgt, inputs, bound)
+    compare_taps(&taps, tgt, inputs, bound, false)
 }
 
 /// The source forward's taps (embeddings, then after every block) on each input's source
@@ -121,6 +121,8 @@ pub fn parity_of_pairs(src: &PlainVit, tgt: &PlainVit, inputs: &[(String, Tensor
 pub struct SourceTaps {
     /// Per input, the taps.
     pub taps: Vec<Vec<Tensor>>,
+    /// Per input, the source's patch tokens `(B, N, C)` and their grid.
+    pub patches: Vec<(Tensor, (usize, usize))>,
     /// The source's block names, in order.
     pub blocks: Vec<String>,
 }
@@ -128,19 +130,37 @@ pub struct SourceTaps {
 impl SourceTaps {
     /// Run `src` on every input's source image.
     pub fn of(src: &PlainVit, inputs: &[(String, Tensor, Tensor)]) -> Result<SourceTaps> {
-        let taps = inputs.iter().map(|(_, image, _)| src.forward_taps(image)).collect::<std::result::Result<_, _>>()?;
-        Ok(SourceTaps { taps, blocks: src.blocks.iter().map(|b| b.name.clone()).collect() })
+        let (mut taps, mut patches) = (Vec::new(), Vec::new());
+        for (_, image, _) in inputs {
+            let (x, grid) = src.patch_tokens(image)?;
+            patches.push((x.clone(), grid));
+            taps.push(src.taps_from_patches(x, grid)?);
+        }
+        Ok(SourceTaps { taps, patches, blocks: src.blocks.iter().map(|b| b.name.clone()).collect() })
     }
 }
 
 /// The artifact's ViT branch on every input's target image against the source's taps,
-/// against `bound` (relative). A failing check names the first block whose output parts; a
-/// target-side error is a failed check naming the tensor.
-pub fn compare_taps(src: &SourceTaps, tgt: &PlainVit, inputs: &[(String, Tensor, Tensor)], bound: f64) -> Result<Report> {
+/// against `bound` (relative). With `shared_patches` the artifact's branch starts from the
+/// source's own patch tokens instead of its image (what follows a changed patch kernel). A
+/// failing check names the first block whose output parts; a target-side error is a failed
+/// check naming the tensor.
+pub fn compare_taps(
+    src: &SourceTaps,
+    tgt: &PlainVit,
+    inputs: &[(String, Tensor, Tensor)],
+    bound: f64,
+    shared_patches: bool,
+) -> Result<Report> {
     let mut report = Report::default();
-    for ((name, _, tgt_image), a) in inputs.iter().zip(&src.taps) {
-        let check_name = format!("mapping parity {name}");
-        let b = match tgt.forward_taps(tgt_image) {
+    for (((name, _, tgt_image), a), (patches, grid)) in inputs.iter().zip(&src.taps).zip(&src.patches) {
+        let check_name = if shared_patches {
+            format!("mapping parity {name} (source patch tokens)")
+        } else {
+            format!("mapping parity {name}")
+        };
+        let b = if shared_patches { tgt.taps_from_patches(patches.clone(), *grid) } else { tgt.forward_taps(tgt_image) };
+        let b = match b {
             Ok(b) => b,
             Err(e) => {
                 report.push(artifact_failure(&check_name, &e));

@@ -282,3 +282,29 @@ fn beit_tampered_block_or_table_is_named() {
         assert!(text.contains(named), "{key}: {text}");
     }
 }
+
+#[test]
+fn a_bilinear_14_to_16_import_is_proven_from_shared_patch_tokens() {
+    const DINO: &str = "sources/dinov2/dinov2_tiny_vits14.pth";
+    let d = tmpdir();
+    let (art, _) = import(&d, DINO, &[]);
+    let (code, text) = verify(&art, DINO);
+    assert_eq!(code, Some(0), "{text}");
+    let row = |t: &str, start: &str| t.lines().find(|l| l.starts_with(start)).unwrap_or_default().to_string();
+    assert!(row(&text, "patch kernel 14 -> 16 (bilinear)").ends_with("exact"), "{text}");
+    assert!(row(&text, "mapping parity image56x56 -> 64x64 (source patch tokens)").ends_with("exact"), "{text}");
+    for (key, named) in [
+        ("patch_embed.proj.weight", "`patch_embed.proj.weight` is not the bilinear resize"),
+        ("blocks.1.mlp.fc2.weight", "first parts after blocks.1"),
+    ] {
+        let bad = d.join(format!("{key}.safetensors"));
+        rewrite(&art, &bad, |_| {}, |n, _, data| {
+            if n == key {
+                nudge(data, 3, 0.05);
+            }
+        });
+        let (code, text) = verify(&bad, DINO);
+        assert_eq!(code, Some(1), "{key}: {text}");
+        assert!(text.contains(named), "{key}: {text}");
+    }
+}
