@@ -211,6 +211,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
             "sha256": sha,
             "structure": structure(&ck.root, 0),
             "wrapper": wrapper,
+            "full_model": ck.full_model(),
             "metadata": ck.metadata,
             "family": det.family,
             "reason": det.reason,
@@ -265,7 +266,12 @@ fn print_table(
         ),
     }
     println!("structure  {}", structure(&ck.root, 0));
-    println!("wrapper    {}", if wrapper.is_empty() { "(none: the root is the state dict)" } else { wrapper });
+    match (ck.full_model(), wrapper.is_empty()) {
+        (Some(what), true) => println!("wrapper    (none: {what})"),
+        (Some(what), false) => println!("wrapper    {wrapper} ({what})"),
+        (None, true) => println!("wrapper    (none: the root is the state dict)"),
+        (None, false) => println!("wrapper    {wrapper}"),
+    }
     for (k, v) in &ck.metadata {
         if !k.starts_with("config.") || args.all {
             println!("meta       {k} = {v}");
