@@ -91,10 +91,28 @@ pub fn main() -> i32 {
     match result {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            eprintln!("error: {}", chain_text(&err));
             exit_code_for(&err)
         }
     }
+}
+
+/// The error chain in one line, `outer: inner: …`, each link once: a link whose text an
+/// outer one already shows (`FormatError::Io` prints its OS error and also returns it as its
+/// source) is not repeated.
+pub fn chain_text(err: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for link in err.chain() {
+        let text = link.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
 }
 
 /// A usage error found after parsing: arguments the parser accepts one by one but that

@@ -32,6 +32,7 @@ use crate::families::mapping::{self, Mapping, Plan, PlanOptions, Values};
 use crate::meta::{ArtifactMeta, Transforms};
 use crate::model::plain_vit::Weights;
 use crate::model::{Comer, ComerConfig};
+use crate::progress::{Progress, Stage, Unit};
 
 /// Why the artifact's ViT branch is not the source's function at all (cross-layout import,
 /// windowed attention, resized patch kernel), or `None` when parity can run.
@@ -54,7 +55,10 @@ fn structural_skip(family: &dyn Family, sc: &SourceConfig, cfg: &ComerConfig) ->
              grid makes every window the whole grid (no stated bound); verify with a global-attention config \
              to prove the mapping"
         ));
-    } else if sc.rel_pos != RelPos::None && cfg.window_attn.iter().any(|w| *w) {
+    } else if sc.rel_pos != RelPos::None
+        && cfg.window_attn.iter().any(|w| *w)
+        && (parity_grid(cfg) != sc.pretrain_grid.map(|g| g.0) || cfg.window_attn.iter().any(|w| !*w))
+    {
         let windowed: Vec<usize> = cfg.window_attn.iter().enumerate().filter(|(_, w)| **w).map(|(i, _)| i).collect();
         return Some(format!(
             "blocks {windowed:?} use windowed attention: the source attends globally, so the artifact's ViT \
@@ -411,25 +415,32 @@ pub fn golden_checks(model: &Comer, dir: &Path) -> Result<Vec<Check>> {
 /// layout, (a) mapping parity against `source` judged under the approximations the artifact
 /// declares (`policy::approximations`), (d) a `sources/*` golden folder on the ViT
 /// branch, then (b) the backbone and a `forward/*` golden folder. A model that does not load
-/// is a failed check naming the key. Shared by `verify`, `demo` and `import`.
+/// is a failed check naming the key. Each group of checks is a stage of `progress`
+/// (`verify: round trip`, `verify: key set`, …). Shared by `verify`, `demo` and `import`.
 pub fn artifact_report(
     artifact: &Path,
     source: Option<&Checkpoint>,
     golden: Option<&Path>,
     cfg: &ComerConfig,
     seed: u64,
+    progress: &Progress,
 ) -> Result<super::Report> {
     use super::golden as golden_folder;
     use super::keys::{ArtifactKey, layout_check};
     let mut report = super::Report::default();
+    let g = Group::begin(progress, "round trip", &report);
     for c in round_trip_checks(artifact)? {
         report.push(c);
     }
+    g.end(&report);
+    let g = Group::begin(progress, "key set", &report);
     let ck = formats::open(artifact)?;
     let keys: Vec<ArtifactKey> = ck.tensors().into_iter().map(|(k, t)| (k, t.shape.clone(), t.dtype)).collect();
     report.push(layout_check(&keys, cfg));
+    g.end(&report);
     let target = Weights::from_checkpoint(&ck)?;
     if let Some(source) = source {
+        let g = Group::begin(progress, "mapping parity", &report);
         let mut parity = super::Report::default();
         let transforms = ArtifactMeta::transforms_of(&ck.metadata);
         for c in parity_checks(source, &target, cfg, &transforms, seed)? {
@@ -445,6 +456,8 @@ pub fn artifact_report(
         let approx = approximations(&dropped, float_dtype(&ck));
         apply_approximations(&mut parity, &approx);
         parity.checks.into_iter().for_each(|c| report.push(c));
+        g.end(&report);
+        let g = Group::begin(progress, "source and fresh parameters", &report);
         if let Some(c) = source_hash_check(source, &ck.metadata) {
             report.push(c);
         }
@@ -452,28 +465,67 @@ pub fn artifact_report(
             Ok(plan) => report.push(fresh_check(plan, &ck)),
             Err(e) => report.push(Check::skipped("fresh parameters", format!("the source could not be mapped again: {e}"))),
         }
+        g.end(&report);
     }
     if let Some(dir) = golden.filter(|d| golden_folder::is_source_folder(d)) {
+        let g = Group::begin(progress, "source goldens", &report);
         let side = golden_folder::ArtifactSide { weights: &target, metadata: &ck.metadata, cfg };
         for c in golden_folder::source_golden_checks(dir, &side, source)? {
             report.push(c);
         }
+        g.end(&report);
     }
+    let g = Group::begin(progress, "backbone", &report);
     let store = crate::model::Store::from_safetensors(artifact)?;
     match Comer::new(&store.root(), cfg).and_then(|m| store.finish().map(|()| m)) {
         Ok(model) => {
             for c in backbone_checks(&model, cfg, seed)? {
                 report.push(c);
             }
+            g.end(&report);
             if let Some(dir) = golden.filter(|d| !golden_folder::is_source_folder(d)) {
+                let g = Group::begin(progress, "forward goldens", &report);
                 for c in golden_checks(&model, dir)? {
                     report.push(c);
                 }
+                g.end(&report);
             }
         }
-        Err(e) => report.push(Check::outcome("backbone load", &[1], 1, Some(0), Some(e.to_string()))),
+        Err(e) => {
+            report.push(Check::outcome("backbone load", &[1], 1, Some(0), Some(e.to_string())));
+            g.end(&report);
+        }
     }
     Ok(report)
+}
+
+/// A group of checks shown as one progress stage (`verify: NAME`), from the report's
+/// length when it began.
+struct Group {
+    stage: Stage,
+    from: usize,
+}
+
+impl Group {
+    fn begin(progress: &Progress, name: &str, report: &super::Report) -> Group {
+        Group { stage: progress.stage(format!("verify: {name}"), 1, Unit::Steps), from: report.checks.len() }
+    }
+
+    /// The group's checks are in `report`: the stage says how they came out.
+    fn end(self, report: &super::Report) {
+        let checks = &report.checks[self.from.min(report.checks.len())..];
+        let count = |f: &dyn Fn(&Check) -> bool| checks.iter().filter(|c| f(c)).count();
+        let (ok, skipped) = (count(&|c| c.skipped.is_none() && c.passed), count(&|c| c.skipped.is_some()));
+        let failed = checks.len() - ok - skipped;
+        let mut detail = format!("{ok} ok");
+        if skipped > 0 {
+            detail.push_str(&format!(", {skipped} skipped"));
+        }
+        if failed > 0 {
+            detail.push_str(&format!(", {failed} FAILED"));
+        }
+        self.stage.finish(&detail);
+    }
 }
 
 /// The float dtype of an artifact when every floating-point tensor has it; F32 (no relaxed
