@@ -145,7 +145,8 @@ pub struct Overview {
     pub flavor: String,
     /// Why that target, and what it can run at.
     pub target_reason: String,
-    /// The verification verdict: `passed`, `lossy`, `failed (FIRST FAILURE)` or `not run (WHY)`.
+    /// The verification verdict (`policy::verdict`: passed, lossy, failed, nothing ran) with
+    /// its counts and first failure, or `not run (WHY)`.
     pub verdict: String,
     /// Every file written, in order.
     pub outputs: Vec<String>,
@@ -720,13 +721,8 @@ fn verdict_words(report: Option<&Report>, opts: &ImportOptions) -> String {
     let Some(r) = report else {
         return format!("not run ({})", if opts.verify { "no safetensors output" } else { "--no-verify" });
     };
-    let counts = format!("{} checks ran, {} skipped", r.checks.len() - r.skipped(), r.skipped());
-    match (r.first_failure(), r.is_lossy(), r.passed()) {
-        (Some(c), _, _) => format!("FAILED ({counts}; first failure: {})", c.name),
-        (None, true, _) => format!("lossy ({counts}: what --lossy dropped is measured, not bounded)"),
-        (None, false, true) => format!("passed ({counts})"),
-        (None, false, false) => format!("nothing ran ({counts})"),
-    }
+    let first = r.first_failure().map(|c| format!("; first failure: {}", c.name)).unwrap_or_default();
+    format!("{} ({} checks ran, {} skipped{first})", policy::verdict(r), r.checks.len() - r.skipped(), r.skipped())
 }
 
 /// Import `source` (a file or folder; `bytes` when it is bundled in memory): [`plan`],
