@@ -216,15 +216,16 @@ pub fn resolve(spec: &TargetSpec, basis: Basis<'_>) -> Result<ComerConfig, Targe
 
 /// A config of flavour `f` with the source's dimensions (its head count as the source's
 /// detector read or assumed it) and upstream's defaults otherwise: the interactions split
-/// the blocks into four even stretches, the pretrain size is the source's grid times 16, the
-/// image size `img_size` (default: the pretrain size). `vit-comer-det`/`-seg` attend
-/// globally (their absolute position table is resized at run time, so any input size runs).
-/// `beit-comer` attends in windows like the Co-DETR preset (`beit-comer-l-codetr`: 14x14
-/// windows, the last block of each interaction stretch 56x56 for 896-pixel inputs): every
-/// block in windows of the source's own grid (its relative-position tables unresized), and
-/// when `img_size` asks for a larger grid, the last block of each stretch of two or more
-/// blocks in windows of that grid. Windows pad, so the artifact runs at any input size; a
-/// global BEiT block would run at one size only ([`one_size`]).
+/// the blocks into four even stretches, the pretrain size is the source's grid times 16.
+/// `vit-comer-det`/`-seg` attend globally (their absolute position table is resized at run
+/// time, so any input size runs); their image size is `img_size` (default: the pretrain
+/// size). `beit-comer` attends in windows like the Co-DETR preset (`beit-comer-l-codetr`:
+/// 14x14 windows, the last block of each interaction stretch 56x56 for 896-pixel inputs,
+/// `img_size` 224): every block in windows of the source's own grid (its relative-position
+/// tables unresized), and when `img_size` asks for a larger grid, the last block of each
+/// stretch of two or more blocks in windows of that grid; its `img_size` stays the pretrain
+/// size, as the preset's. Windows pad, so the artifact runs at any input size; a global BEiT
+/// block would run at one size only ([`one_size`]).
 pub fn from_source(f: Flavor, s: &SourceConfig, img_size: Option<usize>) -> Result<ComerConfig, ConfigError> {
     let (embed, depth) = (s.embed_dim, s.depth.max(1));
     let grid = s.pretrain_grid.map(|g| g.0).unwrap_or(14);
@@ -235,7 +236,7 @@ pub fn from_source(f: Flavor, s: &SourceConfig, img_size: Option<usize>) -> Resu
     let mut kw = serde_json::json!({
         "embed_dim": embed, "depth": depth, "num_heads": s.num_heads,
         "mlp_ratio": s.mlp_hidden as f64 / embed.max(1) as f64,
-        "patch_size": 16, "img_size": img, "pretrain_size": grid * 16,
+        "patch_size": 16, "img_size": if f == Flavor::Beit { grid * 16 } else { img }, "pretrain_size": grid * 16,
         "interaction_indexes": idx, "deform_num_heads": s.num_heads,
         "window_attn": vec![false; depth],
         "window_size": vec![serde_json::Value::Null; depth],
@@ -530,7 +531,7 @@ mod tests {
         assert!(one_size(&c).is_none(), "windows pad: any size runs");
         let wide = from_source(Flavor::Beit, &eight, Some(256)).expect("wide");
         let w: Vec<Option<usize>> = [4, 16, 4, 16, 4, 16, 4, 16].iter().map(|w| Some(*w)).collect();
-        assert_eq!((wide.window_size, wide.img_size, wide.pretrain_size), (w, 256, 64));
+        assert_eq!((wide.window_size, wide.img_size, wide.pretrain_size), (w, 64, 64), "img_size as the Co-DETR preset's");
         assert!(attention_layout(&c).contains("blocks [0, 1, 2, 3, 4, 5, 6, 7] in 4x4 windows"), "{}", attention_layout(&c));
         let mut global = c.clone();
         global.window_attn[3] = false;

@@ -114,7 +114,8 @@ pub struct Args {
     /// Target flavour with dimensions inferred from the source.
     #[arg(long, value_enum, conflicts_with_all = ["preset", "config"])]
     pub flavor: Option<FlavorArg>,
-    /// Input size the --flavor target is made for (img_size; beit-comer: the wide windows).
+    /// Input size the --flavor target is made for (vit-comer-*: img_size; beit-comer: the
+    /// wide windows of the last block of each interaction stretch, PIXELS/16).
     #[arg(long, requires = "flavor", value_name = "PIXELS")]
     pub img_size: Option<usize>,
     /// The source's MLP activation, where the checkpoint does not record it (CLIP / open_clip
