@@ -18,6 +18,7 @@ pub mod formats;
 pub mod import;
 pub mod meta;
 pub mod model;
+pub mod progress;
 pub mod target;
 pub mod text;
 pub mod verify;

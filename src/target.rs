@@ -29,8 +29,9 @@ pub enum TargetSpec {
     ConfigFile(PathBuf),
     /// A config already in hand.
     Config(Box<ComerConfig>),
-    /// A flavour with dimensions inferred from the source, upstream's defaults otherwise.
-    Flavor(Flavor),
+    /// A flavour with dimensions inferred from the source, upstream's defaults otherwise; the
+    /// input size it is made for when given (`--img-size`, see [`from_source`]).
+    Flavor(Flavor, Option<usize>),
     /// The config the artifact records in its [`CONFIG_METADATA_KEY`] metadata.
     Recorded,
     /// Nothing named: for a source, the preset [`pick_preset`] chooses for its family and
@@ -105,6 +106,31 @@ pub enum TargetError {
         /// The flavour asked for.
         flavor: String,
     },
+    /// A source checkpoint was given where an artifact is read (`run`, `verify`, `export`).
+    #[error(
+        "{path} is a source checkpoint ({family}, {format}), not a ViT-CoMer artifact: make one with \
+         `comer-port import {path} -o ARTIFACT.safetensors`, then give that file here"
+    )]
+    SourceNotArtifact {
+        /// The file given.
+        path: PathBuf,
+        /// The family its keys were detected as.
+        family: String,
+        /// Its container.
+        format: String,
+    },
+    /// An artifact was given in a container `run`, `verify` and `export` do not read (the
+    /// `.pth` import writes for PyTorch).
+    #[error(
+        "{path} is a ViT-CoMer artifact in {format}; run, verify and export read the .safetensors artifact \
+         `comer-port import` writes (-o X.safetensors; its .pth sibling is for PyTorch's load_state_dict)"
+    )]
+    NotSafetensors {
+        /// The file given.
+        path: PathBuf,
+        /// Its container.
+        format: String,
+    },
     /// No config was given and the artifact records none.
     #[error("{path}: no --config or --preset given and no '{CONFIG_METADATA_KEY}' metadata in the weights", path = esc(.path))]
     NotRecorded {
@@ -158,6 +184,31 @@ impl TargetError {
     }
 }
 
+/// Open the artifact `run`, `verify` and `export` are given, refusing what is not one: a
+/// source checkpoint (its family detected: import it first) or an artifact in another
+/// container than safetensors. An unreadable file is named once.
+pub fn open_artifact(path: &Path) -> Result<crate::formats::Checkpoint, TargetError> {
+    let ck = crate::formats::open(path).map_err(|e| match e {
+        FormatError::Io { path, source } => TargetError::Input { path, reason: source.to_string() },
+        other => other.into(),
+    })?;
+    let (wrapper, sd) = ck.state_dict();
+    let meta = crate::families::detect::checkpoint_meta(&ck, wrapper);
+    if crate::families::detect::comer_artifact(&sd, &meta).is_none() {
+        let det = crate::families::detect::detect(&sd, &meta);
+        if let Some(f) = det.family() {
+            return Err(TargetError::SourceNotArtifact {
+                path: path.to_path_buf(),
+                family: f.name().into(),
+                format: ck.format.name().into(),
+            });
+        }
+    } else if ck.format != crate::formats::Format::Safetensors {
+        return Err(TargetError::NotSafetensors { path: path.to_path_buf(), format: ck.format.name().into() });
+    }
+    Ok(ck)
+}
+
 /// Resolve `spec` against `basis`: a preset by name, a config file, a config in hand, a
 /// flavour with the source's dimensions (an artifact shows none), or the artifact's
 /// recorded config (a source records none).
@@ -172,17 +223,13 @@ pub fn resolve(spec: &TargetSpec, basis: Basis<'_>) -> Result<ComerConfig, Targe
             c.validate()?;
             (**c).clone()
         }
-        TargetSpec::Flavor(f) => match basis {
-            Basis::Source(source) => from_source(*f, source)?,
+        TargetSpec::Flavor(f, img_size) => match basis {
+            Basis::Source(source) => from_source(*f, source, *img_size)?,
             Basis::Artifact(_) => return Err(TargetError::UnknownDims { flavor: f.name().into() }),
         },
         TargetSpec::Recorded | TargetSpec::Auto => match basis {
             Basis::Artifact(path) => {
-                // An unreadable file is named once (`FormatError::Io` also carries its cause).
-                let ck = crate::formats::open(path).map_err(|e| match e {
-                    FormatError::Io { path, source } => TargetError::Input { path, reason: source.to_string() },
-                    other => other.into(),
-                })?;
+                let ck = open_artifact(path)?;
                 match ck.metadata.get(CONFIG_METADATA_KEY) {
                     Some(json) => ComerConfig::from_case_json(json)
                         .map_err(|error| TargetError::Recorded { path: path.to_path_buf(), error })?,
@@ -239,32 +286,102 @@ fn read_config_file(path: &Path) -> Result<String, TargetError> {
 
 /// A config of flavour `f` with the source's dimensions (its head count as the source's
 /// detector read or assumed it) and upstream's defaults otherwise: the interactions split
-/// the blocks into four even stretches, attention is global, the image and pretrain size are
-/// the source's grid times 16.
-pub fn from_source(f: Flavor, s: &SourceConfig) -> Result<ComerConfig, ConfigError> {
+/// the blocks into four even stretches, the pretrain size is the source's grid times 16.
+/// `vit-comer-det`/`-seg` attend globally (their absolute position table is resized at run
+/// time, so any input size runs); their image size is `img_size` (default: the source's
+/// pretrain size), and their pretrain size the same (the table is resized to that grid at
+/// import: upstream's `_get_pos_embed` reshapes it to the pretrain grid). `beit-comer` attends in windows like the Co-DETR preset (`beit-comer-l-codetr`:
+/// 14x14 windows, the last block of each interaction stretch 56x56 for 896-pixel inputs,
+/// `img_size` 224): every block in windows of the source's own grid (its relative-position
+/// tables unresized), and when `img_size` asks for a larger grid, the last block of each
+/// stretch of two or more blocks in windows of that grid; its `img_size` stays the pretrain
+/// size, as the preset's. Windows pad, so the artifact runs at any input size; a global BEiT
+/// block would run at one size only ([`one_size`]).
+pub fn from_source(f: Flavor, s: &SourceConfig, img_size: Option<usize>) -> Result<ComerConfig, ConfigError> {
     let (embed, depth) = (s.embed_dim, s.depth.max(1));
     // `depth` sizes the lists built below: a crafted source claiming a billion blocks is
     // refused before they are allocated (validate() checks every other field).
     crate::model::config::in_range("depth", depth, &crate::model::limits::DEPTH)?;
     let grid = s.pretrain_grid.map(|g| g.0).unwrap_or(14);
+    let img = img_size.unwrap_or(grid * 16);
     let per = depth.div_ceil(4).max(1);
     let idx: Vec<[usize; 2]> =
         (0..4).map(|i| [(i * per).min(depth - 1), ((i + 1) * per - 1).min(depth - 1)]).collect();
     let mut kw = serde_json::json!({
         "embed_dim": embed, "depth": depth, "num_heads": s.num_heads,
         "mlp_ratio": s.mlp_hidden as f64 / embed.max(1) as f64,
-        "patch_size": 16, "img_size": grid * 16, "pretrain_size": grid * 16,
+        "patch_size": 16, "img_size": if f == Flavor::Beit { grid * 16 } else { img },
+        // upstream's `_get_pos_embed` reshapes the table to the pretrain grid: the two agree
+        "pretrain_size": if f == Flavor::Beit { grid * 16 } else { img },
         "interaction_indexes": idx, "deform_num_heads": s.num_heads,
         "window_attn": vec![false; depth],
         "window_size": vec![serde_json::Value::Null; depth],
     });
     if f == Flavor::Beit {
+        let wide = img / 16;
+        let windows: Vec<usize> = (0..depth)
+            .map(|b| {
+                let last_of_stretch = idx.iter().any(|[lo, hi]| b == *hi && hi > lo);
+                if last_of_stretch && wide > grid { wide } else { grid }
+            })
+            .collect();
         kw["qkv_bias"] = serde_json::json!(true);
-        kw["window_size"] = serde_json::json!(vec![grid; depth]);
+        kw["window_attn"] = serde_json::json!(vec![true; depth]);
+        kw["window_size"] = serde_json::json!(windows);
         kw["init_values"] = serde_json::json!(1e-6);
     }
     let map = kw.as_object().cloned().unwrap_or_default();
     ComerConfig::from_kwargs(f, &map)
+}
+
+/// Blocks grouped by attention window, in words: `blocks 0-2, 4-6 in 14x14 windows`.
+fn window_groups(cfg: &ComerConfig) -> Vec<(Option<usize>, Vec<usize>)> {
+    let mut groups: Vec<(Option<usize>, Vec<usize>)> = Vec::new();
+    for b in 0..cfg.depth {
+        let w = if cfg.window_attn.get(b).copied().unwrap_or(false) { cfg.window_size.get(b).copied().flatten() } else { None };
+        match groups.iter_mut().find(|(g, _)| *g == w) {
+            Some((_, v)) => v.push(b),
+            None => groups.push((w, vec![b])),
+        }
+    }
+    groups
+}
+
+/// How the target's blocks attend and what input sizes it therefore runs at, in one line
+/// (`import` states it for `--flavor` targets).
+pub fn attention_layout(cfg: &ComerConfig) -> String {
+    let groups = window_groups(cfg);
+    let parts: Vec<String> = groups
+        .iter()
+        .map(|(w, blocks)| match w {
+            Some(w) => format!("blocks {blocks:?} in {w}x{w} windows"),
+            None => format!("blocks {blocks:?} attend globally"),
+        })
+        .collect();
+    let runs = match one_size(cfg) {
+        Some(_) => format!("it runs at {0}x{0} inputs only", cfg.img_size),
+        None => "it runs at any input size (multiples of 32)".into(),
+    };
+    format!("{}; {runs}", parts.join(", "))
+}
+
+/// Why an artifact of `cfg` can run at one input size only, or `None`: a `beit-comer` block
+/// that attends globally uses a relative-position table of a fixed `w x w` grid (upstream's
+/// BEiT computes its bias for that grid), so the token grid must be `w x w`.
+pub fn one_size(cfg: &ComerConfig) -> Option<String> {
+    if cfg.flavor != Flavor::Beit {
+        return None;
+    }
+    let global: Vec<usize> = (0..cfg.depth).filter(|b| !cfg.window_attn.get(*b).copied().unwrap_or(false)).collect();
+    let first = *global.first()?;
+    let w = cfg.window_size.get(first).copied().flatten().unwrap_or(14);
+    let px = w * cfg.patch_size;
+    Some(format!(
+        "beit-comer blocks {global:?} attend globally with relative-position tables of a {w}x{w} grid: the artifact \
+         runs at {px}x{px} inputs only (a global block's table must cover the whole token grid). For other sizes \
+         use windowed attention: --flavor beit-comer (windows like the beit-comer-l-codetr preset) or a --config \
+         with window_attn true"
+    ))
 }
 
 /// The preset [`pick_preset`] chose, and why.
@@ -435,16 +552,40 @@ mod tests {
 
     #[test]
     fn unknown_dims() {
-        let e = resolve(&TargetSpec::Flavor(Flavor::Det), Basis::Artifact(Path::new("a"))).expect_err("no dims");
+        let e = resolve(&TargetSpec::Flavor(Flavor::Det, None), Basis::Artifact(Path::new("a"))).expect_err("no dims");
         assert!(matches!(e, TargetError::UnknownDims { .. }), "{e}");
     }
 
     #[test]
     fn not_recorded() {
-        // A source checkpoint read as an artifact: it opens, but records no config.
-        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/sources/deit/deit_tiny.pth");
+        // Upstream's own weights: an artifact (level_embed), but it records no config.
+        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/forward/det_tiny/weights.safetensors");
         let e = resolve(&TargetSpec::Recorded, Basis::Artifact(&p)).expect_err("no metadata");
         assert!(matches!(e, TargetError::NotRecorded { .. }), "{e}");
+    }
+
+    #[test]
+    fn source_not_artifact() {
+        // A source checkpoint read as an artifact: its family is named, and the import.
+        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/sources/deit/deit_tiny.pth");
+        let e = resolve(&TargetSpec::Recorded, Basis::Artifact(&p)).expect_err("a source");
+        assert!(matches!(e, TargetError::SourceNotArtifact { .. }), "{e}");
+        assert!(e.to_string().contains("(deit, torch-zip)") && e.to_string().contains("comer-port import"), "{e}");
+    }
+
+    #[test]
+    fn not_safetensors() {
+        // An artifact written as .pth (upstream's names under state_dict): read by PyTorch.
+        use crate::export::safetensors::OutTensor;
+        let dir = std::env::temp_dir().join(format!("comer-port-target-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let p = dir.join("a.pth");
+        let outs = vec![OutTensor { name: "level_embed".into(), shape: vec![3, 4], dtype: crate::formats::DType::F32 }];
+        crate::export::pth::write(&p, true, &outs, &[], |_| Ok::<_, crate::export::atomic::WriteError>(vec![0u8; 48]))
+            .expect("write");
+        let e = open_artifact(&p).expect_err("a .pth artifact");
+        assert!(matches!(e, TargetError::NotSafetensors { .. }), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
@@ -487,6 +628,29 @@ mod tests {
         assert_eq!(pick_preset(f("beit"), &large).expect("beit").name, "beit-comer-l-codetr");
     }
 
+    /// `--flavor beit-comer` attends in windows (any input size); with `--img-size` the last
+    /// block of each stretch of two or more gets the wide window, like the Co-DETR preset; a
+    /// global BEiT block runs at one size and says so.
+    #[test]
+    fn beit_from_a_flavour_attends_in_windows() {
+        let eight = SourceConfig { depth: 8, ..dims() };
+        let c = from_source(Flavor::Beit, &eight, None).expect("windowed");
+        assert_eq!(c.window_attn, vec![true; 8]);
+        assert_eq!(c.window_size, vec![Some(4); 8]);
+        assert!(one_size(&c).is_none(), "windows pad: any size runs");
+        let wide = from_source(Flavor::Beit, &eight, Some(256)).expect("wide");
+        let w: Vec<Option<usize>> = [4, 16, 4, 16, 4, 16, 4, 16].iter().map(|w| Some(*w)).collect();
+        assert_eq!((wide.window_size, wide.img_size, wide.pretrain_size), (w, 64, 64), "img_size as the Co-DETR preset's");
+        assert!(attention_layout(&c).contains("blocks [0, 1, 2, 3, 4, 5, 6, 7] in 4x4 windows"), "{}", attention_layout(&c));
+        let mut global = c.clone();
+        global.window_attn[3] = false;
+        let why = one_size(&global).expect("one size");
+        assert!(why.contains("blocks [3]") && why.contains("64x64 inputs only"), "{why}");
+        assert!(attention_layout(&global).contains("runs at 64x64 inputs only"));
+        let det = from_source(Flavor::Det, &eight, Some(128)).expect("det");
+        assert!(one_size(&det).is_none() && det.img_size == 128 && det.pretrain_size == 128);
+    }
+
     #[test]
     fn flags_and_flavours() {
         assert!(TargetSpec::from_flags(None, None).is_none());
@@ -496,7 +660,7 @@ mod tests {
         let tiny = ComerConfig::from_case_json(TINY).expect("tiny");
         let got = resolve(&TargetSpec::Config(Box::new(tiny.clone())), Basis::Source(&dims())).expect("in hand");
         assert_eq!(got, tiny);
-        let beit = resolve(&TargetSpec::Flavor(Flavor::Beit), Basis::Source(&dims())).expect("beit");
+        let beit = resolve(&TargetSpec::Flavor(Flavor::Beit, None), Basis::Source(&dims())).expect("beit");
         assert_eq!((beit.flavor, beit.embed_dim, beit.depth, beit.img_size), (Flavor::Beit, 48, 4, 64));
     }
 }

@@ -174,10 +174,12 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         report: Some(report_json),
         write_config: true,
         force,
-        progress: false,
+        // demo prints each step's figures itself, on stdout.
+        progress: comer_port::progress::Progress::QUIET,
         // import verifies and records its verdict in the artifact; step 3 re-runs the full
         // `verify` (with the .pth round trip) the way a user would.
         verify: true,
+        source_activation: None,
     };
     let s = import::run(&source, None, &opts)?;
     let fresh = s.plan.targets.iter().filter(|p| matches!(p.origin, Origin::Fresh { .. })).count();
@@ -211,7 +213,16 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     // 3. verify: the artifact's own metadata config, as `comer-port verify` reads it.
     let t0 = Instant::now();
     let vcfg = target::resolve(&TargetSpec::Recorded, Basis::Artifact(&artifact))?;
-    let report = super::verify::report(&artifact, Some(&source), None, &vcfg, &[], SEED)?;
+    let report = super::verify::report(
+        &artifact,
+        Some(&source),
+        None,
+        None,
+        &vcfg,
+        &[],
+        SEED,
+        &comer_port::progress::Progress::QUIET,
+    )?;
     let ran = report.checks.iter().filter(|c| c.skipped.is_none()).count();
     let worst = report
         .checks
@@ -244,7 +255,8 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     atomic::write_all(&image, &seeded_png(SEED, vcfg.img_size, vcfg.img_size)?, force)?;
     let pyramid = dir.join(PYRAMID);
     let viz = dir.join(VIZ);
-    let fw = super::run::forward_to_files(&artifact, &vcfg, &image, Some(&pyramid), false, Some(&viz), force)?;
+    let quiet = comer_port::progress::Progress::QUIET;
+    let fw = super::run::forward_to_files(&artifact, &vcfg, &image, Some(&pyramid), false, Some(&viz), force, &quiet)?;
     let shapes: Vec<String> = fw
         .pyramid
         .iter()

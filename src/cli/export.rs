@@ -7,6 +7,7 @@ use comer_port::export::onnx::{self, Deform, ExportOptions};
 use comer_port::export::outputs;
 use comer_port::text::EscapedPath;
 use comer_port::model::ComerConfig;
+use comer_port::progress::{Progress, Unit};
 use comer_port::target::{self, Basis, TargetSpec};
 
 /// Examples shared by `export --help` and `export onnx --help`.
@@ -57,6 +58,9 @@ pub struct OnnxArgs {
     /// How deformable attention samples its values.
     #[arg(long, value_enum, default_value_t = Deform::Gather)]
     pub deform: Deform,
+    /// No progress on stderr (errors and warnings still show).
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
 }
 
 fn parse_size(s: &str) -> Result<(usize, usize), String> {
@@ -93,14 +97,19 @@ fn run_onnx(a: OnnxArgs) -> anyhow::Result<i32> {
     if a.output.exists() && !a.force {
         return Err(comer_port::export::atomic::WriteError::Exists(a.output.clone()).into());
     }
-    let ck = comer_port::formats::open(&a.artifact)?;
+    let progress = Progress::for_stderr(a.quiet);
+    let reading = progress.stage(format!("read {}", a.artifact.display()), 1, Unit::Steps);
+    let ck = target::open_artifact(&a.artifact)?;
     let spec = TargetSpec::from_flags(a.config.as_deref(), a.preset.as_deref()).unwrap_or(TargetSpec::Recorded);
     let cfg = target::resolve(&spec, Basis::Artifact(&a.artifact))?;
+    reading.finish(&format!("{} tensors, {}", ck.tensors().len(), cfg.flavor.name()));
     super::warn_unless_verified(&a.artifact, &ck.metadata);
     let mut opts = ExportOptions::new(h, w);
     opts.batch = a.batch;
     opts.deform = a.deform;
+    let writing = progress.stage(format!("export {}", a.output.display()), 1, Unit::Steps);
     let written = write_onnx(&ck, &a.artifact, &cfg, opts, &a.output, a.force)?;
+    writing.finish(&format!("{} nodes, {} initializers", written.nodes, written.initializers));
     println!(
         "wrote {} ({} bytes, {} nodes, {} initializers, opset {}, {} deformable sampling, input {}x{}, batch {})",
         EscapedPath(&a.output),

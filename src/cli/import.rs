@@ -45,6 +45,25 @@ pub enum PatchArg {
     Pinv,
 }
 
+/// A `--source-activation` value: the MLP activation of the source model.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ActivationArg {
+    /// `x * sigmoid(1.702 x)`: OpenAI CLIP, open_clip `-quickgelu` models.
+    QuickGelu,
+    /// `nn.GELU()` (erf): open_clip models without `-quickgelu`.
+    Gelu,
+}
+
+impl ActivationArg {
+    /// The activation the source forward uses.
+    pub fn activation(self) -> comer_port::families::detect::Activation {
+        match self {
+            ActivationArg::QuickGelu => comer_port::families::detect::Activation::QuickGelu,
+            ActivationArg::Gelu => comer_port::families::detect::Activation::Gelu,
+        }
+    }
+}
+
 /// The value parser of `--family NAME`: one of the registered families.
 fn family_parser() -> clap::builder::PossibleValuesParser {
     clap::builder::PossibleValuesParser::new(comer_port::families::names())
@@ -56,13 +75,21 @@ fn family_parser() -> clap::builder::PossibleValuesParser {
 FLAVOR with the source's own dimensions. With none of them, the preset whose flavour fits the source's \
 family (BEiT: beit-comer; DINOv2: the vit-comer-det DINOv2 presets; others: the vit-comer-seg ADE20K \
 presets) and whose dimensions are the source's is chosen, and the choice is printed; none or several \
-fitting is a usage error listing the candidates.\n\n\
+fitting is a usage error listing the candidates. --flavor beit-comer attends in windows like the \
+beit-comer-l-codetr preset (the source's own window in every block; with --img-size N the last block of each \
+interaction stretch in N/16 windows), so the artifact runs at any input size; a beit-comer target with a \
+global block runs at one size only, and import says so.\n\n\
+Output: the first lines sum the import up (source, family and why, target and why, verdict, every file \
+written, times); the report (--report R.json) opens with the same summary. Progress goes to stderr: \
+bars on a terminal, one line per stage otherwise, nothing with --quiet.\n\n\
 Outputs: -o X.safetensors (default: <source stem>.comer.safetensors here), X.config.json beside it, \
 --pth P.pth and --report R.json (+ R.txt) as given; every file written is listed.\n\n\
 Examples:\n  comer-port import beitv2_large_patch16_224_pt1k_ft21kto1k.pth -o beit-comer.safetensors\n  \
 comer-port import deit_small_patch16_224.pth --preset vit-comer-s-seg -o comer.safetensors --pth comer.pth\n  \
 comer-port import vit-base-patch16-224/ --flavor vit-comer-det -o comer.safetensors --report report.json\n  \
 comer-port import dinov2_vits14_reg4_pretrain.pth --lossy --no-verify -o comer.safetensors\n  \
+comer-port import beitv2.pth --flavor beit-comer --img-size 896 -o comer.safetensors\n  \
+comer-port import open_clip_vit_b16.bin --source-activation gelu --lossy -o comer.safetensors\n  \
 comer-port import beitv2.pth -o comer.safetensors --pth comer.backbone.pth --key-prefix backbone.   (mmdet load_from)\n\n\
 Exit codes: 0 ok, 1 the written artifact failed verification, 2 usage, 3 bad input, 4 output not written.")]
 pub struct Args {
@@ -88,6 +115,17 @@ pub struct Args {
     /// Target flavour with dimensions inferred from the source.
     #[arg(long, value_enum, conflicts_with_all = ["preset", "config"])]
     pub flavor: Option<FlavorArg>,
+    /// Input size the --flavor target is made for (vit-comer-*: img_size; beit-comer: the
+    /// wide windows of the last block of each interaction stretch, PIXELS/16).
+    #[arg(long, requires = "flavor", value_name = "PIXELS")]
+    pub img_size: Option<usize>,
+    /// The source's MLP activation, where the checkpoint does not record it (CLIP / open_clip
+    /// state dicts); used by the source forward for parity and recorded in the report.
+    #[arg(long, value_enum, value_name = "ACTIVATION")]
+    pub source_activation: Option<ActivationArg>,
+    /// No progress on stderr (errors and warnings still show).
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
     /// Source family (default: detected from key patterns).
     #[arg(long, value_parser = family_parser())]
     pub family: Option<String>,
@@ -131,7 +169,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     let source = a.source.clone();
     let target = match (TargetSpec::from_flags(a.config.as_deref(), a.preset.as_deref()), a.flavor) {
         (Some(spec), _) => spec,
-        (None, Some(f)) => TargetSpec::Flavor(f.0),
+        (None, Some(f)) => TargetSpec::Flavor(f.0, a.img_size),
         (None, None) => TargetSpec::Auto,
     };
     let output = a.output.clone().or_else(|| {
@@ -160,8 +198,9 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         report: a.report.clone(),
         write_config: true,
         force: a.force,
-        progress: true,
+        progress: comer_port::progress::Progress::for_stderr(a.quiet),
         verify: !a.no_verify,
+        source_activation: a.source_activation.map(ActivationArg::activation),
     };
     // `verify X.safetensors` reads a same-stem `X.pth` back key for key: prefixed keys there
     // would read as a failed round trip.
@@ -177,8 +216,9 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         ))
         .into());
     }
-    let written = import::output_paths(&opts);
     let s = import::run(&source, None, &opts)?;
+    // The summary first (its `wrote` lines list every file written), then the details.
+    print!("{}", import::render_overview(&s.summary));
     let fresh = s.plan.targets.iter().filter(|p| matches!(p.origin, comer_port::families::mapping::Origin::Fresh { .. })).count();
     println!(
         "imported {} ({}) into {}: {} target keys ({} from the source, {} fresh, seed {})",
@@ -190,11 +230,9 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         fresh,
         s.seed
     );
-    for d in s.plan.decisions.iter().chain(&s.warnings) {
+    // The chosen preset's reason is the summary's target line already.
+    for d in s.plan.decisions.iter().chain(&s.warnings).filter(|d| **d != s.summary.target_reason) {
         println!("  note: {}", Escaped(d));
-    }
-    for path in &written {
-        println!("wrote {}", EscapedPath(path));
     }
     if let Some(r) = &s.verify {
         println!("verify (recorded in the artifact's comer_port.verify metadata):");

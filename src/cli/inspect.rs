@@ -212,6 +212,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
             "sha256": sha,
             "structure": structure(&ck.root, 0),
             "wrapper": wrapper,
+            "full_model": ck.full_model(),
             "metadata": ck.metadata,
             "family": det.family,
             "reason": det.reason,
@@ -266,7 +267,12 @@ fn print_table(
         ),
     }
     println!("structure  {}", Escaped(&structure(&ck.root, 0)));
-    println!("wrapper    {}", if wrapper.is_empty() { "(none: the root is the state dict)".into() } else { escape(wrapper) });
+    match (ck.full_model(), wrapper.is_empty()) {
+        (Some(what), true) => println!("wrapper    (none: {})", Escaped(&what)),
+        (Some(what), false) => println!("wrapper    {} ({})", escape(wrapper), Escaped(&what)),
+        (None, true) => println!("wrapper    (none: the root is the state dict)"),
+        (None, false) => println!("wrapper    {}", escape(wrapper)),
+    }
     for (k, v) in &ck.metadata {
         if !k.starts_with("config.") || args.all {
             println!("meta       {} = {}", Escaped(k), Escaped(v));

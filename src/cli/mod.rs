@@ -97,11 +97,29 @@ pub fn main() -> i32 {
         Err(err) => {
             // The library escapes the keys and paths its errors name; this is the last guard
             // for whatever else a message carries (an OS error, a context). Messages that
-            // list keys one per line keep their lines.
-            eprintln!("error: {}", escape_keeping_lines(&format!("{err:#}")));
+            // list keys one per line keep their lines; a link the chain repeats is shown once.
+            eprintln!("error: {}", escape_keeping_lines(&chain_text(&err)));
             exit_code_for(&err)
         }
     }
+}
+
+/// The error chain in one line, `outer: inner: …`, each link once: a link whose text an
+/// outer one already shows (`FormatError::Io` prints its OS error and also returns it as its
+/// source) is not repeated.
+pub fn chain_text(err: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for link in err.chain() {
+        let text = link.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
 }
 
 /// A usage error found after parsing: arguments the parser accepts one by one but that

@@ -12,6 +12,7 @@ use candle_core::{DType, Device, Tensor};
 
 use comer_port::export::outputs;
 use comer_port::model::{Comer, ComerConfig, Store, resize};
+use comer_port::progress::{Progress, Unit};
 use comer_port::text::EscapedPath;
 use comer_port::target::{self, Basis, TargetSpec};
 
@@ -55,6 +56,9 @@ pub struct Args {
     /// Overwrite existing outputs.
     #[arg(long)]
     pub force: bool,
+    /// No progress on stderr (errors, warnings and the `wrote` lines still show).
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
 }
 
 /// Load an image as a normalised (1, 3, H', W') tensor, H' and W' the nearest multiples of 32.
@@ -114,11 +118,11 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
             return Err(comer_port::export::atomic::WriteError::Exists(p.clone()).into());
         }
     }
+    let ck = target::open_artifact(&args.weights)?;
     let spec = TargetSpec::from_flags(args.config.as_deref(), args.preset.as_deref()).unwrap_or(TargetSpec::Recorded);
     let cfg = target::resolve(&spec, Basis::Artifact(&args.weights))?;
-    if let Ok(ck) = comer_port::formats::open(&args.weights) {
-        super::warn_unless_verified(&args.weights, &ck.metadata);
-    }
+    super::warn_unless_verified(&args.weights, &ck.metadata);
+    drop(ck);
     let done = forward_to_files(
         &args.weights,
         &cfg,
@@ -127,6 +131,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         args.taps,
         args.viz.as_deref(),
         args.force,
+        &Progress::for_stderr(args.quiet),
     )?;
     if let Some(path) = &args.output {
         eprintln!("wrote {} tensors to {}", done.tensors, EscapedPath(path));
@@ -148,7 +153,9 @@ pub struct Forwarded {
 
 /// Load `weights` under `cfg`, run the forward on every tensor of `input` (a safetensors
 /// batch or an image), write the outputs (and taps) to `output` and the PCA view of the
-/// first input's pyramid to `viz`, each atomically. Shared by `run` and `demo`.
+/// first input's pyramid to `viz`, each atomically; each step a stage of `progress`.
+/// Shared by `run` and `demo`.
+#[allow(clippy::too_many_arguments)]
 pub fn forward_to_files(
     weights: &Path,
     cfg: &ComerConfig,
@@ -157,10 +164,13 @@ pub fn forward_to_files(
     taps: bool,
     viz: Option<&Path>,
     force: bool,
+    progress: &Progress,
 ) -> anyhow::Result<Forwarded> {
+    let reading = progress.stage(format!("read {}", weights.display()), 1, Unit::Steps);
     let store = Store::from_safetensors(weights)?;
     let model = Comer::new(&store.root(), cfg)?;
     store.finish()?;
+    reading.finish(&format!("{} {}x{}", cfg.flavor.name(), cfg.img_size, cfg.img_size));
     let inputs: Vec<(String, Tensor)> = if is_image(input) {
         vec![("image".to_string(), load_image(input)?)]
     } else {
@@ -172,8 +182,11 @@ pub fn forward_to_files(
     };
     let mut out = Vec::new();
     let mut first: Option<[Tensor; 4]> = None;
+    let forward = progress.stage("forward", inputs.len() as u64, Unit::Steps);
     for (name, img) in &inputs {
+        forward.message(format!("{name} {:?}", img.dims()));
         let o = model.forward(img, name)?;
+        forward.inc(1);
         for (i, f) in o.f.iter().enumerate() {
             out.push((format!("{name}.out.f{}", i + 1), f.clone()));
         }
@@ -187,12 +200,17 @@ pub fn forward_to_files(
             first = Some(o.f.clone());
         }
     }
+    forward.finish(&format!("{} input tensors", inputs.len()));
     if let Some(path) = output {
+        let writing = progress.stage(format!("write {}", path.display()), 1, Unit::Steps);
         comer_port::export::atomic::write_all(path, &safetensors_bytes(&out)?, force)?;
+        writing.finish(&format!("{} tensors", out.len()));
     }
     if let (Some(path), Some(f)) = (viz, &first) {
+        let writing = progress.stage(format!("write {}", path.display()), 1, Unit::Steps);
         let png = crate::cli::viz::pyramid_png(f)?;
         comer_port::export::atomic::write_all(path, &png, force)?;
+        writing.finish("PCA view of f1..f4");
     }
     Ok(Forwarded {
         tensors: if output.is_some() { out.len() } else { 0 },

@@ -6,6 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use comer_port::model::ComerConfig;
+use comer_port::progress::Progress;
 use comer_port::target::{self, Basis, TargetSpec};
 use comer_port::text::{EscapedPath, json_safe};
 use comer_port::verify::{Report, artifact};
@@ -24,6 +25,7 @@ as skipped).\n\n\
 Examples:\n  comer-port verify comer.safetensors --source beitv2.pth\n  \
 comer-port verify comer.safetensors --source deit_tiny.pth --json\n  \
 comer-port verify comer.safetensors --source deit_small.pth --size 320x480 --size 512x512\n  \
+comer-port verify comer.safetensors --source open_clip_vit_b16.bin --source-activation gelu\n  \
 comer-port verify weights.safetensors --config case.json --golden fixtures/forward/det_tiny\n\n\
 Exit codes: 0 every check that ran passed, 1 one failed, 2 usage, 3 bad input.")]
 pub struct Args {
@@ -54,18 +56,29 @@ pub struct Args {
     /// Print the report as JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// The source's MLP activation, where the checkpoint does not record it (CLIP / open_clip
+    /// state dicts): the source forward of the mapping-parity check uses it.
+    #[arg(long, value_enum, value_name = "ACTIVATION", requires = "source")]
+    pub source_activation: Option<super::import::ActivationArg>,
+    /// No progress on stderr (errors still show).
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
 }
 
 /// Run the checks on `artifact` under `cfg`: round trips, mapping parity against `source`
-/// when given, the backbone, and the `golden` fixture folder when given. A model that does
-/// not load is a failed check naming the key, not an error. Shared by `verify` and `demo`.
+/// when given (its activation as `activation` says, when given), the backbone, and the
+/// `golden` fixture folder when given. A model that does not load is a failed check naming
+/// the key, not an error. Shared by `verify` and `demo`.
+#[allow(clippy::too_many_arguments)]
 pub fn report(
     artifact: &Path,
     source: Option<&Path>,
+    activation: Option<super::import::ActivationArg>,
     golden: Option<&Path>,
     cfg: &ComerConfig,
     sizes: &[(usize, usize)],
     seed: u64,
+    progress: &Progress,
 ) -> anyhow::Result<Report> {
     if let Some((h, w)) = sizes.iter().find(|(h, w)| h % cfg.patch_size != 0 || w % cfg.patch_size != 0) {
         return Err(super::UsageError(format!(
@@ -75,10 +88,17 @@ pub fn report(
         .into());
     }
     let source = match source {
-        Some(src) => Some(comer_port::formats::open(src)?),
+        Some(src) => {
+            let mut ck = comer_port::formats::open(src)?;
+            if let Some(act) = activation {
+                let quick = act == super::import::ActivationArg::QuickGelu;
+                comer_port::families::detect::set_activation(&mut ck.metadata, quick, "--source-activation");
+            }
+            Some(ck)
+        }
         None => None,
     };
-    Ok(artifact::artifact_report(artifact, source.as_ref(), golden, cfg, sizes, seed)?)
+    Ok(artifact::artifact_report(artifact, source.as_ref(), golden, cfg, sizes, seed, progress)?)
 }
 
 /// `HxW` in pixels, each side 1..=2048.
@@ -90,9 +110,20 @@ fn parse_size(s: &str) -> Result<(usize, usize), String> {
 }
 
 pub fn run(a: Args) -> anyhow::Result<i32> {
+    target::open_artifact(&a.artifact)?;
     let spec = TargetSpec::from_flags(a.config.as_deref(), a.preset.as_deref()).unwrap_or(TargetSpec::Recorded);
     let cfg = target::resolve(&spec, Basis::Artifact(&a.artifact))?;
-    let report = report(&a.artifact, a.source.as_deref(), a.golden.as_deref(), &cfg, &a.sizes, a.seed)?;
+    let progress = Progress::for_stderr(a.quiet);
+    let report = report(
+        &a.artifact,
+        a.source.as_deref(),
+        a.source_activation,
+        a.golden.as_deref(),
+        &cfg,
+        &a.sizes,
+        a.seed,
+        &progress,
+    )?;
 
     if a.json {
         println!("{}", json_safe(&serde_json::to_string_pretty(&report.to_json())?));

@@ -2,7 +2,10 @@
 //! TorchScript archive), mirroring open_clip `transformer.py` `VisionTransformer`. Rules in
 //! `mappings/clip.toml`.
 
-use super::detect::{Activation, Keys, Meta, PosResize, QkvStyle, RelPos, SourceConfig, heads_or_assumed, square};
+use super::detect::{
+    Activation, Keys, META_ACTIVATION, META_ACTIVATION_FROM, Meta, PosResize, QkvStyle, RelPos, SourceConfig, heads_or_assumed,
+    square,
+};
 use super::{Family, Fit};
 use crate::model::plain_vit::{
     Attention, Block, LayerNorm, Linear, PatchEmbed, PlainVit, PosEmbed, Result, Weights, embed_dim,
@@ -42,19 +45,22 @@ impl Family for Clip {
         let mut assumed = Vec::new();
         let mut notes = Vec::new();
         let heads = heads_or_assumed(embed, &mut assumed, &mut notes);
-        let activation = match metadata.get(super::detect::META_ACTIVATION).map(String::as_str) {
+        let from = metadata.get(META_ACTIVATION_FROM).cloned().unwrap_or_else(|| "the checkpoint".into());
+        let activation = match metadata.get(META_ACTIVATION).map(String::as_str) {
             Some("quick-gelu") => {
-                notes.push("QuickGELU named by the archive's module classes".into());
+                notes.push(format!("QuickGELU named by {from}"));
                 Activation::QuickGelu
             }
             Some("gelu") => {
-                notes.push("GELU named by the archive's module classes".into());
+                notes.push(format!("GELU named by {from}"));
                 Activation::Gelu
             }
             _ => {
                 assumed.push("activation".into());
                 notes.push(
-                    "activation unknown: QuickGELU and GELU checkpoints hold identical keys and shapes; assumed QuickGELU (OpenAI weights), an open_clip non-quickgelu model must say GELU"
+                    "activation unknown: QuickGELU and GELU checkpoints hold identical keys and shapes; assumed QuickGELU \
+                     (OpenAI weights); for an open_clip model without -quickgelu pass --source-activation gelu (or keep \
+                     its open_clip_config.json beside the file)"
                         .into(),
                 );
                 Activation::QuickGelu
@@ -98,7 +104,10 @@ impl Family for Clip {
             match (known, sc.activation) {
                 (true, Activation::QuickGelu) => ", QuickGELU became exact GELU",
                 (true, _) => "",
-                (false, _) => ", and the activation is not recorded (QuickGELU assumed; upstream uses exact GELU)",
+                (false, _) => {
+                    ", and the activation is not recorded (QuickGELU assumed; upstream uses exact GELU; \
+                     --source-activation states it)"
+                }
             }
         ))
     }

@@ -107,6 +107,10 @@ pub struct Detection {
     pub config: Option<SourceConfig>,
     /// Why this family was chosen, or why none fits.
     pub reason: String,
+    /// The family that recognised the keys but cannot hold the model they describe (a
+    /// SwiGLU MLP): `family` is then `unknown` and `reason` says why.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refused: Option<&'static str>,
 }
 
 impl Detection {
@@ -118,9 +122,19 @@ impl Detection {
 
 /// Metadata key under which [`detect_checkpoint`] passes the stripped wrapper path.
 pub const META_WRAPPER: &str = "wrapper";
-/// Metadata key a reader sets when the container names the activation (TorchScript class
-/// names: `quick-gelu` or `gelu`).
-pub const META_ACTIVATION: &str = "activation";
+/// Metadata keys a reader sets when the container names the activation (`quick-gelu` or
+/// `gelu`: TorchScript class names, open_clip's `open_clip_config.json`) and where from;
+/// `import`/`verify --source-activation` set them too ([`set_activation`]).
+pub use crate::formats::{META_ACTIVATION, META_ACTIVATION_FROM};
+
+/// Record in a checkpoint's metadata that its MLP activation is QuickGELU (`quick_gelu`) or
+/// exact GELU, as `from` says: what `--source-activation` does before detection, overriding
+/// what the container named.
+pub fn set_activation(meta: &mut BTreeMap<String, String>, quick_gelu: bool, from: &str) {
+    let name = if quick_gelu { "quick-gelu" } else { "gelu" };
+    meta.insert(META_ACTIVATION.into(), name.into());
+    meta.insert(META_ACTIVATION_FROM.into(), from.into());
+}
 
 /// Detect the family of a whole checkpoint: strips the wrapper, then [`detect`] with the
 /// wrapper path added to the metadata.
@@ -151,8 +165,9 @@ pub fn detect(state_dict: &[(String, &TensorView)], metadata: &Meta) -> Detectio
                 family: f.name(),
                 reason: format!("{why}{}", config.notes.iter().map(|n| format!("; {n}")).collect::<String>()),
                 config: Some(config),
+                refused: None,
             },
-            Err(reason) => unknown(reason),
+            Err(reason) => Detection { refused: Some(f.name()), ..unknown(reason) },
         };
     }
     unknown(format!(
@@ -162,7 +177,7 @@ pub fn detect(state_dict: &[(String, &TensorView)], metadata: &Meta) -> Detectio
 }
 
 fn unknown(reason: impl Into<String>) -> Detection {
-    Detection { family: "unknown", config: None, reason: reason.into() }
+    Detection { family: "unknown", config: None, reason: reason.into(), refused: None }
 }
 
 /// Why a state dict (or its metadata) is a ViT-CoMer artifact rather than a plain-ViT
@@ -289,10 +304,41 @@ pub fn timm_prefix(k: &Keys<'_>) -> Option<String> {
     k.prefix_of("blocks.0.attn.qkv.weight")
 }
 
+/// Why the MLP of timm-named blocks under `p` is a SwiGLU, or `None` for the plain
+/// `fc1 -> GELU -> fc2` Mlp upstream's ViT-CoMer blocks have: timm's `SwiGLU`
+/// (`mlp.fc1_g`/`mlp.fc1_x`), timm's `SwiGLUPacked` (one `mlp.fc1` twice as wide as `mlp.fc2`
+/// takes: DINOv2 ViT-g in timm's hub layout) and facebookresearch/dinov2's
+/// `SwiGLUFFNFused` (`mlp.w12`/`mlp.w3`, DINOv2 ViT-g/14).
+pub fn swiglu_mlp(k: &Keys<'_>, p: &str) -> Option<String> {
+    let key = |s: &str| format!("{p}blocks.0.mlp.{s}");
+    let kind = if k.has(&key("w12.weight")) {
+        Some(("w12", "facebookresearch/dinov2 SwiGLUFFNFused (ViT-g/14)"))
+    } else if k.has(&key("fc1_g.weight")) || k.has(&key("fc1_x.weight")) {
+        Some(("fc1_g", "timm SwiGLU"))
+    } else {
+        match (k.dim(&key("fc1.weight"), 0), k.dim(&key("fc2.weight"), 1)) {
+            (Some(up), Some(down)) if up == 2 * down => Some(("fc1", "timm SwiGLUPacked (DINOv2 ViT-g in timm's layout)")),
+            _ => None,
+        }
+    };
+    kind.map(|(name, what)| {
+        format!(
+            "'{}' is a gated SwiGLU MLP ({what}); upstream ViT-CoMer's blocks have the plain Mlp (fc1 -> GELU -> fc2), \
+             so no flavour can hold these weights. Use a checkpoint with a GELU MLP (for ViT-g: timm \
+             vit_giant_patch14_224, or a DINOv2 ViT-S/B/L)",
+            key(&format!("{name}.weight"))
+        )
+    })
+}
+
 /// The config of timm-named blocks under `p` (DeiT, timm ViT, MAE, DINOv2, DeiT III, BEiT):
 /// dimensions from the weights, heads assumed by convention, no relative position bias. The
-/// calling family adjusts what its layout says more precisely.
+/// calling family adjusts what its layout says more precisely. A SwiGLU MLP is refused
+/// ([`swiglu_mlp`]).
 pub fn timm_like_config(k: &Keys<'_>, p: &str) -> Result<SourceConfig, String> {
+    if let Some(why) = swiglu_mlp(k, p) {
+        return Err(why);
+    }
     let key = |s: &str| format!("{p}{s}");
     let Some(embed) = k.dim(&key("patch_embed.proj.weight"), 0).or_else(|| k.dim(&key("blocks.0.attn.qkv.weight"), 1)) else {
         return Err("timm-style blocks without patch_embed.proj.weight".into());

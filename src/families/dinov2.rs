@@ -30,7 +30,10 @@ impl Family for Dinov2 {
         if k.has(&format!("{p}{TIMM_REG_TOKEN}")) {
             return Some("reg_token register tokens (timm's DINOv2 hub layout)".to_string());
         }
-        (k.has(&format!("{p}blocks.0.ls1.gamma")) || k.has(&format!("{p}register_tokens")) || patch == Some(14))
+        // Patch 14 alone is not DINOv2's: timm's ViT-g/14 (`vit_giant_patch14_224`) has it
+        // too, with neither layer scale nor a mask token.
+        let marker = k.has(&format!("{p}blocks.0.ls1.gamma")) || k.has(&format!("{p}register_tokens"));
+        (marker || (patch == Some(14) && k.has(&format!("{p}mask_token"))))
             .then(|| "ls1/ls2.gamma layer scale (facebookresearch/dinov2 layout)".to_string())
     }
     fn config(&self, k: &Keys<'_>, _: &Meta) -> std::result::Result<SourceConfig, String> {

@@ -22,6 +22,15 @@ pub enum ImportError {
         /// Why no family applies.
         reason: String,
     },
+    /// A family recognised the keys, but they describe a model no ViT-CoMer flavour can hold
+    /// (a SwiGLU MLP where upstream's blocks have fc1 -> GELU -> fc2).
+    #[error("this {family} checkpoint cannot become a ViT-CoMer backbone: {reason}")]
+    CannotHold {
+        /// The family whose layout the keys follow.
+        family: String,
+        /// What the target cannot hold, the key, and what to use instead.
+        reason: String,
+    },
     /// `--family` names no registered family.
     #[error("no source family '{name}'; the known families are: {known}", name = esc(.name), known = esc(.known))]
     NoSuchFamily {

@@ -107,11 +107,20 @@ pub fn read_with(dir: &Path, limits: &ReadLimits) -> Result<Checkpoint, FormatEr
         "model.safetensors.index.json",
         "pytorch_model.bin",
         "pytorch_model.bin.index.json",
+        // open_clip's hub folders (`open_clip.push_to_hf_hub`), beside `open_clip_config.json`.
+        "open_clip_model.safetensors",
+        "open_clip_pytorch_model.bin",
     ];
     let found = candidates
         .iter()
         .find(|c| present(&dir.join(c)))
-        .ok_or_else(|| FormatError::missing(dir, "model.safetensors / pytorch_model.bin (or a sharded index)"))?;
+        .ok_or_else(|| {
+            FormatError::missing(
+                dir,
+                "model.safetensors / pytorch_model.bin (or a sharded index, or open_clip's open_clip_model.safetensors); \
+                 give the checkpoint file itself, or the Hugging Face model folder that holds one",
+            )
+        })?;
     let files: Vec<String> = if found.ends_with(".index.json") {
         let idx_path = dir.join(found);
         let idx = read_json(dir, &idx_path)?;
@@ -160,7 +169,7 @@ pub fn read_with(dir: &Path, limits: &ReadLimits) -> Result<Checkpoint, FormatEr
             let slack = super::zip::INFLATE_SLACK / files.len() as u64;
             shard_limits.inflate_bytes = Some(len.saturating_mul(super::zip::INFLATE_RATIO).saturating_add(slack));
         }
-        let ck = super::open_with(&p, &shard_limits)?;
+        let ck = super::open_file_with(&p, &shard_limits)?;
         for (k, v) in &ck.metadata {
             metadata.entry(format!("{f}:{k}")).or_insert_with(|| v.clone());
         }
@@ -183,4 +192,32 @@ pub fn read_with(dir: &Path, limits: &ReadLimits) -> Result<Checkpoint, FormatEr
         root: Value::Dict(items),
         metadata,
     })
+}
+
+/// open_clip's model config beside a checkpoint (`open_clip_config.json` in the folder, or
+/// beside the file), as `push_to_hf_hub` writes it: `{"model_cfg": {..., "quick_gelu": true}}`.
+pub const OPEN_CLIP_CONFIG: &str = "open_clip_config.json";
+
+/// The activation open_clip's config names for the model at `path` (a folder, or a file
+/// whose folder holds the config): `Some(true)` for `model_cfg.quick_gelu: true` (QuickGELU),
+/// `Some(false)` when it is false or absent (open_clip builds `nn.GELU` then), `None` when
+/// there is no such config. The config is read like `config.json` (regular file, size cap,
+/// links confined to the folder); a malformed one is an error naming it.
+pub fn open_clip_quick_gelu(path: &Path) -> Result<Option<(bool, PathBuf)>, FormatError> {
+    let dir = if path.is_dir() { path.to_path_buf() } else { path.parent().map(Path::to_path_buf).unwrap_or_default() };
+    let dir = if dir.as_os_str().is_empty() { PathBuf::from(".") } else { dir };
+    let cfg = dir.join(OPEN_CLIP_CONFIG);
+    if !present(&cfg) {
+        return Ok(None);
+    }
+    let v = read_json(&dir, &cfg)?;
+    let model_cfg = v
+        .get("model_cfg")
+        .and_then(|m| m.as_object())
+        .ok_or_else(|| FormatError::corrupt(&cfg, "model_cfg", "missing or not an object (open_clip writes {\"model_cfg\": {...}})"))?;
+    match model_cfg.get("quick_gelu") {
+        None => Ok(Some((false, cfg))),
+        Some(serde_json::Value::Bool(b)) => Ok(Some((*b, cfg))),
+        Some(other) => Err(FormatError::corrupt(&cfg, "model_cfg.quick_gelu", format!("{other} is not true or false"))),
+    }
 }

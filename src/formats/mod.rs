@@ -102,6 +102,13 @@ impl Checkpoint {
     pub fn state_dict(&self) -> (String, Vec<(String, &TensorView)>) {
         value::unwrap_state_dict(&self.root)
     }
+
+    /// What a full-model pickle (`torch.save(model)` of a `torch.nn` / timm module) holds, in
+    /// words, when the state dict comes from one: it is read as `model.state_dict()` would
+    /// give it, never instantiated.
+    pub fn full_model(&self) -> Option<String> {
+        value::full_model(&self.root)
+    }
 }
 
 /// Memory bounds for reading one checkpoint (see `docs/guarantees.md`). Tensor bytes that
@@ -225,8 +232,28 @@ pub fn open(path: &Path) -> Result<Checkpoint, FormatError> {
     open_with(path, &env_limits(path)?)
 }
 
-/// [`open`] with explicit memory bounds.
+/// Metadata key naming the MLP activation when the checkpoint or its folder says which
+/// (`quick-gelu` or `gelu`): TorchScript module classes, open_clip's config.
+pub const META_ACTIVATION: &str = "activation";
+/// Metadata key saying where [`META_ACTIVATION`] was read (in words).
+pub const META_ACTIVATION_FROM: &str = "activation.from";
+
+/// [`open`] with explicit memory bounds. An `open_clip_config.json` beside a file (or in a
+/// folder) names the activation ([`hf::open_clip_quick_gelu`]) unless the archive itself did.
 pub fn open_with(path: &Path, limits: &ReadLimits) -> Result<Checkpoint, FormatError> {
+    let mut ck = open_file_with(path, limits)?;
+    if !ck.metadata.contains_key(META_ACTIVATION)
+        && let Some((quick, cfg)) = hf::open_clip_quick_gelu(path)?
+    {
+        let name = cfg.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        ck.metadata.insert(META_ACTIVATION.into(), if quick { "quick-gelu" } else { "gelu" }.into());
+        ck.metadata.insert(META_ACTIVATION_FROM.into(), format!("{name} (model_cfg.quick_gelu = {quick})"));
+    }
+    Ok(ck)
+}
+
+/// [`open_with`] without looking beside the file (a folder's shards are read with this).
+pub(crate) fn open_file_with(path: &Path, limits: &ReadLimits) -> Result<Checkpoint, FormatError> {
     let meta = std::fs::metadata(path).map_err(|e| FormatError::io(path, e))?;
     if meta.is_dir() {
         return hf::read_with(path, limits);
@@ -259,6 +286,9 @@ fn open_mapped(path: &Path, map: std::sync::Arc<MappedFile>, limits: &ReadLimits
     }
     if npy::looks_like_npy(head) {
         return npy::read_npy(path, map);
+    }
+    if safetensors_reader::fits_safetensors(head, map.len()) {
+        return safetensors_reader::read_mapped(path, map);
     }
     if legacy::looks_like_legacy(head) {
         return legacy::read_with_limits(path, map, limits);
@@ -300,6 +330,9 @@ pub fn open_bytes_with(path: &Path, bytes: Vec<u8>, limits: &ReadLimits) -> Resu
     }
     if npy::looks_like_npy(head) {
         return npy::read_npy_slice(path, bytes);
+    }
+    if safetensors_reader::fits_safetensors(head, bytes.len()) {
+        return safetensors_reader::read_slice(path, bytes);
     }
     if legacy::looks_like_legacy(head) {
         return legacy::read_slice_with(path, &bytes, limits);

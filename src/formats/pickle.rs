@@ -28,8 +28,8 @@ pub const MAX_MEMO: usize = 1 << 20;
 pub const MAX_STACK: usize = 1 << 20;
 /// Deepest MARK nesting.
 pub const MAX_MARKS: usize = 4096;
-/// Deepest container nesting (dict in list in tuple …).
-pub const MAX_NESTING: usize = 200;
+/// Deepest container nesting (dict in list in tuple …): the bound of every value tree.
+pub use super::value::MAX_NESTING;
 /// Longest LONG1/LONG4 integer, in bytes.
 pub const MAX_LONG_BYTES: usize = 64;
 /// Default byte budget: this many materialised bytes per pickle byte read so far …
@@ -471,6 +471,10 @@ impl<'a, 'b> Vm<'a, 'b> {
                 DType::from_storage_class(n).is_some() || DType::from_torch_dtype_name(n).is_some()
             }
             ("torch.jit._pickle", _) => self.ctx.torchscript,
+            // A full-model pickle's `_non_persistent_buffers_set` (protocol 2 spells set so).
+            ("__builtin__" | "builtins", "set") => true,
+            // The modules of a full-model pickle: kept as inert objects, never constructed.
+            _ if super::value::is_module_class(&full) => true,
             (m, _) => {
                 self.ctx.torchscript && (m == "__torch__" || m.starts_with("__torch__."))
             }
@@ -629,8 +633,15 @@ impl<'a, 'b> Vm<'a, 'b> {
                     let items = self.pop_n(n)?;
                     self.push_fresh(Self::tuple(items), NODE_BYTES)?
                 }
-                b']' => self.push_fresh(Entry::new(Value::List(Vec::new()), 1, NODE_BYTES), NODE_BYTES)?,
-                b'l' => {
+                // EMPTY_SET (protocol 4 sets, e.g. `_non_persistent_buffers_set`): a list.
+                b']' | 0x8f => self.push_fresh(Entry::new(Value::List(Vec::new()), 1, NODE_BYTES), NODE_BYTES)?,
+                0x90 => {
+                    // ADDITEMS: like APPENDS, into the set's list.
+                    let items = self.pop_mark()?;
+                    self.append(items)?
+                }
+                // LIST, and FROZENSET: a list of the items above the MARK.
+                b'l' | 0x91 => {
                     let items = self.pop_mark()?;
                     let mut e = Self::container(Value::None, &items);
                     e.v = Value::List(items.into_iter().map(|e| e.v).collect());
@@ -852,7 +863,7 @@ impl<'a, 'b> Vm<'a, 'b> {
             .to_string();
         match name.as_str() {
             "collections.OrderedDict" => Ok((Entry::new(Value::Dict(Vec::new()), 1, NODE_BYTES), NODE_BYTES)),
-            n if n == "argparse.Namespace" || n.starts_with("__torch__") => {
+            n if n == "argparse.Namespace" || n.starts_with("__torch__") || super::value::is_module_class(n) => {
                 let fresh = 2 * NODE_BYTES + name.len() as u64;
                 let mut e = Self::container(Value::None, std::slice::from_ref(&args));
                 e.bytes = e.bytes.saturating_add(fresh);
@@ -948,10 +959,23 @@ impl<'a, 'b> Vm<'a, 'b> {
                     None => Ok((Entry::scalar(Value::None), NODE_BYTES)),
                 }
             }
-            "numpy.core.multiarray.scalar"
-            | "numpy._core.multiarray.scalar"
-            | "numpy.dtype"
-            | "argparse.Namespace" => {
+            "__builtin__.set" | "builtins.set" => {
+                // set(iterable) as the list of its items (moved, not copied).
+                let items = match a.into_iter().next() {
+                    None => Vec::new(),
+                    Some(Value::List(items) | Value::Tuple(items)) => items,
+                    Some(other) => return Err(self.err(format!("set of a {}", other.kind()))),
+                };
+                Ok((Entry::new(Value::List(items), args_depth(args_d), args_s), 0))
+            }
+            // A module-path class called with arguments (an enum member such as timm's
+            // `Format('NCHW')`): kept as an inert object with its arguments.
+            n if n == "numpy.core.multiarray.scalar"
+                || n == "numpy._core.multiarray.scalar"
+                || n == "numpy.dtype"
+                || n == "argparse.Namespace"
+                || super::value::is_module_class(n) =>
+            {
                 let fresh = 3 * NODE_BYTES + name.len() as u64;
                 Ok((
                     Entry::new(

@@ -17,6 +17,16 @@ pub fn looks_like_safetensors(head: &[u8]) -> bool {
     head.len() >= 9 && head[8] == b'{'
 }
 
+/// [`looks_like_safetensors`] with a header length that fits in the file's `file_len`
+/// bytes: sniffed before pickles, so a safetensors file whose length byte is 0x80 (a pickle's
+/// PROTO) is not read as one; a header length past the file is still taken for safetensors
+/// (and refused as truncated) after the pickle checks.
+pub fn fits_safetensors(head: &[u8], file_len: usize) -> bool {
+    looks_like_safetensors(head)
+        && u64::from_le_bytes([head[0], head[1], head[2], head[3], head[4], head[5], head[6], head[7]])
+            <= file_len.saturating_sub(8) as u64
+}
+
 /// Open and read a `.safetensors` file (a regular file only: see [`super::open_regular`]).
 pub fn read(path: &Path) -> Result<Checkpoint, FormatError> {
     let file = super::open_regular(path)?;

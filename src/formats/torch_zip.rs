@@ -94,10 +94,16 @@ pub fn read_with(path: &Path, src: Source, limits: &ReadLimits) -> Result<Checkp
         // The module classes name the activation (open_clip's `QuickGELU` vs `nn.GELU`).
         let mut classes = Vec::new();
         class_names(&root_value, &mut classes, 0);
-        if classes.iter().any(|c| c.ends_with(".QuickGELU")) {
-            metadata.insert("activation".into(), "quick-gelu".into());
+        let named = if classes.iter().any(|c| c.ends_with(".QuickGELU")) {
+            Some(("quick-gelu", "QuickGELU"))
         } else if classes.iter().any(|c| c.ends_with(".GELU")) {
-            metadata.insert("activation".into(), "gelu".into());
+            Some(("gelu", "GELU"))
+        } else {
+            None
+        };
+        if let Some((name, class)) = named {
+            metadata.insert(super::META_ACTIVATION.into(), name.into());
+            metadata.insert(super::META_ACTIVATION_FROM.into(), format!("the TorchScript archive's module classes ({class})"));
         }
         if let Some(m) = archive.find(&format!("{root}constants.pkl")) {
             let name = m.name.clone();

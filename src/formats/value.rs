@@ -2,10 +2,20 @@
 //!
 //! Mirrors what `torch.load(weights_only=True)` returns: dicts (OrderedDict), lists,
 //! tuples, scalars, strings and tensors. Objects the allowlist admits only as data
-//! (`argparse.Namespace`, `__torch__.*` modules in TorchScript archives, numpy scalars)
-//! are kept as [`Value::Object`] with their class name and state, never instantiated.
+//! (`argparse.Namespace`, `__torch__.*` modules in TorchScript archives, numpy scalars,
+//! the `torch.nn.modules.*` / `timm.*` modules of a full-model pickle) are kept as
+//! [`Value::Object`] with their class name and state, never instantiated.
+//!
+//! A full-model pickle (`torch.save(model)`) reads as the state dict `model.state_dict()`
+//! would give (torch/nn/modules/module.py `Module._save_to_state_dict` and `state_dict`):
+//! each module's `_parameters`, then its persistent `_buffers`, then its `_modules`, under
+//! dotted names.
 
 use super::TensorView;
+
+/// Deepest container nesting (dict in list in tuple …) of a value tree: the pickle VM refuses
+/// deeper trees, and what walks a tree (a module's state dict) stops there.
+pub const MAX_NESTING: usize = 200;
 
 /// One node of a checkpoint's object tree.
 #[derive(Debug, Clone)]
@@ -112,10 +122,63 @@ impl Value {
                 }
             }
             Value::Object { args, state, .. } => {
-                args.collect_tensors(prefix, out);
-                state.collect_tensors(prefix, out);
+                if self.is_module() {
+                    self.module_state_dict(prefix, out, 0);
+                } else {
+                    args.collect_tensors(prefix, out);
+                    state.collect_tensors(prefix, out);
+                }
             }
             _ => {}
+        }
+    }
+
+    /// A `torch.nn.Module` as a full-model pickle stores it: an object of a module class the
+    /// pickle VM admits ([`MODULE_CLASS_PREFIXES`]) whose state, its `__dict__`, holds
+    /// `_parameters`, `_buffers` and `_modules`.
+    pub fn is_module(&self) -> bool {
+        match self {
+            Value::Object { class, state, .. } => {
+                is_module_class(class) && ["_parameters", "_buffers", "_modules"].iter().all(|k| state.get(k).is_some())
+            }
+            _ => false,
+        }
+    }
+
+    /// `Module.state_dict()` of a module object: its parameters (`None` skipped), its buffers
+    /// except those in `_non_persistent_buffers_set`, then each submodule under
+    /// `prefix.name.`. Depth-bounded like the pickle VM that built the tree.
+    fn module_state_dict<'a>(&'a self, prefix: &str, out: &mut Vec<(String, &'a TensorView)>, depth: usize) {
+        let Value::Object { state, .. } = self else { return };
+        if depth > MAX_NESTING {
+            return;
+        }
+        let join = |k: &str| if prefix.is_empty() { k.to_string() } else { format!("{prefix}.{k}") };
+        let entries = |name: &str| match state.get(name) {
+            Some(Value::Dict(items)) => items.as_slice(),
+            _ => &[],
+        };
+        let non_persistent: Vec<&str> = match state.get("_non_persistent_buffers_set") {
+            Some(Value::List(names) | Value::Tuple(names)) => names.iter().filter_map(Value::as_str).collect(),
+            _ => Vec::new(),
+        };
+        for (k, v) in entries("_parameters") {
+            if let Value::Tensor(t) = v {
+                out.push((join(&Value::key_text(k)), t));
+            }
+        }
+        for (k, v) in entries("_buffers") {
+            let name = Value::key_text(k);
+            if let Value::Tensor(t) = v
+                && !non_persistent.contains(&name.as_str())
+            {
+                out.push((join(&name), t));
+            }
+        }
+        for (k, v) in entries("_modules") {
+            if v.is_module() {
+                v.module_state_dict(&join(&Value::key_text(k)), out, depth + 1);
+            }
         }
     }
 
@@ -128,16 +191,29 @@ impl Value {
     }
 }
 
+/// Module paths whose classes a full-model pickle may hold as inert objects: PyTorch's own
+/// layers and timm's models and layers (timm's DeiT and BEiT included).
+pub const MODULE_CLASS_PREFIXES: &[&str] = &["torch.nn.modules.", "timm."];
+
+/// Whether `module.Name` names a class under [`MODULE_CLASS_PREFIXES`]: the name starts with
+/// an upper-case letter, as Python classes do (functions there stay refused).
+pub fn is_module_class(full: &str) -> bool {
+    let Some((module, name)) = full.rsplit_once('.') else { return false };
+    MODULE_CLASS_PREFIXES.iter().any(|p| module.starts_with(p) || format!("{module}.") == *p)
+        && name.chars().next().is_some_and(|c| c.is_ascii_uppercase())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
 /// Wrapper keys training scripts put around a state dict, in the order they are preferred
 /// (mmcv's `_load_checkpoint` and timm's `load_state_dict` look for the same ones).
 pub const WRAPPER_KEYS: &[&str] = &["state_dict", "model", "module", "model_ema", "state_dict_ema"];
 
-/// Find the state dict under the wrapper keys and strip a `module.` prefix shared by every
-/// key (DDP). Returns the wrapper path (`model`, `state_dict`, or empty) and the tensors.
-pub fn unwrap_state_dict(root: &Value) -> (String, Vec<(String, &TensorView)>) {
+/// The node holding the state dict (a dict of tensors, or a module object) and the wrapper
+/// keys above it.
+fn state_dict_node(root: &Value) -> (Vec<&'static str>, &Value) {
     let mut node = root;
     let mut path = Vec::new();
-    while !node.is_flat_state_dict() {
+    while !node.is_flat_state_dict() && !node.is_module() {
         let next = WRAPPER_KEYS
             .iter()
             .find_map(|k| node.get(k).map(|v| (*k, v)));
@@ -149,6 +225,27 @@ pub fn unwrap_state_dict(root: &Value) -> (String, Vec<(String, &TensorView)>) {
             None => break,
         }
     }
+    (path, node)
+}
+
+/// What a full-model pickle holds, in words (`full-model pickle: timm VisionTransformer,
+/// read as its state dict`), or `None` when the state dict is a plain dict.
+pub fn full_model(root: &Value) -> Option<String> {
+    let (_, node) = state_dict_node(root);
+    let Value::Object { class, .. } = node else { return None };
+    if !node.is_module() {
+        return None;
+    }
+    let library = class.split('.').next().unwrap_or_default();
+    let name = class.rsplit('.').next().unwrap_or_default();
+    Some(format!("full-model pickle: {library} {name}, read as its state dict"))
+}
+
+/// Find the state dict under the wrapper keys and strip a `module.` prefix shared by every
+/// key (DDP). A module object (a full-model pickle) gives its `state_dict()` names. Returns
+/// the wrapper path (`model`, `state_dict`, or empty) and the tensors.
+pub fn unwrap_state_dict(root: &Value) -> (String, Vec<(String, &TensorView)>) {
+    let (mut path, node) = state_dict_node(root);
     let mut tensors = Vec::new();
     node.collect_tensors("", &mut tensors);
     if !tensors.is_empty() && tensors.iter().all(|(k, _)| k.starts_with("module.")) {

@@ -78,6 +78,17 @@ fn unknown_family() {
 }
 
 #[test]
+fn cannot_hold() {
+    // timm's SwiGLU MLP (fc1_g / fc1_x) where upstream's blocks have fc1 -> GELU -> fc2.
+    let mut s: Vec<(String, TensorView)> = deit(48, 1).into_iter().filter(|(k, _)| !k.contains("mlp.fc1")).collect();
+    s.push(("blocks.0.mlp.fc1_g.weight".into(), t(&[128, 48], 0.1)));
+    s.push(("blocks.0.mlp.fc1_x.weight".into(), t(&[128, 48], 0.1)));
+    let sd: Vec<(String, &TensorView)> = s.iter().map(|(k, v)| (k.clone(), v)).collect();
+    let e = super::pick_family(None, &sd, &Default::default()).map(|_| ()).expect_err("SwiGLU");
+    assert!(matches!(e, ImportError::CannotHold { .. }), "{e}");
+}
+
+#[test]
 fn no_such_family() {
     let e = crate::families::mapping_for("nope").expect_err("no family 'nope'");
     assert!(matches!(e, ImportError::NoSuchFamily { .. }), "{e}");

@@ -22,6 +22,7 @@ use crate::families::{Family, Keys};
 use crate::formats::{Checkpoint, DType, TensorView};
 use crate::meta::{ArtifactMeta, SOURCE_SHA_KEY, Transforms, VERIFY_KEY};
 use crate::model::ComerConfig;
+use crate::progress::{Progress, Stage, Unit};
 use crate::target::{self, TargetSpec};
 use crate::text::Escaped;
 use crate::verify::{Check, Report, policy};
@@ -80,18 +81,21 @@ pub struct ImportOptions {
     pub write_config: bool,
     /// Replace existing outputs.
     pub force: bool,
-    /// Show a progress bar.
-    pub progress: bool,
+    /// Where the stages report their progress (read, write, each verification check).
+    pub progress: Progress,
     /// Verify the written safetensors artifact before it is renamed into place (round trip,
     /// mapping parity, backbone) and record the verdict in its `comer_port.verify` metadata.
     pub verify: bool,
+    /// The source's MLP activation when the user states it (`--source-activation`): CLIP
+    /// state dicts do not record QuickGELU. Overrides what the container names.
+    pub source_activation: Option<detect::Activation>,
 }
 
 impl Default for ImportOptions {
     fn default() -> Self {
         ImportOptions {
             family: None,
-            target: TargetSpec::Flavor(crate::model::Flavor::Det),
+            target: TargetSpec::Flavor(crate::model::Flavor::Det, None),
             seed: 0,
             dtype: DType::F32,
             plan: PlanOptions::default(),
@@ -103,15 +107,63 @@ impl Default for ImportOptions {
             report: None,
             write_config: true,
             force: false,
-            progress: false,
+            progress: Progress::QUIET,
             verify: false,
+            source_activation: None,
         }
     }
 }
 
-/// What an import did.
+/// Seconds each import step took (`run` measures them; the report records them).
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct Times {
+    /// Opening the source (the object tree; tensors stay mapped).
+    pub read_s: f64,
+    /// Step 1: detection, target, mapping plan.
+    pub plan_s: f64,
+    /// Step 2: streaming the safetensors artifact.
+    pub write_s: f64,
+    /// Step 3: verifying it.
+    pub verify_s: f64,
+    /// Step 4 up to the report: publishing, the `.pth`, the config.
+    pub commit_s: f64,
+    /// All of them.
+    pub total_s: f64,
+}
+
+/// How the report opens: the source, the family and why, the target and why, the verdict,
+/// every file written and the time of each step — what a reader looks for first.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Overview {
+    /// The source as given.
+    pub source: String,
+    /// Its container (`torch-zip`, `hf-folder`, …), and what it holds when that is not a
+    /// plain state dict (a full-model pickle).
+    pub format: String,
+    /// The source family.
+    pub family: String,
+    /// Why that family: the detector's reason, or `--family` given.
+    pub family_reason: String,
+    /// The target: `preset NAME`, `config PATH`, `flavour NAME` (the source's dimensions).
+    pub target: String,
+    /// The target flavour.
+    pub flavor: String,
+    /// Why that target, and what it can run at.
+    pub target_reason: String,
+    /// The verification verdict (`policy::verdict`: passed, lossy, failed, nothing ran) with
+    /// its counts and first failure, or `not run (WHY)`.
+    pub verdict: String,
+    /// Every file written, in order.
+    pub outputs: Vec<String>,
+    /// How long each step took.
+    pub times: Times,
+}
+
+/// What an import did. Serialised as the report (`--report R.json`): the [`Overview`] first.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ImportSummary {
+    /// Source, family, target, verdict, outputs and times, each with its reason.
+    pub summary: Overview,
     /// The source's file name.
     pub source: String,
     /// The source family.
@@ -166,18 +218,48 @@ pub struct ImportPlan<'ck> {
     pub meta: ArtifactMeta,
     /// Notes for the user, in words.
     pub warnings: Vec<String>,
+    /// Why the family is this one (the detector's reason, or `--family`).
+    pub family_reason: String,
+    /// The target in words (`preset NAME`, `config PATH`, `flavour NAME`).
+    pub target: String,
+    /// Why that target, and what input sizes it runs at.
+    pub target_reason: String,
     sd: Vec<(String, &'ck TensorView)>,
     outs: Vec<OutTensor>,
     idx: Vec<usize>,
 }
 
-/// The family, given or detected from the keys (the detector `inspect` and `verify` use).
-fn pick_family(given: Option<&str>, sd: &[(String, &TensorView)], meta: &detect::Meta) -> Result<&'static dyn Family, ImportError> {
+/// The family, given or detected from the keys (the detector `inspect` and `verify` use),
+/// and why. Keys a family recognised but cannot hold (a SwiGLU MLP) are refused as such.
+fn pick_family(
+    given: Option<&str>,
+    sd: &[(String, &TensorView)],
+    meta: &detect::Meta,
+) -> Result<(&'static dyn Family, String), ImportError> {
     if let Some(f) = given {
-        return crate::families::by_name(f);
+        return Ok((crate::families::by_name(f)?, "--family given".into()));
     }
     let det = detect::detect(sd, meta);
-    det.family().ok_or(ImportError::UnknownFamily { reason: det.reason })
+    match (det.family(), det.refused) {
+        (Some(f), _) => Ok((f, det.reason)),
+        (None, Some(family)) => Err(ImportError::CannotHold { family: family.into(), reason: det.reason }),
+        (None, None) => Err(ImportError::UnknownFamily { reason: det.reason }),
+    }
+}
+
+/// The target in words and why it was taken.
+fn describe_target(spec: &TargetSpec, cfg: &ComerConfig, picked: Option<&target::Picked>) -> (String, String) {
+    match (spec, picked) {
+        (_, Some(p)) => (format!("preset {}", p.name), p.reason.clone()),
+        (TargetSpec::Preset(n), _) => (format!("preset {n}"), "--preset given".into()),
+        (TargetSpec::ConfigFile(path), _) => (format!("config {}", path.display()), "--config given".into()),
+        (TargetSpec::Config(_), _) => ("config given by the caller".into(), "the caller's config".into()),
+        (TargetSpec::Flavor(f, _), _) => (
+            format!("flavour {}", f.name()),
+            format!("--flavor {}: the source's own dimensions and upstream's defaults; {}", f.name(), target::attention_layout(cfg)),
+        ),
+        (TargetSpec::Recorded | TargetSpec::Auto, None) => ("recorded config".into(), String::new()),
+    }
 }
 
 /// Map a state dict (wrapper stripped) into `target`: the family's config of the source,
@@ -213,12 +295,20 @@ pub fn plan<'ck>(ck: &'ck Checkpoint, source: &Path, opts: &ImportOptions) -> Re
     if let Some(why) = detect::comer_artifact(&sd, &det_meta) {
         return Err(ImportError::AlreadyArtifact { path: source.to_path_buf(), why }.into());
     }
-    let family = pick_family(opts.family.as_deref(), &sd, &det_meta)?;
+    let (family, family_reason) = pick_family(opts.family.as_deref(), &sd, &det_meta)?;
     let sd = crate::families::mapping_for(family.name())?.normalise_keys(sd);
     let (source_config, cfg, plan) = plan_state_dict(family, &sd, &det_meta, &opts.target, &opts.plan)?;
     let mut warnings = Vec::new();
-    if let TargetSpec::Auto = opts.target {
-        warnings.push(target::pick_preset(family, &source_config)?.reason);
+    let picked = match opts.target {
+        TargetSpec::Auto => Some(target::pick_preset(family, &source_config)?),
+        _ => None,
+    };
+    if let Some(p) = &picked {
+        warnings.push(p.reason.clone());
+    }
+    let (target_name, target_reason) = describe_target(&opts.target, &cfg, picked.as_ref());
+    if let Some(why) = target::one_size(&cfg) {
+        warnings.push(why);
     }
     if let Some(eps) = ck.metadata.get("layer_norm_eps").and_then(|v| v.parse::<f64>().ok())
         && (eps - 1e-6).abs() > 1e-12
@@ -227,6 +317,17 @@ pub fn plan<'ck>(ck: &'ck Checkpoint, source: &Path, opts: &ImportOptions) -> Re
             "the source's LayerNorm eps is {eps}; upstream's blocks use 1e-6 (a tiny, documented numerical difference)"
         ));
     }
+    let activation_assumed = source_config.assumed.iter().any(|a| a == "activation");
+    if activation_assumed {
+        warnings.push(format!(
+            "{}: the checkpoint does not record its MLP activation: assumed {:?} (for CLIP / open_clip sources \
+             --source-activation quick-gelu|gelu states it; the parity figures follow it)",
+            family.name(),
+            source_config.activation
+        ));
+    } else if let Some(from) = det_meta.get(detect::META_ACTIVATION_FROM) {
+        warnings.push(format!("{}: the MLP activation is {:?}, named by {from}", family.name(), source_config.activation));
+    }
     if let crate::families::Fit::Inexpressible(_) | crate::families::Fit::Approximation { .. } = family.fit(&source_config)
         && source_config.activation != detect::Activation::Gelu
     {
@@ -234,7 +335,7 @@ pub fn plan<'ck>(ck: &'ck Checkpoint, source: &Path, opts: &ImportOptions) -> Re
             "{}: the source's activation is {:?}{}, upstream's blocks use exact GELU, so the ViT branch deviates",
             family.name(),
             source_config.activation,
-            if source_config.assumed.iter().any(|a| a == "activation") {
+            if activation_assumed {
                 " (not recorded in the checkpoint: assumed)"
             } else {
                 ""
@@ -282,7 +383,21 @@ pub fn plan<'ck>(ck: &'ck Checkpoint, source: &Path, opts: &ImportOptions) -> Re
         },
     };
     let (outs, idx) = outputs(&plan, opts.dtype, opts.no_buffers);
-    Ok(ImportPlan { ck, family, source_config, config: cfg, plan, meta, warnings, sd, outs, idx })
+    Ok(ImportPlan {
+        ck,
+        family,
+        source_config,
+        config: cfg,
+        plan,
+        meta,
+        warnings,
+        family_reason,
+        target: target_name,
+        target_reason,
+        sd,
+        outs,
+        idx,
+    })
 }
 
 /// Every file an import with `opts` writes, with its role, in the order they are written.
@@ -385,22 +500,19 @@ struct Producer<'p, 'ck> {
     p: &'p ImportPlan<'ck>,
     opts: &'p ImportOptions,
     lookup: HashMap<&'p str, &'ck TensorView>,
-    bar: indicatif::ProgressBar,
+    stage: Stage,
     /// Non-finite values are counted as the bytes are written (a look at cache-hot pieces)
     /// instead of in `produce`.
     count_while_writing: bool,
 }
 
 impl<'p, 'ck> Producer<'p, 'ck> {
-    fn new(p: &'p ImportPlan<'ck>, opts: &'p ImportOptions, count_while_writing: bool) -> Self {
+    /// A producer for one file (`dest`), reporting its bytes as stage `write DEST`.
+    fn new(p: &'p ImportPlan<'ck>, opts: &'p ImportOptions, count_while_writing: bool, dest: &Path) -> Self {
         let total: u64 = p.outs.iter().map(|t| t.nbytes() as u64).sum();
-        let bar = if opts.progress && total > (64 << 20) {
-            indicatif::ProgressBar::new(total)
-        } else {
-            indicatif::ProgressBar::hidden()
-        };
+        let stage = opts.progress.stage(format!("write {}", dest.display()), total, Unit::Bytes);
         let lookup = p.sd.iter().map(|(k, v)| (k.as_str(), *v)).collect();
-        Producer { p, opts, lookup, bar, count_while_writing }
+        Producer { p, opts, lookup, stage, count_while_writing }
     }
 
     /// The source key of output `j` when it is a plain rename already in the output dtype:
@@ -435,7 +547,7 @@ impl<'p, 'ck> Producer<'p, 'ck> {
             self.release(j - 1);
         }
         let b = self.produce(j, warn);
-        self.bar.inc(self.p.outs[j].nbytes() as u64);
+        self.stage.inc(self.p.outs[j].nbytes() as u64);
         b
     }
 
@@ -474,12 +586,13 @@ impl<'p, 'ck> Producer<'p, 'ck> {
         Ok(Cow::Owned(encode(&t.entry.name, &vals, self.p.outs[j].dtype)?))
     }
 
-    /// Release what the last output read and reset the bar for the next file.
-    fn finish_file(&self) {
+    /// Release what the last output read; the file's stage is done.
+    fn finish_file(self) {
         if let Some(last) = self.p.outs.len().checked_sub(1) {
             self.release(last);
         }
-        self.bar.set_position(0);
+        let bytes: u64 = self.p.outs.iter().map(|t| t.nbytes() as u64).sum();
+        self.stage.finish(&format!("{} tensors, {bytes} bytes", self.p.outs.len()));
     }
 }
 
@@ -493,7 +606,7 @@ pub struct Written {
 /// given), the header holding placeholders for the source hash and the verdict.
 pub fn write(p: &ImportPlan<'_>, opts: &ImportOptions) -> Result<Written, PipelineError> {
     let Some(out) = &opts.out else { return Ok(Written { pending: None, warnings: Vec::new() }) };
-    let producer = Producer::new(p, opts, !opts.strict_finite);
+    let producer = Producer::new(p, opts, !opts.strict_finite, out);
     let mut pending = Pending::begin(out, opts.force, &p.outs, &p.meta.to_map())?;
     let mut warnings = Vec::new();
     let mut bad_counts = vec![0usize; p.outs.len()];
@@ -502,7 +615,6 @@ pub fn write(p: &ImportPlan<'_>, opts: &ImportOptions) -> Result<Written, Pipeli
             bad_counts[j] += count_non_finite_f32(piece);
         }
     })?;
-    producer.finish_file();
     for (j, &bad) in bad_counts.iter().enumerate() {
         if bad > 0
             && let Some(key) = producer.renamed_f32(j)
@@ -510,6 +622,7 @@ pub fn write(p: &ImportPlan<'_>, opts: &ImportOptions) -> Result<Written, Pipeli
             warnings.push(format!("{key}: {bad} non-finite values"));
         }
     }
+    producer.finish_file();
     Ok(Written { pending: Some(pending), warnings })
 }
 
@@ -525,7 +638,8 @@ pub fn verify(p: &ImportPlan<'_>, w: &mut Written, opts: &ImportOptions) -> Resu
     let tmp = pending.flushed()?.to_path_buf();
     let file_name = |p: &Path| p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let (tmp_name, dest_name) = (file_name(&tmp), file_name(dest));
-    let report = match crate::verify::artifact::artifact_report(&tmp, Some(p.ck), None, &p.config, &[], opts.seed) {
+    let report = match crate::verify::artifact::artifact_report(&tmp, Some(p.ck), None, &p.config, &[], opts.seed, &opts.progress)
+    {
         Ok(mut report) => {
             if !tmp_name.is_empty() {
                 report.checks.iter_mut().for_each(|c| c.name = c.name.replace(&tmp_name, &dest_name));
@@ -540,13 +654,17 @@ pub fn verify(p: &ImportPlan<'_>, w: &mut Written, opts: &ImportOptions) -> Resu
 /// Step 4: fill the source hash and the verdict into the header, publish the safetensors
 /// artifact, then write and publish the `.pth` (with the same, final metadata), the config
 /// and the report.
+/// `times` holds the earlier steps' figures; commit adds its own (up to the report) and the
+/// total.
 pub fn commit(
     p: ImportPlan<'_>,
     w: Written,
     source_sha256: String,
     report: Option<Report>,
+    mut times: Times,
     opts: &ImportOptions,
 ) -> Result<ImportSummary, PipelineError> {
+    let t0 = std::time::Instant::now();
     let mut meta = p.meta.clone();
     meta.source_sha256 = source_sha256;
     let mut warnings = p.warnings.clone();
@@ -562,7 +680,7 @@ pub fn commit(
         meta.verify = policy::compact_verdict(r, usize::MAX);
     }
     if let Some(pth) = &opts.pth {
-        let producer = Producer::new(&p, opts, false);
+        let producer = Producer::new(&p, opts, false, pth);
         let pmeta: Vec<(String, String)> = meta.to_map().into_iter().collect();
         let mut w2 = Vec::new();
         let outs: Cow<'_, [OutTensor]> = match opts.key_prefix.as_deref() {
@@ -579,7 +697,26 @@ pub fn commit(
         let text = serde_json::to_string_pretty(&meta.config).unwrap_or_default();
         crate::export::atomic::write_all(&path, text.as_bytes(), opts.force)?;
     }
+    times.commit_s = t0.elapsed().as_secs_f64();
+    times.total_s = times.read_s + times.plan_s + times.write_s + times.verify_s + times.commit_s;
+    let format = match p.ck.full_model() {
+        Some(what) => format!("{} ({what})", p.ck.format.name()),
+        None => p.ck.format.name().to_string(),
+    };
+    let overview = Overview {
+        source: p.ck.path.display().to_string(),
+        format,
+        family: p.family.name().into(),
+        family_reason: p.family_reason.clone(),
+        target: p.target.clone(),
+        flavor: p.config.flavor.name().into(),
+        target_reason: p.target_reason.clone(),
+        verdict: verdict_words(report.as_ref(), opts),
+        outputs: output_paths(opts).iter().map(|o| o.display().to_string()).collect(),
+        times,
+    };
     let summary = ImportSummary {
+        summary: overview,
         source: meta.source.clone(),
         family: p.family.name().into(),
         flavor: p.config.flavor.name().into(),
@@ -608,31 +745,88 @@ fn source_hash(source: &Path, bytes: Option<&[u8]>) -> Result<String, ImportErro
     }
 }
 
+/// The verdict in words, for the [`Overview`].
+fn verdict_words(report: Option<&Report>, opts: &ImportOptions) -> String {
+    let Some(r) = report else {
+        return format!("not run ({})", if opts.verify { "no safetensors output" } else { "--no-verify" });
+    };
+    let first = r.first_failure().map(|c| format!("; first failure: {}", c.name)).unwrap_or_default();
+    format!("{} ({} checks ran, {} skipped{first})", policy::verdict(r), r.checks.len() - r.skipped(), r.skipped())
+}
+
 /// Import `source` (a file or folder; `bytes` when it is bundled in memory): [`plan`],
-/// [`write`], [`verify`], [`commit`], the source hashed on a second thread meanwhile.
+/// [`write`], [`verify`], [`commit`], the source hashed on a second thread meanwhile; each
+/// step timed, reading and writing reported to `opts.progress`.
 pub fn run(source: &Path, bytes: Option<&[u8]>, opts: &ImportOptions) -> Result<ImportSummary, PipelineError> {
-    let ck = open(source, bytes)?;
+    let mut times = Times::default();
+    let mut clock = std::time::Instant::now();
+    let mut lap = |slot: &mut f64| {
+        *slot = clock.elapsed().as_secs_f64();
+        clock = std::time::Instant::now();
+    };
+    let reading = opts.progress.stage(format!("read {}", source.display()), 1, Unit::Steps);
+    let mut ck = open(source, bytes)?;
+    if let Some(act) = opts.source_activation {
+        detect::set_activation(&mut ck.metadata, act == detect::Activation::QuickGelu, "--source-activation");
+    }
+    reading.finish(&format!("{}, {} tensors", ck.format.name(), ck.tensors().len()));
+    lap(&mut times.read_s);
     let p = plan(&ck, source, opts)?;
+    lap(&mut times.plan_s);
     std::thread::scope(|scope| {
         let hashing = scope.spawn(|| source_hash(source, bytes));
         let mut written = write(&p, opts)?;
+        lap(&mut times.write_s);
         let report = verify(&p, &mut written, opts)?;
+        lap(&mut times.verify_s);
         let hash = match hashing.join() {
             Ok(h) => h?,
             Err(_) => {
                 return Err(ImportError::Input { path: source.to_path_buf(), reason: "the hashing thread panicked".into() }.into());
             }
         };
-        commit(p, written, hash, report, opts)
+        commit(p, written, hash, report, times, opts)
     })
+}
+
+/// The [`Overview`] as the first lines of the human output and of `R.txt`; `wrote PATH`
+/// lines list the outputs.
+pub fn render_overview(o: &Overview) -> String {
+    let t = &o.times;
+    // The source's name, the reasons (which may quote keys) and the file names are escaped.
+    let mut out = format!(
+        "source   {} ({})\nfamily   {}: {}\ntarget   {} ({}): {}\nverdict  {}\n",
+        Escaped(&o.source),
+        o.format,
+        o.family,
+        Escaped(&o.family_reason),
+        o.target,
+        o.flavor,
+        Escaped(&o.target_reason),
+        Escaped(&o.verdict)
+    );
+    for f in &o.outputs {
+        out.push_str(&format!("wrote {}\n", Escaped(f)));
+    }
+    out.push_str(&format!(
+        "times    read {:.2} s, plan {:.2} s, write {:.2} s, verify {:.2} s, commit {:.2} s; total {:.2} s\n",
+        t.read_s, t.plan_s, t.write_s, t.verify_s, t.commit_s, t.total_s
+    ));
+    out
 }
 
 /// The human summary: every target key with its origin, every source key with its fate.
 /// Source keys, the source's name and the decisions naming them are escaped
 /// (`text::Escaped`): the summary is read on a terminal.
 pub fn human_report(s: &ImportSummary) -> String {
-    let mut out =
-        format!("comer-port import: {} ({}) -> {} seed {}\n\nTarget keys:\n", Escaped(&s.source), s.family, s.flavor, s.seed);
+    let mut out = render_overview(&s.summary);
+    out.push_str(&format!(
+        "\ncomer-port import: {} ({}) -> {} seed {}\n\nTarget keys:\n",
+        Escaped(&s.source),
+        s.family,
+        s.flavor,
+        s.seed
+    ));
     for p in &s.plan.targets {
         let how = match &p.origin {
             Origin::Source { keys, transform, .. } => format!("{} <- {}", transform.name(), Escaped(&keys.join(" + "))),

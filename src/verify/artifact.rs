@@ -32,6 +32,7 @@ use crate::families::mapping::{self, Mapping, Plan, PlanOptions, Values};
 use crate::meta::{ArtifactMeta, Transforms};
 use crate::model::plain_vit::{RelPosTable, VitError, Weights};
 use crate::model::{Comer, ComerConfig};
+use crate::progress::{Progress, Stage, Unit};
 
 /// Why the artifact's ViT branch is not the source's function at all (cross-layout import,
 /// windowed attention, resized patch kernel), or `None` when parity can run.
@@ -782,6 +783,7 @@ pub fn golden_checks(model: &Comer, dir: &Path) -> Result<Vec<Check>> {
 /// declares (`policy::approximations`), (d) a `sources/*` golden folder on the ViT
 /// branch, then (b) the backbone and a `forward/*` golden folder. A model that does not load
 /// is a failed check naming the key. `sizes` adds mapping-parity images (`verify --size`).
+/// Each group of checks is a stage of `progress` (`verify: round trip`, `verify: key set`, …).
 /// Shared by `verify`, `demo` and `import`.
 pub fn artifact_report(
     artifact: &Path,
@@ -790,17 +792,23 @@ pub fn artifact_report(
     cfg: &ComerConfig,
     sizes: &[(usize, usize)],
     seed: u64,
+    progress: &Progress,
 ) -> Result<super::Report> {
     use super::golden as golden_folder;
     use super::keys::{ArtifactKey, layout_check};
     let mut report = super::Report::default();
+    let g = Group::begin(progress, "round trip", &report);
     for c in round_trip_checks(artifact)? {
         report.push(c);
     }
+    g.end(&report);
+    let g = Group::begin(progress, "key set", &report);
     let ck = formats::open(artifact)?;
     let keys: Vec<ArtifactKey> = ck.tensors().into_iter().map(|(k, t)| (k, t.shape.clone(), t.dtype)).collect();
     report.push(layout_check(&keys, cfg));
+    g.end(&report);
     if let Some(source) = source {
+        let g = Group::begin(progress, "mapping parity", &report);
         let mut parity = super::Report::default();
         let transforms = ArtifactMeta::transforms_of(&ck.metadata);
         let dtypes: BTreeMap<String, formats::DType> = ck
@@ -822,6 +830,8 @@ pub fn artifact_report(
         let approx = approximations(&dropped, float_dtype(&ck));
         apply_approximations(&mut parity, &approx);
         parity.checks.into_iter().for_each(|c| report.push(c));
+        g.end(&report);
+        let g = Group::begin(progress, "source and fresh parameters", &report);
         if let Some(c) = source_hash_check(source, &ck.metadata) {
             report.push(c);
         }
@@ -829,14 +839,18 @@ pub fn artifact_report(
             Ok(plan) => report.push(fresh_check(plan, &ck)),
             Err(e) => report.push(Check::skipped("fresh parameters", format!("the source could not be mapped again: {e}"))),
         }
+        g.end(&report);
     }
     if let Some(dir) = golden.filter(|d| golden_folder::is_source_folder(d)) {
+        let g = Group::begin(progress, "source goldens", &report);
         let target = vit_branch(&ck)?;
         let side = golden_folder::ArtifactSide { weights: &target, metadata: &ck.metadata, cfg };
         for c in golden_folder::source_golden_checks(dir, &side, source)? {
             report.push(c);
         }
+        g.end(&report);
     }
+    let g = Group::begin(progress, "backbone", &report);
     // The store is dropped once the model holds what it reads.
     let model = {
         let store = crate::model::Store::from_safetensors(artifact)?;
@@ -847,13 +861,19 @@ pub fn artifact_report(
             for c in backbone_checks(&model, cfg, seed)? {
                 report.push(c);
             }
+            g.end(&report);
             if let Some(dir) = golden.filter(|d| !golden_folder::is_source_folder(d)) {
+                let g = Group::begin(progress, "forward goldens", &report);
                 for c in golden_checks(&model, dir)? {
                     report.push(c);
                 }
+                g.end(&report);
             }
         }
-        Err(e) => report.push(Check::outcome("backbone load", &[1], 1, Some(0), Some(e.to_string()))),
+        Err(e) => {
+            report.push(Check::outcome("backbone load", &[1], 1, Some(0), Some(e.to_string())));
+            g.end(&report);
+        }
     }
     Ok(report)
 }
@@ -880,6 +900,35 @@ fn artifact_tensor(ck: &Checkpoint, key: &str) -> Option<Result<Tensor>> {
     let (_, tensors) = ck.state_dict();
     let (_, view) = tensors.into_iter().find(|(k, _)| k == key)?;
     Some(Tensor::from_vec(view.to_f32(), view.shape.clone(), &Device::Cpu).map_err(VerifyError::from))
+}
+
+/// A group of checks shown as one progress stage (`verify: NAME`), from the report's
+/// length when it began.
+struct Group {
+    stage: Stage,
+    from: usize,
+}
+
+impl Group {
+    fn begin(progress: &Progress, name: &str, report: &super::Report) -> Group {
+        Group { stage: progress.stage(format!("verify: {name}"), 1, Unit::Steps), from: report.checks.len() }
+    }
+
+    /// The group's checks are in `report`: the stage says how they came out.
+    fn end(self, report: &super::Report) {
+        let checks = &report.checks[self.from.min(report.checks.len())..];
+        let count = |f: &dyn Fn(&Check) -> bool| checks.iter().filter(|c| f(c)).count();
+        let (ok, skipped) = (count(&|c| c.skipped.is_none() && c.passed), count(&|c| c.skipped.is_some()));
+        let failed = checks.len() - ok - skipped;
+        let mut detail = format!("{ok} ok");
+        if skipped > 0 {
+            detail.push_str(&format!(", {skipped} skipped"));
+        }
+        if failed > 0 {
+            detail.push_str(&format!(", {failed} FAILED"));
+        }
+        self.stage.finish(&detail);
+    }
 }
 
 /// The float dtype of an artifact when every floating-point tensor has it; F32 (no relaxed

@@ -118,6 +118,12 @@ pub fn apply_approximations(report: &mut Report, approx: &[Approximation]) {
     }
 }
 
+/// The verdict of a report in one word: `failed`, `lossy` (nothing failed, and what
+/// `--lossy` dropped was measured), `passed`, or `nothing ran`.
+pub fn verdict(report: &Report) -> &'static str {
+    report.verdict().name()
+}
+
 /// Room reserved in the safetensors header for the verdict (see [`compact_verdict`]).
 pub const VERDICT_ROOM: usize = 2048;
 
@@ -139,7 +145,7 @@ pub fn header_verdict(report: &Report) -> String {
 /// failure, and per check its name, status and worst relative error. When the per-check
 /// list does not fit, it is dropped and `checks_omitted` says how many there were.
 pub fn compact_verdict(report: &Report, room: usize) -> String {
-    let verdict = report.verdict().name();
+    let verdict = verdict(report);
     let checks: Vec<serde_json::Value> = report
         .checks
         .iter()

@@ -34,7 +34,28 @@ const SOURCES: &[(&str, Format, &str, usize)] = &[
     ("sources/mae/mae_tiny_pretrain.pth", Format::TorchZip, "mae", 61),
     ("sources/uniperceiver/uniperceiver_tiny_pretrained.pth", Format::TorchZip, "uniperceiver", 64),
     ("sources/hf_vit/vit-tiny-in21k", Format::HfFolder, "hf-vit", 72),
+    // torch.save(model) of timm's VisionTransformer: read as its state dict (issue 15).
+    ("sources/deit/deit_tiny_full_model.pth", Format::TorchZip, "timm-vit", 56),
 ];
+
+/// A safetensors file whose header length starts with byte 0x80 (a pickle's PROTO opcode)
+/// is read as safetensors, not refused as a pickle (issue 15: a 0x280-byte header).
+#[test]
+fn a_safetensors_header_length_like_a_pickle_proto_is_safetensors() {
+    let mut header = r#"{"w":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#.to_string();
+    while header.len() < 0x280 {
+        header.push(' ');
+    }
+    let mut b = (header.len() as u64).to_le_bytes().to_vec();
+    assert_eq!(&b[..2], &[0x80, 0x02], "looks like PROTO 2");
+    b.extend_from_slice(header.as_bytes());
+    b.extend_from_slice(&1.5f32.to_le_bytes());
+    let p = crate::util::temp_file("proto_like.safetensors", &b);
+    for ck in [formats::open(&p).expect("mapped"), formats::open_bytes(&p, b.clone()).expect("in memory")] {
+        assert_eq!(ck.format, Format::Safetensors);
+        assert_eq!(ck.tensors()[0].1.to_f32(), vec![1.5]);
+    }
+}
 
 #[test]
 fn every_source_reads_with_its_family_and_config() {

@@ -503,11 +503,10 @@ fn import_and_inspect_name_the_same_family() {
         let path = fixture(&format!("sources/{src}"));
         let detected = comer_port::families::detect::detect_checkpoint(&formats::open(&path).expect("open")).family;
         let opts = pipeline::ImportOptions {
-            target: TargetSpec::Flavor(if src.starts_with("beit") {
-                comer_port::model::Flavor::Beit
-            } else {
-                comer_port::model::Flavor::Det
-            }),
+            target: TargetSpec::Flavor(
+                if src.starts_with("beit") { comer_port::model::Flavor::Beit } else { comer_port::model::Flavor::Det },
+                None,
+            ),
             plan: PlanOptions { lossy: true, ..PlanOptions::default() },
             out: None,
             ..pipeline::ImportOptions::default()

@@ -472,3 +472,438 @@ fn key_prefix_names_the_pth_for_load_from() {
     }
     assert!(!same.exists());
 }
+
+// ---- 6. progress on stderr, stdout parseable ----
+
+/// Run `comer-port ARGS…` (stderr piped, as in CI).
+fn cli(args: &[&str]) -> Output {
+    bin().args(args).output().expect("runs")
+}
+
+/// The progress lines of a piped stderr (`comer-port: STAGE…`).
+fn progress_lines(err: &str) -> Vec<&str> {
+    err.lines().filter(|l| l.starts_with("comer-port: ")).collect()
+}
+
+/// Piped stderr: one plain line per stage (read, write, each verification check) on import,
+/// verify, run and export; nothing of it on stdout; `--quiet` silences it and nothing else;
+/// `verify --json` stays one JSON object either way.
+#[test]
+fn progress_is_one_line_per_stage_when_piped_and_quiet_silences_it() {
+    let d = tmpdir();
+    let (out, cfg) = (d.join("p.safetensors"), det_tiny());
+    let (o_, c) = (out.to_str().expect("utf-8"), cfg.to_str().expect("utf-8"));
+    let src = fixture("sources/deit/deit_tiny.pth");
+    let s = src.to_str().expect("utf-8");
+    let o = cli(&["import", s, "--config", c, "-o", o_]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let err = text(&o.stderr);
+    let lines = progress_lines(&err);
+    for stage in [
+        format!("comer-port: read {s}: torch-zip, "),
+        format!("comer-port: write {o_}: "),
+        "comer-port: verify: round trip: ".to_string(),
+        "comer-port: verify: key set: 1 ok".to_string(),
+        "comer-port: verify: mapping parity: 2 ok".to_string(),
+        "comer-port: verify: backbone: 4 ok".to_string(),
+    ] {
+        assert_eq!(lines.iter().filter(|l| l.starts_with(&stage)).count(), 1, "{stage}: {err}");
+    }
+    assert!(!text(&o.stdout).contains("comer-port: "), "progress stays off stdout");
+    let quiet = cli(&["import", s, "--config", c, "-o", o_, "--force", "--quiet"]);
+    assert!(quiet.status.success());
+    assert_eq!(text(&quiet.stderr), "", "--quiet: no progress, and this import has nothing else to say");
+    assert_eq!(text(&quiet.stdout).lines().count(), text(&o.stdout).lines().count(), "stdout unchanged by --quiet");
+
+    let input = fixture("forward/det_tiny/inputs.safetensors");
+    let onnx = d.join("p.onnx");
+    let ran = d.join("r.safetensors");
+    let runs: [(Vec<&str>, &[&str]); 3] = [
+        (vec!["verify", o_, "--source", s], &["comer-port: verify: round trip", "comer-port: verify: backbone"]),
+        (
+            vec!["run", "--weights", o_, "--input", input.to_str().expect("utf-8"), "-o", ran.to_str().expect("utf-8")],
+            &["comer-port: read ", "comer-port: forward: 2 input tensors", "comer-port: write "],
+        ),
+        (
+            vec!["export", "onnx", o_, "-o", onnx.to_str().expect("utf-8"), "--input-size", "64x64"],
+            &["comer-port: read ", "comer-port: export "],
+        ),
+    ];
+    for (args, stages) in runs {
+        let o = cli(&args);
+        let err = text(&o.stderr);
+        assert!(o.status.success(), "{args:?}: {err}");
+        for stage in stages {
+            assert!(progress_lines(&err).iter().any(|l| l.starts_with(stage)), "{args:?}: {stage}: {err}");
+        }
+        assert!(!text(&o.stdout).contains("comer-port: "), "{args:?}");
+        let mut q = args.clone();
+        q.push("--quiet");
+        if args[0] != "verify" {
+            q.push("--force");
+        }
+        let o = cli(&q);
+        assert!(o.status.success(), "{q:?}: {}", text(&o.stderr));
+        assert!(progress_lines(&text(&o.stderr)).is_empty(), "{q:?}: {}", text(&o.stderr));
+    }
+    for quiet in [false, true] {
+        let mut args = vec!["verify", o_, "--source", s, "--json"];
+        if quiet {
+            args.push("--quiet");
+        }
+        let o = cli(&args);
+        let v: serde_json::Value = serde_json::from_str(&text(&o.stdout)).expect("stdout is one JSON object");
+        assert_eq!(v["passed"], true, "{v}");
+    }
+}
+
+// ---- 7. the report opens with a summary ----
+
+/// The first lines of `import`'s output and of `R.txt`, and the first field of `R.json`:
+/// source, family and why, target and why, verdict, every file written, times.
+#[test]
+fn the_report_opens_with_a_summary() {
+    let d = tmpdir();
+    let (out, report) = (d.join("s.safetensors"), d.join("s.report.json"));
+    let o = import_ok("deit/deit_tiny.pth", &out, &["--report", report.to_str().expect("utf-8")]);
+    let stdout = text(&o.stdout);
+    let first: Vec<&str> = stdout.lines().take(9).collect();
+    let src = fixture("sources/deit/deit_tiny.pth");
+    assert_eq!(first[0], format!("source   {} (torch-zip)", src.display()), "{stdout}");
+    assert!(first[1].starts_with("family   deit: timm ViT names under the 'model' wrapper"), "{stdout}");
+    assert!(first[2].starts_with(&format!("target   config {} (vit-comer-det): --config given", det_tiny().display())), "{stdout}");
+    assert!(first[3].starts_with("verdict  passed ("), "{stdout}");
+    let wrote: Vec<String> =
+        [&out, &d.join("s.config.json"), &report, &d.join("s.report.txt")].iter().map(|p| format!("wrote {}", p.display())).collect();
+    assert_eq!(first[4..8], wrote.iter().map(String::as_str).collect::<Vec<_>>()[..], "{stdout}");
+    assert!(first[8].starts_with("times    read ") && first[8].contains("; total "), "{stdout}");
+
+    let raw = std::fs::read_to_string(&report).expect("report");
+    assert!(raw.starts_with("{\n  \"summary\": {\n    \"source\": "), "the summary is the first field: {}", &raw[..80]);
+    let r: serde_json::Value = serde_json::from_str(&raw).expect("json");
+    let s = &r["summary"];
+    assert_eq!(s["family"], "deit");
+    assert_eq!(s["flavor"], "vit-comer-det");
+    assert_eq!(s["format"], "torch-zip");
+    assert!(s["verdict"].as_str().is_some_and(|v| v.starts_with("passed")), "{s}");
+    let outputs: Vec<String> = [&out, &d.join("s.config.json"), &report, &d.join("s.report.txt")].iter().map(|p| p.display().to_string()).collect();
+    assert_eq!(s["outputs"], serde_json::json!(outputs));
+    for k in ["read_s", "plan_s", "write_s", "verify_s", "commit_s", "total_s"] {
+        assert!(s["times"][k].as_f64().is_some_and(|t| t >= 0.0), "{k}: {s}");
+    }
+    let txt = std::fs::read_to_string(d.join("s.report.txt")).expect("txt");
+    assert!(txt.starts_with(&first[..4].iter().map(|l| format!("{l}\n")).collect::<String>()), "{txt}");
+
+    // Without verification the verdict says why it did not run.
+    let o = import_ok("deit/deit_tiny.pth", &out, &["--no-verify"]);
+    assert!(text(&o.stdout).lines().nth(3).is_some_and(|l| l == "verdict  not run (--no-verify)"), "{}", text(&o.stdout));
+}
+
+// ---- 8. messages that name the file, the key and the fix ----
+
+/// `run`/`verify`/`export` given a source checkpoint (or a Hugging Face folder) say what it
+/// is and to import it first, instead of a reader's complaint.
+#[test]
+fn a_source_given_as_an_artifact_says_import_it_first() {
+    let d = tmpdir();
+    let cfg = det_tiny();
+    let c = cfg.to_str().expect("utf-8");
+    let input = fixture("forward/det_tiny/inputs.safetensors");
+    let i = input.to_str().expect("utf-8");
+    let out = d.join("o.safetensors");
+    let onnx = d.join("o.onnx");
+    for (src, what) in [("sources/deit/deit_tiny.pth", "(deit, torch-zip)"), ("sources/hf_vit/vit-tiny-cls", "(hf-vit, hf-folder)")] {
+        let p = fixture(src);
+        let s = p.to_str().expect("utf-8");
+        for args in [
+            vec!["verify", s],
+            vec!["verify", s, "--config", c],
+            vec!["run", "--weights", s, "--input", i, "-o", out.to_str().expect("utf-8")],
+            vec!["run", "--weights", s, "--config", c, "--input", i, "-o", out.to_str().expect("utf-8")],
+            vec!["export", "onnx", s, "--config", c, "-o", onnx.to_str().expect("utf-8"), "--input-size", "64x64"],
+        ] {
+            let o = cli(&args);
+            let err = text(&o.stderr);
+            assert_eq!(o.status.code(), Some(3), "{args:?}: {err}");
+            assert!(err.contains(&format!("{s} is a source checkpoint {what}")), "{args:?}: {err}");
+            assert!(err.contains(&format!("comer-port import {s} -o ARTIFACT.safetensors")), "{args:?}: {err}");
+            assert!(!err.contains("header too large"), "{args:?}: {err}");
+        }
+    }
+    assert!(!out.exists() && !onnx.exists());
+}
+
+/// `inspect` on a missing file names the OS error once; on a folder without a checkpoint it
+/// says what it looked for and what to give instead.
+#[test]
+fn inspect_names_an_os_error_once() {
+    let d = tmpdir();
+    let missing = d.join("missing.pth");
+    let o = cli(&["inspect", missing.to_str().expect("utf-8")]);
+    let err = text(&o.stderr);
+    assert_eq!(o.status.code(), Some(3), "{err}");
+    assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    let o = cli(&["inspect", d.to_str().expect("utf-8")]);
+    let err = text(&o.stderr);
+    assert_eq!(o.status.code(), Some(3), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(err.contains("model.safetensors") && err.contains("give the checkpoint file itself"), "{err}");
+}
+
+/// A timm-named state dict with the MLP under `mlp_keys` (name → shape, for block 0 of an
+/// embed-16 model), written with the crate's `.pth` writer under `state_dict`, or bare when
+/// `name` ends in `.safetensors`; `extra` adds more keys.
+fn timm_like(dir: &Path, name: &str, patch: usize, mlp_keys: &[(&str, Vec<usize>)], extra: &[(&str, Vec<usize>)]) -> PathBuf {
+    let d = 16usize;
+    let mut t: Vec<(String, Vec<usize>)> = vec![
+        ("cls_token".into(), vec![1, 1, d]),
+        ("pos_embed".into(), vec![1, 5, d]),
+        ("patch_embed.proj.weight".into(), vec![d, 3, patch, patch]),
+        ("patch_embed.proj.bias".into(), vec![d]),
+    ];
+    for (n, s) in [
+        ("norm1.weight", vec![d]),
+        ("norm1.bias", vec![d]),
+        ("attn.qkv.weight", vec![3 * d, d]),
+        ("attn.qkv.bias", vec![3 * d]),
+        ("attn.proj.weight", vec![d, d]),
+        ("attn.proj.bias", vec![d]),
+        ("norm2.weight", vec![d]),
+        ("norm2.bias", vec![d]),
+    ] {
+        t.push((format!("blocks.0.{n}"), s));
+    }
+    t.extend(mlp_keys.iter().map(|(n, s)| (format!("blocks.0.mlp.{n}"), s.clone())));
+    t.extend(extra.iter().map(|(n, s)| (n.to_string(), s.clone())));
+    let path = dir.join(name);
+    if name.ends_with(".safetensors") {
+        // A bare state dict, as timm's hub checkpoints are.
+        let bytes: Vec<(String, Vec<usize>, Vec<u8>)> =
+            t.into_iter().map(|(k, s)| { let n: usize = s.iter().product(); (k, s, vec![0u8; 4 * n]) }).collect();
+        let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = bytes
+            .iter()
+            .map(|(k, s, b)| (k.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b).expect("view")))
+            .collect();
+        std::fs::write(&path, safetensors::serialize(views, None).expect("serialize")).expect("write");
+        return path;
+    }
+    let outs: Vec<OutTensor> = t.into_iter().map(|(name, shape)| OutTensor { name, shape, dtype: DType::F32 }).collect();
+    comer_port::export::pth::write_with_root(&path, false, "state_dict", &outs, &[], |i| {
+        let n: usize = outs[i].shape.iter().product();
+        Ok::<_, comer_port::export::atomic::WriteError>(vec![0u8; 4 * n])
+    })
+    .expect("write");
+    path
+}
+
+/// SwiGLU MLPs (timm's `SwiGLU`, timm's packed DINOv2 ViT-g layout, facebookresearch's
+/// DINOv2 ViT-g `w12`/`w3`) are refused naming the key and why (upstream's Mlp is fc1 ->
+/// GELU -> fc2); timm's plain ViT-g/14 (patch 14, no DINOv2 markers) is a timm ViT.
+#[test]
+fn swiglu_vits_are_refused_and_timm_vit_g_is_timm_vit() {
+    let d = tmpdir();
+    let ls = [("blocks.0.ls1.gamma", vec![16]), ("blocks.0.ls2.gamma", vec![16])];
+    let cases = [
+        (
+            timm_like(&d, "swiglu.pth", 16, &[("fc1_g.weight", vec![64, 16]), ("fc1_x.weight", vec![64, 16]), ("fc2.weight", vec![16, 64])], &[]),
+            "blocks.0.mlp.fc1_g.weight",
+            "timm SwiGLU",
+        ),
+        (
+            timm_like(&d, "dinov2_g_timm.pth", 14, &[("fc1.weight", vec![128, 16]), ("fc2.weight", vec![16, 64])], &ls),
+            "blocks.0.mlp.fc1.weight",
+            "SwiGLUPacked",
+        ),
+        (
+            timm_like(
+                &d,
+                "dinov2_vitg14.pth",
+                14,
+                &[("w12.weight", vec![128, 16]), ("w12.bias", vec![128]), ("w3.weight", vec![16, 64]), ("w3.bias", vec![16])],
+                &[("mask_token", vec![1, 16]), ls[0].clone(), ls[1].clone()],
+            ),
+            "blocks.0.mlp.w12.weight",
+            "SwiGLUFFNFused",
+        ),
+    ];
+    let cfg = det_tiny();
+    for (src, key, what) in &cases {
+        let o = import(src, &["--config", cfg.to_str().expect("utf-8"), "-o", d.join("x.safetensors").to_str().expect("utf-8")]);
+        let err = text(&o.stderr);
+        assert_eq!(o.status.code(), Some(3), "{err}");
+        assert!(err.contains(&format!("'{key}' is a gated SwiGLU MLP")) && err.contains(what), "{err}");
+        assert!(err.contains("plain Mlp (fc1 -> GELU -> fc2)") && !err.contains("pass --family"), "{err}");
+        let det = comer_port::families::detect::detect_checkpoint(&formats::open(src).expect("open"));
+        assert_eq!(det.family, "unknown");
+        assert!(det.reason.contains("SwiGLU"), "{}", det.reason);
+    }
+    assert!(!d.join("x.safetensors").exists());
+    // timm vit_giant_patch14_224: plain Mlp (mlp ratio 48/11), patch 14, no mask token, no layer scale.
+    let g = timm_like(&d, "vit_giant_patch14_224.safetensors", 14, &[("fc1.weight", vec![69, 16]), ("fc2.weight", vec![16, 69])], &[]);
+    let det = comer_port::families::detect::detect_checkpoint(&formats::open(&g).expect("open"));
+    assert_eq!(det.family, "timm-vit", "{}", det.reason);
+    assert_eq!(det.config.map(|c| (c.patch_size, c.mlp_hidden)), Some((14, 69)));
+}
+
+// ---- 9. full-model pickles ----
+
+/// `torch.save(model)` of a timm ViT reads as `model.state_dict()`: inspect names it, and it
+/// imports into the artifact its state dict gives, tensor for tensor.
+#[test]
+fn a_full_model_pickle_imports_like_its_state_dict() {
+    let src = fixture("sources/deit/deit_tiny_full_model.pth");
+    let o = cli(&["inspect", src.to_str().expect("utf-8")]);
+    let out = text(&o.stdout);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(out.contains("wrapper    (none: full-model pickle: timm VisionTransformer, read as its state dict)"), "{out}");
+    assert!(out.contains("family     timm-vit"), "{out}");
+    let ck = formats::open(&src).expect("full model");
+    let want = formats::open(&fixture("sources/deit/deit_tiny_fp16.pth")).expect("state dict");
+    let names = |c: &formats::Checkpoint| c.state_dict().1.iter().map(|(k, t)| (k.clone(), t.shape.clone())).collect::<Vec<_>>();
+    assert_eq!(names(&ck), names(&want), "the state dict's keys, in its order");
+    assert_eq!(ck.full_model().as_deref(), Some("full-model pickle: timm VisionTransformer, read as its state dict"));
+
+    let d = tmpdir();
+    let (full, sd) = (d.join("full.safetensors"), d.join("sd.safetensors"));
+    let o = import_ok("deit/deit_tiny_full_model.pth", &full, &[]);
+    assert!(text(&o.stdout).starts_with(&format!(
+        "source   {} (torch-zip (full-model pickle: timm VisionTransformer, read as its state dict))",
+        src.display()
+    )));
+    import_ok("deit/deit_tiny_fp16.pth", &sd, &[]);
+    assert_eq!(tensors(&full), tensors(&sd), "same weights, same artifact");
+}
+
+/// timm's BEiT registers `relative_position_index` with persistent=False: read from the
+/// full model, the state dict leaves it out exactly as torch's own `state_dict()` did.
+#[test]
+fn a_full_model_pickle_honours_non_persistent_buffers() {
+    let full = formats::open(&fixture("sources/beitv2/beit_tiny_full_model.pth")).expect("full model");
+    let want = formats::open(&fixture("sources/beitv2/beit_tiny_full_model.state_dict.pth")).expect("state dict");
+    let (got, exp) = (full.state_dict().1, want.state_dict().1);
+    assert_eq!(got.iter().map(|(k, _)| k).collect::<Vec<_>>(), exp.iter().map(|(k, _)| k).collect::<Vec<_>>());
+    for ((k, a), (_, b)) in got.iter().zip(&exp) {
+        assert_eq!((&a.shape, a.to_le_bytes()), (&b.shape, b.to_le_bytes()), "{k}");
+    }
+    assert!(!got.iter().any(|(k, _)| k.contains("relative_position_index")));
+    assert_eq!(full.full_model().as_deref(), Some("full-model pickle: timm Beit, read as its state dict"));
+}
+
+/// A full-model pickle is read, never run: a module whose state calls `os.system`, or a timm
+/// function (not a class) called by REDUCE, is refused naming the global; nothing is written.
+#[test]
+fn a_malicious_full_model_pickle_is_refused() {
+    use comer_port::formats::testkit::{Pickle, torch_zip};
+    let module = |inner: Pickle| {
+        inner
+            .global("timm.models.vision_transformer", "VisionTransformer")
+            .empty_tuple()
+            .op(0x81) // NEWOBJ: an inert object, no constructor runs
+            .empty_dict()
+            .str("_parameters")
+    };
+    let evil = module(Pickle::new()).global("os", "system").mark().str("touch /tmp/pwned").tuple().reduce().setitem().op(b'b').stop();
+    let func = module(Pickle::new()).global("timm.models", "create_model").mark().str("vit").tuple().reduce().setitem().op(b'b').stop();
+    let d = tmpdir();
+    for (name, pkl, global) in [("evil_model.pth", evil, "os.system"), ("func_model.pth", func, "timm.models.create_model")] {
+        let p = d.join(name);
+        std::fs::write(&p, torch_zip("evil", &pkl.0, "little", &[])).expect("write");
+        let err = formats::open(&p).map(|_| ()).expect_err("refused");
+        assert!(matches!(err, formats::FormatError::ForbiddenGlobal { .. }), "{err}");
+        assert!(err.to_string().contains(global), "{err}");
+        let o = import(&p, &["--config", det_tiny().to_str().expect("utf-8"), "-o", d.join("x.safetensors").to_str().expect("utf-8")]);
+        assert_eq!(o.status.code(), Some(3), "{}", text(&o.stderr));
+        assert!(text(&o.stderr).contains(global));
+    }
+    assert!(!d.join("x.safetensors").exists() && !Path::new("/tmp/pwned").exists());
+}
+
+// ---- 10. CLIP's activation ----
+
+/// A CLIP state dict does not record QuickGELU: the import says what it assumed; the user
+/// states it with --source-activation, or open_clip's config beside the file does; either
+/// is recorded in the report and used by the source forward.
+#[test]
+fn clip_activation_is_stated_assumed_or_read_from_open_clip_config() {
+    let d = tmpdir();
+    let cfg = det_tiny();
+    let activation = |out: &Path, extra: &[&str], src: &Path| {
+        let report = out.with_extension("report.json");
+        let mut args = vec!["--config", cfg.to_str().expect("utf-8"), "-o", out.to_str().expect("utf-8"), "--lossy"];
+        args.extend(["--report", report.to_str().expect("utf-8"), "--force"]);
+        args.extend_from_slice(extra);
+        let o = import(src, &args);
+        assert!(o.status.success(), "{}", text(&o.stderr));
+        let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report).expect("report")).expect("json");
+        (text(&o.stdout), r["source_config"]["activation"].clone(), r["source_config"]["assumed"].clone())
+    };
+    let gelu = fixture("sources/clip/clip_tiny_gelu.pt");
+    let (out, act, assumed) = activation(&d.join("a.safetensors"), &[], &gelu);
+    assert_eq!(act, "quick-gelu");
+    assert!(assumed.as_array().is_some_and(|a| a.iter().any(|x| x == "activation")), "{assumed}");
+    assert!(out.contains("does not record its MLP activation: assumed QuickGelu") && out.contains("--source-activation"), "{out}");
+
+    let (out, act, assumed) = activation(&d.join("b.safetensors"), &["--source-activation", "gelu"], &gelu);
+    assert_eq!(act, "gelu");
+    assert!(!assumed.as_array().is_some_and(|a| a.iter().any(|x| x == "activation")), "{assumed}");
+    assert!(out.contains("the MLP activation is Gelu, named by --source-activation"), "{out}");
+
+    // open_clip's hub config beside the file: model_cfg.quick_gelu false -> nn.GELU.
+    let side = tmpdir();
+    let copy = side.join("open_clip_pytorch_model.bin");
+    std::fs::copy(&gelu, &copy).expect("copy");
+    std::fs::write(side.join("open_clip_config.json"), br#"{"model_cfg": {"embed_dim": 32, "quick_gelu": false}}"#).expect("json");
+    let (out, act, _) = activation(&d.join("c.safetensors"), &[], &copy);
+    assert_eq!(act, "gelu");
+    assert!(out.contains("named by open_clip_config.json (model_cfg.quick_gelu = false)"), "{out}");
+    // ... and as a Hugging Face folder of open_clip's (open_clip_pytorch_model.bin inside).
+    let (_, act, _) = activation(&d.join("e.safetensors"), &[], &side);
+    assert_eq!(act, "gelu");
+    // The flag overrides the config; verify takes it too.
+    let (_, act, _) = activation(&d.join("f.safetensors"), &["--source-activation", "quick-gelu"], &copy);
+    assert_eq!(act, "quick-gelu");
+    let o = cli(&["verify", d.join("b.safetensors").to_str().expect("utf-8"), "--source", gelu.to_str().expect("utf-8"), "--source-activation", "gelu", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&text(&o.stdout)).expect("json");
+    let parity = v["checks"].as_array().expect("checks").iter().find(|c| c["name"] == "mapping parity image64x64 (clip)").cloned().expect("parity");
+    let why = parity["skipped"].as_str().unwrap_or_default();
+    assert!(why.contains("ln_pre") && !why.contains("not recorded"), "the activation is stated: {why}");
+}
+
+// ---- 11. beit-comer from --flavor runs at any size ----
+
+/// `--flavor beit-comer` gives a windowed layout (the source's own window in every block),
+/// states it, verifies exactly and runs at a size other than the pretrain size; a config with
+/// global BEiT blocks is warned about: it runs at one size only.
+#[test]
+fn beit_comer_from_a_flavour_runs_at_any_size() {
+    let d = tmpdir();
+    let src = fixture("sources/beitv2/beitv2_tiny_ft.pth");
+    let out = d.join("b.safetensors");
+    let report = d.join("b.report.json");
+    let o = import(&src, &["--flavor", "beit-comer", "-o", out.to_str().expect("utf-8"), "--report", report.to_str().expect("utf-8")]);
+    let stdout = text(&o.stdout);
+    assert!(o.status.success(), "{stdout}\n{}", text(&o.stderr));
+    let target = stdout.lines().nth(2).unwrap_or_default();
+    assert!(target.starts_with("target   flavour beit-comer (beit-comer): --flavor beit-comer"), "{stdout}");
+    assert!(target.contains("blocks [0, 1, 2, 3] in 4x4 windows") && target.contains("runs at any input size"), "{target}");
+    assert!(stdout.lines().nth(3).is_some_and(|l| l.starts_with("verdict  passed")), "{stdout}");
+    let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report).expect("report")).expect("json");
+    assert!(r["summary"]["target_reason"].as_str().is_some_and(|t| t.contains("runs at any input size")));
+    let input = fixture("forward/det_tiny/inputs.safetensors");
+    let o = cli(&["run", "--weights", out.to_str().expect("utf-8"), "--input", input.to_str().expect("utf-8"), "-o", d.join("r.safetensors").to_str().expect("utf-8")]);
+    assert!(o.status.success(), "96x128 runs: {}", text(&o.stderr));
+
+    let wide = d.join("w.safetensors");
+    let o = import(&src, &["--flavor", "beit-comer", "--img-size", "128", "-o", wide.to_str().expect("utf-8"), "--no-verify"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let recorded: serde_json::Value =
+        serde_json::from_str(&formats::open(&wide).expect("artifact").metadata["comer_port.config"]).expect("config");
+    assert_eq!(recorded["constructor_kwargs"]["window_size"], serde_json::json!([4, 4, 4, 4]), "stretches of one block keep their window");
+
+    let beit_cfg = fixture("forward/beit_tiny/case.json");
+    let o = import(&src, &["--config", beit_cfg.to_str().expect("utf-8"), "-o", d.join("g.safetensors").to_str().expect("utf-8"), "--no-verify"]);
+    let stdout = text(&o.stdout);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(stdout.contains("note: beit-comer blocks [1, 3] attend globally") && stdout.contains("runs at 64x64 inputs only"), "{stdout}");
+}
