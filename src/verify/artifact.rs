@@ -495,6 +495,7 @@ pub fn parity_checks(
         }
         (SourceTaps::of(&src, &run)?, SourceTaps::of(&src, &figure_inputs)?)
     };
+    crate::model::buffer::release_free_heap();
     let tgt_w = vit_branch(artifact)?;
     let mut tgt = match target_vit(TargetFlavour::of(cfg.flavor), &tgt_w, cfg.num_heads) {
         Ok(t) => t,
@@ -851,6 +852,7 @@ pub fn artifact_report(
         g.end(&report);
     }
     let g = Group::begin(progress, "backbone", &report);
+    crate::model::buffer::release_free_heap();
     // The store is dropped once the model holds what it reads.
     let model = {
         let store = crate::model::Store::from_safetensors(artifact)?;
