@@ -7,7 +7,8 @@
 //! parity. Beside them: `target` resolves which configuration an artifact targets (one
 //! resolver for every subcommand), `error` classifies the stages' typed errors for callers
 //! that report them. The command line (`src/cli/`) belongs to the `comer-port` binary, not to
-//! this library.
+//! this library. With the opt-in cargo feature `libtorch`, `libtorch/` reads trusted files a
+//! second time through PyTorch itself (docs/libtorch.md).
 
 #![deny(missing_docs)]
 
@@ -16,6 +17,8 @@ pub mod export;
 pub mod families;
 pub mod formats;
 pub mod import;
+#[cfg(feature = "libtorch")]
+pub mod libtorch;
 pub mod meta;
 pub mod model;
 pub mod target;

@@ -19,10 +19,13 @@ backbone on a seeded image at img_size (finite, f1..f4 at strides 4/8/16/32 with
 upstream's layout (missing, unexpected, mis-shaped keys named), (d) --golden DIR: a forward/* fixture \
 folder (1e-4 relative) or a sources/<family> folder (the vit_tokens goldens against the artifact's \
 plain-ViT branch with the family's bound; what the plain layout cannot express is measured and reported \
-as skipped).\n\n\
+as skipped), (e) --libtorch (a binary built with the `libtorch` feature; trusted files only): the \
+--source file read through PyTorch itself against comer-port's reader, and the sibling .pth read back \
+through PyTorch against the .safetensors, bit for bit.\n\n\
 Examples:\n  comer-port verify comer.safetensors --source beitv2.pth\n  \
 comer-port verify comer.safetensors --source deit_tiny.pth --json\n  \
-comer-port verify weights.safetensors --config case.json --golden fixtures/forward/det_tiny\n\n\
+comer-port verify weights.safetensors --config case.json --golden fixtures/forward/det_tiny\n  \
+comer-port verify comer.safetensors --source deit_tiny.pth --libtorch   (trusted files only)\n\n\
 Exit codes: 0 every check that ran passed, 1 one failed, 2 usage, 3 bad input.")]
 pub struct Args {
     /// The artifact (safetensors, target names).
@@ -46,6 +49,9 @@ pub struct Args {
     /// Print the report as JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Cross-check through libtorch: the --source file and the sibling .pth (trusted files only).
+    #[arg(long, long_help = super::LIBTORCH_HELP)]
+    pub libtorch: bool,
 }
 
 /// Run the checks on `artifact` under `cfg`: round trips, mapping parity against `source`
@@ -66,9 +72,15 @@ pub fn report(
 }
 
 pub fn run(a: Args) -> anyhow::Result<i32> {
+    #[cfg(not(feature = "libtorch"))]
+    if a.libtorch {
+        return Err(super::no_libtorch().into());
+    }
     let spec = TargetSpec::from_flags(a.config.as_deref(), a.preset.as_deref()).unwrap_or(TargetSpec::Recorded);
     let cfg = target::resolve(&spec, Basis::Artifact(&a.artifact))?;
     let report = report(&a.artifact, a.source.as_deref(), a.golden.as_deref(), &cfg, a.seed)?;
+    #[cfg(feature = "libtorch")]
+    let report = if a.libtorch { with_libtorch_rows(report, &a)? } else { report };
 
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report.to_json())?);
@@ -77,6 +89,17 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         print!("{}", report.render_table());
     }
     Ok(verdict_code(&report))
+}
+
+/// `--libtorch`'s rows after the others: the source and the sibling `.pth` read through
+/// PyTorch itself (`verify::libtorch`).
+#[cfg(feature = "libtorch")]
+fn with_libtorch_rows(mut report: Report, a: &Args) -> anyhow::Result<Report> {
+    let source = a.source.as_deref().map(comer_port::formats::open).transpose()?;
+    for c in comer_port::verify::libtorch::checks(&a.artifact, source.as_ref())? {
+        report.push(c);
+    }
+    Ok(report)
 }
 
 /// The exit code of a verify report: 0 when every check that ran passed, 1 when one failed
