@@ -270,7 +270,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
 #[cfg(feature = "libtorch")]
 mod libtorch_side {
     use comer_port::formats::{Checkpoint, TensorView};
-    use comer_port::libtorch::{self, CrossRead, Entry, LibtorchError};
+    use comer_port::libtorch::{self, CrossRead, LibtorchError};
 
     /// What the cross-read found.
     pub enum Outcome {
@@ -288,10 +288,6 @@ mod libtorch_side {
             Err(e @ LibtorchError::NoReader { .. }) => Outcome::NoReader(e.to_string()),
             Err(e) => Outcome::Failed(e.to_string()),
         }
-    }
-
-    fn cell(e: &Option<Entry>) -> String {
-        e.as_ref().map_or("-".to_string(), |e| format!("{} {:?}", e.dtype, e.shape))
     }
 
     impl Outcome {
@@ -318,33 +314,10 @@ mod libtorch_side {
 
         pub fn print(&self) {
             println!();
-            let c = match self {
-                Outcome::Read(c) => c,
-                Outcome::NoReader(why) => return println!("libtorch   skipped: {why}"),
-                Outcome::Failed(why) => return println!("libtorch   DIFFERS: {why}"),
-            };
-            let n = c.rows.len();
-            let Some((_, first)) = c.first_difference() else {
-                return println!("libtorch   agrees: {n} tensors bit for bit (dtype, shape, bytes)");
-            };
-            let bad = c.rows.iter().filter(|r| r.differs.is_some()).count();
-            println!(
-                "libtorch   DIFFERS on {bad} of {n} keys (first `{}`: {})",
-                first.key,
-                first.differs.as_deref().unwrap_or_default()
-            );
-            let w = c.rows.iter().map(|r| r.key.len()).max().unwrap_or(4).clamp(4, 80);
-            let cw = c.rows.iter().map(|r| cell(&r.ours).len()).max().unwrap_or(10).max(10);
-            println!("   {:<w$}  {:<cw$}  {:<24}  why", "name", "comer-port", "libtorch");
-            for r in &c.rows {
-                let mark = if r.differs.is_some() { "!=" } else { "  " };
-                println!(
-                    "{mark} {:<w$}  {:<cw$}  {:<24}  {}",
-                    r.key,
-                    cell(&r.ours),
-                    cell(&r.libtorch),
-                    r.differs.as_deref().unwrap_or("")
-                );
+            match self {
+                Outcome::Read(c) => print!("{}", c.render()),
+                Outcome::NoReader(why) => println!("libtorch   skipped: {why}"),
+                Outcome::Failed(why) => println!("libtorch   DIFFERS: {why}"),
             }
         }
     }

@@ -246,6 +246,40 @@ impl CrossRead {
     pub fn first_difference(&self) -> Option<(usize, &Row)> {
         self.rows.iter().enumerate().find(|(_, r)| r.differs.is_some())
     }
+
+    /// The verdict line, and when the readers differ both tensor lists side by side: one line
+    /// per key (`!=` before a key where they differ), each side's dtype and shape (`-`: no
+    /// tensor there), and why they differ.
+    pub fn render(&self) -> String {
+        let n = self.rows.len();
+        let Some((_, first)) = self.first_difference() else {
+            return format!("libtorch   agrees: {n} tensors bit for bit (dtype, shape, bytes)\n");
+        };
+        let cell = |e: &Option<Entry>| e.as_ref().map_or("-".to_string(), |e| format!("{} {:?}", e.dtype, e.shape));
+        let bad = self.rows.iter().filter(|r| r.differs.is_some()).count();
+        let mut out = format!(
+            "libtorch   DIFFERS on {bad} of {n} keys (first `{}`: {})\n",
+            first.key,
+            first.differs.as_deref().unwrap_or_default()
+        );
+        let w = self.rows.iter().map(|r| r.key.len()).max().unwrap_or(4).clamp(4, 80);
+        let cw = self.rows.iter().map(|r| cell(&r.ours).len()).max().unwrap_or(10).max(10);
+        let lw = self.rows.iter().map(|r| cell(&r.libtorch).len()).max().unwrap_or(8).max(8);
+        out += &format!("   {:<w$}  {:<cw$}  {:<lw$}  why\n", "name", "comer-port", "libtorch");
+        for r in &self.rows {
+            let mark = if r.differs.is_some() { "!=" } else { "  " };
+            let line = format!(
+                "{mark} {:<w$}  {:<cw$}  {:<lw$}  {}",
+                r.key,
+                cell(&r.ours),
+                cell(&r.libtorch),
+                r.differs.as_deref().unwrap_or("")
+            );
+            out += line.trim_end();
+            out.push('\n');
+        }
+        out
+    }
 }
 
 /// The first byte where `a` and `b` differ, as an element index of a `size`-byte dtype.

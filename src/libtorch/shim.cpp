@@ -20,6 +20,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <exception>
+#include <mutex>
 #include <string>
 
 extern "C" {
@@ -101,13 +102,16 @@ char *comer_lt_torchscript(const char *path, void *ctx, comer_lt_tensor_fn f) {
 
 char *comer_lt_torch_load(const char *path, const char *site, const char *walker_py, void *ctx,
                           comer_lt_tensor_fn f) {
-  // One interpreter for the process, started on first use and never finalised (torch cannot
-  // be imported twice into a re-initialised interpreter).
-  if (!Py_IsInitialized()) {
-    Py_InitializeEx(0);
-    // Hand the GIL back, so that any thread can take it below.
-    PyEval_SaveThread();
-  }
+  // One interpreter for the process, started once on first use (whichever thread comes first)
+  // and never finalised: torch cannot be imported twice into a re-initialised interpreter.
+  static std::once_flag started;
+  std::call_once(started, [] {
+    if (!Py_IsInitialized()) {
+      Py_InitializeEx(0);
+      // Hand the GIL back, so that any thread can take it below.
+      PyEval_SaveThread();
+    }
+  });
   PyGILState_STATE gil = PyGILState_Ensure();
   std::string err;
   PyObject *sys_path = PySys_GetObject("path");  // borrowed

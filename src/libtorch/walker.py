@@ -7,6 +7,7 @@ alike), then every tensor under the dotted path comer-port's readers give it
 argparse.Namespace's attributes under its own path.
 """
 import argparse
+import zipfile
 
 import torch
 
@@ -50,8 +51,11 @@ def _walk(value, prefix, out):
 
 
 def tensors(path):
+    # A zip archive is memory-mapped (its tensors are not copied into memory); a legacy stream
+    # cannot be.
+    mmap = zipfile.is_zipfile(path)
     with torch.serialization.safe_globals(SAFE_GLOBALS):
-        root = torch.load(path, map_location="cpu", weights_only=True)
+        root = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     out = []
     _walk(root, "", out)
     return out

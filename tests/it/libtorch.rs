@@ -116,7 +116,7 @@ mod with_feature {
         let (i, row) = cross.first_difference().expect("differs");
         assert_eq!((i, row.key.as_str()), (0, "model.cls_token"));
         assert_eq!(row.differs.as_deref(), Some("dtype f32 here, f16 through libtorch"));
-        // Keys only one side has, and other values under the same key and shape.
+        // Keys only one side has (the distilled model has a second token and a longer table).
         let distilled = libtorch::read(&fixture("sources/deit/deit_tiny_distilled.pth"), Format::TorchZip).expect("read");
         let cross = libtorch::cross_read(&ours, &distilled);
         let why = |k: &str| cross.rows.iter().find(|r| r.key == k).and_then(|r| r.differs.clone());
@@ -124,10 +124,30 @@ mod with_feature {
         assert!(cross.rows.iter().any(|r| r.key == "model.dist_token" && r.ours.is_none() && r.libtorch.is_some()));
         let pos = why("model.pos_embed").expect("pos_embed differs");
         assert!(pos.starts_with("shape [1, 17, 48] here, [1, 18, 48]"), "{pos}");
-        let theirs_only: Vec<_> = distilled.into_iter().filter(|t| t.name != "model.blocks.0.norm1.weight").collect();
-        let cross = libtorch::cross_read(&ours, &theirs_only);
-        let row = cross.rows.iter().find(|r| r.key == "model.blocks.0.norm1.weight").expect("row");
-        assert_eq!(row.differs.as_deref(), Some("libtorch has no tensor under this key"));
+        // The same file with one tensor left out on libtorch's side: only that key differs.
+        let same = libtorch::read(&fixture("sources/deit/deit_tiny.pth"), Format::TorchZip).expect("read");
+        let missing: Vec<_> = same.into_iter().filter(|t| t.name != "model.blocks.0.norm1.weight").collect();
+        let cross = libtorch::cross_read(&ours, &missing);
+        let differing: Vec<_> = cross.rows.iter().filter(|r| r.differs.is_some()).collect();
+        assert_eq!(differing.len(), 1, "{differing:?}");
+        assert_eq!(differing[0].key, "model.blocks.0.norm1.weight");
+        assert_eq!(differing[0].differs.as_deref(), Some("libtorch has no tensor under this key"));
+        // Side by side: the verdict, a header, one line per key, `!=` where they differ.
+        let text = cross.render();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[0],
+            "libtorch   DIFFERS on 1 of 56 keys (first `model.blocks.0.norm1.weight`: libtorch has no tensor under this key)"
+        );
+        assert!(lines[1].contains("name") && lines[1].contains("comer-port") && lines[1].contains("libtorch"), "{text}");
+        let marked: Vec<&&str> = lines.iter().filter(|l| l.starts_with("!= ")).collect();
+        assert_eq!(marked.len(), 1, "{text}");
+        let row = marked[0];
+        assert!(row.contains("model.blocks.0.norm1.weight") && row.contains("f32 [48]") && row.contains(" - "), "{row}");
+        assert!(lines.iter().any(|l| l.starts_with("   model.cls_token")), "an agreeing key has no marker: {text}");
+        assert_eq!(lines.len(), 2 + cross.rows.len());
+        let agree = libtorch::cross_read(&ours, &libtorch::read(&fixture("sources/deit/deit_tiny.pth"), Format::TorchZip).expect("read"));
+        assert_eq!(agree.render(), "libtorch   agrees: 56 tensors bit for bit (dtype, shape, bytes)\n");
     }
 
     #[test]
