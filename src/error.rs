@@ -61,6 +61,10 @@ impl ErrorKind {
         if let Some(e) = err.downcast_ref::<OnnxError>() {
             return Some(if matches!(e, OnnxError::Write(_)) { OutputNotWritten } else { BadInput });
         }
+        #[cfg(feature = "libtorch")]
+        if err.is::<crate::libtorch::LibtorchError>() {
+            return Some(BadInput);
+        }
         let bad_input = err.is::<FormatError>()
             || err.is::<ConfigError>()
             || err.is::<ModelError>()

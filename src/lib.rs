@@ -6,8 +6,10 @@
 //! candle-core, `export/` writes safetensors / `.pth` / ONNX atomically, `verify/` proves
 //! parity. Beside them: `target` resolves which configuration an artifact targets (one
 //! resolver for every subcommand), `error` classifies the stages' typed errors for callers
-//! that report them, `text` escapes untrusted strings (key and file names) for printing. The command line (`src/cli/`) belongs to the `comer-port` binary, not to
-//! this library.
+//! that report them, `text` escapes untrusted strings (key and file names) for printing. The
+//! command line (`src/cli/`) belongs to the `comer-port` binary, not to this library. With the
+//! opt-in cargo feature `libtorch`, `libtorch/` reads trusted files a second time through
+//! PyTorch itself (docs/libtorch.md).
 
 #![deny(missing_docs)]
 
@@ -16,6 +18,8 @@ pub mod export;
 pub mod families;
 pub mod formats;
 pub mod import;
+#[cfg(feature = "libtorch")]
+pub mod libtorch;
 pub mod meta;
 pub mod model;
 pub mod progress;

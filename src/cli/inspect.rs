@@ -16,7 +16,7 @@ use std::time::Instant;
 
 /// Arguments of `comer-port inspect`.
 #[derive(clap::Args, Debug)]
-#[command(after_help = "Examples:\n  comer-port inspect deit_tiny.pth\n  comer-port inspect beitv2.pth --json\n  comer-port inspect ViT-B-16.pt --all\n  comer-port inspect augreg.npz --check-finite\n  comer-port inspect ./vit-base-patch16-224-in21k/   (a Hugging Face folder)\n\nExit codes: 0 ok, 1 non-finite values found (--check-finite), 3 the file was refused.")]
+#[command(after_help = "Examples:\n  comer-port inspect deit_tiny.pth\n  comer-port inspect beitv2.pth --json\n  comer-port inspect ViT-B-16.pt --all\n  comer-port inspect augreg.npz --check-finite\n  comer-port inspect ./vit-base-patch16-224-in21k/   (a Hugging Face folder)\n  comer-port inspect deit_tiny.pth --libtorch   (trusted files only)\n\nExit codes: 0 ok, 1 non-finite values found (--check-finite) or the readers differ (--libtorch), 2 usage, 3 the file was refused.")]
 pub struct Args {
     /// Checkpoint file (.pth/.pt/.bin/.safetensors/.npz/.npy) or Hugging Face folder.
     pub file: PathBuf,
@@ -36,6 +36,10 @@ pub struct Args {
     /// Never compute the sha256.
     #[arg(long)]
     pub no_sha256: bool,
+    /// Read the file through libtorch too; show both tensor lists side by side when they differ
+    /// (trusted files only; exit 1 when they differ).
+    #[arg(long, long_help = super::LIBTORCH_HELP)]
+    pub libtorch: bool,
 }
 
 /// Inputs up to this size are hashed by default; larger ones only with `--sha256`.
@@ -173,6 +177,10 @@ fn size_of(paths: &[PathBuf]) -> u64 {
 }
 
 pub fn run(args: Args) -> anyhow::Result<i32> {
+    #[cfg(not(feature = "libtorch"))]
+    if args.libtorch {
+        return Err(super::no_libtorch().into());
+    }
     let t0 = Instant::now();
     let ck = formats::open(&args.file)?;
     let read_s = t0.elapsed().as_secs_f64();
@@ -199,6 +207,9 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
             }
         }
     }
+
+    #[cfg(feature = "libtorch")]
+    let cross = if args.libtorch { Some(libtorch_side::read(&ck, &tensors)) } else { None };
 
     if args.json {
         let list: Vec<_> = tensors
@@ -227,6 +238,10 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
                 .map(|(n, nan, inf)| serde_json::json!({"name": n, "nan": nan, "inf": inf}))
                 .collect::<Vec<_>>());
         }
+        #[cfg(feature = "libtorch")]
+        if let Some(c) = &cross {
+            v["libtorch"] = c.to_json();
+        }
         println!("{}", json_safe(&serde_json::to_string_pretty(&v)?));
     } else {
         print_table(&args, &ck, sha.as_deref(), size, &tensors, &wrapper, &det, read_s, sha_s);
@@ -239,8 +254,78 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
                 }
             }
         }
+        #[cfg(feature = "libtorch")]
+        if let Some(c) = &cross {
+            c.print();
+        }
     }
-    Ok(if bad.is_empty() { super::EXIT_OK } else { super::EXIT_CHECK_FAILED })
+    #[cfg(feature = "libtorch")]
+    let differs = cross.as_ref().is_some_and(|c| !c.agrees());
+    #[cfg(not(feature = "libtorch"))]
+    let differs = false;
+    Ok(if bad.is_empty() && !differs { super::EXIT_OK } else { super::EXIT_CHECK_FAILED })
+}
+
+/// `inspect --libtorch` (cargo feature `libtorch`): the file read through PyTorch itself
+/// (`comer_port::libtorch`), compared with comer-port's reader; both lists side by side when
+/// they differ.
+#[cfg(feature = "libtorch")]
+mod libtorch_side {
+    use comer_port::formats::{Checkpoint, TensorView};
+    use comer_port::libtorch::{self, CrossRead, LibtorchError};
+
+    /// What the cross-read found.
+    pub enum Outcome {
+        /// Both read it; the rows say where they differ.
+        Read(CrossRead),
+        /// libtorch has no reader for this container.
+        NoReader(String),
+        /// libtorch could not read a file comer-port read.
+        Failed(String),
+    }
+
+    pub fn read(ck: &Checkpoint, tensors: &[(String, &TensorView)]) -> Outcome {
+        if let Some(what) = ck.full_model() {
+            return Outcome::NoReader(comer_port::libtorch::full_model_reason(&what));
+        }
+        match libtorch::read(&ck.path, ck.format) {
+            Ok(theirs) => Outcome::Read(libtorch::cross_read(tensors, &theirs)),
+            Err(e @ LibtorchError::NoReader { .. }) => Outcome::NoReader(e.to_string()),
+            Err(e) => Outcome::Failed(e.to_string()),
+        }
+    }
+
+    impl Outcome {
+        pub fn agrees(&self) -> bool {
+            match self {
+                Outcome::Read(c) => c.agrees(),
+                Outcome::NoReader(_) => true,
+                Outcome::Failed(_) => false,
+            }
+        }
+
+        pub fn to_json(&self) -> serde_json::Value {
+            match self {
+                Outcome::Read(c) => serde_json::json!({
+                    "agrees": c.agrees(),
+                    "tensors": c.rows.len(),
+                    "first_difference": c.first_difference().map(|(_, r)| r),
+                    "rows": if c.agrees() { serde_json::json!([]) } else { serde_json::json!(c.rows) },
+                }),
+                Outcome::NoReader(why) => serde_json::json!({"agrees": null, "skipped": why}),
+                Outcome::Failed(why) => serde_json::json!({"agrees": false, "error": why}),
+            }
+        }
+
+        pub fn print(&self) {
+            println!();
+            match self {
+                Outcome::Read(c) => print!("{}", c.render()),
+                Outcome::NoReader(why) => println!("libtorch   skipped: {why}"),
+                Outcome::Failed(why) => println!("libtorch   DIFFERS: {why}"),
+            }
+        }
+    }
 }
 
 #[allow(clippy::too_many_arguments)]

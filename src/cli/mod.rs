@@ -128,6 +128,27 @@ pub fn chain_text(err: &anyhow::Error) -> String {
 #[error("{0}")]
 pub struct UsageError(pub String);
 
+/// `--help` of `--libtorch` (inspect and verify): what it does, and for which files.
+pub const LIBTORCH_HELP: &str = "Read the file a second time through PyTorch itself (torch.load of the \
+torch 2.13 wheel this binary is linked with; torch::jit::load for TorchScript archives) and compare every \
+tensor bit for bit (dtype, shape, bytes) with comer-port's own reader, naming the first key that differs. \
+ONLY FOR FILES YOU TRUST: libtorch's and PyTorch's unpicklers have had memory-safety bugs \
+(CVE-2026-24747), and loading a TorchScript archive runs its code (the reason \
+torch.load(weights_only=True) refuses them since CVE-2025-32434). comer-port's own reader stays the one \
+that faces untrusted files. Needs a binary built with `--features libtorch` (docs/libtorch.md).";
+
+/// `--libtorch` in a binary built without the `libtorch` feature: a usage error (exit 2)
+/// saying how to build one that has it.
+#[cfg(not(feature = "libtorch"))]
+pub fn no_libtorch() -> UsageError {
+    UsageError(
+        "--libtorch: this comer-port was built without the `libtorch` cargo feature; build one with it \
+         inside a virtualenv holding torch==2.13.*: `LIBTORCH_USE_PYTORCH=1 cargo build --release --features \
+         libtorch` (docs/libtorch.md)"
+            .into(),
+    )
+}
+
 /// Map an error chain to an exit code: a [`UsageError`] is usage; else the first link the
 /// library classifies ([`ErrorKind::of`]) decides; an unclassified chain (a message) is bad
 /// input.

@@ -21,12 +21,15 @@ backbone on a seeded image at img_size (finite, f1..f4 at strides 4/8/16/32 with
 upstream's layout (missing, unexpected, mis-shaped keys named), (d) --golden DIR: a forward/* fixture \
 folder (1e-4 relative) or a sources/<family> folder (the vit_tokens goldens against the artifact's \
 plain-ViT branch with the family's bound; what the plain layout cannot express is measured and reported \
-as skipped).\n\n\
+as skipped), (e) --libtorch (a binary built with the `libtorch` feature; trusted files only): the \
+--source file read through PyTorch itself against comer-port's reader, and the sibling .pth read back \
+through PyTorch against the .safetensors, bit for bit.\n\n\
 Examples:\n  comer-port verify comer.safetensors --source beitv2.pth\n  \
 comer-port verify comer.safetensors --source deit_tiny.pth --json\n  \
 comer-port verify comer.safetensors --source deit_small.pth --size 320x480 --size 512x512\n  \
 comer-port verify comer.safetensors --source open_clip_vit_b16.bin --source-activation gelu\n  \
-comer-port verify weights.safetensors --config case.json --golden fixtures/forward/det_tiny\n\n\
+comer-port verify weights.safetensors --config case.json --golden fixtures/forward/det_tiny\n  \
+comer-port verify comer.safetensors --source deit_tiny.pth --libtorch   (trusted files only)\n\n\
 Exit codes: 0 every check that ran passed, 1 one failed, 2 usage, 3 bad input.")]
 pub struct Args {
     /// The artifact (safetensors, target names).
@@ -63,6 +66,9 @@ pub struct Args {
     /// No progress on stderr (errors still show).
     #[arg(long, short = 'q')]
     pub quiet: bool,
+    /// Cross-check through libtorch: the --source file and the sibling .pth (trusted files only).
+    #[arg(long, long_help = super::LIBTORCH_HELP)]
+    pub libtorch: bool,
 }
 
 /// Run the checks on `artifact` under `cfg`: round trips, mapping parity against `source`
@@ -110,6 +116,10 @@ fn parse_size(s: &str) -> Result<(usize, usize), String> {
 }
 
 pub fn run(a: Args) -> anyhow::Result<i32> {
+    #[cfg(not(feature = "libtorch"))]
+    if a.libtorch {
+        return Err(super::no_libtorch().into());
+    }
     target::open_artifact(&a.artifact)?;
     let spec = TargetSpec::from_flags(a.config.as_deref(), a.preset.as_deref()).unwrap_or(TargetSpec::Recorded);
     let cfg = target::resolve(&spec, Basis::Artifact(&a.artifact))?;
@@ -124,6 +134,8 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         a.seed,
         &progress,
     )?;
+    #[cfg(feature = "libtorch")]
+    let report = if a.libtorch { with_libtorch_rows(report, &a)? } else { report };
 
     if a.json {
         println!("{}", json_safe(&serde_json::to_string_pretty(&report.to_json())?));
@@ -132,6 +144,17 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         print!("{}", report.render_table());
     }
     Ok(verdict_code(&report))
+}
+
+/// `--libtorch`'s rows after the others: the source and the sibling `.pth` read through
+/// PyTorch itself (`verify::libtorch`).
+#[cfg(feature = "libtorch")]
+fn with_libtorch_rows(mut report: Report, a: &Args) -> anyhow::Result<Report> {
+    let source = a.source.as_deref().map(comer_port::formats::open).transpose()?;
+    for c in comer_port::verify::libtorch::checks(&a.artifact, source.as_ref())? {
+        report.push(c);
+    }
+    Ok(report)
 }
 
 /// The exit code of a verify report: 0 when every check that ran passed, 1 when one failed

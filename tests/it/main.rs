@@ -39,3 +39,7 @@ mod hardening;
 /// The newcomer's path: the preset chosen for the user, hub wrapper layouts, usage errors,
 /// outputs named after the artifact, warnings about unverified artifacts (issue 15).
 mod newcomer;
+/// `--libtorch` (issue 17): both readers agree on every torch fixture and on a written `.pth`;
+/// without the feature the flag is a usage error. The feature's half runs with
+/// `--features libtorch` only.
+mod libtorch;
