@@ -619,9 +619,18 @@ pub fn parity_checks(
 /// (b) The full backbone on a seeded `(1, 3, img_size, img_size)` image: f1..f4 finite with
 /// shape `(1, embed_dim, S/4, S/4)` … `(1, embed_dim, S/32, S/32)` (and beit-comer's `x`).
 pub fn backbone_checks(model: &Comer, cfg: &ComerConfig, seed: u64) -> Result<Vec<Check>> {
+    let (img, s) = backbone_image(cfg, seed)?;
+    backbone_figures(&model.forward(&img, "image")?, cfg, s)
+}
+
+/// The seeded backbone image `(1, 3, S, S)` and its side S (`policy::backbone_size`).
+fn backbone_image(cfg: &ComerConfig, seed: u64) -> Result<(Tensor, usize)> {
     let s = super::policy::backbone_size(cfg.img_size);
-    let img = Tensor::from_vec(seeded_values(seed, 3 * s * s), (1, 3, s, s), &Device::Cpu)?;
-    let out = model.forward(&img, "image")?;
+    Ok((Tensor::from_vec(seeded_values(seed, 3 * s * s), (1, 3, s, s), &Device::Cpu)?, s))
+}
+
+/// The checks of [`backbone_checks`] on the outputs of a forward at side `s`.
+fn backbone_figures(out: &crate::model::Outputs, cfg: &ComerConfig, s: usize) -> Result<Vec<Check>> {
     let mut checks = Vec::new();
     for (k, f) in out.f.iter().enumerate() {
         let stride = 4usize << k;
@@ -853,6 +862,22 @@ pub fn artifact_report(
     }
     let g = Group::begin(progress, "backbone", &report);
     crate::model::buffer::release_free_heap();
+    let forward_golden = golden.filter(|d| !golden_folder::is_source_folder(d));
+    if forward_golden.is_none() {
+        // One interaction's weights at a time, read from the mapped artifact.
+        let store = crate::model::Store::from_safetensors(artifact)?;
+        let (img, s) = backbone_image(cfg, seed)?;
+        match Comer::forward_streaming(&store.root(), cfg, &img, "image").and_then(|o| store.finish().map(|()| o)) {
+            Ok(out) => {
+                for c in backbone_figures(&out, cfg, s)? {
+                    report.push(c);
+                }
+            }
+            Err(e) => report.push(Check::outcome("backbone load", &[1], 1, Some(0), Some(e.to_string()))),
+        }
+        g.end(&report);
+        return Ok(report);
+    }
     // The store is dropped once the model holds what it reads.
     let model = {
         let store = crate::model::Store::from_safetensors(artifact)?;
