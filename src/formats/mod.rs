@@ -129,6 +129,11 @@ pub struct ReadLimits {
     /// records) may inflate to, all members together. `None`: [`zip::INFLATE_RATIO`] × the
     /// archive's size + [`zip::INFLATE_SLACK`]. Override: `COMER_PORT_INFLATE_BUDGET`.
     pub inflate_bytes: Option<u64>,
+    /// Stored `.pth` records are CRC-checked on first use ([`Storage::check`],
+    /// [`Storage::accept_crc`]) instead of while the archive is read. Whoever sets it checks
+    /// every storage it reads before trusting its bytes; the import hashes each record while
+    /// it writes it and checks the rest before verifying or publishing.
+    pub defer_crc: bool,
 }
 
 /// Environment variable overriding [`ReadLimits::pickle_bytes`] (bytes; `k`/`M`/`G` suffixes).
@@ -151,6 +156,7 @@ impl ReadLimits {
         Ok(ReadLimits {
             pickle_bytes: get(PICKLE_BUDGET_ENV)?,
             inflate_bytes: get(INFLATE_BUDGET_ENV)?,
+            defer_crc: false,
         })
     }
 }

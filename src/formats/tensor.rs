@@ -6,8 +6,8 @@
 //! transposed (non-contiguous) view reads with the right values.
 
 use super::{DType, FormatError, MappedFile};
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
 
 /// A view may address at most this many times its storage's bytes (plus 1 MiB) when
 /// materialised: stride-0 (broadcast) views are legal, unbounded ones are a memory attack.
@@ -25,6 +25,9 @@ pub enum Storage {
         start: usize,
         /// Length in bytes.
         len: usize,
+        /// The zip member's CRC-32 when it is checked on first use rather than when the
+        /// archive is read ([`ReadLimits::defer_crc`](super::ReadLimits::defer_crc)).
+        crc: Option<Box<DeferredCrc>>,
     },
     /// Bytes held in memory.
     Owned(Vec<u8>),
@@ -35,7 +38,7 @@ impl Storage {
     pub fn bytes(&self) -> &[u8] {
         match self {
             // `start..start+len` was checked against the map when the storage was made.
-            Storage::Mapped { map, start, len } => &map[*start..*start + *len],
+            Storage::Mapped { map, start, len, .. } => &map[*start..*start + *len],
             Storage::Owned(v) => v,
         }
     }
@@ -54,7 +57,7 @@ impl Storage {
     /// storage, so what was read once stops counting in the resident set; the bytes stay in
     /// the page cache and re-read unchanged on the next access. A no-op for owned bytes.
     pub fn release(&self, start: usize, len: usize) {
-        if let Storage::Mapped { map, start: base, len: total } = self {
+        if let Storage::Mapped { map, start: base, len: total, .. } = self {
             if start >= *total {
                 return;
             }
@@ -78,7 +81,81 @@ impl Storage {
                 format!("bytes {start}..{end} lie past the end of the file ({} bytes)", map.len()),
             ));
         }
-        Ok(Storage::Mapped { map, start, len })
+        Ok(Storage::Mapped { map, start, len, crc: None })
+    }
+
+    /// A mapped stored zip member whose CRC-32 (`expected`) is checked when it is first
+    /// used ([`Storage::check`], [`Storage::accept_crc`]) instead of now: the import hashes
+    /// the bytes while it writes them, so they are read once.
+    pub fn mapped_deferred(
+        path: &Path,
+        map: Arc<MappedFile>,
+        start: usize,
+        len: usize,
+        entry: &str,
+        expected: u32,
+    ) -> Result<Storage, FormatError> {
+        let mut s = Storage::mapped(path, map, start, len)?;
+        if let Storage::Mapped { crc, .. } = &mut s {
+            *crc = Some(Box::new(DeferredCrc {
+                path: path.to_path_buf(),
+                entry: entry.to_string(),
+                expected,
+                found: OnceLock::new(),
+            }));
+        }
+        Ok(s)
+    }
+
+    /// Whether a deferred CRC-32 has yet to be computed.
+    pub fn crc_pending(&self) -> bool {
+        matches!(self, Storage::Mapped { crc: Some(c), .. } if c.found.get().is_none())
+    }
+
+    /// Check a deferred CRC-32 (computing it the first time, on all cores; with `release`,
+    /// the pages read for it are dropped from the resident set again). A no-op for storages
+    /// checked when read, or owned.
+    pub fn check(&self, release: bool) -> Result<(), FormatError> {
+        let Storage::Mapped { crc: Some(c), .. } = self else { return Ok(()) };
+        let found = *c.found.get_or_init(|| {
+            super::zip::crc32(self.bytes(), |s, n| {
+                if release {
+                    self.release(s, n)
+                }
+            })
+        });
+        c.verdict(found)
+    }
+
+    /// Record the deferred CRC-32 `found` over all of [`Storage::bytes`] (hashed by the
+    /// caller while it read them) and check it.
+    pub fn accept_crc(&self, found: u32) -> Result<(), FormatError> {
+        let Storage::Mapped { crc: Some(c), .. } = self else { return Ok(()) };
+        c.verdict(*c.found.get_or_init(|| found))
+    }
+}
+
+/// A stored zip member's CRC-32, checked on first use (see [`Storage::mapped_deferred`]).
+#[derive(Debug)]
+pub struct DeferredCrc {
+    path: PathBuf,
+    entry: String,
+    expected: u32,
+    /// The CRC-32 of the bytes, once computed.
+    found: OnceLock<u32>,
+}
+
+impl DeferredCrc {
+    fn verdict(&self, found: u32) -> Result<(), FormatError> {
+        if found != self.expected {
+            return Err(FormatError::CrcMismatch {
+                path: self.path.clone(),
+                entry: self.entry.clone(),
+                expected: self.expected,
+                found,
+            });
+        }
+        Ok(())
     }
 }
 
@@ -257,6 +334,17 @@ impl TensorView {
         }
         let start = self.offset * self.dtype.size();
         self.storage.bytes().get(start..start + self.nbytes())
+    }
+
+    /// Whether the view reads exactly its storage's bytes as they lie (offset 0, contiguous,
+    /// little-endian, every byte): hashing [`Self::le_bytes_borrowed`] hashes the storage.
+    pub fn is_whole_storage(&self) -> bool {
+        self.offset == 0 && self.is_contiguous() && !self.big_endian && self.nbytes() == self.storage.len()
+    }
+
+    /// Check the storage's deferred CRC-32, if any (see [`Storage::check`]).
+    pub fn check_storage(&self, release: bool) -> Result<(), FormatError> {
+        self.storage.check(release)
     }
 
     /// Stop counting this tensor's mapped bytes in the resident set (see [`Storage::release`]).

@@ -157,6 +157,11 @@ fn load_pickle(
             None => {
                 let m = archive.find(&rec).ok_or_else(|| FormatError::missing(path, rec.clone()))?;
                 let s = match (m.method, src) {
+                    (Method::Stored, Source::Map(map)) if limits.defer_crc => {
+                        // Checked by whoever first uses the bytes (the import hashes them
+                        // while writing them), so they are read once.
+                        Storage::mapped_deferred(path, map.clone(), m.data_start as usize, m.size as usize, &m.name, m.crc)?
+                    }
                     (Method::Stored, Source::Map(map)) => {
                         // Checked once, when the record is first used, at any size; the
                         // pages read for it are dropped from the resident set again.

@@ -190,8 +190,23 @@ pub struct ImportSummary {
 pub fn open(source: &Path, bytes: Option<&[u8]>) -> Result<Checkpoint, PipelineError> {
     Ok(match bytes {
         Some(b) => crate::formats::open_bytes(source, b.to_vec())?,
-        None => crate::formats::open(source)?,
+        None => {
+            // Stored records are CRC-checked as they are written ([`write`]), not in a pass of
+            // their own: one read of the source's bytes instead of two.
+            let limits = crate::formats::ReadLimits::from_env()
+                .map_err(|reason| crate::formats::FormatError::unsupported(source, reason))?;
+            crate::formats::open_with(source, &crate::formats::ReadLimits { defer_crc: true, ..limits })?
+        }
     })
+}
+
+/// Check the deferred CRC-32 of every storage of `ck` not yet checked (the records no
+/// output read), releasing their pages again.
+fn check_remaining_crcs(ck: &Checkpoint) -> Result<(), PipelineError> {
+    for (_, v) in ck.tensors() {
+        v.check_storage(true)?;
+    }
+    Ok(())
 }
 
 /// Placeholder of the source hash in the header, filled by [`commit`].
@@ -504,6 +519,9 @@ struct Producer<'p, 'ck> {
     /// Non-finite values are counted as the bytes are written (a look at cache-hot pieces)
     /// instead of in `produce`.
     count_while_writing: bool,
+    /// Output `j` is written straight from a source record whose CRC-32 is still to be
+    /// checked: it is hashed from the pieces as they are written (`crc_while_writing`).
+    crc_while_writing: Vec<Option<&'ck TensorView>>,
 }
 
 impl<'p, 'ck> Producer<'p, 'ck> {
@@ -512,7 +530,16 @@ impl<'p, 'ck> Producer<'p, 'ck> {
         let total: u64 = p.outs.iter().map(|t| t.nbytes() as u64).sum();
         let stage = opts.progress.stage(format!("write {}", dest.display()), total, Unit::Bytes);
         let lookup = p.sd.iter().map(|(k, v)| (k.as_str(), *v)).collect();
-        Producer { p, opts, lookup, stage, count_while_writing }
+        let mut me = Producer { p, opts, lookup, stage, count_while_writing, crc_while_writing: Vec::new() };
+        me.crc_while_writing = (0..p.outs.len()).map(|j| me.whole_pending_record(j)).collect();
+        me
+    }
+
+    /// The source view of output `j` when `j` is written straight from it and its bytes are
+    /// a whole record whose CRC-32 is still to be checked.
+    fn whole_pending_record(&self, j: usize) -> Option<&'ck TensorView> {
+        let v = *self.lookup.get(self.renamed_f32(j)?)?;
+        (v.is_whole_storage() && v.storage().crc_pending()).then_some(v)
     }
 
     /// The source key of output `j` when it is a plain rename already in the output dtype:
@@ -553,6 +580,17 @@ impl<'p, 'ck> Producer<'p, 'ck> {
 
     fn produce(&self, j: usize, warn: &mut Vec<String>) -> Result<Cow<'ck, [u8]>, PipelineError> {
         let t = &self.p.plan.targets[self.p.idx[j]];
+        // Source records are CRC-checked before their bytes are used, unless the writer
+        // hashes them on the way out (then checked before anything else reads them).
+        if self.crc_while_writing.get(j).is_none_or(Option::is_none)
+            && let Origin::Source { keys, .. } = &t.origin
+        {
+            for k in keys {
+                if let Some(v) = self.lookup.get(k.as_str()) {
+                    v.check_storage(false)?;
+                }
+            }
+        }
         if let Some(key) = self.renamed_f32(j)
             && let Some(v) = self.lookup.get(key)
         {
@@ -605,16 +643,33 @@ pub struct Written {
 /// Step 2: stream every tensor into the safetensors artifact's temporary file (when `-o` is
 /// given), the header holding placeholders for the source hash and the verdict.
 pub fn write(p: &ImportPlan<'_>, opts: &ImportOptions) -> Result<Written, PipelineError> {
-    let Some(out) = &opts.out else { return Ok(Written { pending: None, warnings: Vec::new() }) };
+    let Some(out) = &opts.out else {
+        check_remaining_crcs(p.ck)?;
+        return Ok(Written { pending: None, warnings: Vec::new() });
+    };
     let producer = Producer::new(p, opts, !opts.strict_finite, out);
     let mut pending = Pending::begin(out, opts.force, &p.outs, &p.meta.to_map())?;
     let mut warnings = Vec::new();
     let mut bad_counts = vec![0usize; p.outs.len()];
+    let mut crcs: Vec<Option<crc32fast::Hasher>> =
+        producer.crc_while_writing.iter().map(|v| v.map(|_| crc32fast::Hasher::new())).collect();
     pending.write_tensors(&p.outs, |j| producer.step(j, &mut warnings), |j, piece| {
         if producer.count_while_writing && producer.renamed_f32(j).is_some() {
             bad_counts[j] += count_non_finite_f32(piece);
         }
+        if let Some(h) = &mut crcs[j] {
+            h.update(piece);
+        }
     })?;
+    // The records hashed on the way out, then every record no output read: all checked
+    // before the artifact is verified or published (a mismatch fails the import, and the
+    // temporary file is removed).
+    for (h, v) in crcs.into_iter().zip(&producer.crc_while_writing) {
+        if let (Some(h), Some(v)) = (h, v) {
+            v.storage().accept_crc(h.finalize())?;
+        }
+    }
+    check_remaining_crcs(p.ck)?;
     for (j, &bad) in bad_counts.iter().enumerate() {
         if bad > 0
             && let Some(key) = producer.renamed_f32(j)

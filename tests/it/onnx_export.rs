@@ -63,6 +63,28 @@ fn beit_model_has_opset_io_and_metadata() {
     assert_eq!(cfg["flavor"], "beit-comer");
 }
 
+/// Issue 16: BEiT's relative-position bias is gathered in the graph from each block's table
+/// by one shared index per window size — no initializer holds an expanded (heads, N, N)
+/// bias — and the initializers add up to the weights plus those indexes.
+#[test]
+fn beit_relative_position_bias_is_gathered_not_expanded() {
+    let out = tmp("beit-compact.onnx");
+    let o = export("beit_tiny", "64x64", &out, &["--force"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let g = decode(&out).graph.expect("graph");
+    let heads = 3;
+    for t in &g.initializer {
+        let expanded = t.dims.len() == 3 && t.dims[0] == heads && t.dims[1] == t.dims[2] && t.dims[1] > 1;
+        assert!(!expanded, "{} is an expanded bias {:?}", t.name, t.dims);
+    }
+    let tables = g.initializer.iter().filter(|t| t.name.ends_with("relative_position_bias_table")).count();
+    assert_eq!(tables, 4, "one table per block, as stored");
+    let indexes: Vec<_> = g.initializer.iter().filter(|t| t.name.starts_with("relative_position_index_")).collect();
+    assert!(!indexes.is_empty() && indexes.len() <= 2, "one index per window size: {:?}", indexes.iter().map(|t| &t.name).collect::<Vec<_>>());
+    let gathers = g.node.iter().filter(|n| n.op_type == "Gather" && n.input.iter().any(|i| i.ends_with("relative_position_bias_table"))).count();
+    assert_eq!(gathers, 4, "each block gathers its own table");
+}
+
 #[test]
 fn det_model_has_four_outputs_and_both_deform_formulations() {
     for (deform, op) in [("grid-sample", "GridSample"), ("gather", "Gather")] {

@@ -402,23 +402,18 @@ fn vit_attention(g: &mut Graph, x: &str, i: usize, cx: &Ctx) -> Result<String, O
     g.linear(&out, &format!("{key}.proj"))
 }
 
-/// BEiT relative position bias (heads, ws², ws²) gathered from the table at export time.
+/// BEiT relative position bias (heads, ws², ws²), gathered in the graph from the block's
+/// table (side², heads) by the relative-position index of `ws` (one initializer shared by
+/// every block of that window size): the file holds the table, never the expanded bias
+/// (16 × 3136² floats, 630 MB, per 56-window block of BEiT-comer-L). Upstream's beit.py
+/// does the same gather in its forward; ONNX Runtime folds it once at session load.
 fn rel_pos_bias(g: &mut Graph, key: &str, ws: usize, heads: usize) -> Result<String, OnnxError> {
     let side = 2 * ws - 1;
-    let (_, table) = g.weights.get(&format!("{key}.relative_position_bias_table"), Some(&[side * side, heads]))?;
     let n = ws * ws;
-    let mut bias = vec![0f32; heads * n * n];
-    for i in 0..n {
-        let (ih, iw) = (i / ws, i % ws);
-        for j in 0..n {
-            let (jh, jw) = (j / ws, j % ws);
-            let idx = (ih + ws - 1 - jh) * side + (iw + ws - 1 - jw);
-            for hh in 0..heads {
-                bias[(hh * n + i) * n + j] = table[idx * heads + hh];
-            }
-        }
-    }
-    Ok(g.init_f32(&format!("{key}.relative_position_bias"), &[heads, n, n], &bias))
+    let table = g.param(&format!("{key}.relative_position_bias_table"), Some(&[side * side, heads]))?;
+    let index = g.named_i64(&format!("relative_position_index_{ws}"), &[n, n], || crate::model::vit::relative_position_index(ws));
+    let b = g.op("Gather", &[&table, &index], vec![attr_i("axis", 0)]); // (N, N, heads)
+    Ok(g.op("Transpose", &[&b], vec![attr_ints("perm", &[2, 0, 1])])) // (heads, N, N)
 }
 
 fn beit_attention(g: &mut Graph, x: &str, i: usize, cx: &Ctx) -> Result<String, OnnxError> {

@@ -176,6 +176,15 @@ impl<'a> Graph<'a> {
         name
     }
 
+    /// An int64 initializer under an explicit name, built by `data` only the first time
+    /// (a constant several nodes share, e.g. one relative-position index per window size).
+    pub fn named_i64(&mut self, name: &str, shape: &[usize], data: impl FnOnce() -> Vec<i64>) -> String {
+        if self.added.insert(name.to_string()) {
+            self.initializers.push(tensor_i64(name, shape, &data()));
+        }
+        name.to_string()
+    }
+
     /// A 1-D int64 constant.
     pub fn const_i64(&mut self, data: &[i64]) -> String {
         self.const_i64_shaped(&[data.len()], data)
