@@ -52,3 +52,6 @@ for name, pk in [('amp_in_zip.pth', amp)]:
     cds.append(central('archive/byteorder', local(b, 'archive/byteorder', b'little', 0)))
     open('seeds/open_file/' + name, 'wb').write(finish(b, cds))
 PY
+# open_deferred (the import's deferred-CRC reader, differential against open_file's path): the same seeds.
+mkdir -p seeds/open_deferred
+cp seeds/open_file/* seeds/open_deferred/

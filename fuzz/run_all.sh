@@ -15,5 +15,5 @@ run() {
   done
 }
 run pickle_vm torch_zip legacy &
-run torchscript safetensors npy_npz open_file &
+run torchscript safetensors npy_npz open_file open_deferred &
 wait

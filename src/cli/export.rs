@@ -37,7 +37,7 @@ pub enum Target {
 pub struct OnnxArgs {
     /// The ViT-CoMer artifact (safetensors, as written by `comer-port import`).
     pub artifact: PathBuf,
-    /// Output `.onnx` file (plus `<file>.data` when the weights pass 2 GB).
+    /// Output `.onnx` file (plus `<file>.data`, ONNX external data, when the weights pass 512 MiB).
     #[arg(short = 'o', long = "output")]
     pub output: PathBuf,
     /// Fixed input size HxW (multiples of 32), e.g. 512x512.

@@ -152,3 +152,50 @@ fn external_data_past_threshold_keeps_model_readable() {
     let g = decode(&out).graph.expect("graph");
     assert!(g.initializer.iter().any(|t| t.data_location == 1 && t.raw_data.is_empty()));
 }
+
+/// Issue 16: past the threshold the initializers are streamed into the data file while the
+/// graph is built; the files are byte-identical to moving them out after an in-memory
+/// build (the layout `externalize` writes), and a failed streamed export leaves nothing.
+#[test]
+fn streamed_external_data_equals_the_in_memory_layout_and_fails_clean() {
+    use comer_port::export::onnx::{ExportOptions, data_path, export as export_onnx};
+    let dir = fixture("forward/det_tiny");
+    let ck = comer_port::formats::open(&dir.join("weights.safetensors")).expect("open");
+    let cfg = comer_port::model::ComerConfig::from_case_json(&std::fs::read_to_string(dir.join("case.json")).expect("case"))
+        .expect("config");
+    let (_, tensors) = ck.state_dict();
+    let weight_bytes: usize = tensors.iter().filter(|(_, t)| t.dtype.is_float()).map(|(_, t)| t.numel() * 4).sum();
+    let run = |threshold: usize, name: &str| {
+        let mut opts = ExportOptions::new(64, 64);
+        opts.external_threshold = threshold;
+        let out = tmp(name);
+        let w = export_onnx(tensors.clone(), &cfg, &opts, &out, true).expect("export");
+        let data = w.external.expect("external data written").0;
+        (std::fs::read(&out).expect("model"), std::fs::read(&data).expect("data"))
+    };
+    // Streamed (the weights pass the threshold) against built in memory and moved out
+    // after (only the constants push the total past it).
+    let streamed = run(weight_bytes - 1, "streamed.onnx");
+    let moved = run(weight_bytes, "moved.onnx");
+    assert_eq!(streamed.1, moved.1, "same data file");
+    let (a, b) = (decode(&tmp("streamed.onnx")), decode(&tmp("moved.onnx")));
+    let (a, b) = (a.graph.expect("graph"), b.graph.expect("graph"));
+    assert_eq!(a.initializer, b.initializer.iter().map(|t| {
+        let mut t = t.clone();
+        for e in &mut t.external_data {
+            e.value = e.value.replace("moved.onnx.data", "streamed.onnx.data");
+        }
+        t
+    }).collect::<Vec<_>>(), "same initializers, same offsets");
+    assert!(a.initializer.iter().any(|t| t.data_location == 1), "weights are external");
+    // A weight missing half way: an error, and neither file nor a temporary is left.
+    let d = crate::util::tmpdir();
+    let out = d.join("m.onnx");
+    let missing: Vec<_> = tensors.iter().filter(|(k, _)| !k.starts_with("interactions.0.")).cloned().collect();
+    let mut opts = ExportOptions::new(64, 64);
+    opts.external_threshold = 0;
+    assert!(export_onnx(missing, &cfg, &opts, &out, false).is_err());
+    assert_eq!(std::fs::read_dir(&d).expect("dir").count(), 0, "nothing left behind");
+    assert!(!data_path(&out).exists());
+    let _ = std::fs::remove_dir_all(&d);
+}

@@ -32,7 +32,53 @@ impl<'a> Weights<'a> {
         {
             return Err(OnnxError::WeightShape { key: key.to_string(), expected: e.to_vec(), got: t.shape.clone() });
         }
-        Ok((t.shape.clone(), t.to_f32()))
+        let v = t.to_f32();
+        // Each weight is read once: its mapped pages leave the resident set again.
+        t.release();
+        Ok((t.shape.clone(), v))
+    }
+}
+
+/// Where the large initializers' bytes go while the graph is built, so the export never
+/// holds them all (ONNX external data): the temporary file of `<model>.onnx.data`, each
+/// initializer of at least [`EXTERNAL_MIN_BYTES`](super::EXTERNAL_MIN_BYTES) bytes appended
+/// 64-byte aligned, laid out as [`externalize`](super::externalize) would lay it out.
+pub struct ExternalSink {
+    file: crate::export::atomic::AtomicFile,
+    location: String,
+    len: usize,
+    /// The first write error; later initializers are not written.
+    error: Option<std::io::Error>,
+}
+
+impl ExternalSink {
+    /// A sink writing `file`, named `location` (the data file's name) in each initializer.
+    pub fn new(file: crate::export::atomic::AtomicFile, location: String) -> ExternalSink {
+        ExternalSink { file, location, len: 0, error: None }
+    }
+
+    fn take(&mut self, t: &mut TensorProto) {
+        if t.raw_data.len() < super::EXTERNAL_MIN_BYTES || self.error.is_some() {
+            return;
+        }
+        use std::io::Write;
+        let pad = (64 - self.len % 64) % 64;
+        let raw = std::mem::take(&mut t.raw_data);
+        let wrote = self.file.write_all(&[0u8; 64][..pad]).and_then(|()| self.file.write_all(&raw));
+        if let Err(e) = wrote {
+            self.error = Some(e);
+            return;
+        }
+        super::point_at_external(t, &self.location, self.len + pad, raw.len());
+        self.len += pad + raw.len();
+    }
+
+    /// The data file (still temporary) and its length, or the first write error.
+    pub fn finish(self) -> Result<(crate::export::atomic::AtomicFile, usize), std::io::Error> {
+        match self.error {
+            Some(e) => Err(e),
+            None => Ok((self.file, self.len)),
+        }
     }
 }
 
@@ -93,6 +139,8 @@ pub struct Graph<'a> {
     counters: HashMap<String, usize>,
     consts: usize,
     scope: String,
+    /// With a sink, large initializers are written out as they are made.
+    pub sink: Option<ExternalSink>,
 }
 
 impl<'a> Graph<'a> {
@@ -105,6 +153,7 @@ impl<'a> Graph<'a> {
             counters: HashMap::new(),
             consts: 0,
             scope: String::new(),
+            sink: None,
         }
     }
 
@@ -147,10 +196,18 @@ impl<'a> Graph<'a> {
         });
     }
 
+    /// Append an initializer (its bytes moved to the sink, when there is one).
+    fn add_init(&mut self, mut t: TensorProto) {
+        if let Some(sink) = &mut self.sink {
+            sink.take(&mut t);
+        }
+        self.initializers.push(t);
+    }
+
     /// A float32 initializer under an explicit name (added once).
     pub fn init_f32(&mut self, name: &str, shape: &[usize], data: &[f32]) -> String {
         if self.added.insert(name.to_string()) {
-            self.initializers.push(tensor_f32(name, shape, data));
+            self.add_init(tensor_f32(name, shape, data));
         }
         name.to_string()
     }
@@ -172,7 +229,7 @@ impl<'a> Graph<'a> {
         self.consts += 1;
         let name = format!("const_i64_{}", self.consts);
         self.added.insert(name.clone());
-        self.initializers.push(tensor_i64(&name, shape, data));
+        self.add_init(tensor_i64(&name, shape, data));
         name
     }
 
@@ -180,7 +237,7 @@ impl<'a> Graph<'a> {
     /// (a constant several nodes share, e.g. one relative-position index per window size).
     pub fn named_i64(&mut self, name: &str, shape: &[usize], data: impl FnOnce() -> Vec<i64>) -> String {
         if self.added.insert(name.to_string()) {
-            self.initializers.push(tensor_i64(name, shape, &data()));
+            self.add_init(tensor_i64(name, shape, &data()));
         }
         name.to_string()
     }

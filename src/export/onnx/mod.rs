@@ -2,8 +2,9 @@
 //! that ONNX Runtime runs — upstream's `vit_comer.py` / `beit_comer.py` forwards with every
 //! input-size-dependent quantity (position-embedding resize, deformable-attention reference
 //! points, spatial shapes, level start indices, window padding, relative position bias)
-//! computed here at export time. Weights become initializers; past 2 GB they move to a side
-//! `<model>.onnx.data` file (ONNX external data). Everything is float32.
+//! computed here at export time. Weights become initializers; past [`EXTERNAL_DEFAULT`] they
+//! are streamed into a side `<model>.onnx.data` file (ONNX external data) as the graph is
+//! built. Everything is float32.
 //!
 //! Layout: `proto` (the ONNX messages), `builder` (graph + weights), `layers` (Linear,
 //! LayerNorm, Conv, ConvFFN, MRFP), `deform` (MSDeformAttn, GridSample or Gather),
@@ -25,7 +26,7 @@ pub use deform::Deform;
 use crate::export::atomic::{self, WriteError};
 use crate::formats::TensorView;
 use crate::model::ComerConfig;
-use builder::{Graph, Weights};
+use builder::{ExternalSink, Graph, Weights};
 use proto::{
     Dimension, GraphProto, ModelProto, OperatorSetIdProto, StringStringEntryProto, TensorShapeProto, TypeProto,
     TypeProtoTensor, ValueInfoProto, data_type,
@@ -37,6 +38,11 @@ pub const OPSET: i64 = 17;
 pub const IR_VERSION: i64 = 8;
 /// Protobuf's hard message limit; past it weights go to external data.
 pub const PROTO_LIMIT: usize = 2_000_000_000;
+/// The default [`ExportOptions::external_threshold`]: weights of more than 512 MiB go to
+/// external data, streamed there while the graph is built, so an export holds about one
+/// weight at a time (BEiT-comer-L: 4.1 GB peak RSS inline, see docs/performance.md). Below
+/// it the model is one file, built in memory (at most about twice this).
+pub const EXTERNAL_DEFAULT: usize = 512 << 20;
 /// Initializers smaller than this stay inline even with external data.
 const EXTERNAL_MIN_BYTES: usize = 1024;
 
@@ -117,8 +123,8 @@ pub struct ExportOptions {
 }
 
 impl ExportOptions {
-    /// Export at `height`×`width`, batch 1, `Gather` sampling, external data past the
-    /// protobuf limit.
+    /// Export at `height`×`width`, batch 1, `Gather` sampling, external data past
+    /// [`EXTERNAL_DEFAULT`].
     pub fn new(height: usize, width: usize) -> ExportOptions {
         ExportOptions {
             height,
@@ -126,7 +132,7 @@ impl ExportOptions {
             batch: 1,
             deform: Deform::Gather,
             source: String::new(),
-            external_threshold: PROTO_LIMIT,
+            external_threshold: EXTERNAL_DEFAULT,
         }
     }
 }
@@ -177,11 +183,22 @@ fn value_info(name: &str, shape: &[usize]) -> ValueInfoProto {
 
 /// Build the model in memory (initializers inline).
 pub fn build_model(tensors: Vec<(String, &TensorView)>, cfg: &ComerConfig, opts: &ExportOptions) -> Result<ModelProto, OnnxError> {
+    build_with(tensors, cfg, opts, None).map(|(m, _)| m)
+}
+
+/// [`build_model`], the large initializers written to `sink` as they are made (returned).
+fn build_with(
+    tensors: Vec<(String, &TensorView)>,
+    cfg: &ComerConfig,
+    opts: &ExportOptions,
+    sink: Option<ExternalSink>,
+) -> Result<(ModelProto, Option<ExternalSink>), OnnxError> {
     check_input_size(opts.height, opts.width)?;
     check_batch(opts.batch)?;
     cfg.validate()?;
     let weights = Weights::new(tensors);
     let mut g = Graph::new(&weights);
+    g.sink = sink;
     let lv = layers::Levels { b: opts.batch, h: opts.height / 16, w: opts.width / 16 };
     let cx = backbone::Ctx { cfg, lv, deform: opts.deform };
     let outputs = backbone::build(&mut g, &cx)?;
@@ -209,7 +226,8 @@ pub fn build_model(tensors: Vec<(String, &TensorView)>, cfg: &ComerConfig, opts:
         ("comer_port.deform", opts.deform.name().to_string()),
         ("comer_port.input_size", format!("{}x{}", opts.height, opts.width)),
     ];
-    Ok(ModelProto {
+    let sink = g.sink.take();
+    let model = ModelProto {
         ir_version: IR_VERSION,
         producer_name: "comer-port".into(),
         producer_version: env!("CARGO_PKG_VERSION").into(),
@@ -229,7 +247,8 @@ pub fn build_model(tensors: Vec<(String, &TensorView)>, cfg: &ComerConfig, opts:
             .into_iter()
             .map(|(k, v)| StringStringEntryProto { key: k.into(), value: v })
             .collect(),
-    })
+    };
+    Ok((model, sink))
 }
 
 /// The side file of external data: `<model file name>.data` beside the model.
@@ -254,14 +273,19 @@ fn externalize(model: &mut ModelProto, location: &str) -> Vec<u8> {
             let offset = data.len();
             let raw = std::mem::take(&mut t.raw_data);
             data.extend_from_slice(&raw);
-            t.data_location = proto::DATA_LOCATION_EXTERNAL;
-            t.external_data = [("location", location.to_string()), ("offset", offset.to_string()), ("length", raw.len().to_string())]
-                .into_iter()
-                .map(|(k, v)| StringStringEntryProto { key: k.into(), value: v })
-                .collect();
+            point_at_external(t, location, offset, raw.len());
         }
     }
     data
+}
+
+/// Make `t` (its raw bytes already moved) point at `length` bytes at `offset` of `location`.
+fn point_at_external(t: &mut proto::TensorProto, location: &str, offset: usize, length: usize) {
+    t.data_location = proto::DATA_LOCATION_EXTERNAL;
+    t.external_data = [("location", location.to_string()), ("offset", offset.to_string()), ("length", length.to_string())]
+        .into_iter()
+        .map(|(k, v)| StringStringEntryProto { key: k.into(), value: v })
+        .collect();
 }
 
 /// Write the side data file; I/O failures name the data file.
@@ -296,6 +320,31 @@ pub fn export(
     if out.exists() && !force {
         return Err(WriteError::Exists(out.to_path_buf()).into());
     }
+    // The weights alone pass the threshold: stream every large initializer into the data
+    // file while the graph is built, so the export holds one weight at a time, not all.
+    let weight_bytes: usize = tensors.iter().filter(|(_, t)| t.dtype.is_float()).map(|(_, t)| t.numel() * 4).sum();
+    if weight_bytes > opts.external_threshold {
+        let dpath = data_path(out);
+        let location = dpath.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let ext_err = |e: std::io::Error| OnnxError::ExternalData { path: dpath.clone(), source: e };
+        let file = atomic::AtomicFile::create(&dpath, force).map_err(|e| match e {
+            WriteError::Io { path, source } => OnnxError::ExternalData { path, source },
+            other => OnnxError::Write(other),
+        })?;
+        let (model, sink) = build_with(tensors, cfg, opts, Some(ExternalSink::new(file, location)))?;
+        let (file, len) = sink.map(ExternalSink::finish).transpose().map_err(ext_err)?.unzip();
+        if let Some(file) = file {
+            file.commit().map_err(|e| match e {
+                WriteError::Io { path, source } => OnnxError::ExternalData { path, source },
+                other => OnnxError::Write(other),
+            })?;
+        }
+        let (nodes, initializers) = model.graph.as_ref().map(|g| (g.node.len(), g.initializer.len())).unwrap_or_default();
+        let bytes = model.encode_to_vec();
+        drop(model);
+        atomic::write_all(out, &bytes, force)?;
+        return Ok(Written { model_bytes: bytes.len(), external: len.map(|n| (dpath, n)), nodes, initializers });
+    }
     let mut model = build_model(tensors, cfg, opts)?;
     let (nodes, initializers, total) = model
         .graph
@@ -303,6 +352,7 @@ pub fn export(
         .map(|g| (g.node.len(), g.initializer.len(), g.initializer.iter().map(|t| t.raw_data.len()).sum::<usize>()))
         .unwrap_or_default();
     let mut external = None;
+    // Constants grown past the threshold (a very large input size): moved out after the build.
     if total > opts.external_threshold {
         let dpath = data_path(out);
         if dpath.exists() && !force {
