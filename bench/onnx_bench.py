@@ -1,7 +1,9 @@
-"""ONNX Runtime CPU latency of an exported backbone, GridSample vs Gather deformable sampling.
+"""ONNX Runtime CPU latency of an exported backbone: GridSample vs Gather deformable sampling,
+float32 vs `--dtype f16` graphs.
 
 Usage: onnx_bench.py ARTIFACT --preset NAME [--size 512x512] [--runs 5] [--threads 2]
-Exports both formulations with target/release/comer-port into bench/out/, then runs each in
+       [--deform grid-sample gather] [--dtype f32 f16]
+Exports every (formulation, dtype) with target/release/comer-port into bench/out/, then runs each in
 ONNX Runtime (CPU, intra_op_num_threads=THREADS, inter_op 1, sequential) on one random image:
 one warm-up run each, then RUNS rounds that alternate the formulations (so load changes on a
 shared machine hit both alike); prints median/min per formulation and their ratio.
@@ -27,6 +29,7 @@ def main():
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--deform", nargs="+", default=["grid-sample", "gather"])
+    ap.add_argument("--dtype", nargs="+", default=["f32"])
     a = ap.parse_args()
     h, w = (int(v) for v in a.size.split("x"))
     os.makedirs(os.path.join(ROOT, "bench", "out"), exist_ok=True)
@@ -34,9 +37,11 @@ def main():
     results = {}
     outputs = {}
     sessions = {}
-    for deform in a.deform:
-        out = os.path.join(ROOT, "bench", "out", f"model-{deform}-{a.size}.onnx")
-        cmd = [BIN, "export", "onnx", a.artifact, "-o", out, "--input-size", a.size, "--deform", deform, "--force"]
+    for deform, dtype in [(d, t) for d in a.deform for t in a.dtype]:
+        out = os.path.join(ROOT, "bench", "out", f"model-{deform}-{dtype}-{a.size}.onnx")
+        cmd = [BIN, "export", "onnx", a.artifact, "-o", out, "--input-size", a.size, "--deform", deform,
+               "--dtype", dtype, "--force"]
+        deform = deform if dtype == "f32" else f"{deform} {dtype}"
         if a.preset:
             cmd += ["--preset", a.preset]
         t0 = time.perf_counter()
@@ -56,8 +61,14 @@ def main():
             results[deform].append(time.perf_counter() - t0)
     for deform, times in results.items():
         print(f"{deform}: median {statistics.median(times):.3f} s, min {min(times):.3f} s, runs {[round(t, 3) for t in times]}")
-    if len(outputs) == 2:
-        x, y = outputs.values()
+    for k in list(outputs):
+        if k.endswith(" f16") and k[:-4] in outputs:
+            ref = outputs[k[:-4]]
+            rel = max(float(np.abs(p - q).max()) / max(1.0, float(np.abs(q).max())) for p, q in zip(outputs[k], ref))
+            print(f"{k}: max |f16 - f32| / max(1, max |f32|) over outputs: {rel:.3e}; "
+                  f"time f16 / f32: {statistics.median(results[k]) / statistics.median(results[k[:-4]]):.3f}")
+    if "grid-sample" in outputs and "gather" in outputs:
+        x, y = outputs["grid-sample"], outputs["gather"]
         diff = max(float(np.abs(p - q).max()) for p, q in zip(x, y))
         print(f"max |grid-sample - gather| over outputs: {diff:.3e}")
         gs, ga = (statistics.median(results[k]) for k in ("grid-sample", "gather"))

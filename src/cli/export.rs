@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use comer_port::export::onnx::{self, Deform, ExportOptions};
+use comer_port::export::onnx::{self, Deform, ExportOptions, Precision};
 use comer_port::export::outputs;
 use comer_port::text::EscapedPath;
 use comer_port::model::ComerConfig;
@@ -13,6 +13,7 @@ use comer_port::target::{self, Basis, TargetSpec};
 /// Examples shared by `export --help` and `export onnx --help`.
 const EXAMPLES: &str = "Examples:\n  comer-port export onnx comer.safetensors --input-size 512x512 -o comer.onnx\n  \
 comer-port export onnx comer.safetensors --input-size 640x480 --batch 2 -o comer.onnx --force\n  \
+comer-port export onnx comer.safetensors --input-size 512x512 --dtype f16 -o comer-f16.onnx\n  \
 comer-port export onnx weights.safetensors --preset vit-comer-s-seg --input-size 512x512 -o comer.onnx\n\n\
 The config is the artifact's recorded one unless --config or --preset is given. An artifact whose recorded \
 verification is not 'passed' (failed, not run, or none recorded) is exported, with a warning on stderr.\n\n\
@@ -58,6 +59,11 @@ pub struct OnnxArgs {
     /// How deformable attention samples its values.
     #[arg(long, value_enum, default_value_t = Deform::Gather)]
     pub deform: Deform,
+    /// Float type of the graph: f16 halves the weights and computes MatMul/Conv/GELU in
+    /// float16, keeping LayerNorm, softmax, BatchNorm and the deformable sampling in float32;
+    /// the input and outputs stay float32.
+    #[arg(long, value_enum, default_value_t = Precision::F32)]
+    pub dtype: Precision,
     /// No progress on stderr (errors and warnings still show).
     #[arg(long, short = 'q')]
     pub quiet: bool,
@@ -107,16 +113,18 @@ fn run_onnx(a: OnnxArgs) -> anyhow::Result<i32> {
     let mut opts = ExportOptions::new(h, w);
     opts.batch = a.batch;
     opts.deform = a.deform;
+    opts.dtype = a.dtype;
     let writing = progress.stage(format!("export {}", a.output.display()), 1, Unit::Steps);
     let written = write_onnx(&ck, &a.artifact, &cfg, opts, &a.output, a.force)?;
     writing.finish(&format!("{} nodes, {} initializers", written.nodes, written.initializers));
     println!(
-        "wrote {} ({} bytes, {} nodes, {} initializers, opset {}, {} deformable sampling, input {}x{}, batch {})",
+        "wrote {} ({} bytes, {} nodes, {} initializers, opset {}, {}, {} deformable sampling, input {}x{}, batch {})",
         EscapedPath(&a.output),
         written.model_bytes,
         written.nodes,
         written.initializers,
         onnx::OPSET,
+        a.dtype.name(),
         a.deform.name(),
         h,
         w,

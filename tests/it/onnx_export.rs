@@ -199,3 +199,34 @@ fn streamed_external_data_equals_the_in_memory_layout_and_fails_clean() {
     assert!(!data_path(&out).exists());
     let _ = std::fs::remove_dir_all(&d);
 }
+
+/// Issue 16: `--dtype f16` stores the weights as float16 (LayerNorm and BatchNorm parameters
+/// and the deformable sampling's constants stay float32), keeps the graph's input and outputs
+/// float32, records the dtype, and halves the initializer bytes of the large weights.
+#[test]
+fn f16_export_has_half_weights_and_float_io() {
+    let (o32, o16) = (tmp("dtype-f32.onnx"), tmp("dtype-f16.onnx"));
+    for (out, dt) in [(&o32, "f32"), (&o16, "f16")] {
+        let o = export("det_tiny", "64x64", out, &["--force", "--dtype", dt]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let (m32, m16) = (decode(&o32), decode(&o16));
+    let meta: std::collections::BTreeMap<_, _> = m16.metadata_props.iter().map(|e| (e.key.as_str(), e.value.as_str())).collect();
+    assert_eq!(meta.get("comer_port.dtype"), Some(&"f16"));
+    let (g32, g16) = (m32.graph.expect("graph"), m16.graph.expect("graph"));
+    let io_types = |g: &comer_port::export::onnx::proto::GraphProto| -> Vec<i32> {
+        g.input.iter().chain(&g.output).map(|v| v.r#type.as_ref().and_then(|t| t.tensor_type.as_ref()).map_or(0, |t| t.elem_type)).collect()
+    };
+    assert!(io_types(&g16).iter().all(|&t| t == 1), "float32 input and outputs");
+    let qkv = g16.initializer.iter().find(|t| t.name.contains("blocks.0.attn.qkv")).expect("the first block's qkv weight");
+    assert_eq!(qkv.data_type, 10, "{} is float16", qkv.name);
+    let kinds = |g: &comer_port::export::onnx::proto::GraphProto, ty: i32| g.initializer.iter().filter(|t| t.data_type == ty).count();
+    assert_eq!(kinds(&g32, 10), 0, "a float32 graph has no float16 initializer");
+    assert!(kinds(&g16, 10) > 0 && kinds(&g16, 1) > 0, "float16 weights, float32 norm parameters and sampling constants");
+    let norm = g16.initializer.iter().find(|t| t.name.ends_with("norm1.weight")).expect("a LayerNorm weight");
+    assert_eq!(norm.data_type, 1, "LayerNorm parameters stay float32");
+    let bytes = |g: &comer_port::export::onnx::proto::GraphProto| g.initializer.iter().map(|t| t.raw_data.len()).sum::<usize>();
+    assert!(bytes(&g16) * 10 < bytes(&g32) * 6, "f16 {} vs f32 {} initializer bytes", bytes(&g16), bytes(&g32));
+    let casts = g16.node.iter().filter(|n| n.op_type == "Cast").count();
+    assert!(casts > g32.node.iter().filter(|n| n.op_type == "Cast").count(), "float32 regions are entered and left");
+}

@@ -35,11 +35,12 @@ pub fn build(g: &mut Graph, cx: &Ctx) -> Result<Vec<String>, OnnxError> {
     let (b, d) = (lv.b, cfg.embed_dim);
     let nm = cfg.flavor.names();
 
+    let image = g.input("image");
     // --- spm: the convolutional stem ---
-    let (c1, cs) = g.scoped("spm", |g| spm(g, "image", cx))?;
+    let (c1, cs) = g.scoped("spm", |g| spm(g, &image, cx))?;
     // --- patch embedding + position embedding ---
     let x = g.scoped("patch_embed", |g| -> Result<String, OnnxError> {
-        let p = g.conv("image", "patch_embed.proj", cfg.patch_size, 0, 1)?;
+        let p = g.conv(&image, "patch_embed.proj", cfg.patch_size, 0, 1)?;
         Ok(g.map_to_tokens(&p, b, d, cx.n()))
     })?;
     let mut x = g.scoped("pos_embed", |g| add_pos_embed(g, &x, cx))?;
@@ -121,13 +122,13 @@ pub fn build(g: &mut Graph, cx: &Ctx) -> Result<Vec<String>, OnnxError> {
         if cfg.flavor == Flavor::Beit {
             // BEiTComer2 returns x first: the token map when add_vit_feature, else tokens.
             let xo = x_out.unwrap_or_else(|| x.clone());
-            g.op_to("Identity", &[&xo], vec![], "x");
+            g.output(&xo, "x");
             names.push("x".to_string());
         }
         for (l, f) in fs.iter().enumerate() {
             let bn = g.batch_norm(f, &format!("norm{}", l + 1))?;
             let out = format!("f{}", l + 1);
-            g.op_to("Identity", &[&bn], vec![], &out);
+            g.output(&bn, &out);
             names.push(out);
         }
         Ok(names)
@@ -327,7 +328,9 @@ fn sdpa(g: &mut Graph, qkv: &str, a: &Sdpa) -> String {
     if let Some(bias) = bias {
         logits = g.add(&logits, bias);
     }
+    let logits = g.enter_f32(&[&logits]).remove(0);
     let p = g.op("Softmax", &[&logits], vec![attr_i("axis", -1)]);
+    let p = g.leave_f32(&p);
     let o = g.matmul(&p, &v); // (B', h, N', hd)
     let o = g.transpose(&o, &[0, 2, 1, 3]); // (B', N', h, hd)
     g.reshape(&o, &[bn, n, heads * hd]) // (B', N', C)

@@ -118,6 +118,17 @@ pub fn tensor_f32(name: &str, shape: &[usize], data: &[f32]) -> TensorProto {
     }
 }
 
+/// A float16 tensor proto (values rounded to nearest) with raw little-endian data.
+pub fn tensor_f16(name: &str, shape: &[usize], data: &[f32]) -> TensorProto {
+    TensorProto {
+        dims: dims(shape),
+        data_type: data_type::FLOAT16,
+        name: name.into(),
+        raw_data: data.iter().flat_map(|&v| half::f16::from_f32(v).to_le_bytes()).collect(),
+        ..Default::default()
+    }
+}
+
 /// An int64 tensor proto with raw little-endian data.
 pub fn tensor_i64(name: &str, shape: &[usize], data: &[i64]) -> TensorProto {
     TensorProto {
@@ -141,6 +152,10 @@ pub struct Graph<'a> {
     scope: String,
     /// With a sink, large initializers are written out as they are made.
     pub sink: Option<ExternalSink>,
+    /// The graph computes in float16 (`--dtype f16`), but inside [`Graph::enter_f32`] regions.
+    pub half: bool,
+    /// How many [`Graph::enter_f32`] regions are open.
+    f32_depth: usize,
 }
 
 impl<'a> Graph<'a> {
@@ -154,6 +169,8 @@ impl<'a> Graph<'a> {
             consts: 0,
             scope: String::new(),
             sink: None,
+            half: false,
+            f32_depth: 0,
         }
     }
 
@@ -204,12 +221,56 @@ impl<'a> Graph<'a> {
         self.initializers.push(t);
     }
 
-    /// A float32 initializer under an explicit name (added once).
+    /// A float initializer under an explicit name (added once): float32, or float16 where
+    /// the graph computes in float16 (outside [`Graph::enter_f32`] regions).
     pub fn init_f32(&mut self, name: &str, shape: &[usize], data: &[f32]) -> String {
         if self.added.insert(name.to_string()) {
-            self.add_init(tensor_f32(name, shape, data));
+            let t = if self.computes_f16() { tensor_f16(name, shape, data) } else { tensor_f32(name, shape, data) };
+            self.add_init(t);
         }
         name.to_string()
+    }
+
+    /// Whether nodes built now compute in float16.
+    pub fn computes_f16(&self) -> bool {
+        self.half && self.f32_depth == 0
+    }
+
+    /// Open a float32 region (LayerNorm, softmax, BatchNorm, the deformable sampling): in a
+    /// float16 graph its float inputs `xs` are cast to float32 and its constants are
+    /// float32 until [`Graph::leave_f32`]. A no-op in a float32 graph or an open region.
+    pub fn enter_f32(&mut self, xs: &[&str]) -> Vec<String> {
+        let cast = self.computes_f16();
+        if self.half {
+            self.f32_depth += 1;
+        }
+        xs.iter()
+            .map(|x| if cast { self.op("Cast", &[x], vec![attr_i("to", data_type::FLOAT as i64)]) } else { x.to_string() })
+            .collect()
+    }
+
+    /// Close the region [`Graph::enter_f32`] opened; `x`, its float result, is cast back to
+    /// float16 when the graph computes in float16 outside it.
+    pub fn leave_f32(&mut self, x: &str) -> String {
+        if !self.half {
+            return x.to_string();
+        }
+        self.f32_depth = self.f32_depth.saturating_sub(1);
+        if self.computes_f16() { self.op("Cast", &[x], vec![attr_i("to", data_type::FLOAT16 as i64)]) } else { x.to_string() }
+    }
+
+    /// A float32 graph input as the graph computes it (cast to float16 in a float16 graph).
+    pub fn input(&mut self, name: &str) -> String {
+        if self.computes_f16() { self.op("Cast", &[name], vec![attr_i("to", data_type::FLOAT16 as i64)]) } else { name.to_string() }
+    }
+
+    /// Publish `x` as the float32 graph output `name`.
+    pub fn output(&mut self, x: &str, name: &str) {
+        if self.computes_f16() {
+            self.op_to("Cast", &[x], vec![attr_i("to", data_type::FLOAT as i64)], name);
+        } else {
+            self.op_to("Identity", &[x], vec![], name);
+        }
     }
 
     /// An anonymous float32 constant.

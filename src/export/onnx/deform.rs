@@ -78,8 +78,11 @@ impl Graph<'_> {
         }
         let value = self.linear(feat, &format!("{key}.value_proj"))?; // (B, Lin, M·D)
         let off = self.linear(query, &format!("{key}.sampling_offsets"))?;
-        let off = self.reshape(&off, &[b, lq, m, nl, p, 2]); // (B, Lq, M, L, P, 2)
         let aw = self.linear(query, &format!("{key}.attention_weights"))?;
+        // The sampling (locations, softmax, bilinear taps, weighted sum) in float32 whatever
+        // the graph's dtype: float16 locations would move a point by up to 1/2048 of the map.
+        let [value, off, aw]: [String; 3] = self.enter_f32(&[&value, &off, &aw]).try_into().expect("three inputs");
+        let off = self.reshape(&off, &[b, lq, m, nl, p, 2]); // (B, Lq, M, L, P, 2)
         let aw = self.reshape(&aw, &[b, lq, m, nl * p]); // (B, Lq, M, L·P)
         let aw = self.op("Softmax", &[&aw], vec![attr_i("axis", -1)]);
         let aw = self.reshape(&aw, &[b, lq, m, nl, p]); // (B, Lq, M, L, P)
@@ -102,6 +105,7 @@ impl Graph<'_> {
             Deform::GridSample => self.sample_grid_sample(&value, &grid, &aw, s, d),
             Deform::Gather => self.sample_gather(&value, &grid, &normc, &aw, s, d),
         }; // (B, Lq, M·D)
+        let out = self.leave_f32(&out);
         self.linear(&out, &format!("{key}.output_proj"))
     }
 

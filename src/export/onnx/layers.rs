@@ -118,9 +118,11 @@ impl Graph<'_> {
 
     /// `nn.LayerNorm` over the last axis.
     pub fn layer_norm(&mut self, x: &str, key: &str, eps: f32) -> Result<String, OnnxError> {
+        let x = self.enter_f32(&[x]).remove(0);
         let w = self.param(&format!("{key}.weight"), None)?;
         let b = self.param(&format!("{key}.bias"), None)?;
-        Ok(self.op("LayerNormalization", &[x, &w, &b], vec![attr_i("axis", -1), attr_f("epsilon", eps)]))
+        let y = self.op("LayerNormalization", &[&x, &w, &b], vec![attr_i("axis", -1), attr_f("epsilon", eps)]);
+        Ok(self.leave_f32(&y))
     }
 
     /// Exact (erf) GELU: `x · 0.5 · (1 + erf(x / √2))`, the pattern ONNX Runtime fuses.
@@ -185,11 +187,13 @@ impl Graph<'_> {
 
     /// `BatchNorm2d` in eval mode (running statistics), eps 1e-5.
     pub fn batch_norm(&mut self, x: &str, key: &str) -> Result<String, OnnxError> {
+        let x = self.enter_f32(&[x]).remove(0);
         let w = self.param(&format!("{key}.weight"), None)?;
         let b = self.param(&format!("{key}.bias"), None)?;
         let m = self.param(&format!("{key}.running_mean"), None)?;
         let v = self.param(&format!("{key}.running_var"), None)?;
-        Ok(self.op("BatchNormalization", &[x, &w, &b, &m, &v], vec![attr_f("epsilon", 1e-5)]))
+        let y = self.op("BatchNormalization", &[&x, &w, &b, &m, &v], vec![attr_f("epsilon", 1e-5)]);
+        Ok(self.leave_f32(&y))
     }
 
     /// `F.interpolate(mode='bilinear', align_corners=False)` to an exact integer ratio.

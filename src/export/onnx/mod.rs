@@ -4,7 +4,7 @@
 //! points, spatial shapes, level start indices, window padding, relative position bias)
 //! computed here at export time. Weights become initializers; past [`EXTERNAL_DEFAULT`] they
 //! are streamed into a side `<model>.onnx.data` file (ONNX external data) as the graph is
-//! built. Everything is float32.
+//! built. float32, or float16 with the numerically sensitive parts in float32 ([`Precision`]).
 //!
 //! Layout: `proto` (the ONNX messages), `builder` (graph + weights), `layers` (Linear,
 //! LayerNorm, Conv, ConvFFN, MRFP), `deform` (MSDeformAttn, GridSample or Gather),
@@ -105,6 +105,34 @@ pub enum OnnxError {
     Write(#[from] WriteError),
 }
 
+/// The float type the graph computes in (`export onnx --dtype`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Precision {
+    /// float32 everywhere.
+    F32,
+    /// float16 weights and activations, with LayerNorm, softmax, BatchNorm and the
+    /// deformable sampling (locations, attention softmax, bilinear taps) in float32; the
+    /// input and outputs stay float32.
+    F16,
+}
+
+impl Precision {
+    /// The name `--dtype` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::F16 => "f16",
+        }
+    }
+
+    fn bytes(self) -> usize {
+        match self {
+            Precision::F32 => 4,
+            Precision::F16 => 2,
+        }
+    }
+}
+
 /// What to export.
 #[derive(Debug, Clone)]
 pub struct ExportOptions {
@@ -120,6 +148,8 @@ pub struct ExportOptions {
     pub source: String,
     /// Move initializers to external data when their total passes this many bytes.
     pub external_threshold: usize,
+    /// The float type the graph computes in.
+    pub dtype: Precision,
 }
 
 impl ExportOptions {
@@ -133,6 +163,7 @@ impl ExportOptions {
             deform: Deform::Gather,
             source: String::new(),
             external_threshold: EXTERNAL_DEFAULT,
+            dtype: Precision::F32,
         }
     }
 }
@@ -199,6 +230,7 @@ fn build_with(
     let weights = Weights::new(tensors);
     let mut g = Graph::new(&weights);
     g.sink = sink;
+    g.half = opts.dtype == Precision::F16;
     let lv = layers::Levels { b: opts.batch, h: opts.height / 16, w: opts.width / 16 };
     let cx = backbone::Ctx { cfg, lv, deform: opts.deform };
     let outputs = backbone::build(&mut g, &cx)?;
@@ -224,6 +256,7 @@ fn build_with(
         ("comer_port.version", env!("CARGO_PKG_VERSION").to_string()),
         ("comer_port.flavor", cfg.flavor.name().to_string()),
         ("comer_port.deform", opts.deform.name().to_string()),
+        ("comer_port.dtype", opts.dtype.name().to_string()),
         ("comer_port.input_size", format!("{}x{}", opts.height, opts.width)),
     ];
     let sink = g.sink.take();
@@ -322,7 +355,7 @@ pub fn export(
     }
     // The weights alone pass the threshold: stream every large initializer into the data
     // file while the graph is built, so the export holds one weight at a time, not all.
-    let weight_bytes: usize = tensors.iter().filter(|(_, t)| t.dtype.is_float()).map(|(_, t)| t.numel() * 4).sum();
+    let weight_bytes: usize = tensors.iter().filter(|(_, t)| t.dtype.is_float()).map(|(_, t)| t.numel() * opts.dtype.bytes()).sum();
     if weight_bytes > opts.external_threshold {
         let dpath = data_path(out);
         let location = dpath.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();

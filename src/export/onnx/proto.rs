@@ -12,6 +12,8 @@ pub mod data_type {
     pub const FLOAT: i32 = 1;
     /// int64 elements.
     pub const INT64: i32 = 7;
+    /// float16 elements (`--dtype f16`).
+    pub const FLOAT16: i32 = 10;
 }
 
 /// `AttributeProto.AttributeType` values used here.
