@@ -82,7 +82,7 @@ pub fn write<E: From<WriteError>, B: AsRef<[u8]>>(
     metadata: &BTreeMap<String, String>,
     produce: impl FnMut(usize) -> Result<B, E>,
 ) -> Result<(), E> {
-    let mut f = Pending::begin(dest, force, tensors, metadata)?;
+    let mut f = Pending::begin(dest, force, tensors, metadata, true)?;
     f.write_tensors(tensors, produce, |_, _| {})?;
     f.commit()?;
     Ok(())
@@ -105,13 +105,18 @@ pub struct Pending {
 
 impl Pending {
     /// Create the temporary file and write the header for `tensors` with `metadata`.
+    /// `direct`: stream the bytes past the page cache ([`AtomicFile::create_streaming`]),
+    /// the cheapest way to write a file nothing reads back; without it they go through
+    /// the page cache (writeback started as they go), where verifying the file reads them
+    /// back from memory instead of from the disk.
     pub fn begin(
         dest: &Path,
         force: bool,
         tensors: &[OutTensor],
         metadata: &BTreeMap<String, String>,
+        direct: bool,
     ) -> Result<Pending, WriteError> {
-        let mut f = AtomicFile::create_streaming(dest, force)?;
+        let mut f = if direct { AtomicFile::create_streaming(dest, force)? } else { AtomicFile::create(dest, force)? };
         let head = header(tensors, metadata);
         f.write_all(&head).map_err(|e| WriteError::Io { path: dest.to_path_buf(), source: e })?;
         Ok(Pending { f, head, dest: dest.to_path_buf() })

@@ -648,7 +648,9 @@ pub fn write(p: &ImportPlan<'_>, opts: &ImportOptions) -> Result<Written, Pipeli
         return Ok(Written { pending: None, warnings: Vec::new() });
     };
     let producer = Producer::new(p, opts, !opts.strict_finite, out);
-    let mut pending = Pending::begin(out, opts.force, &p.outs, &p.meta.to_map())?;
+    // Verification reads the whole file back right after: through the page cache then
+    // (BEiTv2-L: its round trip 1.4 s from disk, 0.3 s from memory), direct I/O otherwise.
+    let mut pending = Pending::begin(out, opts.force, &p.outs, &p.meta.to_map(), !opts.verify)?;
     let mut warnings = Vec::new();
     let mut bad_counts = vec![0usize; p.outs.len()];
     let mut crcs: Vec<Option<crc32fast::Hasher>> =

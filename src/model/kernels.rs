@@ -215,6 +215,28 @@ pub struct AttnShape {
     pub scale: f32,
 }
 
+/// Which query rows of each sequence are real tokens when the sequences are the
+/// `win×win` windows of an `h×w` grid padded bottom and right (`vit::gather_windows`):
+/// window `l` (row-major over `ny×nx` windows per image) holds real tokens in its top-left
+/// `min(win, h - wy·win) × min(win, w - wx·win)` rectangle. The other rows' outputs are
+/// dropped by the caller, so [`attention`] skips them (they stay zero); padded tokens still
+/// take part as keys and values, exactly as upstream.
+#[derive(Debug, Clone, Copy)]
+pub struct LiveRows {
+    pub win: usize,
+    pub h: usize,
+    pub w: usize,
+}
+
+impl LiveRows {
+    /// (rows, columns) of real tokens in window `seq`.
+    fn rect(&self, seq: usize) -> (usize, usize) {
+        let (ny, nx) = (self.h.div_ceil(self.win), self.w.div_ceil(self.win));
+        let (wy, wx) = ((seq / nx) % ny, seq % nx);
+        ((self.h - wy * self.win).min(self.win), (self.w - wx * self.win).min(self.win))
+    }
+}
+
 /// Query rows per task, at most: each row is K and V's packed operand reused once more.
 const ATTN_ROWS: usize = 256;
 /// Logits per task, at most (1 MB): the (rows, N) block stays in L2 beside K and V.
@@ -252,7 +274,10 @@ impl RelBias<'_> {
 /// head_dim) as the `qkv` Linear writes it; `bias`, if any, a [`RelBias`]. Returns
 /// (seqs, N, heads·head_dim). Works on blocks of query rows in parallel, as many as fit
 /// [`ATTN_LOGITS`] (at most [`ATTN_ROWS`], at least 16).
-pub fn attention(qkv: &[f32], bias: Option<RelBias>, s: AttnShape, path: Path) -> Vec<f32> {
+///
+/// With `live`, only the real tokens' rows of each padded window are computed (the others
+/// are left zero): a 14×14 grid in 56×56 windows computes 196 of 3136 rows.
+pub fn attention(qkv: &[f32], bias: Option<RelBias>, live: Option<LiveRows>, s: AttnShape, path: Path) -> Vec<f32> {
     let (n, hd) = (s.n, s.head_dim);
     let block_rows = (ATTN_LOGITS / n.max(1)).clamp(16, ATTN_ROWS);
     let c = s.heads * hd;
@@ -261,10 +286,28 @@ pub fn attention(qkv: &[f32], bias: Option<RelBias>, s: AttnShape, path: Path) -
         assert_eq!(b.window * b.window, n, "a relative bias's window is the sequence");
         assert_eq!(b.table.len(), s.heads * (2 * b.window - 1) * (2 * b.window - 1), "table is (heads, (2w-1)^2)");
     }
+    if let Some(l) = &live {
+        assert_eq!(l.win * l.win, n, "live rows describe windows of the sequence's size");
+    }
     super::buffer::par_filled(s.seqs * n * c, n * c, |seq, out_seq| {
         let qkv = &qkv[seq * n * 3 * c..(seq + 1) * n * 3 * c];
-        out_seq.par_chunks_mut(block_rows * c).enumerate().for_each(|(blk, dst)| {
-            let r0 = blk * block_rows;
+        // Tasks: (first row, its block of output rows). Every row, or each real run of a
+        // padded window (rows y·win .. y·win + cols for y < rows), in blocks of block_rows.
+        let tasks: Vec<(usize, &mut [f32])> = match live {
+            None => out_seq.chunks_mut(block_rows * c).enumerate().map(|(b, d)| (b * block_rows, d)).collect(),
+            Some(l) => {
+                let (ry, rx) = l.rect(seq);
+                out_seq
+                    .chunks_mut(l.win * c)
+                    .take(ry)
+                    .enumerate()
+                    .flat_map(|(y, run)| {
+                        run[..rx * c].chunks_mut(block_rows * c).enumerate().map(move |(b, d)| (y * l.win + b * block_rows, d))
+                    })
+                    .collect()
+            }
+        };
+        tasks.into_par_iter().for_each(|(r0, dst)| {
             let rows = dst.len() / c;
             let mut logits = vec![0f32; rows * n];
             for h in 0..s.heads {
@@ -427,6 +470,37 @@ mod tests {
     }
 
     #[test]
+    fn live_rows_compute_only_the_real_tokens_of_padded_windows() {
+        // An 11×5 grid of one image in 8×8 windows: two windows, real rectangles 8×5 and
+        // 3×5; with a BEiT bias and without. Real rows equal the full computation's bit for
+        // bit (each row's logits, softmax and weighted sum are its own), padded rows are 0.
+        let (win, h, w) = (8, 11, 5);
+        let n = win * win;
+        let s = AttnShape { seqs: 2, n, heads: 2, head_dim: 8, scale: 0.35 };
+        let c = 16;
+        let qkv: Vec<f32> = seeded(2 * n * 3 * c, 5).iter().map(|v| v * 3.0).collect();
+        let table = seeded(2 * (2 * win - 1) * (2 * win - 1), 6);
+        for bias in [None, Some(RelBias { table: &table, window: win })] {
+            let full = attention(&qkv, bias, None, s, Path::Best);
+            let live = attention(&qkv, bias, Some(LiveRows { win, h, w }), s, Path::Best);
+            let mut real = 0;
+            for seq in 0..2 {
+                for k in 0..n {
+                    let (y, x) = (seq * win + k / win, k % win);
+                    let at = (seq * n + k) * c;
+                    if y < h && x < w {
+                        real += 1;
+                        assert_eq!(live[at..at + c], full[at..at + c], "row {k} of window {seq}");
+                    } else {
+                        assert!(live[at..at + c].iter().all(|&v| v == 0.0), "padded row {k} of window {seq}");
+                    }
+                }
+            }
+            assert_eq!(real, h * w);
+        }
+    }
+
+    #[test]
     fn attention_matches_candle_on_both_paths() {
         // N = 64: one block of rows, two sequences; N = 289: a full 256-row block and a
         // partial one.
@@ -439,7 +513,7 @@ mod tests {
             for (b, d) in [(None, None), (Some(RelBias { table: &table, window: w }), Some(&dense[..]))] {
                 let want = attention_candle(&qkv, d, s);
                 for path in [Path::Best, Path::Portable] {
-                    rel_close(&attention(&qkv, b, s, path), &want, 2e-6);
+                    rel_close(&attention(&qkv, b, None, s, path), &want, 2e-6);
                 }
             }
         }

@@ -125,10 +125,10 @@ impl Attention {
 
     /// (Bw, n, 3C) values → (Bw, n, C) values. BEiT scales q before `q @ kᵀ` and timm
     /// scales the product; both are the scale applied inside the one fused kernel here.
-    fn core(&self, qkv: &[f32], bw: usize, n: usize) -> Vec<f32> {
+    fn core(&self, qkv: &[f32], bw: usize, n: usize, live: Option<kernels::LiveRows>) -> Vec<f32> {
         let s = AttnShape { seqs: bw, n, heads: self.heads, head_dim: self.head_dim, scale: self.scale as f32 };
         let bias = self.rel_bias.as_ref().map(|(w, t)| kernels::RelBias { table: t, window: *w });
-        kernels::attention(qkv, bias, s, Path::Best)
+        kernels::attention(qkv, bias, live, s, Path::Best)
     }
 
     /// (B, N, C) → (B, N, C) on an `h×w` token grid.
@@ -140,12 +140,14 @@ impl Attention {
                 if let Some((ws, _)) = self.rel_bias.as_ref().filter(|(ws, _)| ws * ws != n) {
                     return Err(ModelError::GlobalWindow { block: self.block, window: *ws, h, w });
                 }
-                self.core(&qkv, b, n)
+                self.core(&qkv, b, n, None)
             }
             Some(win) => {
                 // (B·L, win², 3C)
                 let (wins, ny, nx) = gather_windows(&qkv, (b, h, w, 3 * c), win, &self.pad_row);
-                let o = self.core(&wins, b * ny * nx, win * win);
+                // Padded positions' outputs are dropped by scatter_windows: not computed.
+                let live = (!h.is_multiple_of(win) || !w.is_multiple_of(win)).then_some(kernels::LiveRows { win, h, w });
+                let o = self.core(&wins, b * ny * nx, win * win, live);
                 scatter_windows(&o, (b, h, w, c), win, ny, nx)
             }
         };
