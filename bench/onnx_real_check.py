@@ -6,7 +6,7 @@ batch and prints, per output, max|ort - rust| / max(1, max|rust|). Also prints t
 sizes beside the artifact's parameter bytes (the issue-16 compactness figure).
 
 Usage: python bench/onnx_real_check.py ARTIFACT --size 512x512 [--bin target/release/comer-port]
-       [--threads 2] [--keep DIR]
+       [--threads 2] [--keep DIR] [--dtype f32|f16]
 """
 import argparse
 import os
@@ -36,6 +36,7 @@ def main():
     ap.add_argument("--bin", default=os.path.join(os.path.dirname(__file__), "..", "target", "release", "comer-port"))
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--keep")
+    ap.add_argument("--dtype", default="f32")
     a = ap.parse_args()
     h, w = (int(v) for v in a.size.split("x"))
     d = a.keep or tempfile.mkdtemp(prefix="onnx-real-")
@@ -47,11 +48,13 @@ def main():
     for f in (model, model + ".data"):
         if os.path.exists(f):
             os.remove(f)
-    t, rss = timed([a.bin, "export", "onnx", a.artifact, "--input-size", a.size, "-o", model, "--quiet"])
+    t, rss = timed([a.bin, "export", "onnx", a.artifact, "--input-size", a.size, "-o", model, "--quiet", "--dtype", a.dtype])
     sizes = {f: os.path.getsize(f) for f in (model, model + ".data") if os.path.exists(f)}
     params = sum(v.nbytes for v in load_file(a.artifact).values() if v.dtype == np.float32)
+    if a.dtype == "f16":
+        params //= 2
     print(f"export: {t:.2f} s, peak RSS {rss:.0f} MB; files {sizes}; total {sum(sizes.values()) / 1e9:.3f} GB"
-          f" = {sum(sizes.values()) / params:.3f} x the artifact's f32 parameter bytes ({params / 1e9:.3f} GB)")
+          f" = {sum(sizes.values()) / params:.3f} x the artifact's parameter bytes at {a.dtype} ({params / 1e9:.3f} GB)")
     so = ort.SessionOptions()
     so.intra_op_num_threads = a.threads
     t0 = time.perf_counter()

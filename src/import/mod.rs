@@ -695,7 +695,6 @@ pub fn verify(p: &ImportPlan<'_>, w: &mut Written, opts: &ImportOptions) -> Resu
     let tmp = pending.flushed()?.to_path_buf();
     let file_name = |p: &Path| p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let (tmp_name, dest_name) = (file_name(&tmp), file_name(dest));
-    crate::model::buffer::release_free_heap();
     let report = match crate::verify::artifact::artifact_report(&tmp, Some(p.ck), None, &p.config, &[], opts.seed, &opts.progress)
     {
         Ok(mut report) => {

@@ -17,18 +17,6 @@ use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
 
-/// Return the heap's free pages to the system between stages that each hold a model's worth
-/// of weights (verify's parity sides, then the backbone; import's writer, then verify):
-/// `main.rs` keeps freed memory on the heap for the forward's reuse, which would otherwise
-/// count one stage's weights in the next stage's resident set. glibc only; elsewhere a no-op.
-pub fn release_free_heap() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only returns free memory of the allocator's arenas to the system.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
-
 /// `n` values whose consecutive chunks of `chunk` values (the last may be shorter) are
 /// written by `f(chunk_index, chunk)`, in parallel. Each chunk holds zeros when `f`
 /// receives it, so `f` may accumulate into it or overwrite it.

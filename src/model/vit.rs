@@ -37,6 +37,27 @@ pub fn relative_position_index(w: usize) -> Vec<i64> {
     idx
 }
 
+/// Whether `index` is [`relative_position_index`]`(w)`, checked row by row without building
+/// it (a 56×56 window's index is 3136² values, 79 MB).
+pub fn is_relative_position_index(index: &[i64], w: usize) -> bool {
+    relative_position_index_matches(index.len(), w, |k| index[k])
+}
+
+/// [`is_relative_position_index`] of `len` values read by `at(k)` (say, straight from a
+/// mapped little-endian buffer).
+pub fn relative_position_index_matches(len: usize, w: usize, at: impl Fn(usize) -> i64) -> bool {
+    let n = w * w;
+    let side = 2 * w as i64 - 1;
+    len == n * n
+        && (0..n).all(|i| {
+            let (yi, xi) = ((i / w) as i64, (i % w) as i64);
+            (0..n).all(|j| {
+                let (yj, xj) = ((j / w) as i64, (j % w) as i64);
+                at(i * n + j) == (yi - yj + w as i64 - 1) * side + (xi - xj + w as i64 - 1)
+            })
+        })
+}
+
 /// The side 2w − 1 of a relative-position bias table of `rows` rows: (2w − 1)² rows
 /// (upstream's `beit.py` layout) or (2w − 1)² + 3 (unilm's, the last three being the cls
 /// rows). The two never coincide for an odd side.
@@ -98,9 +119,8 @@ impl Attention {
         let ws = cfg.window_size[block].unwrap_or(14);
         let nrel = (2 * ws - 1) * (2 * ws - 1);
         let table = vb.vec("relative_position_bias_table", &[nrel, heads])?;
-        let index = relative_position_index(ws);
         let stored = vb.buffer_i64("relative_position_index", &[ws * ws, ws * ws])?;
-        if stored.is_some_and(|s| s != index) {
+        if stored.is_some_and(|s| !is_relative_position_index(&s, ws)) {
             return Err(ModelError::RelativePositionIndex { name: vb.name("relative_position_index") });
         }
         // (rows, heads) → (heads, rows)
@@ -241,6 +261,14 @@ mod tests {
     fn relative_index_matches_upstream_for_w2() {
         // upstream for window 2: [[4,3,1,0],[5,4,2,1],[7,6,4,3],[8,7,5,4]]
         assert_eq!(relative_position_index(2), vec![4, 3, 1, 0, 5, 4, 2, 1, 7, 6, 4, 3, 8, 7, 5, 4]);
+        for w in [1, 2, 5, 14] {
+            let mut idx = relative_position_index(w);
+            assert!(is_relative_position_index(&idx, w));
+            assert!(!is_relative_position_index(&idx[1..], w), "length");
+            let last = idx.len() - 1;
+            idx[last] += 1;
+            assert!(!is_relative_position_index(&idx, w), "one value off");
+        }
     }
 
     #[test]

@@ -495,7 +495,6 @@ pub fn parity_checks(
         }
         (SourceTaps::of(&src, &run)?, SourceTaps::of(&src, &figure_inputs)?)
     };
-    crate::model::buffer::release_free_heap();
     let tgt_w = vit_branch(artifact)?;
     let mut tgt = match target_vit(TargetFlavour::of(cfg.flavor), &tgt_w, cfg.num_heads) {
         Ok(t) => t,
@@ -818,6 +817,8 @@ pub fn artifact_report(
     report.push(layout_check(&keys, cfg));
     g.end(&report);
     if let Some(source) = source {
+        // Hashed beside the parity forwards (one core's worth for ~1 s per GB).
+        let hashing = start_source_hash(source, &ck.metadata);
         let g = Group::begin(progress, "mapping parity", &report);
         let mut parity = super::Report::default();
         let transforms = ArtifactMeta::transforms_of(&ck.metadata);
@@ -842,7 +843,7 @@ pub fn artifact_report(
         parity.checks.into_iter().for_each(|c| report.push(c));
         g.end(&report);
         let g = Group::begin(progress, "source and fresh parameters", &report);
-        if let Some(c) = source_hash_check(source, &ck.metadata) {
+        if let Some(c) = source_hash_check(source, &ck.metadata, hashing) {
             report.push(c);
         }
         match &replanned {
@@ -861,7 +862,6 @@ pub fn artifact_report(
         g.end(&report);
     }
     let g = Group::begin(progress, "backbone", &report);
-    crate::model::buffer::release_free_heap();
     let forward_golden = golden.filter(|d| !golden_folder::is_source_folder(d));
     if forward_golden.is_none() {
         // One interaction's weights at a time, read from the mapped artifact.
@@ -993,10 +993,26 @@ fn replan_with(source: &Checkpoint, cfg: &ComerConfig, opts: &PlanOptions) -> st
     mapping::plan(&m, &layout, &sd, opts).map_err(|e| e.to_string())
 }
 
+/// The source's SHA-256 being computed on a thread of its own.
+type SourceHash = std::thread::JoinHandle<std::io::Result<String>>;
+
+/// Start hashing the source when [`source_hash_check`] will need it (the artifact records a
+/// real hash and the source is a file or folder on disk).
+fn start_source_hash(source: &Checkpoint, meta: &BTreeMap<String, String>) -> Option<SourceHash> {
+    let recorded = meta.get(crate::meta::SOURCE_SHA_KEY).map(|s| s.trim()).unwrap_or("");
+    if recorded.is_empty() || recorded.bytes().all(|b| b == b'0') || !source.path.exists() {
+        return None;
+    }
+    let path = source.path.clone();
+    std::thread::Builder::new().name("source-sha256".into()).spawn(move || formats::sha256(&path)).ok()
+}
+
 /// The recorded source hash against the `--source` given: `None` while `import` verifies its
 /// own file (the hash is still the placeholder it fills after), skipped when the artifact
 /// records none or the source is not on disk.
-fn source_hash_check(source: &Checkpoint, meta: &BTreeMap<String, String>) -> Option<Check> {
+/// The hash is computed by `hashing` (started by [`start_source_hash`] so that it runs beside
+/// the parity forwards) or here.
+fn source_hash_check(source: &Checkpoint, meta: &BTreeMap<String, String>, hashing: Option<SourceHash>) -> Option<Check> {
     const NAME: &str = "source sha256";
     let recorded = meta.get(crate::meta::SOURCE_SHA_KEY).map(|s| s.trim()).unwrap_or("");
     if !recorded.is_empty() && recorded.bytes().all(|b| b == b'0') {
@@ -1008,7 +1024,11 @@ fn source_hash_check(source: &Checkpoint, meta: &BTreeMap<String, String>) -> Op
     if !source.path.exists() {
         return Some(Check::skipped(NAME, format!("{} is not on disk", source.path.display())));
     }
-    Some(match formats::sha256(&source.path) {
+    let hashed = match hashing.map(|h| h.join()) {
+        Some(Ok(r)) => r,
+        _ => formats::sha256(&source.path),
+    };
+    Some(match hashed {
         Ok(h) if h == recorded => Check::outcome(NAME, &[1], 1, None, Some(format!("{h} as recorded"))),
         Ok(h) => Check::outcome(
             NAME,
@@ -1039,6 +1059,19 @@ fn fresh_check(plan: &Plan, ck: &Checkpoint) -> Check {
             // An omitted int64 buffer (`--no-buffers`) is allowed; the key check names others.
             continue;
         };
+        // A relative-position index (79 MB for a 56×56 window) is checked in place.
+        if let mapping::Origin::Fresh { init: crate::model::layout::Init::RelPosIndex { window }, .. } = &p.origin
+            && got.dtype == formats::DType::I64
+            && let Some(bytes) = got.le_bytes_borrowed()
+        {
+            let at = |k: usize| bytes[8 * k..8 * k + 8].iter().rev().fold(0i64, |a, &b| (a << 8) | b as i64);
+            let same = bytes.len() % 8 == 0 && crate::model::vit::relative_position_index_matches(bytes.len() / 8, *window, at);
+            got.release();
+            if !same {
+                return Check::outcome(name, &[n], n, Some(i), Some(format!("`{}` is not upstream's relative_position_index", p.entry.name)));
+            }
+            continue;
+        }
         let same = match mapping::produce(p, &empty, &PlanOptions::default(), seed) {
             Ok(Values::F32(want)) => {
                 let dtype = got.dtype;

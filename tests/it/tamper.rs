@@ -283,6 +283,36 @@ fn beit_tampered_block_or_table_is_named() {
     }
 }
 
+/// The int64 `relative_position_index` buffers the artifact carries are fresh tensors too:
+/// one index moved fails the fresh-parameter check, naming the buffer (they are checked in
+/// place, value by value, against upstream's formula).
+#[test]
+fn beit_altered_relative_position_index_is_named() {
+    let d = tmpdir();
+    let art = import_beit(&d);
+    let key = "blocks.3.attn.relative_position_index";
+    let bad = d.join("index.safetensors");
+    let mut seen = false;
+    rewrite(
+        &art,
+        &bad,
+        |_| {},
+        |n, dtype, data| {
+            if n == key {
+                assert_eq!(*dtype, safetensors::Dtype::I64);
+                let last = data.len() - 8;
+                let v = i64::from_le_bytes(data[last..].try_into().expect("8 bytes")) + 1;
+                data[last..].copy_from_slice(&v.to_le_bytes());
+                seen = true;
+            }
+        },
+    );
+    assert!(seen, "the artifact carries {key}");
+    let (code, text) = verify(&bad, BEIT);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains(&format!("`{key}` is not upstream's relative_position_index")), "{text}");
+}
+
 #[test]
 fn a_bilinear_14_to_16_import_is_proven_from_shared_patch_tokens() {
     const DINO: &str = "sources/dinov2/dinov2_tiny_vits14.pth";
