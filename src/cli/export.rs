@@ -56,8 +56,9 @@ pub struct OnnxArgs {
     /// Overwrite existing outputs.
     #[arg(long)]
     pub force: bool,
-    /// How deformable attention samples its values.
-    #[arg(long, value_enum, default_value_t = Deform::Gather)]
+    /// How deformable attention samples its values (grid-sample: ONNX Runtime's faster,
+    /// upstream's own formulation; gather: for runtimes without GridSample).
+    #[arg(long, value_enum, default_value_t = Deform::GridSample)]
     pub deform: Deform,
     /// Float type of the graph: f16 halves the weights and computes MatMul/Conv/GELU in
     /// float16, keeping LayerNorm, softmax, BatchNorm and the deformable sampling in float32;

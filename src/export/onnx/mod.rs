@@ -153,14 +153,16 @@ pub struct ExportOptions {
 }
 
 impl ExportOptions {
-    /// Export at `height`×`width`, batch 1, `Gather` sampling, external data past
+    /// Export at `height`×`width`, batch 1, `GridSample` sampling, external data past
     /// [`EXTERNAL_DEFAULT`].
     pub fn new(height: usize, width: usize) -> ExportOptions {
         ExportOptions {
             height,
             width,
             batch: 1,
-            deform: Deform::Gather,
+            // The faster formulation in ONNX Runtime: ViT-CoMer-S seg at 512, ORT 1.32 CPU,
+            // 2 threads, 7 alternated runs: GridSample 1.939 s, Gather 2.144 s (docs/performance.md).
+            deform: Deform::GridSample,
             source: String::new(),
             external_threshold: EXTERNAL_DEFAULT,
             dtype: Precision::F32,
