@@ -147,15 +147,7 @@ pub struct DeferredCrc {
 
 impl DeferredCrc {
     fn verdict(&self, found: u32) -> Result<(), FormatError> {
-        if found != self.expected {
-            return Err(FormatError::CrcMismatch {
-                path: self.path.clone(),
-                entry: self.entry.clone(),
-                expected: self.expected,
-                found,
-            });
-        }
-        Ok(())
+        super::zip::crc_verdict(&self.path, &self.entry, self.expected, found)
     }
 }
 

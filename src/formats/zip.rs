@@ -300,15 +300,7 @@ impl<'a> Archive<'a> {
     }
 
     fn crc_matches(&self, m: &Member, got: u32) -> Result<(), FormatError> {
-        if got != m.crc {
-            return Err(FormatError::CrcMismatch {
-                path: self.path.to_path_buf(),
-                entry: m.name.clone(),
-                expected: m.crc,
-                found: got,
-            });
-        }
-        Ok(())
+        crc_verdict(self.path, &m.name, m.crc, got)
     }
 
     /// The member's bytes, CRC-checked: stored members borrowed, deflated ones inflated
@@ -374,6 +366,15 @@ impl<R: Read> Read for CrcReader<R> {
         self.crc.update(&buf[..n]);
         Ok(n)
     }
+}
+
+/// `found`, the CRC-32 of member `entry`'s bytes, against the `expected` one the archive
+/// stores: a mismatch is [`FormatError::CrcMismatch`].
+pub(crate) fn crc_verdict(path: &Path, entry: &str, expected: u32, found: u32) -> Result<(), FormatError> {
+    if found != expected {
+        return Err(FormatError::CrcMismatch { path: path.to_path_buf(), entry: entry.to_string(), expected, found });
+    }
+    Ok(())
 }
 
 /// CRC-32 of `data`, [`CRC_CHUNK`] at a time, the chunks of a large buffer hashed on all

@@ -582,7 +582,7 @@ impl<'p, 'ck> Producer<'p, 'ck> {
         let t = &self.p.plan.targets[self.p.idx[j]];
         // Source records are CRC-checked before their bytes are used, unless the writer
         // hashes them on the way out (then checked before anything else reads them).
-        if self.crc_while_writing.get(j).is_none_or(Option::is_none)
+        if self.crc_while_writing[j].is_none()
             && let Origin::Source { keys, .. } = &t.origin
         {
             for k in keys {

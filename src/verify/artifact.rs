@@ -996,34 +996,40 @@ fn replan_with(source: &Checkpoint, cfg: &ComerConfig, opts: &PlanOptions) -> st
 /// The source's SHA-256 being computed on a thread of its own.
 type SourceHash = std::thread::JoinHandle<std::io::Result<String>>;
 
-/// Start hashing the source when [`source_hash_check`] will need it (the artifact records a
-/// real hash and the source is a file or folder on disk).
-fn start_source_hash(source: &Checkpoint, meta: &BTreeMap<String, String>) -> Option<SourceHash> {
+/// The source hash the artifact records, when there is one to compare with `source`; else
+/// why [`source_hash_check`] compares none: `None` while `import` verifies its own file (the
+/// hash is still the placeholder it fills after), the reason for a skip when the artifact
+/// records none or the source is not on disk.
+fn recorded_source_hash<'m>(source: &Checkpoint, meta: &'m BTreeMap<String, String>) -> std::result::Result<&'m str, Option<String>> {
     let recorded = meta.get(crate::meta::SOURCE_SHA_KEY).map(|s| s.trim()).unwrap_or("");
-    if recorded.is_empty() || recorded.bytes().all(|b| b == b'0') || !source.path.exists() {
-        return None;
+    if !recorded.is_empty() && recorded.bytes().all(|b| b == b'0') {
+        return Err(None);
     }
+    if recorded.is_empty() {
+        return Err(Some("the artifact records no source hash".into()));
+    }
+    if !source.path.exists() {
+        return Err(Some(format!("{} is not on disk", source.path.display())));
+    }
+    Ok(recorded)
+}
+
+/// Start hashing the source when [`source_hash_check`] will need it.
+fn start_source_hash(source: &Checkpoint, meta: &BTreeMap<String, String>) -> Option<SourceHash> {
+    recorded_source_hash(source, meta).ok()?;
     let path = source.path.clone();
     std::thread::Builder::new().name("source-sha256".into()).spawn(move || formats::sha256(&path)).ok()
 }
 
-/// The recorded source hash against the `--source` given: `None` while `import` verifies its
-/// own file (the hash is still the placeholder it fills after), skipped when the artifact
-/// records none or the source is not on disk.
-/// The hash is computed by `hashing` (started by [`start_source_hash`] so that it runs beside
-/// the parity forwards) or here.
+/// The recorded source hash against the `--source` given (see [`recorded_source_hash`] for
+/// when there is none to compare). The hash is computed by `hashing` (started by
+/// [`start_source_hash`] so that it runs beside the parity forwards) or here.
 fn source_hash_check(source: &Checkpoint, meta: &BTreeMap<String, String>, hashing: Option<SourceHash>) -> Option<Check> {
     const NAME: &str = "source sha256";
-    let recorded = meta.get(crate::meta::SOURCE_SHA_KEY).map(|s| s.trim()).unwrap_or("");
-    if !recorded.is_empty() && recorded.bytes().all(|b| b == b'0') {
-        return None;
-    }
-    if recorded.is_empty() {
-        return Some(Check::skipped(NAME, "the artifact records no source hash"));
-    }
-    if !source.path.exists() {
-        return Some(Check::skipped(NAME, format!("{} is not on disk", source.path.display())));
-    }
+    let recorded = match recorded_source_hash(source, meta) {
+        Ok(r) => r,
+        Err(skip) => return skip.map(|why| Check::skipped(NAME, why)),
+    };
     let hashed = match hashing.map(|h| h.join()) {
         Some(Ok(r)) => r,
         _ => formats::sha256(&source.path),
@@ -1064,7 +1070,7 @@ fn fresh_check(plan: &Plan, ck: &Checkpoint) -> Check {
             && got.dtype == formats::DType::I64
             && let Some(bytes) = got.le_bytes_borrowed()
         {
-            let at = |k: usize| bytes[8 * k..8 * k + 8].iter().rev().fold(0i64, |a, &b| (a << 8) | b as i64);
+            let at = |k: usize| i64::from_le_bytes(bytes[8 * k..8 * k + 8].try_into().expect("8 bytes"));
             let same = bytes.len() % 8 == 0 && crate::model::vit::relative_position_index_matches(bytes.len() / 8, *window, at);
             got.release();
             if !same {

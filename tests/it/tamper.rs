@@ -3,7 +3,7 @@
 //! seed, a false `lossy` claim, a narrow first tensor, a wrong source hash — each exits 1
 //! naming the check and the key; a `--lossy` CLIP import is *lossy*, never *passed*.
 
-use crate::util::{bin, fixture, tmpdir};
+use crate::util::{bin, fixture, import_source, tmpdir};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -196,24 +196,7 @@ const BEIT: &str = "sources/beitv2/beitv2_tiny_ft.pth";
 /// beit_tiny: blocks 0 and 2 attend in 2x2 windows (their 7x7 source tables resized to 3x3
 /// at import), blocks 1 and 3 globally on the 4x4 grid (tables copied).
 fn import_beit(dir: &Path) -> PathBuf {
-    let out = dir.join("beit.safetensors");
-    let st = bin()
-        .arg("import")
-        .arg(fixture(BEIT))
-        .args([
-            "--config",
-            &fixture("forward/beit_tiny/case.json").to_string_lossy(),
-        ])
-        .arg("-o")
-        .arg(&out)
-        .output()
-        .expect("runs");
-    assert!(
-        st.status.success(),
-        "{}",
-        String::from_utf8_lossy(&st.stderr)
-    );
-    out
+    import_source(BEIT.trim_start_matches("sources/"), &fixture("forward/beit_tiny/case.json"), &[], dir)
 }
 
 /// Add `delta` to the f32 at `index` (negative: from the end).

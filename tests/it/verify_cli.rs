@@ -1,7 +1,7 @@
 //! `comer-port verify` end to end (issue 5): an imported DeiT passes with `--source`, a
 //! tampered artifact fails with exit 1 naming the block, a forward fixture passes `--golden`.
 
-use crate::util::{bin, fixture, tmpdir};
+use crate::util::{bin, fixture, import_source, tmpdir};
 use std::path::{Path, PathBuf};
 
 const SOURCE: &str = "sources/deit/deit_tiny.pth";
@@ -312,17 +312,7 @@ fn beit_windowed_table_resized_the_wrong_way_fails_its_golden() {
 fn size_adds_parity_images_and_is_checked() {
     let d = tmpdir();
     let src = fixture("sources/deit/deit_tiny.pth");
-    let art = d.join("a.safetensors");
-    let st = bin()
-        .arg("import")
-        .arg(&src)
-        .arg("--config")
-        .arg(fixture("forward/seg_tiny/case.json"))
-        .arg("-o")
-        .arg(&art)
-        .output()
-        .expect("runs");
-    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+    let art = import_source("deit/deit_tiny.pth", &fixture("forward/seg_tiny/case.json"), &[], &d);
     let verify = |extra: &[&str]| bin().arg("verify").arg(&art).arg("--source").arg(&src).args(extra).output().expect("runs");
     let out = verify(&["--size", "32x96", "--size", "128x64"]);
     let text = String::from_utf8_lossy(&out.stdout);
@@ -338,17 +328,7 @@ fn size_adds_parity_images_and_is_checked() {
     }
     // A windowed BEiT target computes the source's function on one grid only: skipped, named.
     let beit = fixture("sources/beitv2/beitv2_tiny_ft.pth");
-    let art = d.join("b.safetensors");
-    let st = bin()
-        .arg("import")
-        .arg(&beit)
-        .arg("--config")
-        .arg(fixture("forward/beit_tiny/case.json"))
-        .arg("-o")
-        .arg(&art)
-        .output()
-        .expect("runs");
-    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+    let art = import_source("beitv2/beitv2_tiny_ft.pth", &fixture("forward/beit_tiny/case.json"), &[], &d);
     let out = bin().arg("verify").arg(&art).arg("--source").arg(&beit).args(["--size", "64x64"]).output().expect("runs");
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{text}");

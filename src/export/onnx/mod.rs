@@ -325,10 +325,15 @@ fn point_at_external(t: &mut proto::TensorProto, location: &str, offset: usize, 
 
 /// Write the side data file; I/O failures name the data file.
 fn write_external(path: &Path, data: &[u8], force: bool) -> Result<(), OnnxError> {
-    atomic::write_all(path, data, force).map_err(|e| match e {
+    atomic::write_all(path, data, force).map_err(external_error)
+}
+
+/// A write error of the external data file: I/O failures name it as such.
+fn external_error(e: WriteError) -> OnnxError {
+    match e {
         WriteError::Io { path, source } => OnnxError::ExternalData { path, source },
         other => OnnxError::Write(other),
-    })
+    }
 }
 
 /// What [`export`] wrote.
@@ -355,50 +360,41 @@ pub fn export(
     if out.exists() && !force {
         return Err(WriteError::Exists(out.to_path_buf()).into());
     }
+    let dpath = data_path(out);
+    let location = dpath.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     // The weights alone pass the threshold: stream every large initializer into the data
     // file while the graph is built, so the export holds one weight at a time, not all.
     let weight_bytes: usize = tensors.iter().filter(|(_, t)| t.dtype.is_float()).map(|(_, t)| t.numel() * opts.dtype.bytes()).sum();
-    if weight_bytes > opts.external_threshold {
-        let dpath = data_path(out);
-        let location = dpath.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let ext_err = |e: std::io::Error| OnnxError::ExternalData { path: dpath.clone(), source: e };
-        let file = atomic::AtomicFile::create(&dpath, force).map_err(|e| match e {
-            WriteError::Io { path, source } => OnnxError::ExternalData { path, source },
-            other => OnnxError::Write(other),
-        })?;
+    let (model, external) = if weight_bytes > opts.external_threshold {
+        let file = atomic::AtomicFile::create(&dpath, force).map_err(external_error)?;
         let (model, sink) = build_with(tensors, cfg, opts, Some(ExternalSink::new(file, location)))?;
-        let (file, len) = sink.map(ExternalSink::finish).transpose().map_err(ext_err)?.unzip();
-        if let Some(file) = file {
-            file.commit().map_err(|e| match e {
-                WriteError::Io { path, source } => OnnxError::ExternalData { path, source },
-                other => OnnxError::Write(other),
-            })?;
+        let external = match sink {
+            Some(sink) => {
+                let (file, len) = sink.finish().map_err(|e| OnnxError::ExternalData { path: dpath.clone(), source: e })?;
+                file.commit().map_err(external_error)?;
+                Some((dpath, len))
+            }
+            None => None,
+        };
+        (model, external)
+    } else {
+        let mut model = build_model(tensors, cfg, opts)?;
+        let total: usize = model.graph.as_ref().map_or(0, |g| g.initializer.iter().map(|t| t.raw_data.len()).sum());
+        // Constants grown past the threshold (a very large input size): moved out after the build.
+        let mut external = None;
+        if total > opts.external_threshold {
+            if dpath.exists() && !force {
+                return Err(WriteError::Exists(dpath).into());
+            }
+            let data = externalize(&mut model, &location);
+            write_external(&dpath, &data, force)?;
+            external = Some((dpath, data.len()));
         }
-        let (nodes, initializers) = model.graph.as_ref().map(|g| (g.node.len(), g.initializer.len())).unwrap_or_default();
-        let bytes = model.encode_to_vec();
-        drop(model);
-        atomic::write_all(out, &bytes, force)?;
-        return Ok(Written { model_bytes: bytes.len(), external: len.map(|n| (dpath, n)), nodes, initializers });
-    }
-    let mut model = build_model(tensors, cfg, opts)?;
-    let (nodes, initializers, total) = model
-        .graph
-        .as_ref()
-        .map(|g| (g.node.len(), g.initializer.len(), g.initializer.iter().map(|t| t.raw_data.len()).sum::<usize>()))
-        .unwrap_or_default();
-    let mut external = None;
-    // Constants grown past the threshold (a very large input size): moved out after the build.
-    if total > opts.external_threshold {
-        let dpath = data_path(out);
-        if dpath.exists() && !force {
-            return Err(WriteError::Exists(dpath).into());
-        }
-        let location = dpath.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let data = externalize(&mut model, &location);
-        write_external(&dpath, &data, force)?;
-        external = Some((dpath, data.len()));
-    }
+        (model, external)
+    };
+    let (nodes, initializers) = model.graph.as_ref().map(|g| (g.node.len(), g.initializer.len())).unwrap_or_default();
     let bytes = model.encode_to_vec();
+    drop(model);
     atomic::write_all(out, &bytes, force)?;
     Ok(Written { model_bytes: bytes.len(), external, nodes, initializers })
 }
