@@ -472,8 +472,9 @@ mod tests {
     #[test]
     fn live_rows_compute_only_the_real_tokens_of_padded_windows() {
         // An 11×5 grid of one image in 8×8 windows: two windows, real rectangles 8×5 and
-        // 3×5; with a BEiT bias and without. Real rows equal the full computation's bit for
-        // bit (each row's logits, softmax and weighted sum are its own), padded rows are 0.
+        // 3×5; with a BEiT bias and without. Real rows equal the full computation's (bit for
+        // bit at this size, where the row blocks' GEMMs sum in the same order; at large sizes
+        // blocks of other heights may round differently), padded rows are 0.
         let (win, h, w) = (8, 11, 5);
         let n = win * win;
         let s = AttnShape { seqs: 2, n, heads: 2, head_dim: 8, scale: 0.35 };
