@@ -5,7 +5,7 @@
 use super::detect::{Activation, Keys, Meta, PosResize, QkvStyle, RelPos, SourceConfig, heads_or_assumed, square};
 use super::Family;
 use crate::model::plain_vit::{
-    Attention, Block, LayerNorm, Linear, PatchEmbed, PlainVit, PosEmbed, Result, VitError, Weights, embed_dim,
+    Attention, Block, LayerNorm, LazyVit, Linear, PatchEmbed, PlainVit, PosEmbed, Result, VitError, Weights, embed_dim,
     rows2, shape_err,
 };
 use candle_core::Tensor;
@@ -67,7 +67,7 @@ impl Family for AugregNpz {
             notes,
         })
     }
-    fn source_vit(&self, w: &Weights, sc: &SourceConfig) -> Result<PlainVit> {
+    fn source_lazy<'w>(&self, w: &'w Weights, sc: &SourceConfig) -> Result<LazyVit<'w>> {
         load_augreg(w, sc.num_heads)
     }
 }
@@ -75,7 +75,7 @@ impl Family for AugregNpz {
 /// AugReg `.npz` (timm `_load_weights`): `embedding/kernel` HWIO, `Transformer/posembed_input/
 /// pos_embedding`, `Transformer/encoderblock_N/{LayerNorm_0, MultiHeadDotProductAttention_1/
 /// {query,key,value,out}, LayerNorm_2, MlpBlock_3/Dense_0, Dense_1}`; Dense kernels `(in, out)`.
-fn load_augreg(w: &Weights, heads: usize) -> Result<PlainVit> {
+fn load_augreg(w: &Weights, heads: usize) -> Result<LazyVit<'_>> {
     let eps = 1e-6;
     let kernel_key = "embedding/kernel";
     let hwio = w.get(kernel_key)?;
@@ -104,8 +104,16 @@ fn load_augreg(w: &Weights, heads: usize) -> Result<PlainVit> {
             bias: Some(w.get(&format!("{key}/bias"))?),
         })
     };
-    let mut blocks = Vec::with_capacity(depth);
-    for i in 0..depth {
+    let stem = PlainVit {
+        patch_embed: PatchEmbed {
+            weight: kernel,
+            bias: w.opt("embedding/bias"),
+        },
+        pos_embed: Some(pos),
+        pre_norm: None,
+        blocks: Vec::new(),
+    };
+    Ok(LazyVit::new(stem, depth, move |i| {
         let p = format!("Transformer/encoderblock_{i}");
         let mha = format!("{p}/MultiHeadDotProductAttention_1");
         let mut ws = Vec::with_capacity(3);
@@ -120,7 +128,7 @@ fn load_augreg(w: &Weights, heads: usize) -> Result<PlainVit> {
         let mlp = format!("{p}/MlpBlock_3");
         let fc1 = dense(format!("{mlp}/Dense_0"))?;
         let hidden = fc1.weight.dim(0)?;
-        blocks.push(Block {
+        Ok(Block {
             name: p.clone(),
             norm1: LayerNorm::load_keys(
                 w,
@@ -163,15 +171,6 @@ fn load_augreg(w: &Weights, heads: usize) -> Result<PlainVit> {
             act: Activation::Gelu,
             gamma1: None,
             gamma2: None,
-        });
-    }
-    Ok(PlainVit {
-        patch_embed: PatchEmbed {
-            weight: kernel,
-            bias: w.opt("embedding/bias"),
-        },
-        pos_embed: Some(pos),
-        pre_norm: None,
-        blocks,
-    })
+        })
+    }))
 }

@@ -5,7 +5,7 @@
 use super::Family;
 use crate::model::Flavor;
 use super::detect::{Keys, Meta, QkvStyle, RelPos, SourceConfig, heads_or_assumed, square, timm_like_config, timm_prefix};
-use crate::model::plain_vit::{PlainVit, Result, Weights, load_beit};
+use crate::model::plain_vit::{LazyVit, Result, Weights, lazy_beit};
 
 /// The BEiT / BEiTv2 family.
 pub struct Beit;
@@ -70,7 +70,7 @@ impl Family for Beit {
     fn preset_flavor(&self) -> Flavor {
         Flavor::Beit
     }
-    fn source_vit(&self, w: &Weights, sc: &SourceConfig) -> Result<PlainVit> {
-        load_beit(w, sc.num_heads)
+    fn source_lazy<'w>(&self, w: &'w Weights, sc: &SourceConfig) -> Result<LazyVit<'w>> {
+        lazy_beit(w, sc.num_heads)
     }
 }

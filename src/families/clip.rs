@@ -8,7 +8,7 @@ use super::detect::{
 };
 use super::{Family, Fit};
 use crate::model::plain_vit::{
-    Attention, Block, LayerNorm, Linear, PatchEmbed, PlainVit, PosEmbed, Result, Weights, embed_dim,
+    Attention, Block, LayerNorm, LazyVit, Linear, PatchEmbed, PlainVit, PosEmbed, Result, Weights, embed_dim,
     hidden_of, mlp_depth, pick_prefix, rows2,
 };
 
@@ -89,7 +89,7 @@ impl Family for Clip {
             notes,
         })
     }
-    fn source_vit(&self, w: &Weights, sc: &SourceConfig) -> Result<PlainVit> {
+    fn source_lazy<'w>(&self, w: &'w Weights, sc: &SourceConfig) -> Result<LazyVit<'w>> {
         load_clip(w, sc.num_heads, sc.activation)
     }
     /// `ln_pre` (a LayerNorm between the position embedding and the first block) is dropped
@@ -116,7 +116,7 @@ impl Family for Clip {
 /// open_clip / OpenAI CLIP visual tower: `conv1` (no bias), `positional_embedding` (cls row
 /// first), `ln_pre`, `transformer.resblocks.N.{ln_1, attn.in_proj_*, attn.out_proj, ln_2,
 /// mlp.c_fc, mlp.c_proj}`; LayerNorm eps 1e-5.
-fn load_clip(w: &Weights, heads: usize, act: Activation) -> Result<PlainVit> {
+fn load_clip(w: &Weights, heads: usize, act: Activation) -> Result<LazyVit<'_>> {
     let eps = 1e-5;
     let v = pick_prefix(w, "visual.", "conv1.weight");
     let kernel_key = format!("{v}conv1.weight");
@@ -126,11 +126,25 @@ fn load_clip(w: &Weights, heads: usize, act: Activation) -> Result<PlainVit> {
     let pos = PosEmbed::from_rows(&pos_key, &rows2(&pos_key, w.get(&pos_key)?)?, 1)?;
     let rb = format!("{v}transformer.resblocks");
     let depth = mlp_depth(w, &rb, "ln_1.weight")?;
-    let mut blocks = Vec::with_capacity(depth);
-    for i in 0..depth {
+    let stem = PlainVit {
+        patch_embed: PatchEmbed {
+            weight: kernel,
+            bias: None,
+        },
+        pos_embed: Some(pos),
+        pre_norm: Some(LayerNorm::load(
+            w,
+            &format!("{v}ln_pre"),
+            ("weight", "bias"),
+            c,
+            eps,
+        )?),
+        blocks: Vec::new(),
+    };
+    Ok(LazyVit::new(stem, depth, move |i| {
         let p = format!("{rb}.{i}");
         let hidden = hidden_of(w, &format!("{p}.mlp.c_fc.weight"))?;
-        blocks.push(Block {
+        Ok(Block {
             name: p.clone(),
             norm1: LayerNorm::load(w, &format!("{p}.ln_1"), ("weight", "bias"), c, eps)?,
             attn: Attention {
@@ -148,21 +162,6 @@ fn load_clip(w: &Weights, heads: usize, act: Activation) -> Result<PlainVit> {
             act,
             gamma1: None,
             gamma2: None,
-        });
-    }
-    Ok(PlainVit {
-        patch_embed: PatchEmbed {
-            weight: kernel,
-            bias: None,
-        },
-        pos_embed: Some(pos),
-        pre_norm: Some(LayerNorm::load(
-            w,
-            &format!("{v}ln_pre"),
-            ("weight", "bias"),
-            c,
-            eps,
-        )?),
-        blocks,
-    })
+        })
+    }))
 }

@@ -7,7 +7,7 @@
 use super::Family;
 use super::detect::{Keys, Meta, SourceConfig, square, timm_like_config, timm_prefix};
 use super::timm_vit::timm_source_vit;
-use crate::model::plain_vit::{PlainVit, Result, Weights, load_timm};
+use crate::model::plain_vit::{LazyVit, Result, Weights, lazy_timm};
 
 /// The DeiT III family.
 pub struct Deit3;
@@ -43,9 +43,9 @@ impl Family for Deit3 {
         c.notes.push("position table without a cls row (no_embed_class)".into());
         Ok(c)
     }
-    fn source_vit(&self, w: &Weights, sc: &SourceConfig) -> Result<PlainVit> {
+    fn source_lazy<'w>(&self, w: &'w Weights, sc: &SourceConfig) -> Result<LazyVit<'w>> {
         match sc.layer_scale.as_deref() {
-            Some("gamma_1") => load_timm(w, sc.num_heads, 0, ["gamma_1", "gamma_2"]),
+            Some("gamma_1") => lazy_timm(w, sc.num_heads, 0, ["gamma_1", "gamma_2"]),
             _ => timm_source_vit(w, sc, 0),
         }
     }

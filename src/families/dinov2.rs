@@ -9,7 +9,7 @@ use super::detect::{Keys, Meta, SourceConfig, square, timm_like_config, timm_pre
 use super::timm_vit::{cls_dist_rows, timm_source_vit};
 use super::{Family, Fit, eps_fit};
 use crate::model::Flavor;
-use crate::model::plain_vit::{PlainVit, Result, Weights};
+use crate::model::plain_vit::{LazyVit, Result, Weights};
 
 /// The DINOv2 family.
 pub struct Dinov2;
@@ -49,7 +49,7 @@ impl Family for Dinov2 {
         Ok(c)
     }
     /// timm's hub layout (`reg_token`) keeps no prefix rows in its position table.
-    fn source_vit(&self, w: &Weights, sc: &SourceConfig) -> Result<PlainVit> {
+    fn source_lazy<'w>(&self, w: &'w Weights, sc: &SourceConfig) -> Result<LazyVit<'w>> {
         let rows = if w.contains(TIMM_REG_TOKEN) { 0 } else { cls_dist_rows(w) };
         timm_source_vit(w, sc, rows)
     }

@@ -8,7 +8,7 @@ use super::detect::{
 };
 use super::Family;
 use crate::model::plain_vit::{
-    Attention, Block, LayerNorm, Linear, PatchEmbed, PlainVit, PosEmbed, Result, Weights, embed_dim,
+    Attention, Block, LayerNorm, LazyVit, Linear, PatchEmbed, PlainVit, PosEmbed, Result, Weights, embed_dim,
     hidden_of, mlp_depth, pick_prefix, rows2,
 };
 
@@ -78,13 +78,13 @@ impl Family for HfVit {
             notes,
         })
     }
-    fn source_vit(&self, w: &Weights, sc: &SourceConfig) -> Result<PlainVit> {
+    fn source_lazy<'w>(&self, w: &'w Weights, sc: &SourceConfig) -> Result<LazyVit<'w>> {
         load_hf(w, sc.num_heads, sc.layernorm_eps)
     }
 }
 
 /// Hugging Face `ViTModel`: separate `query/key/value` fused here in q, k, v order.
-fn load_hf(w: &Weights, heads: usize, eps: f64) -> Result<PlainVit> {
+fn load_hf(w: &Weights, heads: usize, eps: f64) -> Result<LazyVit<'_>> {
     let m = pick_prefix(w, "vit.", "embeddings.position_embeddings");
     let kernel_key = format!("{m}embeddings.patch_embeddings.projection.weight");
     let kernel = w.get(&kernel_key)?;
@@ -93,12 +93,20 @@ fn load_hf(w: &Weights, heads: usize, eps: f64) -> Result<PlainVit> {
     let pos = PosEmbed::from_rows(&pos_key, &rows2(&pos_key, w.get(&pos_key)?)?, 1)?;
     let layers = format!("{m}encoder.layer");
     let depth = mlp_depth(w, &layers, "layernorm_before.weight")?;
-    let mut blocks = Vec::with_capacity(depth);
-    for i in 0..depth {
+    let stem = PlainVit {
+        patch_embed: PatchEmbed {
+            weight: kernel,
+            bias: w.opt(&format!("{m}embeddings.patch_embeddings.projection.bias")),
+        },
+        pos_embed: Some(pos),
+        pre_norm: None,
+        blocks: Vec::new(),
+    };
+    Ok(LazyVit::new(stem, depth, move |i| {
         let p = format!("{layers}.{i}");
         let a = format!("{p}.attention.attention");
         let hidden = hidden_of(w, &format!("{p}.intermediate.dense.weight"))?;
-        blocks.push(Block {
+        Ok(Block {
             name: p.clone(),
             norm1: LayerNorm::load(
                 w,
@@ -125,15 +133,6 @@ fn load_hf(w: &Weights, heads: usize, eps: f64) -> Result<PlainVit> {
             act: Activation::Gelu,
             gamma1: None,
             gamma2: None,
-        });
-    }
-    Ok(PlainVit {
-        patch_embed: PatchEmbed {
-            weight: kernel,
-            bias: w.opt(&format!("{m}embeddings.patch_embeddings.projection.bias")),
-        },
-        pos_embed: Some(pos),
-        pre_norm: None,
-        blocks,
-    })
+        })
+    }))
 }

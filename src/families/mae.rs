@@ -4,7 +4,7 @@
 use super::Family;
 use super::detect::{Keys, Meta, SourceConfig, timm_like_config, timm_prefix};
 use super::timm_vit::{cls_dist_rows, timm_source_vit};
-use crate::model::plain_vit::{PlainVit, Result, Weights};
+use crate::model::plain_vit::{LazyVit, Result, Weights};
 
 /// The MAE family.
 pub struct Mae;
@@ -24,7 +24,7 @@ impl Family for Mae {
     fn config(&self, k: &Keys<'_>, _: &Meta) -> std::result::Result<SourceConfig, String> {
         timm_like_config(k, &timm_prefix(k).unwrap_or_default())
     }
-    fn source_vit(&self, w: &Weights, sc: &SourceConfig) -> Result<PlainVit> {
+    fn source_lazy<'w>(&self, w: &'w Weights, sc: &SourceConfig) -> Result<LazyVit<'w>> {
         timm_source_vit(w, sc, cls_dist_rows(w))
     }
 }

@@ -29,7 +29,7 @@ pub use detect::{Detection, Keys, Meta, SourceConfig};
 pub use error::ImportError;
 
 use crate::model::Flavor;
-use crate::model::plain_vit::{self, PlainVit, Weights};
+use crate::model::plain_vit::{self, LazyVit, PlainVit, Weights};
 
 /// LayerNorm eps of upstream's ViT blocks.
 pub const TARGET_EPS: f64 = 1e-6;
@@ -73,7 +73,11 @@ pub trait Family: Sync {
     fn config(&self, keys: &Keys<'_>, meta: &Meta) -> Result<SourceConfig, String>;
     /// The family's own plain-ViT forward on its own tensor names (wrapper stripped),
     /// mirroring the source library: what mapping parity and the `vit_tokens` goldens run.
-    fn source_vit(&self, w: &Weights, sc: &SourceConfig) -> plain_vit::Result<PlainVit>;
+    fn source_vit(&self, w: &Weights, sc: &SourceConfig) -> plain_vit::Result<PlainVit> {
+        self.source_lazy(w, sc)?.build()
+    }
+    /// [`Family::source_vit`] with its blocks read one at a time (what mapping parity streams).
+    fn source_lazy<'w>(&self, w: &'w Weights, sc: &SourceConfig) -> plain_vit::Result<LazyVit<'w>>;
     /// How far this family's function and upstream's layout agree for this source.
     fn fit(&self, sc: &SourceConfig) -> Fit {
         eps_fit(sc.layernorm_eps)

@@ -11,7 +11,7 @@ use super::detect::{
 };
 use super::{Family, Fit};
 use crate::model::plain_vit::{
-    Attention, Block, LayerNorm, Linear, PatchEmbed, PlainVit, PosEmbed, Result, Weights, embed_dim, hidden_of,
+    Attention, Block, LayerNorm, LazyVit, Linear, PatchEmbed, PlainVit, PosEmbed, Result, Weights, embed_dim, hidden_of,
     mlp_depth, rows2, shape_err,
 };
 use candle_core::Tensor;
@@ -123,7 +123,7 @@ impl Family for Siglip {
             notes,
         })
     }
-    fn source_vit(&self, w: &Weights, sc: &SourceConfig) -> Result<PlainVit> {
+    fn source_lazy<'w>(&self, w: &'w Weights, sc: &SourceConfig) -> Result<LazyVit<'w>> {
         let m = &sc.prefix;
         let (heads, eps) = (sc.num_heads, sc.layernorm_eps);
         let kernel_key = format!("{m}{PATCH}");
@@ -133,12 +133,18 @@ impl Family for Siglip {
         let pos = PosEmbed { resize: sc.pos_resize, ..PosEmbed::from_rows(&pos_key, &rows2(&pos_key, w.get(&pos_key)?)?, 0)? };
         let layers = format!("{m}encoder.layers");
         let depth = mlp_depth(w, &layers, "layer_norm1.weight")?;
-        let mut blocks = Vec::with_capacity(depth);
-        for i in 0..depth {
+        let act = sc.activation;
+        let stem = PlainVit {
+            patch_embed: PatchEmbed { weight: kernel, bias: w.opt(&format!("{m}embeddings.patch_embedding.bias")) },
+            pos_embed: Some(pos),
+            pre_norm: None,
+            blocks: Vec::new(),
+        };
+        Ok(LazyVit::new(stem, depth, move |i| {
             let p = format!("{layers}.{i}");
             let a = format!("{p}.self_attn");
             let hidden = hidden_of(w, &format!("{p}.mlp.fc1.weight"))?;
-            blocks.push(Block {
+            Ok(Block {
                 name: p.clone(),
                 norm1: LayerNorm::load(w, &format!("{p}.layer_norm1"), ("weight", "bias"), c, eps)?,
                 attn: Attention {
@@ -150,17 +156,11 @@ impl Family for Siglip {
                 norm2: LayerNorm::load(w, &format!("{p}.layer_norm2"), ("weight", "bias"), c, eps)?,
                 fc1: Linear::load(w, &format!("{p}.mlp.fc1"), hidden, c)?,
                 fc2: Linear::load(w, &format!("{p}.mlp.fc2"), c, hidden)?,
-                act: sc.activation,
+                act,
                 gamma1: None,
                 gamma2: None,
-            });
-        }
-        Ok(PlainVit {
-            patch_embed: PatchEmbed { weight: kernel, bias: w.opt(&format!("{m}embeddings.patch_embedding.bias")) },
-            pos_embed: Some(pos),
-            pre_norm: None,
-            blocks,
-        })
+            })
+        }))
     }
     /// tanh GELU becomes upstream's erf GELU: a declared approximation, measured by verify;
     /// the LayerNorm eps is SigLIP's 1e-6, upstream's too.

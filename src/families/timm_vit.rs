@@ -5,7 +5,7 @@
 
 use super::Family;
 use super::detect::{Keys, Meta, SourceConfig, timm_like_config, timm_prefix};
-use crate::model::plain_vit::{PlainVit, Result, Weights, load_timm};
+use crate::model::plain_vit::{LazyVit, Result, Weights, lazy_timm};
 
 /// The timm ViT family (bare state dicts).
 pub struct TimmVit;
@@ -13,8 +13,8 @@ pub struct TimmVit;
 /// The timm-named plain ViT of a source: `pos_embed` rows before the grid are its cls and
 /// dist rows (`no_embed_class` models such as DeiT III have none), layer scale
 /// `blocks.N.ls1.gamma` / `ls2.gamma` where present.
-pub fn timm_source_vit(w: &Weights, sc: &SourceConfig, pos_prefix_rows: usize) -> Result<PlainVit> {
-    load_timm(w, sc.num_heads, pos_prefix_rows, ["ls1.gamma", "ls2.gamma"])
+pub fn timm_source_vit<'w>(w: &'w Weights, sc: &SourceConfig, pos_prefix_rows: usize) -> Result<LazyVit<'w>> {
+    lazy_timm(w, sc.num_heads, pos_prefix_rows, ["ls1.gamma", "ls2.gamma"])
 }
 
 /// cls + dist rows at the head of a timm `pos_embed`.
@@ -35,7 +35,7 @@ impl Family for TimmVit {
     fn config(&self, k: &Keys<'_>, _: &Meta) -> std::result::Result<SourceConfig, String> {
         timm_like_config(k, &timm_prefix(k).unwrap_or_default())
     }
-    fn source_vit(&self, w: &Weights, sc: &SourceConfig) -> Result<PlainVit> {
+    fn source_lazy<'w>(&self, w: &'w Weights, sc: &SourceConfig) -> Result<LazyVit<'w>> {
         timm_source_vit(w, sc, cls_dist_rows(w))
     }
 }

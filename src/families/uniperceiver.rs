@@ -5,7 +5,7 @@
 use super::detect::{Activation, Keys, Meta, PosResize, QkvStyle, RelPos, SourceConfig, heads_or_assumed, square};
 use super::{Family, Fit};
 use crate::model::plain_vit::{
-    Attention, Block, LayerNorm, Linear, PatchEmbed, PlainVit, PosEmbed, Result, Weights, embed_dim,
+    Attention, Block, LayerNorm, LazyVit, Linear, PatchEmbed, PlainVit, PosEmbed, Result, Weights, embed_dim,
     hidden_of, mlp_depth, pick_prefix, rows2, shape_err,
 };
 
@@ -60,7 +60,7 @@ impl Family for Uniperceiver {
             notes,
         })
     }
-    fn source_vit(&self, w: &Weights, sc: &SourceConfig) -> Result<PlainVit> {
+    fn source_lazy<'w>(&self, w: &'w Weights, sc: &SourceConfig) -> Result<LazyVit<'w>> {
         load_uniperceiver(w, sc.num_heads)
     }
     /// `embeddings_norm` is dropped under --lossy (same reason as CLIP's `ln_pre`); the
@@ -77,7 +77,7 @@ impl Family for Uniperceiver {
 /// Uni-Perceiver: `video_embed.embeddings` patch conv, `spatial_pos_embed + temporal_pos_embed[0]`
 /// (no class row), `embeddings_norm`, `layers.N.{norm1, self_attn.in_proj_*, self_attn.out_proj,
 /// norm2, linear1, linear2, gamma_1, gamma_2}`; LayerNorm eps 1e-5.
-fn load_uniperceiver(w: &Weights, heads: usize) -> Result<PlainVit> {
+fn load_uniperceiver(w: &Weights, heads: usize) -> Result<LazyVit<'_>> {
     let eps = 1e-5;
     let f = pick_prefix(w, "fused_encoder.", "video_embed.embeddings.weight");
     let kernel_key = format!("{f}video_embed.embeddings.weight");
@@ -94,11 +94,25 @@ fn load_uniperceiver(w: &Weights, heads: usize) -> Result<PlainVit> {
     let pos = PosEmbed::from_rows(&spatial_key, &spatial.broadcast_add(&t0)?, 0)?;
     let layers = format!("{f}layers");
     let depth = mlp_depth(w, &layers, "norm1.weight")?;
-    let mut blocks = Vec::with_capacity(depth);
-    for i in 0..depth {
+    let stem = PlainVit {
+        patch_embed: PatchEmbed {
+            weight: kernel,
+            bias: w.opt(&format!("{f}video_embed.embeddings.bias")),
+        },
+        pos_embed: Some(pos),
+        pre_norm: Some(LayerNorm::load(
+            w,
+            &format!("{f}video_embed.embeddings_norm"),
+            ("weight", "bias"),
+            c,
+            eps,
+        )?),
+        blocks: Vec::new(),
+    };
+    Ok(LazyVit::new(stem, depth, move |i| {
         let p = format!("{layers}.{i}");
         let hidden = hidden_of(w, &format!("{p}.linear1.weight"))?;
-        blocks.push(Block {
+        Ok(Block {
             name: p.clone(),
             norm1: LayerNorm::load(w, &format!("{p}.norm1"), ("weight", "bias"), c, eps)?,
             attn: Attention {
@@ -116,21 +130,6 @@ fn load_uniperceiver(w: &Weights, heads: usize) -> Result<PlainVit> {
             act: Activation::Gelu,
             gamma1: w.opt(&format!("{p}.gamma_1")),
             gamma2: w.opt(&format!("{p}.gamma_2")),
-        });
-    }
-    Ok(PlainVit {
-        patch_embed: PatchEmbed {
-            weight: kernel,
-            bias: w.opt(&format!("{f}video_embed.embeddings.bias")),
-        },
-        pos_embed: Some(pos),
-        pre_norm: Some(LayerNorm::load(
-            w,
-            &format!("{f}video_embed.embeddings_norm"),
-            ("weight", "bias"),
-            c,
-            eps,
-        )?),
-        blocks,
-    })
+        })
+    }))
 }

@@ -407,6 +407,53 @@ impl PlainVit {
     /// [`PlainVit::forward_taps`] from patch tokens `(B, gh * gw, C)` (another model's patch
     /// embedding, say): position, pre-norm, then every block.
     pub fn taps_from_patches(&self, patches: Tensor, grid: (usize, usize)) -> Result<Vec<Tensor>> {
+        let mut x = self.stem_from_patches(patches, grid)?;
+        let mut taps = vec![x.clone()];
+        for block in &self.blocks {
+            x = block.run(&x, grid)?;
+            taps.push(x.clone());
+        }
+        Ok(taps)
+    }
+}
+
+/// A plain ViT whose blocks are read from its weights one at a time: the stem (patch
+/// embedding, position, pre-norm) held, each block built when asked for. Verification
+/// streams a source and an artifact through it block by block, so neither model is ever
+/// held whole (a 4 GB ViT-g/14 stays within a block's worth of weights).
+pub struct LazyVit<'w> {
+    /// Patch embedding, position embedding and pre-norm; `blocks` is empty.
+    pub stem: PlainVit,
+    /// The number of blocks.
+    pub depth: usize,
+    build: Box<dyn Fn(usize) -> Result<Block> + 'w>,
+}
+
+impl<'w> LazyVit<'w> {
+    /// A stem (its `blocks` are ignored), its depth, and how block `i` is read.
+    pub fn new(mut stem: PlainVit, depth: usize, build: impl Fn(usize) -> Result<Block> + 'w) -> LazyVit<'w> {
+        stem.blocks.clear();
+        LazyVit { stem, depth, build: Box::new(build) }
+    }
+
+    /// Block `i` (`0..depth`), read from the weights now.
+    pub fn block(&self, i: usize) -> Result<Block> {
+        (self.build)(i)
+    }
+
+    /// Every block read: the whole model.
+    pub fn build(self) -> Result<PlainVit> {
+        let mut vit = PlainVit { blocks: Vec::with_capacity(self.depth), ..self.stem.clone() };
+        for i in 0..self.depth {
+            vit.blocks.push((self.build)(i)?);
+        }
+        Ok(vit)
+    }
+}
+
+impl PlainVit {
+    /// The stem on patch tokens `(B, N, C)`: position, then pre-norm (the first tap).
+    pub fn stem_from_patches(&self, patches: Tensor, grid: (usize, usize)) -> Result<Tensor> {
         let mut x = patches;
         if let Some(pos) = &self.pos_embed {
             x = x.broadcast_add(&pos.for_grid(grid)?)?;
@@ -414,14 +461,14 @@ impl PlainVit {
         if let Some(norm) = &self.pre_norm {
             x = norm.forward(&x)?;
         }
-        let mut taps = vec![x.clone()];
-        for block in &self.blocks {
-            x = block
-                .forward(&x, grid)
-                .map_err(|e| in_block(e, &block.name))?;
-            taps.push(x.clone());
-        }
-        Ok(taps)
+        Ok(x)
+    }
+}
+
+impl Block {
+    /// This block on tokens `(B, N, C)` of a `grid`, errors naming the block.
+    pub fn run(&self, x: &Tensor, grid: (usize, usize)) -> Result<Tensor> {
+        self.forward(x, grid).map_err(|e| in_block(e, &self.name))
     }
 }
 
@@ -491,23 +538,32 @@ pub fn mlp_depth(w: &Weights, prefix: &str, probe: &str) -> Result<usize> {
 /// timm / DeiT / MAE / DINOv2: `blocks.N.{norm1, attn.qkv, attn.proj, norm2, mlp.fc1, mlp.fc2}`
 /// with optional layer scale `blocks.N.{gammas[0], gammas[1]}` (DINOv2 `ls1.gamma`, ViT-CoMer
 /// `gamma1`); `prefix` leading `pos_embed` rows (cls, dist) are dropped.
-pub fn load_timm(
-    w: &Weights,
-    heads: usize,
-    prefix: usize,
-    gammas: [&str; 2],
-) -> Result<PlainVit> {
+pub fn load_timm(w: &Weights, heads: usize, prefix: usize, gammas: [&str; 2]) -> Result<PlainVit> {
+    lazy_timm(w, heads, prefix, gammas)?.build()
+}
+
+/// [`load_timm`] with its blocks read one at a time ([`LazyVit`]).
+pub fn lazy_timm<'w>(w: &'w Weights, heads: usize, prefix: usize, gammas: [&str; 2]) -> Result<LazyVit<'w>> {
     let eps = 1e-6;
     let kernel = w.get("patch_embed.proj.weight")?;
     let c = embed_dim("patch_embed.proj.weight", &kernel, heads)?;
     let pos = rows2("pos_embed", w.get("pos_embed")?)?;
     let pos = PosEmbed::from_rows("pos_embed", &pos, prefix)?;
     let depth = mlp_depth(w, "blocks", "norm1.weight")?;
-    let mut blocks = Vec::with_capacity(depth);
-    for i in 0..depth {
+    let stem = PlainVit {
+        patch_embed: PatchEmbed {
+            weight: kernel,
+            bias: w.opt("patch_embed.proj.bias"),
+        },
+        pos_embed: Some(pos),
+        pre_norm: None,
+        blocks: Vec::new(),
+    };
+    let gammas = gammas.map(str::to_string);
+    Ok(LazyVit::new(stem, depth, move |i| {
         let p = format!("blocks.{i}");
         let hidden = hidden_of(w, &format!("{p}.mlp.fc1.weight"))?;
-        blocks.push(Block {
+        Ok(Block {
             name: p.clone(),
             norm1: LayerNorm::load(w, &format!("{p}.norm1"), ("weight", "bias"), c, eps)?,
             attn: Attention {
@@ -522,17 +578,8 @@ pub fn load_timm(
             act: Activation::Gelu,
             gamma1: w.opt(&format!("{p}.{}", gammas[0])),
             gamma2: w.opt(&format!("{p}.{}", gammas[1])),
-        });
-    }
-    Ok(PlainVit {
-        patch_embed: PatchEmbed {
-            weight: kernel,
-            bias: w.opt("patch_embed.proj.bias"),
-        },
-        pos_embed: Some(pos),
-        pre_norm: None,
-        blocks,
-    })
+        })
+    }))
 }
 
 /// BEiT / BEiTv2 (unilm): qkv without bias plus `q_bias`/`v_bias` (k bias zero), a per-block
@@ -540,6 +587,11 @@ pub fn load_timm(
 /// (minus its 3 cls rows; ViT-CoMer `beit-comer` tables have none), `gamma_1/gamma_2`; an
 /// absolute `pos_embed` (with its cls row) only when stored.
 pub fn load_beit(w: &Weights, heads: usize) -> Result<PlainVit> {
+    lazy_beit(w, heads)?.build()
+}
+
+/// [`load_beit`] with its blocks read one at a time ([`LazyVit`]).
+pub fn lazy_beit(w: &Weights, heads: usize) -> Result<LazyVit<'_>> {
     let eps = 1e-6;
     let kernel = w.get("patch_embed.proj.weight")?;
     let c = embed_dim("patch_embed.proj.weight", &kernel, heads)?;
@@ -557,8 +609,16 @@ pub fn load_beit(w: &Weights, heads: usize) -> Result<PlainVit> {
         None => None,
     };
     let depth = mlp_depth(w, "blocks", "norm1.weight")?;
-    let mut blocks = Vec::with_capacity(depth);
-    for i in 0..depth {
+    let stem = PlainVit {
+        patch_embed: PatchEmbed {
+            weight: kernel,
+            bias: w.opt("patch_embed.proj.bias"),
+        },
+        pos_embed,
+        pre_norm: None,
+        blocks: Vec::new(),
+    };
+    Ok(LazyVit::new(stem, depth, move |i| {
         let p = format!("blocks.{i}");
         let hidden = hidden_of(w, &format!("{p}.mlp.fc1.weight"))?;
         let q_bias = w.get_shaped(&format!("{p}.attn.q_bias"), &[c])?;
@@ -570,7 +630,7 @@ pub fn load_beit(w: &Weights, heads: usize) -> Result<PlainVit> {
             (None, Some(s)) => Some(s.clone()),
             (None, None) => None,
         };
-        blocks.push(Block {
+        Ok(Block {
             name: p.clone(),
             norm1: LayerNorm::load(w, &format!("{p}.norm1"), ("weight", "bias"), c, eps)?,
             attn: Attention {
@@ -588,15 +648,6 @@ pub fn load_beit(w: &Weights, heads: usize) -> Result<PlainVit> {
             act: Activation::Gelu,
             gamma1: w.opt(&format!("{p}.gamma_1")),
             gamma2: w.opt(&format!("{p}.gamma_2")),
-        });
-    }
-    Ok(PlainVit {
-        patch_embed: PatchEmbed {
-            weight: kernel,
-            bias: w.opt("patch_embed.proj.bias"),
-        },
-        pos_embed,
-        pre_norm: None,
-        blocks,
-    })
+        })
+    }))
 }

@@ -32,16 +32,23 @@ pub struct Store {
 /// A mapped checkpoint and the position of each name in its tensor list.
 #[derive(Debug)]
 struct Mapped {
-    ck: Checkpoint,
+    /// The state dict's views (sharing the checkpoint's mapped storages).
+    views: Vec<crate::formats::TensorView>,
     index: BTreeMap<String, usize>,
+    /// Every tensor read cast to f32 (the plain-ViT forwards' reading), else in its own dtype.
+    f32: bool,
 }
 
 impl Mapped {
-    /// Tensor `name` as candle holds it, in its stored dtype; its mapped pages released.
+    /// Tensor `name` as candle holds it, in its stored dtype (f32 when `self.f32`); its mapped
+    /// pages released.
     fn tensor(&self, name: &str) -> Option<Result<Tensor, ModelError>> {
-        let i = *self.index.get(name)?;
-        let (_, views) = self.ck.state_dict();
-        let (_, view) = views.get(i)?;
+        let view = self.views.get(*self.index.get(name)?)?;
+        if self.f32 {
+            let t = Tensor::from_vec(view.to_f32(), view.shape.clone(), &Device::Cpu);
+            view.release();
+            return Some(t.map_err(ModelError::from));
+        }
         let dtype = match view.dtype {
             crate::formats::DType::F32 => DType::F32,
             crate::formats::DType::F16 => DType::F16,
@@ -75,8 +82,21 @@ impl Store {
     /// A safetensors file, mapped: each tensor is copied out when the model asks for it.
     pub fn from_safetensors(path: &Path) -> Result<Store, ModelError> {
         let ck = crate::formats::open(path).map_err(|e| ModelError::Read { path: path.to_path_buf(), message: e.to_string() })?;
-        let index = ck.state_dict().1.into_iter().enumerate().map(|(i, (k, _))| (k, i)).collect();
-        Ok(Store { mapped: Some(std::sync::Arc::new(Mapped { ck, index })), ..Store::default() })
+        Ok(Store::mapped(&ck, false))
+    }
+
+    /// A checkpoint's state dict (wrapper stripped) read on demand: each tensor is cast to f32
+    /// when a forward asks for it and its pages leave the resident set, so only what the
+    /// caller keeps is held (mapping parity streams a model block by block through it).
+    pub fn lazy_f32(ck: &Checkpoint) -> Store {
+        Store::mapped(ck, true)
+    }
+
+    fn mapped(ck: &Checkpoint, f32: bool) -> Store {
+        let (_, sd) = ck.state_dict();
+        let index = sd.iter().enumerate().map(|(i, (k, _))| (k.clone(), i)).collect();
+        let views = sd.into_iter().map(|(_, v)| v.clone()).collect();
+        Store { mapped: Some(std::sync::Arc::new(Mapped { views, index, f32 })), ..Store::default() }
     }
 
     /// Tensor `name`: held, or copied out of the mapped file.

@@ -1,18 +1,20 @@
 //! `verify/parity.rs`: mapping parity, verify check (a) of issue 5.
 //!
 //! Runs the source family's own forward (`families/<family>.rs`) and the imported artifact's ViT
-//! branch with every CTI injection off (`target_vit.rs`) on deterministic seeded images, at
-//! the pretrain size and at a second, non-square size, and reports max abs / relative error
-//! and cosine similarity per input against a stated bound. When an input fails, the per-block
-//! taps name the first block where the two sides part.
+//! branch with every CTI injection off (`target_vit.rs`) on deterministic seeded images (the
+//! grids are `artifact.rs`'s choice), and reports max abs / relative error and cosine
+//! similarity per input against a stated bound. When an input fails, the per-block taps name
+//! the first block where the two sides part. Both models stream block by block
+//! ([`LazyVit`]): a block is read from the mapped file, run on every input (inputs on one
+//! grid as one batch) and dropped, so neither model is ever held whole.
 
 use candle_core::{Device, Tensor};
 
 use super::compare::{Check, Report};
 use super::error::VerifyError;
-use super::target_vit::{TargetFlavour, target_vit};
+use super::target_vit::{TargetFlavour, target_lazy};
 use crate::families::{Family, SourceConfig};
-use crate::model::plain_vit::{PlainVit, VitError, Weights};
+use crate::model::plain_vit::{Block, LazyVit, VitError, Weights};
 
 /// Result of the verify runners.
 pub type Result<T> = std::result::Result<T, VerifyError>;
@@ -81,15 +83,17 @@ pub struct TargetSide<'a> {
 
 /// Compare the source forward with the artifact's ViT branch on each input, against `bound`
 /// (relative, `policy::EXACT_BOUND` for exact mappings). A failing check names the first
-/// block whose output parts.
+/// block whose output parts. Both models are streamed block by block ([`LazyVit`]).
 pub fn mapping_parity(
     source: &SourceSide,
     target: &TargetSide,
     inputs: &[(String, Tensor)],
     bound: f64,
 ) -> Result<Report> {
-    let src = source.family.source_vit(source.weights, source.config)?;
-    let tgt = match target_vit(target.flavour, target.weights, target.num_heads) {
+    let pairs: Vec<(String, Tensor, Tensor)> = inputs.iter().map(|(n, t)| (n.clone(), t.clone(), t.clone())).collect();
+    let src = source.family.source_lazy(source.weights, source.config)?;
+    let taps = SourceTaps::of(&src, &pairs, &mut |_, _| Ok(()))?;
+    let tgt = match target_lazy(target.flavour, target.weights, target.num_heads) {
         Ok(t) => t,
         Err(e) => {
             let mut report = Report::default();
@@ -97,27 +101,86 @@ pub fn mapping_parity(
             return Ok(report);
         }
     };
-    parity_of(&src, &tgt, inputs, bound)
+    let set = TapSet { src: &taps, inputs: &pairs, bound, shared_patches: false };
+    Ok(compare_taps(&[set], &tgt, &mut |_, _| {})?.pop().unwrap_or_default())
 }
 
-/// Parity of two built forwards on each input. A source-side error is returned (the source
-/// is the input being trusted); a target-side error is a failed check naming the tensor.
-pub fn parity_of(src: &PlainVit, tgt: &PlainVit, inputs: &[(String, Tensor)], bound: f64) -> Result<Report> {
-    let pairs: Vec<(String, Tensor, Tensor)> = inputs.iter().map(|(n, t)| (n.clone(), t.clone(), t.clone())).collect();
-    parity_of_pairs(src, tgt, &pairs, bound)
+/// What is done to block `j` of a streamed model after it is read and before it runs (BEiT's
+/// tables cropped to the parity grid).
+pub type BlockFix<'a> = dyn FnMut(usize, &mut Block) -> Result<()> + 'a;
+
+/// Where a streamed forward starts: an image (through the model's own patch embedding) or
+/// patch tokens `(B, N, C)` of a grid (another model's patch embedding).
+pub enum Start<'a> {
+    /// A `(B, 3, H, W)` image.
+    Image(&'a Tensor),
+    /// Patch tokens and their grid.
+    Patches(&'a Tensor, (usize, usize)),
 }
 
-/// [`parity_of`] where the two sides see different images of the same scene: `(name,
-/// source image, target image)` (a source with 14-pixel patches against a target with
-/// 16-pixel ones sees each patch resized).
-pub fn parity_of_pairs(src: &PlainVit, tgt: &PlainVit, inputs: &[(String, Tensor, Tensor)], bound: f64) -> Result<Report> {
-    let taps = SourceTaps::of(src, inputs)?;
-    compare_taps(&taps, tgt, inputs, bound, false)
+/// The taps (after the stem, then after every block) of `vit` for every start, streamed:
+/// each block is read once, run on every start, and dropped before the next is read, so at
+/// most one block's weights are held. Starts on the same grid run as one batch (one pass
+/// over the block's weights, which is what a few tokens through a large model costs). `fix`
+/// adjusts each block before it runs.
+pub fn streamed_taps(vit: &LazyVit, starts: &[Start], fix: &mut BlockFix) -> Result<(Vec<Vec<Tensor>>, Vec<String>)> {
+    let mut batches: Vec<Batch> = Vec::new();
+    for (i, s) in starts.iter().enumerate() {
+        let (t, grid) = match s {
+            Start::Image(img) => vit.stem.patch_tokens(img)?,
+            Start::Patches(p, grid) => ((*p).clone(), *grid),
+        };
+        let x = vit.stem.stem_from_patches(t, grid)?;
+        let member = (i, x.dim(0)?);
+        match batches.iter_mut().find(|b| b.grid == grid) {
+            Some(b) => {
+                b.members.push(member);
+                b.x = Tensor::cat(&[&b.x, &x], 0)?; // (B, N, C)
+            }
+            None => batches.push(Batch { grid, members: vec![member], x }),
+        }
+    }
+    let mut taps: Vec<Vec<Tensor>> = vec![Vec::with_capacity(vit.depth + 1); starts.len()];
+    for b in &batches {
+        b.record(&mut taps)?;
+    }
+    let mut names = Vec::with_capacity(vit.depth);
+    for j in 0..vit.depth {
+        let mut block = vit.block(j)?;
+        fix(j, &mut block)?;
+        for b in &mut batches {
+            b.x = block.run(&b.x, b.grid)?;
+            b.record(&mut taps)?;
+        }
+        names.push(block.name.clone());
+    }
+    Ok((taps, names))
+}
+
+/// The starts of [`streamed_taps`] on one grid, run as one batch.
+struct Batch {
+    grid: (usize, usize),
+    /// Each start's index and batch size, in the order stacked in `x`.
+    members: Vec<(usize, usize)>,
+    /// Their tokens `(B, N, C)`.
+    x: Tensor,
+}
+
+impl Batch {
+    /// Append each member's slice of `x` to its taps.
+    fn record(&self, taps: &mut [Vec<Tensor>]) -> Result<()> {
+        let mut at = 0;
+        for &(i, b) in &self.members {
+            taps[i].push(self.x.narrow(0, at, b)?); // (b, N, C)
+            at += b;
+        }
+        Ok(())
+    }
 }
 
 /// The source forward's taps (embeddings, then after every block) on each input's source
-/// image, and its block names: what a parity run keeps of the source side, so the source's
-/// weights can be dropped before the artifact's are read.
+/// image, and its block names: what a parity run keeps of the source side. The source is
+/// streamed block by block, so its weights are never held whole.
 pub struct SourceTaps {
     /// Per input, the taps.
     pub taps: Vec<Vec<Tensor>>,
@@ -128,59 +191,92 @@ pub struct SourceTaps {
 }
 
 impl SourceTaps {
-    /// Run `src` on every input's source image.
-    pub fn of(src: &PlainVit, inputs: &[(String, Tensor, Tensor)]) -> Result<SourceTaps> {
-        let (mut taps, mut patches) = (Vec::new(), Vec::new());
+    /// Run `src` on every input's source image, `fix` applied to each block as it is read.
+    pub fn of(src: &LazyVit, inputs: &[(String, Tensor, Tensor)], fix: &mut BlockFix) -> Result<SourceTaps> {
+        let mut patches = Vec::with_capacity(inputs.len());
         for (_, image, _) in inputs {
-            let (x, grid) = src.patch_tokens(image)?;
-            patches.push((x.clone(), grid));
-            taps.push(src.taps_from_patches(x, grid)?);
+            patches.push(src.stem.patch_tokens(image)?);
         }
-        Ok(SourceTaps { taps, patches, blocks: src.blocks.iter().map(|b| b.name.clone()).collect() })
+        let starts: Vec<Start> = patches.iter().map(|(p, g)| Start::Patches(p, *g)).collect();
+        let (taps, blocks) = streamed_taps(src, &starts, fix)?;
+        Ok(SourceTaps { taps, patches, blocks })
+    }
+
+    /// The taps of inputs `at..`, split off (one streamed pass serves several sets of inputs).
+    pub fn split_off(&mut self, at: usize) -> SourceTaps {
+        SourceTaps {
+            taps: self.taps.split_off(at.min(self.taps.len())),
+            patches: self.patches.split_off(at.min(self.patches.len())),
+            blocks: self.blocks.clone(),
+        }
     }
 }
 
-/// The artifact's ViT branch on every input's target image against the source's taps,
-/// against `bound` (relative). With `shared_patches` the artifact's branch starts from the
-/// source's own patch tokens instead of its image (what follows a changed patch kernel). A
-/// failing check names the first block whose output parts; a target-side error is a failed
-/// check naming the tensor.
-pub fn compare_taps(
-    src: &SourceTaps,
-    tgt: &PlainVit,
-    inputs: &[(String, Tensor, Tensor)],
-    bound: f64,
-    shared_patches: bool,
-) -> Result<Report> {
-    let mut report = Report::default();
-    for (((name, _, tgt_image), a), (patches, grid)) in inputs.iter().zip(&src.taps).zip(&src.patches) {
-        let check_name = if shared_patches {
-            format!("mapping parity {name} (source patch tokens)")
-        } else {
-            format!("mapping parity {name}")
-        };
-        let b = if shared_patches { tgt.taps_from_patches(patches.clone(), *grid) } else { tgt.forward_taps(tgt_image) };
-        let b = match b {
-            Ok(b) => b,
-            Err(e) => {
-                report.push(artifact_failure(&check_name, &e));
-                continue;
-            }
-        };
-        let (Some(got), Some(exp)) = (b.last(), a.last()) else {
-            continue;
-        };
-        let shape = exp.dims().to_vec();
-        let mut check = Check::new(check_name, &shape, &flat(got)?, &flat(exp)?, bound);
-        if got.dims() != exp.dims() {
-            check.passed = false;
-            check.note = Some(format!("artifact gives shape {:?}, source {:?}", got.dims(), exp.dims()));
-        } else if !check.passed {
-            check.note = first_parting_tap(a, &b, bound, &src.blocks)?;
+/// One set of inputs judged against the source's taps on them: the artifact's branch starts
+/// from each input's target image, or with `shared_patches` from the source's own patch
+/// tokens (what follows a changed patch kernel); held to `bound` (relative).
+pub struct TapSet<'a> {
+    /// The source's taps on these inputs.
+    pub src: &'a SourceTaps,
+    /// `(name, source image, target image)`.
+    pub inputs: &'a [(String, Tensor, Tensor)],
+    /// The relative bound.
+    pub bound: f64,
+    /// Start from the source's patch tokens instead of the target image.
+    pub shared_patches: bool,
+}
+
+/// The artifact's ViT branch, streamed once over every set's inputs, against the source's
+/// taps: one report per set. A failing check names the first block whose output parts; a
+/// target-side error (a missing or mis-shaped tensor) fails every check, naming the tensor.
+pub fn compare_taps(sets: &[TapSet], tgt: &LazyVit, fix: &mut dyn FnMut(usize, &mut Block)) -> Result<Vec<Report>> {
+    let mut starts = Vec::new();
+    for set in sets {
+        for ((_, _, tgt_image), (patches, grid)) in set.inputs.iter().zip(&set.src.patches) {
+            starts.push(if set.shared_patches { Start::Patches(patches, *grid) } else { Start::Image(tgt_image) });
         }
-        report.push(check);
     }
-    Ok(report)
+    let streamed = streamed_taps(tgt, &starts, &mut |j, b| {
+        fix(j, b);
+        Ok(())
+    });
+    let mut got = match streamed {
+        Ok((taps, _)) => Ok(taps.into_iter()),
+        Err(VerifyError::Vit(e)) => Err(e),
+        Err(e) => return Err(e),
+    };
+    let mut reports = Vec::with_capacity(sets.len());
+    for set in sets {
+        let mut report = Report::default();
+        for ((name, _, _), a) in set.inputs.iter().zip(&set.src.taps) {
+            let check_name = if set.shared_patches {
+                format!("mapping parity {name} (source patch tokens)")
+            } else {
+                format!("mapping parity {name}")
+            };
+            let b = match &mut got {
+                Ok(taps) => taps.next().unwrap_or_default(),
+                Err(e) => {
+                    report.push(artifact_failure(&check_name, e));
+                    continue;
+                }
+            };
+            let (Some(got), Some(exp)) = (b.last(), a.last()) else {
+                continue;
+            };
+            let shape = exp.dims().to_vec();
+            let mut check = Check::new(check_name, &shape, &flat(got)?, &flat(exp)?, set.bound);
+            if got.dims() != exp.dims() {
+                check.passed = false;
+                check.note = Some(format!("artifact gives shape {:?}, source {:?}", got.dims(), exp.dims()));
+            } else if !check.passed {
+                check.note = first_parting_tap(a, &b, set.bound, &set.src.blocks)?;
+            }
+            report.push(check);
+        }
+        reports.push(report);
+    }
+    Ok(reports)
 }
 
 /// Every `p×p` patch of a `(1, 3, g·p, g·p')` image resized to `q×q` (antialiased bicubic, the

@@ -9,7 +9,7 @@
 //! This is not the ViT-CoMer forward (that lives in `model/`).
 
 use crate::model::Flavor;
-use crate::model::plain_vit::{PlainVit, Result, Weights, load_beit, load_timm};
+use crate::model::plain_vit::{LazyVit, PlainVit, Result, Weights, lazy_beit, lazy_timm};
 
 /// The upstream target layouts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -34,8 +34,13 @@ impl TargetFlavour {
 
 /// Build the ViT branch of an artifact's tensors (target keys).
 pub fn target_vit(flavour: TargetFlavour, w: &Weights, num_heads: usize) -> Result<PlainVit> {
+    target_lazy(flavour, w, num_heads)?.build()
+}
+
+/// [`target_vit`] with its blocks read one at a time (what mapping parity streams).
+pub fn target_lazy(flavour: TargetFlavour, w: &Weights, num_heads: usize) -> Result<LazyVit<'_>> {
     match flavour {
-        TargetFlavour::VitComer => load_timm(w, num_heads, 1, Flavor::Det.names().layer_scale),
-        TargetFlavour::BeitComer => load_beit(w, num_heads),
+        TargetFlavour::VitComer => lazy_timm(w, num_heads, 1, Flavor::Det.names().layer_scale),
+        TargetFlavour::BeitComer => lazy_beit(w, num_heads),
     }
 }

@@ -321,3 +321,99 @@ fn a_bilinear_14_to_16_import_is_proven_from_shared_patch_tokens() {
         assert!(text.contains(named), "{key}: {text}");
     }
 }
+
+/// A bare timm state dict (embed 32, depth 4) on an 8x8 grid of 16-pixel
+/// patches, seeded values: a global-attention source whose parity runs at the small grid.
+fn timm_grid8(dir: &Path) -> PathBuf {
+    let d = 32usize;
+    let mut t: Vec<(String, Vec<usize>)> = vec![
+        ("cls_token".into(), vec![1, 1, d]),
+        ("pos_embed".into(), vec![1, 65, d]),
+        ("patch_embed.proj.weight".into(), vec![d, 3, 16, 16]),
+        ("patch_embed.proj.bias".into(), vec![d]),
+    ];
+    for i in 0..4 {
+        for (n, s) in [
+            ("norm1.weight", vec![d]),
+            ("norm1.bias", vec![d]),
+            ("attn.qkv.weight", vec![3 * d, d]),
+            ("attn.qkv.bias", vec![3 * d]),
+            ("attn.proj.weight", vec![d, d]),
+            ("attn.proj.bias", vec![d]),
+            ("norm2.weight", vec![d]),
+            ("norm2.bias", vec![d]),
+            ("mlp.fc1.weight", vec![4 * d, d]),
+            ("mlp.fc1.bias", vec![4 * d]),
+            ("mlp.fc2.weight", vec![d, 4 * d]),
+            ("mlp.fc2.bias", vec![d]),
+        ] {
+            t.push((format!("blocks.{i}.{n}"), s));
+        }
+    }
+    let mut state = 7u32;
+    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = t
+        .into_iter()
+        .map(|(k, s)| {
+            let n: usize = s.iter().product();
+            let b = (0..n)
+                .flat_map(|_| {
+                    state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                    ((state >> 8) as f32 / (1u32 << 24) as f32 * 0.2 - 0.1).to_le_bytes()
+                })
+                .collect();
+            (k, s, b)
+        })
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = bytes
+        .iter()
+        .map(|(k, s, b)| (k.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b).expect("view")))
+        .collect();
+    let path = dir.join("vit_grid8.safetensors");
+    std::fs::write(&path, safetensors::serialize(views, None).expect("serialize")).expect("write");
+    path
+}
+
+/// A global-attention import whose table is the source's runs parity at a quarter of its
+/// grid (8x8 -> 4x4, one size), exact, with the position table held bit for bit: a row
+/// changed in the table fails both, naming `pos_embed`.
+#[test]
+fn a_global_attention_import_is_proven_at_the_small_grid_with_its_table_bit_for_bit() {
+    let d = tmpdir();
+    let src = timm_grid8(&d);
+    let art = d.join("g.safetensors");
+    let out = bin().arg("import").arg(&src).args(["--flavor", "vit-comer-seg", "-o"]).arg(&art).output().expect("runs");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(0), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    let verify_at = |art: &Path| {
+        let o = bin().arg("verify").arg(art).arg("--source").arg(&src).arg("--json").output().expect("runs");
+        let j: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+        (o.status.code(), j)
+    };
+    let (code, j) = verify_at(&art);
+    assert_eq!(code, Some(0), "{j:#}");
+    let checks = j["checks"].as_array().expect("checks").clone();
+    let named = |n: &str| checks.iter().find(|c| c["name"] == n).cloned().unwrap_or_else(|| panic!("no `{n}` in {j:#}"));
+    let table = named("position table");
+    assert_eq!(table["passed"], true, "{table:#}");
+    assert!(table["note"].as_str().is_some_and(|n| n.contains("bit for bit")), "{table:#}");
+    let parity: Vec<&serde_json::Value> =
+        checks.iter().filter(|c| c["name"].as_str().unwrap_or("").starts_with("mapping parity")).collect();
+    assert_eq!(parity.len(), 1, "one small grid: {j:#}");
+    assert_eq!(parity[0]["name"], "mapping parity image64x64 (timm-vit)");
+    assert_eq!(parity[0]["passed"], true);
+    assert!(parity[0]["max_rel"].as_f64().unwrap_or(1.0) <= 1e-5, "{:#}", parity[0]);
+    // The last row of the table (a corner of the grid) moved.
+    let bad = d.join("bad.safetensors");
+    rewrite(&art, &bad, |_| {}, |n, _, data| {
+        if n == "pos_embed" {
+            let at = data.len() - 4;
+            let x = f32::from_le_bytes(data[at..].try_into().expect("4 bytes")) + 0.5;
+            data[at..].copy_from_slice(&x.to_le_bytes());
+        }
+    });
+    let (code, j) = verify_at(&bad);
+    assert_eq!(code, Some(1), "{j:#}");
+    let table = j["checks"].as_array().expect("checks").iter().find(|c| c["name"] == "position table").cloned().unwrap_or_default();
+    assert_eq!(table["passed"], false, "{j:#}");
+    assert!(table["note"].as_str().is_some_and(|n| n.contains("`pos_embed` is not")), "{table:#}");
+}
