@@ -1,14 +1,16 @@
-"""Compact PyTorch reference of the ViT-CoMer det/seg backbones, for benchmarking only.
+"""Compact PyTorch reference of the ViT-CoMer det/seg and BEiT-comer backbones, for benchmarking only.
 
 This is the project's own small re-implementation of what upstream's
-`detection|segmentation/.../vit_comer.py` + `comer_modules.py` compute (eager PyTorch,
+`detection|segmentation/.../vit_comer.py` + `comer_modules.py` and the Co-DETR branch's
+`beit_comer.py` (`BEiTComer2`: BEiT blocks with relative position bias, windows padded with
+zero tokens, modules named injector/extractor/multiconv) compute (eager PyTorch,
 pure-PyTorch multi-scale deformable attention through `F.grid_sample`, as upstream's
 `ms_deform_attn_core_pytorch`). It reads a state dict with upstream's exact key names, so the
 same safetensors file drives this and the Rust forward. `check` proves it against the
 project's fixtures before any timing is trusted.
 
 Usage:
-  python bench/torch_ref.py check                      # parity with fixtures/forward/{det_tiny,seg_tiny}
+  python bench/torch_ref.py check                      # parity with fixtures/forward/{det_tiny,det_tiny_cfi_window,seg_tiny,beit_tiny}
   python bench/torch_ref.py bench --preset-json fixtures/layouts/vit-comer-seg_small_ade20k.json \
       --size 512 --threads 2 --runs 5                   # median eager latency, JSON on stdout
 """
@@ -124,13 +126,60 @@ def attention(sd, p, x, heads, h, w, window):
     return linear(o, sd, p + ".proj")
 
 
-def block(sd, p, x, cfg, i, h, w):
+def rel_index(w):
+    """BEiT's relative_position_index of a w x w window (without unilm's cls row/column)."""
+    ys, xs = torch.meshgrid(torch.arange(w), torch.arange(w), indexing="ij")
+    ys, xs = ys.reshape(-1), xs.reshape(-1)
+    return (ys[:, None] - ys[None, :] + w - 1) * (2 * w - 1) + (xs[:, None] - xs[None, :] + w - 1)
+
+
+def beit_attention(sd, p, x, heads, h, w, window, table_window):
+    """BEiT's attention (q_bias, v_bias, relative position bias), over windows of `window`
+    padded with zero tokens at the bottom and right (beit-comer's windowed blocks), or
+    globally (then the grid must be the table's window)."""
+    b, n, c = x.shape
+    win = window or table_window
+    bias = torch.cat([sd[p + ".q_bias"], torch.zeros_like(sd[p + ".q_bias"]), sd[p + ".v_bias"]])
+    if window:
+        hp, wp = math.ceil(h / win) * win, math.ceil(w / win) * win
+        m = F.pad(x.transpose(1, 2).reshape(b, c, h, w), [0, wp - w, 0, hp - h])
+        m = m.reshape(b, c, hp // win, win, wp // win, win).permute(0, 2, 4, 3, 5, 1)
+        x = m.reshape(-1, win * win, c)
+    qkv = F.linear(x, sd[p + ".qkv.weight"], bias)
+    t = qkv.reshape(x.shape[0], win * win, 3, heads, c // heads).permute(2, 0, 3, 1, 4)
+    q, k, v = t.unbind(0)
+    table = sd[p + ".relative_position_bias_table"]
+    rel = table[rel_index(win).reshape(-1)].reshape(win * win, win * win, -1).permute(2, 0, 1)
+    a = ((q * (c // heads) ** -0.5) @ k.transpose(-2, -1) + rel[None]).softmax(-1)
+    o = (a @ v).transpose(1, 2).reshape(x.shape[0], -1, c)
+    if window:
+        o = o.reshape(b, hp // win, wp // win, win, win, c).permute(0, 1, 3, 2, 4, 5)
+        o = o.reshape(b, hp, wp, c)[:, :h, :w].reshape(b, n, c)
+    return linear(o, sd, p + ".proj")
+
+
+def block(sd, p, x, cfg, i, h, w, flavor="vit-comer-det"):
     window = cfg["window_size"][i] if cfg["window_attn"][i] else None
     ls = cfg.get("layer_scale", True)
-    a = attention(sd, p + ".attn", layer_norm(x, sd, p + ".norm1"), cfg["num_heads"], h, w, window)
-    x = x + (sd[p + ".gamma1"] * a if ls else a)
+    n = NAMES[flavor]
+    y = layer_norm(x, sd, p + ".norm1")
+    if flavor == "beit-comer":
+        a = beit_attention(sd, p + ".attn", y, cfg["num_heads"], h, w, window, cfg["window_size"][i] or 14)
+    else:
+        a = attention(sd, p + ".attn", y, cfg["num_heads"], h, w, window)
+    x = x + (sd[f"{p}.{n['gamma'][0]}"] * a if ls else a)
     m = linear(F.gelu(linear(layer_norm(x, sd, p + ".norm2"), sd, p + ".mlp.fc1")), sd, p + ".mlp.fc2")
-    return x + (sd[p + ".gamma2"] * m if ls else m)
+    return x + (sd[f"{p}.{n['gamma'][1]}"] * m if ls else m)
+
+
+# Module names per flavour (beit-comer: the Co-DETR branch's BEiTComer2).
+_COMER = {"tov": "cti_tov", "toc": "cti_toc", "extra": "extra_CTIs", "mrfp": "mrfp", "gamma": ("gamma1", "gamma2")}
+NAMES = {
+    "vit-comer-det": _COMER,
+    "vit-comer-seg": _COMER,
+    "beit-comer": {"tov": "injector", "toc": "extractor", "extra": "extra_extractors", "mrfp": "multiconv",
+                   "gamma": ("gamma_1", "gamma_2")},
+}
 
 
 def extractor(sd, p, query, feat, h, w, cfg, cfi, ffn):
@@ -153,11 +202,14 @@ def extractor(sd, p, query, feat, h, w, cfg, cfi, ffn):
 
 
 def forward(sd, cfg, flavor, img):
+    """f1..f4 (and, for beit-comer, the ViT map x as a fifth output)."""
     b, _, ih, iw = img.shape
     h, w = ih // 16, iw // 16
     n_int = len(cfg["interaction_indexes"])
     lst = lambda k, d: cfg.get(k, d) if isinstance(cfg.get(k, d), list) else [cfg.get(k, d)] * n_int
-    tov, toc = lst("use_CTI_toV", True), lst("use_CTI_toC", True)
+    beit = flavor == "beit-comer"
+    tov = lst("use_injector" if beit else "use_CTI_toV", True)
+    toc = lst("use_extractor" if beit else "use_CTI_toC", True)
     cfi = lst("cnn_feature_interaction", flavor == "vit-comer-seg")
     # Spatial prior module.
     x = img
@@ -169,20 +221,22 @@ def forward(sd, cfg, flavor, img):
     c4 = F.relu(batch_norm(F.conv2d(c3, sd["spm.conv4.0.weight"], stride=2, padding=1), sd, "spm.conv4.1"))
     c1, c2, c3, c4 = [F.conv2d(t, sd[f"spm.fc{k}.weight"], sd[f"spm.fc{k}.bias"]) for k, t in enumerate((c1, c2, c3, c4), 1)]
     c = torch.cat([t.flatten(2).transpose(1, 2) + sd["level_embed"][k] for k, t in enumerate((c2, c3, c4))], 1)
-    # Patch embedding + resized position embedding.
+    # Patch embedding + resized position embedding (beit-comer has none).
     x = F.conv2d(img, sd["patch_embed.proj.weight"], sd["patch_embed.proj.bias"], stride=16).flatten(2).transpose(1, 2)
-    g = cfg.get("pretrain_size", 224) // 16
-    pos = sd["pos_embed"][:, 1:].reshape(1, g, g, -1).permute(0, 3, 1, 2)
-    x = x + F.interpolate(pos, size=(h, w), mode="bicubic", align_corners=False).flatten(2).transpose(1, 2)
+    if "pos_embed" in sd:
+        g = cfg.get("pretrain_size", 224) // 16
+        pos = sd["pos_embed"][:, 1:].reshape(1, g, g, -1).permute(0, 3, 1, 2)
+        x = x + F.interpolate(pos, size=(h, w), mode="bicubic", align_corners=False).flatten(2).transpose(1, 2)
+    nm = NAMES[flavor]
     shapes3 = [(2 * h, 2 * w), (h, w), (h // 2, w // 2)]
     outs = []
     for i, (s, e) in enumerate(cfg["interaction_indexes"]):
         p = f"interactions.{i}"
         if tov[i]:
-            c = mrfp(sd, p + ".mrfp", c, h, w)
+            c = mrfp(sd, f"{p}.{nm['mrfp']}", c, h, w)
             a1, a2, a3 = split3(c, h, w)
             c = torch.cat([a1, a2 + x, a3], 1)
-            tp = p + ".cti_tov"
+            tp = f"{p}.{nm['tov']}"
             c1_ = ms_deform_attn(sd, tp + ".attn", layer_norm(c, sd, tp + ".query_norm"), ref_points(shapes3),
                                  layer_norm(c, sd, tp + ".feat_norm"), shapes3, cfg["deform_num_heads"], 3, cfg["n_points"])
             c1_ = c1_ + conv_ffn(sd, tp + ".ffn", layer_norm(c1_, sd, tp + ".ffn_norm"), h, w)
@@ -191,12 +245,13 @@ def forward(sd, cfg, flavor, img):
             s3 = F.interpolate(to_map(s3, h // 2, w // 2), scale_factor=2, mode="bilinear", align_corners=False).flatten(2).transpose(1, 2)
             x = x + sd[tp + ".gamma"] * (s1 + s2 + s3)
         for k in range(s, e + 1):
-            x = block(sd, f"blocks.{k}", x, cfg, k, h, w)
+            x = block(sd, f"blocks.{k}", x, cfg, k, h, w, flavor)
         if toc[i]:
-            c = extractor(sd, p + ".cti_toc", c, x, h, w, cfg, cfi[i], ffn=False)
-        if i == n_int - 1 and cfg.get("use_extra_CTI", True):
-            for j in range(cfg.get("extra_num", 4) if flavor == "vit-comer-det" else 4):
-                c = extractor(sd, f"{p}.extra_CTIs.{j}", c, x, h, w, cfg, cfi[i], ffn=True)
+            c = extractor(sd, f"{p}.{nm['toc']}", c, x, h, w, cfg, cfi[i], ffn=False)
+        if i == n_int - 1 and cfg.get("use_extra_extractor" if beit else "use_extra_CTI", True):
+            extra = f"{p}.{nm['extra']}"
+            for j in range(len({k.split(".")[3] for k in sd if k.startswith(extra + ".")})):
+                c = extractor(sd, f"{extra}.{j}", c, x, h, w, cfg, cfi[i], ffn=True)
         outs.append(to_map(x, h, w))
     c2, c3, c4 = split3(c, h, w)
     c2, c3, c4 = to_map(c2, 2 * h, 2 * w), to_map(c3, h, w), to_map(c4, h // 2, w // 2)
@@ -207,7 +262,10 @@ def forward(sd, cfg, flavor, img):
         c2 = c2 + F.interpolate(v2, scale_factor=2, mode="bilinear", align_corners=False)
         c3 = c3 + v3
         c4 = c4 + F.interpolate(v4, scale_factor=0.5, mode="bilinear", align_corners=False)
-    return [batch_norm(t, sd, f"norm{k}") for k, t in enumerate((c1, c2, c3, c4), 1)]
+    out = [batch_norm(t, sd, f"norm{k}") for k, t in enumerate((c1, c2, c3, c4), 1)]
+    if flavor == "beit-comer":
+        out.append(to_map(x, h, w) if cfg.get("add_vit_feature", True) else x)
+    return out
 
 
 def full_cfg(kwargs):
@@ -223,7 +281,7 @@ def full_cfg(kwargs):
 def check(root):
     from safetensors.torch import load_file
     worst = 0.0
-    for case in ("det_tiny", "det_tiny_cfi_window", "seg_tiny"):
+    for case in ("det_tiny", "det_tiny_cfi_window", "seg_tiny", "beit_tiny"):
         d = f"{root}/fixtures/forward/{case}"
         meta = json.load(open(f"{d}/case.json"))
         sd, inputs, exp = load_file(f"{d}/weights.safetensors"), load_file(f"{d}/inputs.safetensors"), load_file(f"{d}/expected.safetensors")
@@ -231,7 +289,7 @@ def check(root):
         with torch.no_grad():
             for name, img in inputs.items():
                 for k, f in enumerate(forward(sd, cfg, meta["flavor"], img), 1):
-                    e = exp[f"{name}.out.f{k}"]
+                    e = exp[f"{name}.out.f{k}" if k <= 4 else f"{name}.out.x"]
                     err = ((f - e).abs().max() / max(1.0, e.abs().max().item())).item()
                     worst = max(worst, err)
                     print(f"{case} {name} f{k}: rel err {err:.2e}")

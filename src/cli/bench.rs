@@ -96,9 +96,14 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     }
     let threads = rayon::current_num_threads();
     let cfg = presets::preset(&args.preset)?;
-    let store = Store::new(random_weights(&args.preset, args.seed)?);
-    let model = Comer::new(&store.root(), &cfg)?;
-    store.finish()?;
+    let model = {
+        // The random weights are dropped once the model holds its own copies, as `run`
+        // drops its mapped file: the peak is the model's, not the model's plus its source.
+        let store = Store::new(random_weights(&args.preset, args.seed)?);
+        let model = Comer::new(&store.root(), &cfg)?;
+        store.finish()?;
+        model
+    };
     let mut rng = Rng(args.seed ^ 0x5151_5151 | 1);
     let s = args.size;
     let img: Vec<f32> = (0..cfg.in_chans * s * s).map(|_| rng.uniform(2.0)).collect();
