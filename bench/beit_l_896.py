@@ -13,13 +13,14 @@ import argparse
 import datetime
 import json
 import os
-import re
 import statistics
 import subprocess
 import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "bench"))
+from doc_section import write_section  # noqa: E402
 BEGIN = "<!-- beit-l-896:begin (bench/beit_l_896.py writes this section) -->"
 END = "<!-- beit-l-896:end -->"
 
@@ -73,10 +74,7 @@ def main():
     )
     print(text)
     if a.write:
-        doc = open(a.write).read()
-        block = f"{BEGIN}\n{text}{END}"
-        doc = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: block, doc, flags=re.S) if BEGIN in doc else doc + f"\n{block}\n"
-        open(a.write, "w").write(doc)
+        write_section(a.write, BEGIN, END, text)
 
 
 if __name__ == "__main__":
