@@ -443,11 +443,12 @@ impl<'w> LazyVit<'w> {
 
     /// Every block read: the whole model.
     pub fn build(self) -> Result<PlainVit> {
-        let mut vit = PlainVit { blocks: Vec::with_capacity(self.depth), ..self.stem.clone() };
-        for i in 0..self.depth {
-            vit.blocks.push((self.build)(i)?);
+        let LazyVit { mut stem, depth, build } = self;
+        stem.blocks.reserve(depth);
+        for i in 0..depth {
+            stem.blocks.push(build(i)?);
         }
-        Ok(vit)
+        Ok(stem)
     }
 }
 

@@ -349,6 +349,63 @@ mod tests {
         assert!(mean.abs() < 0.2);
     }
 
+    /// A timm-named ViT (embed 8, 2 heads, depth 2, 4-pixel patches, a 2x2 position grid).
+    fn tiny_timm() -> Weights {
+        let d = 8;
+        let mut t: Vec<(String, Vec<usize>)> =
+            vec![("pos_embed".into(), vec![1, 5, d]), ("patch_embed.proj.weight".into(), vec![d, 3, 4, 4])];
+        for i in 0..2 {
+            for (n, s) in [
+                ("norm1.weight", vec![d]),
+                ("norm1.bias", vec![d]),
+                ("attn.qkv.weight", vec![3 * d, d]),
+                ("attn.qkv.bias", vec![3 * d]),
+                ("attn.proj.weight", vec![d, d]),
+                ("attn.proj.bias", vec![d]),
+                ("norm2.weight", vec![d]),
+                ("norm2.bias", vec![d]),
+                ("mlp.fc1.weight", vec![4 * d, d]),
+                ("mlp.fc1.bias", vec![4 * d]),
+                ("mlp.fc2.weight", vec![d, 4 * d]),
+                ("mlp.fc2.bias", vec![d]),
+            ] {
+                t.push((format!("blocks.{i}.{n}"), s));
+            }
+        }
+        Weights::new(t.into_iter().enumerate().map(|(k, (name, shape))| {
+            let n: usize = shape.iter().product();
+            let v: Vec<f32> = seeded_values(k as u64, n).into_iter().map(|x| x * 0.2).collect();
+            (name, Tensor::from_vec(v, shape, &Device::Cpu).expect("tensor"))
+        }))
+    }
+
+    #[test]
+    fn streamed_batched_taps_equal_the_whole_model_on_each_input() {
+        let w = tiny_timm();
+        let lazy = crate::model::plain_vit::lazy_timm(&w, 2, 1, ["ls1.gamma", "ls2.gamma"]).expect("lazy");
+        let whole = crate::model::plain_vit::load_timm(&w, 2, 1, ["ls1.gamma", "ls2.gamma"]).expect("whole");
+        // Two images on one grid (one batch) and one on another.
+        let imgs = [seeded_image(1, (16, 16)).unwrap(), seeded_image(2, (16, 16)).unwrap(), seeded_image(3, (8, 16)).unwrap()];
+        let starts: Vec<Start> = imgs.iter().map(Start::Image).collect();
+        let mut fixed = Vec::new();
+        let (taps, names) = streamed_taps(&lazy, &starts, &mut |j, _| {
+            fixed.push(j);
+            Ok(())
+        })
+        .expect("streamed");
+        assert_eq!(fixed, [0, 1], "each block read and fixed once");
+        assert_eq!(names, ["blocks.0", "blocks.1"]);
+        for (img, got) in imgs.iter().zip(&taps) {
+            let want = whole.forward_taps(img).expect("forward");
+            assert_eq!(got.len(), want.len());
+            for (a, b) in got.iter().zip(&want) {
+                assert_eq!(a.dims(), b.dims());
+                let c = Check::new("tap", a.dims(), &flat(a).unwrap(), &flat(b).unwrap(), 1e-6);
+                assert!(c.passed, "max rel {:e}", c.figures.max_rel);
+            }
+        }
+    }
+
     #[test]
     fn seeded_images_pretrain_and_non_square() {
         let imgs = seeded_images(0, (64, 64), 16).unwrap();
