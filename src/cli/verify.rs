@@ -14,7 +14,9 @@ use comer_port::verify::{Report, artifact};
 /// Arguments of `comer-port verify`.
 #[derive(clap::Args, Debug)]
 #[command(after_help = "Checks: (a) mapping parity with --source (source family's own ViT forward vs the \
-artifact's plain-ViT branch, seeded images at the pretrain size and a non-square size; exact mappings \
+artifact's plain-ViT branch, streamed block by block, on seeded images at the smallest grid where both \
+compute the same function — a quarter of the pretrain grid, the table checked bit for bit, or a window's \
+grid and a non-square size — plus each --size; exact mappings \
 1e-5 relative, LayerNorm eps changes 1e-4; what cannot be modelled is reported as skipped), (b) the full \
 backbone on a seeded image at img_size (finite, f1..f4 at strides 4/8/16/32 with embed_dim channels), \
 (c) round trips (re-read, and a sibling .pth with the same stem, bit for bit) and the key set against \

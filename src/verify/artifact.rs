@@ -417,14 +417,17 @@ fn is_comparison(c: &Check) -> bool {
 
 /// (a) Mapping parity of `artifact` (target tensors) against its `source` checkpoint.
 ///
-/// Images: the target's pretrain size and a non-square size (`seeded_images`). Where the
-/// source's absolute position grid differs from the target's, the table was resized
-/// bicubically at import; at the target's pretrain size the source model resizes its own
-/// table to the same grid with the same bicubic filter at run time, so that image is held to
-/// the family's bound; at the second size the artifact resizes an already-resized table (two
-/// bicubic resizes against one) and the figures are reported as skipped. BEiT targets run at
-/// the smallest window any block's table defines, every table cropped to that grid and
-/// checked in full against its reference (`align_beit_tables`); only that square size runs.
+/// Images: the parity grid and, unless that grid is the small one, a non-square size
+/// (`seeded_images`). A global-attention target whose position table is the source's runs
+/// at [`small_grid`] only, the table held bit for bit (`position table`). Where the source's
+/// absolute position grid differs from the target's, the table was resized bicubically at
+/// import; at the target's pretrain size the source model resizes its own table to the same
+/// grid with the same bicubic filter at run time, so that image is held to the family's
+/// bound; at the second size the artifact resizes an already-resized table (two bicubic
+/// resizes against one) and the figures are reported as skipped. Windowed targets run at
+/// the window's grid. BEiT targets run at [`beit_parity_grid`], every table cropped to that
+/// grid and checked in full against its reference ([`TableAlign`]); only that square size
+/// runs. Both models stream block by block (`parity::streamed_taps`).
 /// `dtype_of` gives an artifact tensor's stored dtype (references are rounded to it);
 /// `sizes` adds images (target pixels, `verify --size`), judged as the second size is.
 pub fn parity_checks(

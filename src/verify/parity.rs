@@ -35,7 +35,7 @@ pub fn seeded_values(seed: u64, n: usize) -> Vec<f32> {
         .collect()
 }
 
-/// Two seeded `(1, 3, H, W)` images: the pretrain size `(h, w)` and a non-square second size
+/// Two seeded `(1, 3, H, W)` images: `(h, w)` (the parity grid's pixels) and a non-square second size
 /// (`1.5 h` by `2 w`, rounded down to whole patches), named `image{h}x{w}`.
 pub fn seeded_images(
     seed: u64,
