@@ -315,31 +315,29 @@ impl Report {
     /// `Ok` when no check failed; otherwise [`VerifyError::Parted`] naming the first failing
     /// check (with its note, e.g. the first block where the sides part) and element index.
     pub fn ensure_passed(&self) -> Result<(), VerifyError> {
-        match self.first_failure() {
-            None => Ok(()),
-            Some(c) => Err(VerifyError::Parted {
-                key: match &c.note {
-                    Some(note) => format!("{} ({note})", c.name),
-                    None => c.name.clone(),
-                },
-                index: c.first_parted_at.clone().unwrap_or_default(),
-                max_rel: c.figures.max_rel,
-                bound: c.bound,
-                also: {
-                    let rest: Vec<&str> = self
-                        .checks
-                        .iter()
-                        .filter(|o| !o.passed && o.skipped.is_none() && !std::ptr::eq(*o, c))
-                        .map(|o| o.name.as_str())
-                        .collect();
-                    if rest.is_empty() {
-                        String::new()
-                    } else {
-                        format!("; also failed: {}", rest.join(", "))
-                    }
-                },
-            }),
+        let Some(c) = self.first_failure() else { return Ok(()) };
+        let key = match &c.note {
+            Some(note) => format!("{} ({note})", c.name),
+            None => c.name.clone(),
+        };
+        let rest: Vec<&str> = self
+            .checks
+            .iter()
+            .filter(|o| !o.passed && o.skipped.is_none() && !std::ptr::eq(*o, c))
+            .map(|o| o.name.as_str())
+            .collect();
+        let also = if rest.is_empty() { String::new() } else { format!("; also failed: {}", rest.join(", ")) };
+        // A check without a second side has no figures to quote.
+        if !c.compared {
+            return Err(VerifyError::Failed { key, also });
         }
+        Err(VerifyError::Parted {
+            key,
+            index: c.first_parted_at.clone().unwrap_or_default(),
+            max_rel: c.figures.max_rel,
+            bound: c.bound,
+            also,
+        })
     }
 
     /// JSON with the checks and the overall verdict.
@@ -517,6 +515,16 @@ mod tests {
         let e = r.ensure_passed().unwrap_err();
         assert!(matches!(e, VerifyError::Parted { ref key, ref index, .. }
             if key == "parity image64x64 (first parts after blocks.2)" && index == &[0, 1]));
+    }
+
+    #[test]
+    fn ensure_passed_quotes_no_figures_for_a_check_without_a_second_side() {
+        let mut r = Report::default();
+        r.push(Check::outcome("mapped tensors", &[3], 3, Some(1), Some("`blocks.0.attn.qkv.weight` is not the mapping of the source".into())));
+        let e = r.ensure_passed().unwrap_err();
+        assert!(matches!(e, VerifyError::Failed { ref key, .. } if key.contains("blocks.0.attn.qkv.weight")));
+        let msg = e.to_string();
+        assert!(!msg.contains("bound") && !msg.contains("0.000e0"), "{msg}");
     }
 
     #[test]

@@ -32,6 +32,16 @@ pub enum VerifyError {
         also: String,
     },
 
+    /// A check without a second side to measure against (the key set, fresh or mapped
+    /// tensors bit for bit, finiteness) failed: names it and why, with no figures.
+    #[error("`{key}` failed{also}", key = esc(.key), also = esc(.also))]
+    Failed {
+        /// The check, with what it found.
+        key: String,
+        /// The other checks that failed (`; also failed: …`), or empty.
+        also: String,
+    },
+
     /// The checkpoint could not be read.
     #[error(transparent)]
     Format(#[from] FormatError),

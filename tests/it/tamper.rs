@@ -448,4 +448,17 @@ fn a_global_attention_import_is_proven_at_the_small_grid_with_its_table_bit_for_
     let (code, j) = verify_at(&bad);
     assert_eq!(code, Some(1), "{j:#}");
     parity_note(&j);
+    // A change far inside the forward's bound is still not the mapping of the source.
+    rewrite(&art, &bad, |_| {}, |n, _, data| {
+        if n == "blocks.1.mlp.fc2.weight" {
+            nudge(data, 3, 1e-5);
+        }
+    });
+    let o = bin().arg("verify").arg(&bad).arg("--source").arg(&src).output().expect("runs");
+    let text = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert_eq!(o.status.code(), Some(1), "{text}");
+    let row = text.lines().find(|l| l.starts_with("mapping parity image64x64")).unwrap_or_default();
+    assert!(row.ends_with("exact"), "the forward cannot tell: {text}");
+    assert!(text.contains("`blocks.1.mlp.fc2.weight` is not the mapping of the source"), "{text}");
+    assert!(!text.contains("bound 0.0e0"), "no figures quoted for a bitwise check: {text}");
 }
