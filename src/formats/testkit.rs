@@ -339,3 +339,35 @@ pub fn torch_zip(root: &str, pkl: &[u8], byteorder: &str, records: &[(&str, &[u8
     let _ = go();
     z.finish().map(|c| c.into_inner()).unwrap_or_default()
 }
+
+/// timm block `i`'s norm and attention tensors at embed `d`, with their shapes, in the order
+/// timm's `state_dict()` lists them (the MLP is the caller's, or [`timm_block`]'s).
+pub fn timm_block_attn(i: usize, d: usize) -> Vec<(String, Vec<usize>)> {
+    [
+        ("norm1.weight", vec![d]),
+        ("norm1.bias", vec![d]),
+        ("attn.qkv.weight", vec![3 * d, d]),
+        ("attn.qkv.bias", vec![3 * d]),
+        ("attn.proj.weight", vec![d, d]),
+        ("attn.proj.bias", vec![d]),
+        ("norm2.weight", vec![d]),
+        ("norm2.bias", vec![d]),
+    ]
+    .into_iter()
+    .map(|(n, s)| (format!("blocks.{i}.{n}"), s))
+    .collect()
+}
+
+/// A whole timm block `i` at embed `d`: [`timm_block_attn`] and the `4d` GELU MLP.
+pub fn timm_block(i: usize, d: usize) -> Vec<(String, Vec<usize>)> {
+    let mut v = timm_block_attn(i, d);
+    for (n, s) in [
+        ("mlp.fc1.weight", vec![4 * d, d]),
+        ("mlp.fc1.bias", vec![4 * d]),
+        ("mlp.fc2.weight", vec![d, 4 * d]),
+        ("mlp.fc2.bias", vec![d]),
+    ] {
+        v.push((format!("blocks.{i}.{n}"), s));
+    }
+    v
+}

@@ -29,21 +29,8 @@ fn deit(d: usize, depth: usize) -> Vec<(String, TensorView)> {
         ("patch_embed.proj.bias".into(), t(&[d], 0.1)),
     ];
     for i in 0..depth {
-        for (n, s) in [
-            ("norm1.weight", vec![d]),
-            ("norm1.bias", vec![d]),
-            ("attn.qkv.weight", vec![3 * d, d]),
-            ("attn.qkv.bias", vec![3 * d]),
-            ("attn.proj.weight", vec![d, d]),
-            ("attn.proj.bias", vec![d]),
-            ("norm2.weight", vec![d]),
-            ("norm2.bias", vec![d]),
-            ("mlp.fc1.weight", vec![4 * d, d]),
-            ("mlp.fc1.bias", vec![4 * d]),
-            ("mlp.fc2.weight", vec![d, 4 * d]),
-            ("mlp.fc2.bias", vec![d]),
-        ] {
-            v.push((format!("blocks.{i}.{n}"), t(&s, 0.1)));
+        for (n, s) in crate::formats::testkit::timm_block(i, d) {
+            v.push((n, t(&s, 0.1)));
         }
     }
     v

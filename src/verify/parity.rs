@@ -355,22 +355,7 @@ mod tests {
         let mut t: Vec<(String, Vec<usize>)> =
             vec![("pos_embed".into(), vec![1, 5, d]), ("patch_embed.proj.weight".into(), vec![d, 3, 4, 4])];
         for i in 0..2 {
-            for (n, s) in [
-                ("norm1.weight", vec![d]),
-                ("norm1.bias", vec![d]),
-                ("attn.qkv.weight", vec![3 * d, d]),
-                ("attn.qkv.bias", vec![3 * d]),
-                ("attn.proj.weight", vec![d, d]),
-                ("attn.proj.bias", vec![d]),
-                ("norm2.weight", vec![d]),
-                ("norm2.bias", vec![d]),
-                ("mlp.fc1.weight", vec![4 * d, d]),
-                ("mlp.fc1.bias", vec![4 * d]),
-                ("mlp.fc2.weight", vec![d, 4 * d]),
-                ("mlp.fc2.bias", vec![d]),
-            ] {
-                t.push((format!("blocks.{i}.{n}"), s));
-            }
+            t.extend(crate::formats::testkit::timm_block(i, d));
         }
         Weights::new(t.into_iter().enumerate().map(|(k, (name, shape))| {
             let n: usize = shape.iter().product();

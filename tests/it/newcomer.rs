@@ -6,6 +6,7 @@
 
 use crate::util::{bin, fixture, tmpdir};
 use comer_port::export::safetensors::OutTensor;
+use comer_port::formats::testkit::{timm_block, timm_block_attn};
 use comer_port::formats::{self, DType};
 use comer_port::model::presets::preset;
 use std::collections::BTreeMap;
@@ -41,24 +42,6 @@ fn tensors(p: &Path) -> BTreeMap<String, (Vec<usize>, Vec<u8>)> {
     ck.tensors().into_iter().map(|(k, t)| (k, (t.shape.clone(), t.to_le_bytes()))).collect()
 }
 
-/// timm block `i`'s norm and attention keys with their shapes at embed `d` (its MLP keys
-/// are the caller's).
-fn timm_block_keys(i: usize, d: usize) -> Vec<(String, Vec<usize>)> {
-    [
-        ("norm1.weight", vec![d]),
-        ("norm1.bias", vec![d]),
-        ("attn.qkv.weight", vec![3 * d, d]),
-        ("attn.qkv.bias", vec![3 * d]),
-        ("attn.proj.weight", vec![d, d]),
-        ("attn.proj.bias", vec![d]),
-        ("norm2.weight", vec![d]),
-        ("norm2.bias", vec![d]),
-    ]
-    .into_iter()
-    .map(|(n, s)| (format!("blocks.{i}.{n}"), s))
-    .collect()
-}
-
 /// A DeiT-tiny-shaped `{"model": state_dict}` at real size (embed 192, depth 12, a 14x14
 /// grid: vit-comer-t-seg's dimensions), written with the crate's own `.pth` writer. The
 /// values are arbitrary: only the layout matters to the choice of preset.
@@ -71,15 +54,7 @@ fn deit_tiny_real_size(dir: &Path) -> PathBuf {
         ("patch_embed.proj.bias".into(), vec![d]),
     ];
     for i in 0..depth {
-        t.extend(timm_block_keys(i, d));
-        for (n, s) in [
-            ("mlp.fc1.weight", vec![4 * d, d]),
-            ("mlp.fc1.bias", vec![4 * d]),
-            ("mlp.fc2.weight", vec![d, 4 * d]),
-            ("mlp.fc2.bias", vec![d]),
-        ] {
-            t.push((format!("blocks.{i}.{n}"), s));
-        }
+        t.extend(timm_block(i, d));
     }
     t.push(("norm.weight".into(), vec![d]));
     t.push(("norm.bias".into(), vec![d]));
@@ -673,7 +648,7 @@ fn timm_like(dir: &Path, name: &str, patch: usize, mlp_keys: &[(&str, Vec<usize>
         ("patch_embed.proj.weight".into(), vec![d, 3, patch, patch]),
         ("patch_embed.proj.bias".into(), vec![d]),
     ];
-    t.extend(timm_block_keys(0, d));
+    t.extend(timm_block_attn(0, d));
     t.extend(mlp_keys.iter().map(|(n, s)| (format!("blocks.0.mlp.{n}"), s.clone())));
     t.extend(extra.iter().map(|(n, s)| (n.to_string(), s.clone())));
     let path = dir.join(name);

@@ -333,22 +333,7 @@ fn timm_grid8(dir: &Path) -> PathBuf {
         ("patch_embed.proj.bias".into(), vec![d]),
     ];
     for i in 0..4 {
-        for (n, s) in [
-            ("norm1.weight", vec![d]),
-            ("norm1.bias", vec![d]),
-            ("attn.qkv.weight", vec![3 * d, d]),
-            ("attn.qkv.bias", vec![3 * d]),
-            ("attn.proj.weight", vec![d, d]),
-            ("attn.proj.bias", vec![d]),
-            ("norm2.weight", vec![d]),
-            ("norm2.bias", vec![d]),
-            ("mlp.fc1.weight", vec![4 * d, d]),
-            ("mlp.fc1.bias", vec![4 * d]),
-            ("mlp.fc2.weight", vec![d, 4 * d]),
-            ("mlp.fc2.bias", vec![d]),
-        ] {
-            t.push((format!("blocks.{i}.{n}"), s));
-        }
+        t.extend(comer_port::formats::testkit::timm_block(i, d));
     }
     let mut state = 7u32;
     let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = t
