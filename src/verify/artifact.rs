@@ -174,11 +174,7 @@ impl<'s> TableAlign<'s> {
         g: usize,
         tgt_tables: Vec<Option<RelPosTable>>,
     ) -> TableAlign<'s> {
-        let opts = PlanOptions {
-            lossy: true,
-            relpos_geometric: transforms.relpos_resize == "geometric",
-            patch_pinv: transforms.patch_resize == "pinv",
-        };
+        let opts = transform_options(transforms);
         TableAlign {
             source,
             cfg,
@@ -214,14 +210,7 @@ impl<'s> TableAlign<'s> {
                     path: self.source.path.clone(),
                     reason: format!("the source could not be mapped again: {reason}"),
                 })?;
-                let det = detect::detect_checkpoint(self.source);
-                let m = det.family().map(|f| Mapping::parse(f.mapping()));
-                let (_, sd) = self.source.state_dict();
-                let sd = match m {
-                    Some(Ok(m)) => m.normalise_keys(sd),
-                    _ => sd,
-                };
-                self.plan_ctx = Some((plan, sd));
+                self.plan_ctx = Some((plan, source_keys(self.source)));
             }
             let Some((plan, sd)) = self.plan_ctx.as_ref() else {
                 return Ok(());
@@ -365,11 +354,7 @@ type Sides<'a> = (
 /// that reference is, `certified` (when it holds) what else vouches for it.
 fn reference_check(sides: Sides, key: &str, name: String, what: &str, certified: &str) -> Result<Check> {
     let (source, artifact, cfg, transforms, dtype_of) = sides;
-    let opts = PlanOptions {
-        lossy: true,
-        relpos_geometric: transforms.relpos_resize == "geometric",
-        patch_pinv: transforms.patch_resize == "pinv",
-    };
+    let opts = transform_options(transforms);
     let want = match reference_of(source, cfg, &opts, key) {
         Ok(v) => v,
         Err(reason) => return Ok(Check::outcome(name, &[1], 1, Some(0), Some(format!("no reference for `{key}`: {reason}")))),
@@ -396,11 +381,7 @@ fn reference_check(sides: Sides, key: &str, name: String, what: &str, certified:
 /// The value the mapping gives target `key` from `source` under `opts` (f32).
 fn reference_of(source: &Checkpoint, cfg: &ComerConfig, opts: &PlanOptions, key: &str) -> std::result::Result<Vec<f32>, String> {
     let plan = replan_with(source, cfg, opts)?;
-    let det = detect::detect_checkpoint(source);
-    let family = det.family().ok_or_else(|| det.reason.clone())?;
-    let m = Mapping::parse(family.mapping()).map_err(|e| e.to_string())?;
-    let (_, sd) = source.state_dict();
-    let sd = m.normalise_keys(sd);
+    let sd = source_keys(source);
     let lookup: std::collections::HashMap<&str, &formats::TensorView> = sd.iter().map(|(k, v)| (k.as_str(), *v)).collect();
     let p = plan.targets.iter().find(|p| p.entry.name == key).ok_or_else(|| format!("the mapping gives no `{key}`"))?;
     match mapping::produce(p, &lookup, opts, 0) {
@@ -1085,6 +1066,26 @@ fn replan(source: &Checkpoint, cfg: &ComerConfig) -> std::result::Result<Plan, S
     replan_with(source, cfg, &PlanOptions { lossy: true, ..PlanOptions::default() })
 }
 
+/// The source's state dict under the names its family's mapping reads (`normalise_keys`;
+/// as stored when no family is recognised): what `mapping::produce` looks keys up in.
+fn source_keys(source: &Checkpoint) -> Vec<(String, &formats::TensorView)> {
+    let (_, sd) = source.state_dict();
+    match detect::detect_checkpoint(source).family().map(|f| Mapping::parse(f.mapping())) {
+        Some(Ok(m)) => m.normalise_keys(sd),
+        _ => sd,
+    }
+}
+
+/// The plan options an artifact was made with (its recorded transforms), `--lossy` on so
+/// that what only `--lossy` drops is listed rather than refused.
+fn transform_options(transforms: &Transforms) -> PlanOptions {
+    PlanOptions {
+        lossy: true,
+        relpos_geometric: transforms.relpos_resize == "geometric",
+        patch_pinv: transforms.patch_resize == "pinv",
+    }
+}
+
 /// [`replan`] with the import's transform options.
 fn replan_with(source: &Checkpoint, cfg: &ComerConfig, opts: &PlanOptions) -> std::result::Result<Plan, String> {
     let det = detect::detect_checkpoint(source);
@@ -1158,20 +1159,12 @@ fn source_hash_check(source: &Checkpoint, meta: &BTreeMap<String, String>, hashi
 /// that differs is named.
 fn mapped_check(source: &Checkpoint, ck: &Checkpoint, cfg: &ComerConfig, transforms: &Transforms) -> Check {
     const NAME: &str = "mapped tensors";
-    let opts = PlanOptions {
-        lossy: true,
-        relpos_geometric: transforms.relpos_resize == "geometric",
-        patch_pinv: transforms.patch_resize == "pinv",
-    };
+    let opts = transform_options(transforms);
     let plan = match replan_with(source, cfg, &opts) {
         Ok(p) => p,
         Err(e) => return Check::skipped(NAME, format!("the source could not be mapped again: {e}")),
     };
-    let (_, sd) = source.state_dict();
-    let sd = match detect::detect_checkpoint(source).family().map(|f| Mapping::parse(f.mapping())) {
-        Some(Ok(m)) => m.normalise_keys(sd),
-        _ => sd,
-    };
+    let sd = source_keys(source);
     let lookup: std::collections::HashMap<&str, &formats::TensorView> = sd.iter().map(|(k, v)| (k.as_str(), *v)).collect();
     let tensors = ck.tensors();
     let by_name: std::collections::HashMap<&str, &formats::TensorView> = tensors.iter().map(|(k, v)| (k.as_str(), *v)).collect();
