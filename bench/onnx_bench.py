@@ -2,11 +2,13 @@
 float32 vs `--dtype f16` graphs.
 
 Usage: onnx_bench.py ARTIFACT --preset NAME [--size 512x512] [--runs 5] [--threads 2]
-       [--deform grid-sample gather] [--dtype f32 f16]
+       [--deform grid-sample gather] [--dtype f32 f16] [--dynamic]
 Exports every (formulation, dtype) with target/release/comer-port into bench/out/, then runs each in
 ONNX Runtime (CPU, intra_op_num_threads=THREADS, inter_op 1, sequential) on one random image:
 one warm-up run each, then RUNS rounds that alternate the formulations (so load changes on a
 shared machine hit both alike); prints median/min per formulation and their ratio.
+With --dynamic, each formulation is also exported with `--dynamic` (symbolic batch, height and
+width) and run on the same image beside its fixed-size graph; their outputs are compared.
 """
 import argparse
 import os
@@ -30,6 +32,7 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--deform", nargs="+", default=["grid-sample", "gather"])
     ap.add_argument("--dtype", nargs="+", default=["f32"])
+    ap.add_argument("--dynamic", action="store_true", help="also time each graph exported with --dynamic")
     a = ap.parse_args()
     h, w = (int(v) for v in a.size.split("x"))
     os.makedirs(os.path.join(ROOT, "bench", "out"), exist_ok=True)
@@ -37,11 +40,14 @@ def main():
     results = {}
     outputs = {}
     sessions = {}
-    for deform, dtype in [(d, t) for d in a.deform for t in a.dtype]:
-        out = os.path.join(ROOT, "bench", "out", f"model-{deform}-{dtype}-{a.size}.onnx")
-        cmd = [BIN, "export", "onnx", a.artifact, "-o", out, "--input-size", a.size, "--deform", deform,
-               "--dtype", dtype, "--force"]
+    shapes = [False, True] if a.dynamic else [False]
+    for deform, dtype, dyn in [(d, t, y) for d in a.deform for t in a.dtype for y in shapes]:
+        size = "dynamic" if dyn else a.size
+        out = os.path.join(ROOT, "bench", "out", f"model-{deform}-{dtype}-{size}.onnx")
+        cmd = [BIN, "export", "onnx", a.artifact, "-o", out, "--deform", deform, "--dtype", dtype, "--force"]
+        cmd += ["--dynamic"] if dyn else ["--input-size", a.size]
         deform = deform if dtype == "f32" else f"{deform} {dtype}"
+        deform = f"{deform} dynamic" if dyn else deform
         if a.preset:
             cmd += ["--preset", a.preset]
         t0 = time.perf_counter()
@@ -62,6 +68,11 @@ def main():
     for deform, times in results.items():
         print(f"{deform}: median {statistics.median(times):.3f} s, min {min(times):.3f} s, runs {[round(t, 3) for t in times]}")
     for k in list(outputs):
+        if k.endswith(" dynamic") and k[:-8] in outputs:
+            ref = outputs[k[:-8]]
+            rel = max(float(np.abs(p - q).max()) / max(1.0, float(np.abs(q).max())) for p, q in zip(outputs[k], ref))
+            print(f"{k}: max |dynamic - fixed| / max(1, max |fixed|) over outputs: {rel:.3e}; "
+                  f"time dynamic / fixed: {statistics.median(results[k]) / statistics.median(results[k[:-8]]):.3f}")
         if k.endswith(" f16") and k[:-4] in outputs:
             ref = outputs[k[:-4]]
             rel = max(float(np.abs(p - q).max()) / max(1.0, float(np.abs(q).max())) for p, q in zip(outputs[k], ref))

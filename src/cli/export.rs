@@ -14,6 +14,7 @@ use comer_port::target::{self, Basis, TargetSpec};
 const EXAMPLES: &str = "Examples:\n  comer-port export onnx comer.safetensors --input-size 512x512 -o comer.onnx\n  \
 comer-port export onnx comer.safetensors --input-size 640x480 --batch 2 -o comer.onnx --force\n  \
 comer-port export onnx comer.safetensors --input-size 512x512 --dtype f16 -o comer-f16.onnx\n  \
+comer-port export onnx comer.safetensors --dynamic -o comer-any-size.onnx\n  \
 comer-port export onnx weights.safetensors --preset vit-comer-s-seg --input-size 512x512 -o comer.onnx\n\n\
 The config is the artifact's recorded one unless --config or --preset is given. An artifact whose recorded \
 verification is not 'passed' (failed, not run, or none recorded) is exported, with a warning on stderr.\n\n\
@@ -35,6 +36,7 @@ pub enum Target {
 
 #[derive(clap::Args, Debug)]
 #[command(after_help = EXAMPLES)]
+#[command(group(clap::ArgGroup::new("size").required(true).args(["input_size", "dynamic"])))]
 pub struct OnnxArgs {
     /// The ViT-CoMer artifact (safetensors, as written by `comer-port import`).
     pub artifact: PathBuf,
@@ -43,10 +45,16 @@ pub struct OnnxArgs {
     pub output: PathBuf,
     /// Fixed input size HxW (multiples of 32), e.g. 512x512.
     #[arg(long = "input-size", value_parser = parse_size)]
-    pub input_size: (usize, usize),
+    pub input_size: Option<(usize, usize)>,
     /// Fixed batch size (1..=256).
-    #[arg(long, default_value_t = 1, value_parser = parse_batch)]
+    #[arg(long, default_value_t = 1, value_parser = parse_batch, conflicts_with = "dynamic")]
     pub batch: usize,
+    /// Any batch and any input size (height and width multiples of 32): the graph computes
+    /// the position-table resize, reference points, window padding and level sizes from its
+    /// input's shape. Configs with a global-attention BEiT block (its relative-position
+    /// table fixes the grid) are refused.
+    #[arg(long)]
+    pub dynamic: bool,
     /// Config JSON (case.json shape) when the artifact carries none.
     #[arg(long, conflicts_with = "preset")]
     pub config: Option<PathBuf>,
@@ -93,8 +101,13 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
 }
 
 fn run_onnx(a: OnnxArgs) -> anyhow::Result<i32> {
-    let (h, w) = a.input_size;
-    onnx::check_input_size(h, w)?;
+    let mut opts = match a.input_size {
+        Some((h, w)) => {
+            onnx::check_input_size(h, w)?;
+            ExportOptions::new(h, w)
+        }
+        None => ExportOptions::dynamic(),
+    };
     // The model file and its external data file, each its own file and neither an input
     // (--force included): a usage error first.
     let data = onnx::data_path(&a.output);
@@ -111,15 +124,16 @@ fn run_onnx(a: OnnxArgs) -> anyhow::Result<i32> {
     let cfg = target::resolve(&spec, Basis::Artifact(&a.artifact))?;
     reading.finish(&format!("{} tensors, {}", ck.tensors().len(), cfg.flavor.name()));
     super::warn_unless_verified(&a.artifact, &ck.metadata);
-    let mut opts = ExportOptions::new(h, w);
     opts.batch = a.batch;
     opts.deform = a.deform;
     opts.dtype = a.dtype;
     let writing = progress.stage(format!("export {}", a.output.display()), 1, Unit::Steps);
+    let size = opts.size_name();
     let written = write_onnx(&ck, &a.artifact, &cfg, opts, &a.output, a.force)?;
     writing.finish(&format!("{} nodes, {} initializers", written.nodes, written.initializers));
+    let shape = if a.dynamic { "any batch and input size".to_string() } else { format!("input {size}, batch {}", a.batch) };
     println!(
-        "wrote {} ({} bytes, {} nodes, {} initializers, opset {}, {}, {} deformable sampling, input {}x{}, batch {})",
+        "wrote {} ({} bytes, {} nodes, {} initializers, opset {}, {}, {} deformable sampling, {shape})",
         EscapedPath(&a.output),
         written.model_bytes,
         written.nodes,
@@ -127,9 +141,6 @@ fn run_onnx(a: OnnxArgs) -> anyhow::Result<i32> {
         onnx::OPSET,
         a.dtype.name(),
         a.deform.name(),
-        h,
-        w,
-        a.batch
     );
     if let Some((p, n)) = written.external {
         println!("wrote {} ({n} bytes of external data)", EscapedPath(&p));

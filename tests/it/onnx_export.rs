@@ -229,3 +229,77 @@ fn f16_export_has_half_weights_and_float_io() {
     let casts = g16.node.iter().filter(|n| n.op_type == "Cast").count();
     assert!(casts > g32.node.iter().filter(|n| n.op_type == "Cast").count(), "float32 regions are entered and left");
 }
+
+fn export_dynamic(case: &str, out: &Path, extra: &[&str]) -> std::process::Output {
+    let dir = fixture(&format!("forward/{case}"));
+    bin()
+        .args(["export", "onnx"])
+        .arg(dir.join("weights.safetensors"))
+        .arg("-o")
+        .arg(out)
+        .args(["--dynamic", "--force", "--config"])
+        .arg(dir.join("case.json"))
+        .args(extra)
+        .output()
+        .expect("run comer-port")
+}
+
+/// (dim_value, dim_param) of each dimension of a graph input or output.
+fn dims_of(v: &comer_port::export::onnx::proto::ValueInfoProto) -> Vec<(i64, String)> {
+    v.r#type
+        .as_ref()
+        .and_then(|t| t.tensor_type.as_ref())
+        .and_then(|t| t.shape.as_ref())
+        .map(|s| s.dim.iter().map(|d| (d.dim_value, d.dim_param.clone())).collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn dynamic_export_has_symbolic_batch_height_and_width() {
+    let out = tmp("dynamic.onnx");
+    let o = export_dynamic("det_tiny_cfi_window", &out, &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("any batch and input size"));
+    let m = decode(&out);
+    let g = m.graph.expect("graph");
+    let sym = |s: &str| (0, s.to_string());
+    assert_eq!(dims_of(&g.input[0]), [sym("batch"), (3, String::new()), sym("height"), sym("width")]);
+    assert_eq!(dims_of(&g.output[0]), [sym("batch"), (48, String::new()), sym("height/4"), sym("width/4")]);
+    assert_eq!(dims_of(&g.output[3]), [sym("batch"), (48, String::new()), sym("height/32"), sym("width/32")]);
+    // The sizes come from the input's shape: no resized position table or reference-point
+    // constant of any one size is left in the graph.
+    let ops: std::collections::BTreeSet<&str> = g.node.iter().map(|n| n.op_type.as_str()).collect();
+    for op in ["Shape", "Range", "Pad"] {
+        assert!(ops.contains(op), "{op} missing from {ops:?}");
+    }
+    assert!(g.node.iter().any(|n| n.op_type == "Resize" && n.name.starts_with("pos_embed/")), "pos_embed resized in the graph");
+    let meta: std::collections::BTreeMap<_, _> = m.metadata_props.iter().map(|e| (e.key.as_str(), e.value.as_str())).collect();
+    assert_eq!(meta.get("comer_port.input_size"), Some(&"dynamic"));
+    // Deterministic like every export.
+    let again = tmp("dynamic-again.onnx");
+    assert!(export_dynamic("det_tiny_cfi_window", &again, &[]).status.success());
+    assert_eq!(std::fs::read(&out).expect("a"), std::fs::read(&again).expect("b"));
+}
+
+#[test]
+fn dynamic_conflicts_with_a_fixed_size_or_batch() {
+    for extra in [["--input-size", "64x64"], ["--batch", "2"]] {
+        let out = tmp("dynamic-conflict.onnx");
+        let o = export_dynamic("seg_tiny", &out, &extra);
+        assert_eq!(o.status.code(), Some(2), "{extra:?}: {}", String::from_utf8_lossy(&o.stderr));
+        assert!(String::from_utf8_lossy(&o.stderr).contains("cannot be used with"), "{}", String::from_utf8_lossy(&o.stderr));
+        assert!(!out.exists());
+    }
+}
+
+#[test]
+fn dynamic_refuses_a_global_beit_block_naming_the_size_it_fixes() {
+    // beit_tiny's blocks 1 and 3 attend globally with a 4x4 relative-position table.
+    let out = tmp("dynamic-beit.onnx");
+    let o = export_dynamic("beit_tiny", &out, &[]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(3), "{err}");
+    assert!(err.contains("global BEiT block 1") && err.contains("--dynamic") && err.contains("--input-size 64x64"), "{err}");
+    assert!(!out.exists());
+    assert!(!comer_port::export::onnx::data_path(&out).exists());
+}

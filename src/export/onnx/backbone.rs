@@ -5,8 +5,9 @@
 //! `MultiscaleExtractor` and the `CNN`/`SpatialPriorModule` stem of `comer_modules.py`.
 
 use super::OnnxError;
-use super::builder::{Graph, attr_i, attr_ints};
-use super::deform::{Deform, DeformSpec};
+use super::builder::{Graph, attr_i, attr_ints, attr_f, attr_s};
+use super::deform::{Deform, DeformSpec, Sampling};
+use super::dims::Dim;
 use super::layers::Levels;
 use crate::model::resize::{self, Layout};
 use crate::model::{ComerConfig, Flavor};
@@ -17,31 +18,33 @@ pub struct Ctx<'c> {
     pub cfg: &'c ComerConfig,
     pub lv: Levels,
     pub deform: Deform,
+    /// Deformable attention's shared reference points and level sizes.
+    pub at: Sampling,
 }
 
 impl Ctx<'_> {
-    fn spec(&self) -> DeformSpec {
-        DeformSpec { heads: self.cfg.deform_num_heads, points: self.cfg.n_points, levels: self.lv }
+    fn spec(&self) -> DeformSpec<'_> {
+        DeformSpec { heads: self.cfg.deform_num_heads, points: self.cfg.n_points, levels: &self.lv, at: &self.at }
     }
-    fn n(&self) -> usize {
-        self.lv.h * self.lv.w
+    fn n(&self) -> Dim {
+        self.lv.n()
     }
 }
 
-/// Build the graph from input `image` (B, 3, 16h, 16w); returns the output names.
-pub fn build(g: &mut Graph, cx: &Ctx) -> Result<Vec<String>, OnnxError> {
+/// Build the graph from input `image` (B, 3, 16h, 16w), already cast to the graph's float
+/// type; returns the output names.
+pub fn build(g: &mut Graph, image: &str, cx: &Ctx) -> Result<Vec<String>, OnnxError> {
     let cfg = cx.cfg;
-    let lv = cx.lv;
-    let (b, d) = (lv.b, cfg.embed_dim);
+    let lv = &cx.lv;
+    let (b, d) = (&lv.b, cfg.embed_dim);
     let nm = cfg.flavor.names();
-
-    let image = g.input("image");
+    let image = image.to_string();
     // --- spm: the convolutional stem ---
     let (c1, cs) = g.scoped("spm", |g| spm(g, &image, cx))?;
     // --- patch embedding + position embedding ---
     let x = g.scoped("patch_embed", |g| -> Result<String, OnnxError> {
         let p = g.conv(&image, "patch_embed.proj", cfg.patch_size, 0, 1)?;
-        Ok(g.map_to_tokens(&p, b, d, cx.n()))
+        Ok(g.map_to_tokens(&p, b, d, &cx.n()))
     })?;
     let mut x = g.scoped("pos_embed", |g| add_pos_embed(g, &x, cx))?;
     let mut c = cs;
@@ -57,10 +60,10 @@ pub fn build(g: &mut Graph, cx: &Ctx) -> Result<Vec<String>, OnnxError> {
             let k = format!("{key}.{}", nm.tov);
             // c = cat(c1, c2 + x, c3); x = CTI_toV(x, c)
             c = g.scoped(&k, |g| {
-                let mid = g.slice(&c, 1, lv.start(1), lv.start(2));
+                let mid = g.slice_to(&c, 1, &lv.start(1), &lv.start(2));
                 let mid = g.add(&mid, &x);
-                let a = g.slice(&c, 1, 0, lv.start(1));
-                let z = g.slice(&c, 1, lv.start(2), lv.total());
+                let a = g.slice_to(&c, 1, &lv.start(0), &lv.start(1));
+                let z = g.slice_to(&c, 1, &lv.start(2), &lv.total());
                 g.concat(&[&a, &mid, &z], 1)
             });
             x = g.scoped(&k, |g| cti_tov(g, &x, &c, &k, cx))?;
@@ -86,13 +89,13 @@ pub fn build(g: &mut Graph, cx: &Ctx) -> Result<Vec<String>, OnnxError> {
 
     // --- the pyramid ---
     g.scoped("pyramid", |g| -> Result<Vec<String>, OnnxError> {
-        let (h, w) = (lv.h, lv.w);
-        let c2 = g.slice(&c, 1, 0, lv.start(1));
-        let c3 = g.slice(&c, 1, lv.start(1), lv.start(2));
-        let c4 = g.slice(&c, 1, lv.start(2), lv.total());
-        let c2 = g.tokens_to_map(&c2, b, d, 2 * h, 2 * w);
-        let c3 = g.tokens_to_map(&c3, b, d, h, w);
-        let c4 = g.tokens_to_map(&c4, b, d, h / 2, w / 2);
+        let mut maps = Vec::new();
+        for l in 0..3 {
+            let t = g.slice_to(&c, 1, &lv.start(l), &lv.start(l + 1));
+            let (h, w) = lv.grid(l);
+            maps.push(g.tokens_to_map(&t, b, d, &h, &w));
+        }
+        let [c2, c3, c4]: [String; 3] = maps.try_into().expect("three levels");
         let upw = g.param("up.weight", Some(&[d, d, 2, 2]))?;
         let upb = g.param("up.bias", Some(&[d]))?;
         let up = g.op(
@@ -108,13 +111,15 @@ pub fn build(g: &mut Graph, cx: &Ctx) -> Result<Vec<String>, OnnxError> {
             } else {
                 vec![x.clone(); 4]
             };
-            let sizes = [(4 * h, 4 * w), (2 * h, 2 * w), (h, w), (h / 2, w / 2)];
+            let (h4, w4) = (g.dim_mul(&lv.h, &4.into()), g.dim_mul(&lv.w, &4.into()));
+            let sizes = [(h4, w4), lv.grid(0), lv.grid(1), lv.grid(2)];
             for (l, f) in fs.iter_mut().enumerate() {
-                let m = g.tokens_to_map(&src[l], b, d, h, w);
+                let m = g.tokens_to_map(&src[l], b, d, &lv.h, &lv.w);
                 if l == 2 && cfg.flavor != Flavor::Seg {
                     x_out = Some(m.clone());
                 }
-                let m = if l == 2 { m } else { g.resize_bilinear(&m, [b, d, sizes[l].0, sizes[l].1]) };
+                let (sh, sw) = sizes[l].clone();
+                let m = if l == 2 { m } else { g.resize_bilinear(&m, [b.clone(), d.into(), sh, sw]) };
                 *f = g.add(f, &m);
             }
         }
@@ -138,7 +143,7 @@ pub fn build(g: &mut Graph, cx: &Ctx) -> Result<Vec<String>, OnnxError> {
 /// `CNN` / `SpatialPriorModule`: returns c1 (B, D, 4h, 4w) and c = cat(c2, c3, c4) tokens
 /// with `level_embed` added.
 fn spm(g: &mut Graph, image: &str, cx: &Ctx) -> Result<(String, String), OnnxError> {
-    let (b, d) = (cx.lv.b, cx.cfg.embed_dim);
+    let (b, d) = (&cx.lv.b, cx.cfg.embed_dim);
     let mut t = image.to_string();
     for (conv, bn, stride) in [("stem.0", "stem.1", 2), ("stem.3", "stem.4", 1), ("stem.6", "stem.7", 1)] {
         t = g.conv(&t, &format!("spm.{conv}"), stride, 1, 1)?;
@@ -162,7 +167,7 @@ fn spm(g: &mut Graph, image: &str, cx: &Ctx) -> Result<(String, String), OnnxErr
     let mut toks = Vec::new();
     for l in 0..3 {
         let y = g.conv(&feats[l + 1], &format!("spm.fc{}", l + 2), 1, 0, 1)?;
-        let y = g.map_to_tokens(&y, b, d, cx.lv.len(l));
+        let y = g.map_to_tokens(&y, b, d, &cx.lv.len(l));
         let e = g.const_f32(&[d], &le[l * d..(l + 1) * d]);
         toks.push(g.add(&y, &e));
     }
@@ -171,7 +176,10 @@ fn spm(g: &mut Graph, image: &str, cx: &Ctx) -> Result<(String, String), OnnxErr
     Ok((c1, c))
 }
 
-/// Add the (bicubically resized) absolute position embedding, a constant at export time.
+/// Add the absolute position embedding, resized bicubically (`F.interpolate(mode='bicubic',
+/// align_corners=False)`, upstream's `_get_pos_embed`) to the patch grid: a constant resized
+/// here for a fixed size, an ONNX `Resize` (cubic, a = −0.75, half-pixel, edge taps clamped —
+/// PyTorch's bicubic) of the pretrain table in float32 for `--dynamic`.
 fn add_pos_embed(g: &mut Graph, x: &str, cx: &Ctx) -> Result<String, OnnxError> {
     let cfg = cx.cfg;
     if cfg.flavor == Flavor::Beit && !cfg.use_abs_pos_emb {
@@ -187,31 +195,57 @@ fn add_pos_embed(g: &mut Graph, x: &str, cx: &Ctx) -> Result<String, OnnxError> 
             format!("pos_embed has shape {shape:?}, expected [1, {}, {d}] for pretrain_size {}", grid * grid + prefix, cfg.pretrain_size),
         ));
     }
-    let resized = resize::bicubic(&pe[prefix * d..], d, Layout::Rows, (grid, grid), (cx.lv.h, cx.lv.w));
-    let c = g.const_f32(&[1, cx.n(), d], &resized);
+    let rows = &pe[prefix * d..];
+    let (Some(h), Some(w)) = (cx.lv.h.fixed(), cx.lv.w.fixed()) else {
+        g.enter_f32(&[]);
+        // (G·G, D) rows → (1, D, G, G) channels first, as `_get_pos_embed` permutes them.
+        let mut table = vec![0f32; rows.len()];
+        for (t, row) in rows.chunks_exact(d).enumerate() {
+            for (c, v) in row.iter().enumerate() {
+                table[c * grid * grid + t] = *v;
+            }
+        }
+        let table = g.const_f32(&[1, d, grid, grid], &table);
+        let sizes = g.shape_tensor(&[1.into(), d.into(), cx.lv.h.clone(), cx.lv.w.clone()]);
+        let resized = g.op(
+            "Resize",
+            &[&table, "", "", &sizes],
+            vec![
+                attr_s("mode", "cubic"),
+                attr_f("cubic_coeff_a", -0.75),
+                attr_s("coordinate_transformation_mode", "half_pixel"),
+            ],
+        ); // (1, D, h, w)
+        let flat = g.reshape_i64(&resized, &[1, d as i64, -1]); // (1, D, N)
+        let tokens = g.transpose(&flat, &[0, 2, 1]); // (1, N, D)
+        let tokens = g.leave_f32(&tokens);
+        return Ok(g.add(x, &tokens));
+    };
+    let resized = resize::bicubic(rows, d, Layout::Rows, (grid, grid), (h, w));
+    let c = g.const_f32(&[1, h * w, d], &resized);
     Ok(g.add(x, &c))
 }
 
 /// `CTI_toV` / `Injector`: deformable attention from the three-level c tokens, ConvFFN,
 /// the stride-8 and stride-32 results resized onto the ViT grid, `x + gamma·(sum)`.
 fn cti_tov(g: &mut Graph, x: &str, c: &str, key: &str, cx: &Ctx) -> Result<String, OnnxError> {
-    let lv = cx.lv;
-    let (b, d, h, w) = (lv.b, cx.cfg.embed_dim, lv.h, lv.w);
+    let lv = &cx.lv;
+    let (b, d) = (&lv.b, cx.cfg.embed_dim);
     let q = g.layer_norm(c, &format!("{key}.query_norm"), LN_EPS)?;
     let f = g.layer_norm(c, &format!("{key}.feat_norm"), LN_EPS)?;
     let a = g.ms_deform_attn(&q, &f, &format!("{key}.attn"), &cx.spec(), cx.deform)?;
     let n = g.layer_norm(&a, &format!("{key}.ffn_norm"), LN_EPS)?;
     let ff = g.conv_ffn(&n, &format!("{key}.ffn"), lv)?;
     let c1 = g.add(&a, &ff);
-    let s1 = g.slice(&c1, 1, 0, lv.start(1));
-    let s2 = g.slice(&c1, 1, lv.start(1), lv.start(2));
-    let s3 = g.slice(&c1, 1, lv.start(2), lv.total());
-    let m1 = g.tokens_to_map(&s1, b, d, 2 * h, 2 * w);
-    let m1 = g.resize_bilinear(&m1, [b, d, h, w]);
-    let s1 = g.map_to_tokens(&m1, b, d, h * w);
-    let m3 = g.tokens_to_map(&s3, b, d, h / 2, w / 2);
-    let m3 = g.resize_bilinear(&m3, [b, d, h, w]);
-    let s3 = g.map_to_tokens(&m3, b, d, h * w);
+    let [s1, s2, s3] = [0, 1, 2].map(|l| g.slice_to(&c1, 1, &lv.start(l), &lv.start(l + 1)));
+    let onto_vit_grid = |g: &mut Graph, t: &str, l: usize| {
+        let (lh, lw) = lv.grid(l);
+        let m = g.tokens_to_map(t, b, d, &lh, &lw);
+        let m = g.resize_bilinear(&m, [b.clone(), d.into(), lv.h.clone(), lv.w.clone()]);
+        g.map_to_tokens(&m, b, d, &lv.n())
+    };
+    let s1 = onto_vit_grid(g, &s1, 0);
+    let s3 = onto_vit_grid(g, &s3, 2);
     let sum = g.add(&s1, &s2);
     let sum = g.add(&sum, &s3);
     let gamma = g.param(&format!("{key}.gamma"), Some(&[d]))?;
@@ -223,10 +257,10 @@ fn cti_tov(g: &mut Graph, x: &str, c: &str, key: &str, cx: &Ctx) -> Result<Strin
 /// with_cffn): add the ViT tokens to the stride-16 level, optional ConvFFN, then the
 /// `cfinter` MultiscaleExtractor on the normalised tokens.
 fn cti_toc(g: &mut Graph, c: &str, x: &str, key: &str, cfinter: bool, ffn: bool, cx: &Ctx) -> Result<String, OnnxError> {
-    let lv = cx.lv;
-    let a = g.slice(c, 1, 0, lv.start(1));
-    let mid = g.slice(c, 1, lv.start(1), lv.start(2));
-    let z = g.slice(c, 1, lv.start(2), lv.total());
+    let lv = &cx.lv;
+    let a = g.slice_to(c, 1, &lv.start(0), &lv.start(1));
+    let mid = g.slice_to(c, 1, &lv.start(1), &lv.start(2));
+    let z = g.slice_to(c, 1, &lv.start(2), &lv.total());
     let mid = g.add(&mid, x);
     let mut q = g.concat(&[&a, &mid, &z], 1);
     if ffn {
@@ -251,7 +285,7 @@ fn multiscale_extractor(g: &mut Graph, query: &str, feat: &str, key: &str, cx: &
     let mut out = g.add(query, &a);
     if cx.cfg.with_cffn {
         let n = g.layer_norm(&out, &format!("{key}.ffn_norm"), LN_EPS)?;
-        let ff = g.conv_ffn(&n, &format!("{key}.ffn"), cx.lv)?;
+        let ff = g.conv_ffn(&n, &format!("{key}.ffn"), &cx.lv)?;
         out = g.add(&out, &ff);
     }
     Ok(out)
@@ -297,10 +331,10 @@ fn block(g: &mut Graph, x: &str, i: usize, cx: &Ctx) -> Result<String, OnnxError
 }
 
 /// Shape and scaling of one multi-head attention over (B', N', 3C) packed q/k/v.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 struct Sdpa<'s> {
-    bn: usize,
-    n: usize,
+    bn: Dim,
+    n: Dim,
     heads: usize,
     hd: usize,
     scale: f32,
@@ -312,8 +346,8 @@ struct Sdpa<'s> {
 
 /// Scaled dot-product attention; returns (B', N', C).
 fn sdpa(g: &mut Graph, qkv: &str, a: &Sdpa) -> String {
-    let Sdpa { bn, n, heads, hd, scale, prescale, bias } = *a;
-    let t = g.reshape(qkv, &[bn, n, 3, heads, hd]); // (B', N', 3, h, hd)
+    let Sdpa { bn, n, heads, hd, scale, prescale, bias } = a.clone();
+    let t = g.reshape_to(qkv, &[bn.clone(), n.clone(), 3.into(), heads.into(), hd.into()]); // (B', N', 3, h, hd)
     let t = g.transpose(&t, &[2, 0, 3, 1, 4]); // (3, B', h, N', hd)
     let q = g.pick(&t, 0, 0);
     let k = g.pick(&t, 0, 1);
@@ -333,74 +367,83 @@ fn sdpa(g: &mut Graph, qkv: &str, a: &Sdpa) -> String {
     let p = g.leave_f32(&p);
     let o = g.matmul(&p, &v); // (B', h, N', hd)
     let o = g.transpose(&o, &[0, 2, 1, 3]); // (B', N', h, hd)
-    g.reshape(&o, &[bn, n, heads * hd]) // (B', N', C)
+    g.reshape_to(&o, &[bn, n, (heads * hd).into()]) // (B', N', C)
 }
 
-/// (B, h, w, C) map with h, w multiples of `ws` → (B·nW, ws·ws, C) windows.
-fn partition(g: &mut Graph, x: &str, b: usize, h: usize, w: usize, c: usize, ws: usize) -> String {
-    let t = g.reshape(x, &[b, h / ws, ws, w / ws, ws, c]); // (B, h/ws, ws, w/ws, ws, C)
-    let t = g.transpose(&t, &[0, 1, 3, 2, 4, 5]); // (B, h/ws, w/ws, ws, ws, C)
-    g.reshape(&t, &[b * (h / ws) * (w / ws), ws * ws, c])
-}
-
-/// A window layout: batch, unpadded grid (h, w), padded grid (hp, wp), window size.
-#[derive(Clone, Copy)]
+/// A window layout: batch, unpadded grid (h, w), padded grid (hp, wp) of (nh, nw) windows
+/// of `ws`×`ws`, and the window count B·nh·nw.
 struct Win {
-    b: usize,
-    h: usize,
-    w: usize,
-    hp: usize,
-    wp: usize,
+    b: Dim,
+    h: Dim,
+    w: Dim,
+    hp: Dim,
+    wp: Dim,
+    nh: Dim,
+    nw: Dim,
     ws: usize,
+    count: Dim,
 }
 
 impl Win {
-    fn new(b: usize, h: usize, w: usize, ws: usize) -> Win {
-        Win { b, h, w, hp: h.div_ceil(ws) * ws, wp: w.div_ceil(ws) * ws, ws }
+    fn new(g: &mut Graph, lv: &Levels, ws: usize) -> Win {
+        let (hp, wp) = (g.dim_round_up(&lv.h, ws), g.dim_round_up(&lv.w, ws));
+        let (nh, nw) = (g.dim_div(&hp, ws), g.dim_div(&wp, ws));
+        let per_image = g.dim_mul(&nh, &nw);
+        let count = g.dim_mul(&lv.b, &per_image);
+        Win { b: lv.b.clone(), h: lv.h.clone(), w: lv.w.clone(), hp, wp, nh, nw, ws, count }
     }
-    fn count(&self) -> usize {
-        (self.hp / self.ws) * (self.wp / self.ws)
-    }
+}
+
+/// (B, hp, wp, C) map → (B·nW, ws·ws, C) windows.
+fn partition(g: &mut Graph, x: &str, win: &Win, c: usize) -> String {
+    let ws = Dim::Fixed(win.ws);
+    let t = g.reshape_to(x, &[win.b.clone(), win.nh.clone(), ws.clone(), win.nw.clone(), ws, c.into()]); // (B, h/ws, ws, w/ws, ws, C)
+    let t = g.transpose(&t, &[0, 1, 3, 2, 4, 5]); // (B, h/ws, w/ws, ws, ws, C)
+    g.reshape_to(&t, &[win.count.clone(), (win.ws * win.ws).into(), c.into()])
 }
 
 /// Inverse of [`partition`], cropped back to the unpadded (B, H·W, C) tokens.
-fn unpartition(g: &mut Graph, x: &str, win: Win, c: usize) -> String {
-    let Win { b, h, w, hp, wp, ws } = win;
-    let t = g.reshape(x, &[b, hp / ws, wp / ws, ws, ws, c]); // (B, h/ws, w/ws, ws, ws, C)
+fn unpartition(g: &mut Graph, x: &str, win: &Win, n: &Dim, c: usize) -> String {
+    let ws = Dim::Fixed(win.ws);
+    let t = g.reshape_to(x, &[win.b.clone(), win.nh.clone(), win.nw.clone(), ws.clone(), ws, c.into()]); // (B, h/ws, w/ws, ws, ws, C)
     let t = g.transpose(&t, &[0, 1, 3, 2, 4, 5]); // (B, h/ws, ws, w/ws, ws, C)
-    let t = g.reshape(&t, &[b, hp, wp, c]); // (B, H_, W_, C)
-    let t = if hp != h { g.slice(&t, 1, 0, h) } else { t };
-    let t = if wp != w { g.slice(&t, 2, 0, w) } else { t };
-    g.reshape(&t, &[b, h * w, c]) // (B, N, C)
+    let t = g.reshape_to(&t, &[win.b.clone(), win.hp.clone(), win.wp.clone(), c.into()]); // (B, H_, W_, C)
+    let t = if win.hp != win.h { g.slice_to(&t, 1, &0.into(), &win.h) } else { t };
+    let t = if win.wp != win.w { g.slice_to(&t, 2, &0.into(), &win.w) } else { t };
+    g.reshape_to(&t, &[win.b.clone(), n.clone(), c.into()]) // (B, N, C)
 }
 
 /// Zero-pad a (B, h, w, C) map at the bottom/right to (B, hp, wp, C).
-fn pad_hw(g: &mut Graph, x: &str, h: usize, w: usize, hp: usize, wp: usize) -> String {
-    if hp == h && wp == w {
+fn pad_hw(g: &mut Graph, x: &str, win: &Win) -> String {
+    if win.hp == win.h && win.wp == win.w {
         return x.to_string();
     }
-    let pads = g.const_i64(&[0, 0, 0, 0, 0, (hp - h) as i64, (wp - w) as i64, 0]);
+    let dh = g.dim_sub(&win.hp, &win.h);
+    let dw = g.dim_sub(&win.wp, &win.w);
+    let z = Dim::Fixed(0);
+    let pads = g.shape_tensor(&[z.clone(), z.clone(), z.clone(), z.clone(), z.clone(), dh, dw, z]);
     g.op("Pad", &[x, &pads], vec![])
 }
 
 fn vit_attention(g: &mut Graph, x: &str, i: usize, cx: &Ctx) -> Result<String, OnnxError> {
     let cfg = cx.cfg;
-    let (b, h, w, c) = (cx.lv.b, cx.lv.h, cx.lv.w, cfg.embed_dim);
+    let lv = &cx.lv;
+    let c = cfg.embed_dim;
     let key = format!("blocks.{i}.attn");
     let heads = cfg.num_heads;
     let hd = c / heads;
     let scale = (hd as f64).powf(-0.5) as f32;
     let qkv = g.linear(x, &format!("{key}.qkv"))?; // (B, N, 3C)
     let out = if cfg.window_attn[i] {
-        let wl = Win::new(b, h, w, cfg.window_size[i].unwrap_or(14));
-        let m = g.reshape(&qkv, &[b, h, w, 3 * c]); // (B, H, W, 3C)
-        let m = pad_hw(g, &m, h, w, wl.hp, wl.wp); // (B, H_, W_, 3C), zero q/k/v in the padding
-        let win = partition(g, &m, b, wl.hp, wl.wp, 3 * c, wl.ws);
-        let a = Sdpa { bn: b * wl.count(), n: wl.ws * wl.ws, heads, hd, scale, prescale: false, bias: None };
+        let wl = Win::new(g, lv, cfg.window_size[i].unwrap_or(14));
+        let m = g.reshape_to(&qkv, &[lv.b.clone(), lv.h.clone(), lv.w.clone(), (3 * c).into()]); // (B, H, W, 3C)
+        let m = pad_hw(g, &m, &wl); // (B, H_, W_, 3C), zero q/k/v in the padding
+        let win = partition(g, &m, &wl, 3 * c);
+        let a = Sdpa { bn: wl.count.clone(), n: (wl.ws * wl.ws).into(), heads, hd, scale, prescale: false, bias: None };
         let o = sdpa(g, &win, &a);
-        unpartition(g, &o, wl, c)
+        unpartition(g, &o, &wl, &lv.n(), c)
     } else {
-        sdpa(g, &qkv, &Sdpa { bn: b, n: h * w, heads, hd, scale, prescale: false, bias: None })
+        sdpa(g, &qkv, &Sdpa { bn: lv.b.clone(), n: lv.n(), heads, hd, scale, prescale: false, bias: None })
     };
     g.linear(&out, &format!("{key}.proj"))
 }
@@ -421,7 +464,8 @@ fn rel_pos_bias(g: &mut Graph, key: &str, ws: usize, heads: usize) -> Result<Str
 
 fn beit_attention(g: &mut Graph, x: &str, i: usize, cx: &Ctx) -> Result<String, OnnxError> {
     let cfg = cx.cfg;
-    let (b, h, w, c) = (cx.lv.b, cx.lv.h, cx.lv.w, cfg.embed_dim);
+    let lv = &cx.lv;
+    let c = cfg.embed_dim;
     let key = format!("blocks.{i}.attn");
     let heads = cfg.num_heads;
     let (wshape, wq) = g.weights.get(&format!("{key}.qkv.weight"), None)?;
@@ -441,24 +485,30 @@ fn beit_attention(g: &mut Graph, x: &str, i: usize, cx: &Ctx) -> Result<String, 
     let ws = cfg.window_size[i].unwrap_or(14);
     let relb = rel_pos_bias(g, &key, ws, heads)?;
     let out = if cfg.window_attn[i] {
-        let wl = Win::new(b, h, w, ws);
-        let m = g.reshape(x, &[b, h, w, c]); // (B, H, W, C)
-        let m = pad_hw(g, &m, h, w, wl.hp, wl.wp); // zero tokens before qkv
-        let win = partition(g, &m, b, wl.hp, wl.wp, c, ws);
+        let wl = Win::new(g, lv, ws);
+        let m = g.reshape_to(x, &[lv.b.clone(), lv.h.clone(), lv.w.clone(), c.into()]); // (B, H, W, C)
+        let m = pad_hw(g, &m, &wl); // zero tokens before qkv
+        let win = partition(g, &m, &wl, c);
         let qkv = g.linear_with(&win, &format!("{key}.qkv"), &wshape, &wq, bias.as_deref())?;
-        let a = Sdpa { bn: b * wl.count(), n: ws * ws, heads, hd, scale, prescale: true, bias: Some(&relb) };
+        let a = Sdpa { bn: wl.count.clone(), n: (ws * ws).into(), heads, hd, scale, prescale: true, bias: Some(&relb) };
         let o = sdpa(g, &qkv, &a);
         let o = g.linear(&o, &format!("{key}.proj"))?;
-        unpartition(g, &o, wl, c)
+        unpartition(g, &o, &wl, &lv.n(), c)
     } else {
-        if ws * ws != h * w {
+        // A global block's table fixes the token grid (upstream's beit.py builds the bias for
+        // its window_size only): exportable at that grid alone, so never --dynamic.
+        let grid = match (lv.h.fixed(), lv.w.fixed()) {
+            (Some(h), Some(w)) => format!("the token grid is {h}×{w}"),
+            _ => "the input size is --dynamic".to_string(),
+        };
+        if lv.n().fixed() != Some(ws * ws) {
             return Err(g.node_error(
                 "Add",
-                format!("global BEiT block {i} has a {ws}×{ws} relative-position table but the token grid is {h}×{w}; export at {}×{}", ws * 16, ws * 16),
+                format!("global BEiT block {i} has a {ws}×{ws} relative-position table but {grid}; export at --input-size {}x{}", ws * 16, ws * 16),
             ));
         }
         let qkv = g.linear_with(x, &format!("{key}.qkv"), &wshape, &wq, bias.as_deref())?;
-        let o = sdpa(g, &qkv, &Sdpa { bn: b, n: h * w, heads, hd, scale, prescale: true, bias: Some(&relb) });
+        let o = sdpa(g, &qkv, &Sdpa { bn: lv.b.clone(), n: lv.n(), heads, hd, scale, prescale: true, bias: Some(&relb) });
         g.linear(&o, &format!("{key}.proj"))?
     };
     Ok(out)

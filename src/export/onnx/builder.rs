@@ -259,6 +259,19 @@ impl<'a> Graph<'a> {
         if self.computes_f16() { self.op("Cast", &[x], vec![attr_i("to", data_type::FLOAT16 as i64)]) } else { x.to_string() }
     }
 
+    /// Run `f` in a float32 region without casting anything in (tensors built from
+    /// constants and shapes, e.g. deformable attention's shared [`super::deform::Sampling`]).
+    pub fn in_f32<T>(&mut self, f: impl FnOnce(&mut Self) -> T) -> T {
+        if self.half {
+            self.f32_depth += 1;
+        }
+        let out = f(self);
+        if self.half {
+            self.f32_depth = self.f32_depth.saturating_sub(1);
+        }
+        out
+    }
+
     /// A float32 graph input as the graph computes it (cast to float16 in a float16 graph).
     pub fn input(&mut self, name: &str) -> String {
         if self.computes_f16() { self.op("Cast", &[name], vec![attr_i("to", data_type::FLOAT16 as i64)]) } else { name.to_string() }

@@ -10,10 +10,12 @@
 //!
 //! Every ViT-CoMer deformable attention reads the three stride-8/16/32 levels with the
 //! queries' own positions as reference points, so the reference points, spatial shapes and
-//! level start indices are constants here.
+//! level start indices are one [`Sampling`] per graph: constants for a fixed size, computed
+//! from the input's shape for `--dynamic` (upstream's `deform_inputs`).
 
 use super::OnnxError;
 use super::builder::{Graph, attr_i, attr_s};
+use super::dims::Dim;
 use super::layers::Levels;
 
 /// How the bilinear sampling of deformable attention is expressed.
@@ -36,17 +38,31 @@ impl Deform {
 }
 
 /// Shape of one deformable attention.
-pub struct DeformSpec {
+pub struct DeformSpec<'s> {
     pub heads: usize,
     pub points: usize,
-    pub levels: Levels,
+    pub levels: &'s Levels,
+    pub at: &'s Sampling,
+}
+
+/// The float32 tensors every deformable attention of a graph shares (built once, in a
+/// float32 region).
+pub struct Sampling {
+    /// Reference points (1, Lq, 1, 1, 1, 2) as (x, y) in [0, 1].
+    refp: String,
+    /// Per level (w, h): (1, 1, 1, 3, 1, 2).
+    normc: String,
+    /// Per level width, height and first token, (1, 1, 1, 3, 1, 1) each: the `Gather`
+    /// formulation's.
+    levels: Option<[String; 3]>,
 }
 
 /// Reference points of `get_reference_points` for the three levels: (Lq, 2) as (x, y).
-fn reference_points(lv: Levels) -> Vec<f32> {
-    let mut out = Vec::with_capacity(lv.total() * 2);
+fn reference_points(lv: &Levels) -> Vec<f32> {
+    let mut out = Vec::new();
     for l in 0..3 {
         let (h, w) = lv.grid(l);
+        let (h, w) = (h.fixed().unwrap_or(0), w.fixed().unwrap_or(0));
         for i in 0..h {
             for j in 0..w {
                 out.push((j as f32 + 0.5) / w as f32);
@@ -57,12 +73,64 @@ fn reference_points(lv: Levels) -> Vec<f32> {
     out
 }
 
+impl Sampling {
+    /// The shared tensors of `lv` for sampling `how`: constants when its sizes are fixed.
+    pub fn new(g: &mut Graph, lv: &Levels, how: Deform) -> Sampling {
+        g.in_f32(|g| {
+            let refp = if lv.total().fixed().is_some() {
+                let pts = reference_points(lv);
+                g.const_f32(&[1, pts.len() / 2, 1, 1, 1, 2], &pts)
+            } else {
+                let per: Vec<String> = (0..3).map(|l| level_reference_points(g, lv, l)).collect();
+                let refs: Vec<&str> = per.iter().map(|s| s.as_str()).collect();
+                let all = g.concat(&refs, 0); // (Lq, 2)
+                g.reshape_i64(&all, &[1, -1, 1, 1, 1, 2]) // (1, Lq, 1, 1, 1, 2)
+            };
+            let grids: Vec<(Dim, Dim)> = (0..3).map(|l| lv.grid(l)).collect();
+            let wh: Vec<Dim> = grids.iter().flat_map(|(h, w)| [w.clone(), h.clone()]).collect();
+            let normc = g.floats_of(&wh, &[1, 1, 1, 3, 1, 2]);
+            let levels = (how == Deform::Gather).then(|| {
+                let level = [1, 1, 1, 3, 1, 1];
+                let widths = g.floats_of(&grids.iter().map(|(_, w)| w.clone()).collect::<Vec<_>>(), &level);
+                let heights = g.floats_of(&grids.iter().map(|(h, _)| h.clone()).collect::<Vec<_>>(), &level);
+                let starts = g.floats_of(&(0..3).map(|l| lv.start(l)).collect::<Vec<_>>(), &level);
+                [widths, heights, starts]
+            });
+            Sampling { refp, normc, levels }
+        })
+    }
+}
+
+/// Reference points of level `l` computed in the graph: (h·w, 2) rows ((j + 0.5)/w,
+/// (i + 0.5)/h), as `get_reference_points` builds them with `linspace(0.5, H − 0.5, H)`.
+fn level_reference_points(g: &mut Graph, lv: &Levels, l: usize) -> String {
+    let (h, w) = lv.grid(l);
+    let axis = |g: &mut Graph, n: &Dim| {
+        let r = g.range(n); // (n,) int64: 0 .. n−1
+        let r = g.op("Cast", &[&r], vec![attr_i("to", super::proto::data_type::FLOAT as i64)]);
+        let half = g.scalar(0.5);
+        let c = g.add(&r, &half);
+        let nf = g.dim_f32(n);
+        g.div(&c, &nf) // (n,)
+    };
+    let xs = axis(g, &w);
+    let ys = axis(g, &h);
+    let hw = g.shape_tensor(&[h, w]);
+    let xs = g.unsqueeze(&xs, 0); // (1, w)
+    let ys = g.unsqueeze(&ys, 1); // (h, 1)
+    let x = g.op("Expand", &[&xs, &hw], vec![]); // (h, w)
+    let y = g.op("Expand", &[&ys, &hw], vec![]); // (h, w)
+    let x = g.reshape_i64(&x, &[-1, 1]); // (h·w, 1)
+    let y = g.reshape_i64(&y, &[-1, 1]); // (h·w, 1)
+    g.concat(&[&x, &y], 1) // (h·w, 2)
+}
+
 impl Graph<'_> {
     /// `MSDeformAttn(query, reference_points, feat, ...)` under weight prefix `key`, for
     /// query and feat both of the three-level token layout (B, Ltot, C).
     pub fn ms_deform_attn(&mut self, query: &str, feat: &str, key: &str, s: &DeformSpec, how: Deform) -> Result<String, OnnxError> {
         let lv = s.levels;
-        let (b, m, p, nl) = (lv.b, s.heads, s.points, 3usize);
+        let (b, m, p, nl) = (lv.b.clone(), s.heads, s.points, 3usize);
         let lq = lv.total();
         let vdim = self.weights.get(&format!("{key}.value_proj.bias"), None)?.0[0];
         if vdim % m != 0 {
@@ -82,20 +150,13 @@ impl Graph<'_> {
         // The sampling (locations, softmax, bilinear taps, weighted sum) in float32 whatever
         // the graph's dtype: float16 locations would move a point by up to 1/2048 of the map.
         let [value, off, aw]: [String; 3] = self.enter_f32(&[&value, &off, &aw]).try_into().expect("three inputs");
-        let off = self.reshape(&off, &[b, lq, m, nl, p, 2]); // (B, Lq, M, L, P, 2)
-        let aw = self.reshape(&aw, &[b, lq, m, nl * p]); // (B, Lq, M, L·P)
+        let off = self.reshape_to(&off, &[b.clone(), lq.clone(), m.into(), nl.into(), p.into(), 2.into()]); // (B, Lq, M, L, P, 2)
+        let aw = self.reshape_to(&aw, &[b.clone(), lq.clone(), m.into(), (nl * p).into()]); // (B, Lq, M, L·P)
         let aw = self.op("Softmax", &[&aw], vec![attr_i("axis", -1)]);
-        let aw = self.reshape(&aw, &[b, lq, m, nl, p]); // (B, Lq, M, L, P)
+        let aw = self.reshape_to(&aw, &[b, lq, m.into(), nl.into(), p.into()]); // (B, Lq, M, L, P)
 
-        let refp = self.const_f32(&[1, lq, 1, 1, 1, 2], &reference_points(lv));
-        let mut norm = Vec::new();
-        for l in 0..nl {
-            let (h, w) = lv.grid(l);
-            norm.extend([w as f32, h as f32]);
-        }
-        let normc = self.const_f32(&[1, 1, 1, nl, 1, 2], &norm);
-        let scaled = self.div(&off, &normc);
-        let loc = self.add(&refp, &scaled); // (B, Lq, M, L, P, 2) in [0, 1]
+        let scaled = self.div(&off, &s.at.normc);
+        let loc = self.add(&s.at.refp, &scaled); // (B, Lq, M, L, P, 2) in [0, 1]
         let two = self.scalar(2.0);
         let one = self.scalar(1.0);
         let g2 = self.mul(&loc, &two);
@@ -103,7 +164,7 @@ impl Graph<'_> {
 
         let out = match how {
             Deform::GridSample => self.sample_grid_sample(&value, &grid, &aw, s, d),
-            Deform::Gather => self.sample_gather(&value, &grid, &normc, &aw, s, d),
+            Deform::Gather => self.sample_gather(&value, &grid, &aw, s, d)?,
         }; // (B, Lq, M·D)
         let out = self.leave_f32(&out);
         self.linear(&out, &format!("{key}.output_proj"))
@@ -111,8 +172,9 @@ impl Graph<'_> {
 
     fn sample_grid_sample(&mut self, value: &str, grid: &str, aw: &str, s: &DeformSpec, d: usize) -> String {
         let lv = s.levels;
-        let (b, m, p) = (lv.b, s.heads, s.points);
+        let (m, p) = (s.heads, s.points);
         let lq = lv.total();
+        let bm = self.dim_mul(&lv.b, &m.into());
         // Per level: sample, weight by that level's attention and reduce over points, so the
         // (B·M, D, Lq, L·P) stack of upstream's torch.stack never has to be materialised.
         let a = self.transpose(aw, &[0, 2, 1, 3, 4]); // (B, M, Lq, L, P)
@@ -120,38 +182,40 @@ impl Graph<'_> {
         let mut per_level = Vec::new();
         for l in 0..3 {
             let (h, w) = lv.grid(l);
-            let v = self.slice(value, 1, lv.start(l), lv.start(l) + lv.len(l)); // (B, HW, M·D)
+            let v = self.slice_to(value, 1, &lv.start(l), &lv.start(l + 1)); // (B, HW, M·D)
             let v = self.transpose(&v, &[0, 2, 1]); // (B, M·D, HW)
-            let v = self.reshape(&v, &[b * m, d, h, w]); // (B·M, D, H, W)
+            let v = self.reshape_to(&v, &[bm.clone(), d.into(), h, w]); // (B·M, D, H, W)
             let g = self.pick(grid, 3, l as i64); // (B, Lq, M, P, 2)
             let g = self.transpose(&g, &[0, 2, 1, 3, 4]); // (B, M, Lq, P, 2)
-            let g = self.reshape(&g, &[b * m, lq, p, 2]); // (B·M, Lq, P, 2)
+            let g = self.reshape_to(&g, &[bm.clone(), lq.clone(), p.into(), 2.into()]); // (B·M, Lq, P, 2)
             let sampled = self.op(
                 "GridSample",
                 &[&v, &g],
                 vec![attr_s("mode", "bilinear"), attr_s("padding_mode", "zeros"), attr_i("align_corners", 0)],
             ); // (B·M, D, Lq, P)
             let al = self.pick(&a, 3, l as i64); // (B, M, Lq, P)
-            let al = self.reshape(&al, &[b * m, 1, lq, p]); // (B·M, 1, Lq, P)
+            let al = self.reshape_to(&al, &[bm.clone(), 1.into(), lq.clone(), p.into()]); // (B·M, 1, Lq, P)
             let prod = self.mul(&sampled, &al);
             per_level.push(self.op("ReduceSum", &[&prod, &axes], vec![attr_i("keepdims", 0)])); // (B·M, D, Lq)
         }
         let refs: Vec<&str> = per_level.iter().map(|x| x.as_str()).collect();
         let summed = self.op("Sum", &refs, vec![]); // (B·M, D, Lq)
-        let o = self.reshape(&summed, &[b, m * d, lq]); // (B, M·D, Lq)
+        let o = self.reshape_to(&summed, &[lv.b.clone(), (m * d).into(), lq]); // (B, M·D, Lq)
         self.transpose(&o, &[0, 2, 1]) // (B, Lq, M·D)
     }
 
-    fn sample_gather(&mut self, value: &str, grid: &str, normc: &str, aw: &str, s: &DeformSpec, d: usize) -> String {
+    fn sample_gather(&mut self, value: &str, grid: &str, aw: &str, s: &DeformSpec, d: usize) -> Result<String, OnnxError> {
         let lv = s.levels;
-        let (b, m, p, nl) = (lv.b, s.heads, s.points, 3usize);
+        let Some([widths, heights, starts]) = &s.at.levels else {
+            return Err(self.node_error("Gather", "the graph's sampling tensors were built for GridSample".into()));
+        };
+        let (m, p, nl) = (s.heads, s.points, 3usize);
         let lq = lv.total();
-        let lin = lv.total();
         // grid_sample's unnormalisation (align_corners=False): ((g + 1)·size − 1) / 2.
         let one = self.scalar(1.0);
         let half = self.scalar(0.5);
         let g1 = self.add(grid, &one);
-        let gs = self.mul(&g1, normc);
+        let gs = self.mul(&g1, &s.at.normc);
         let gm = self.sub(&gs, &one);
         let pix = self.mul(&gm, &half); // (B, Lq, M, L, P, 2) pixel coordinates
         let f0 = self.op("Floor", &[&pix], vec![]);
@@ -167,7 +231,7 @@ impl Graph<'_> {
         // The four taps (x0,y0), (x0+1,y0), (x0,y0+1), (x0+1,y0+1) on a last axis of 4.
         let dx = [0f32, 1., 0., 1.];
         let dy = [0f32, 0., 1., 1.];
-        let tap = |g: &mut Self, base: &str, frac: &str, dv: &[f32; 4], size_m1: &[f32]| {
+        let tap = |g: &mut Self, base: &str, frac: &str, dv: &[f32; 4], size: &str| {
             let dc = g.const_f32(&[4], dv);
             let a: Vec<f32> = dv.iter().map(|v| 1.0 - v).collect();
             let bb: Vec<f32> = dv.iter().map(|v| 2.0 * v - 1.0).collect();
@@ -177,7 +241,8 @@ impl Graph<'_> {
             let t = g.mul(frac, &bc);
             let weight = g.add(&ac, &t); // 1 − f or f
             let zero = g.scalar(0.0);
-            let hi = g.const_f32(&[1, 1, 1, 3, 1, 1], size_m1);
+            let one = g.scalar(1.0);
+            let hi = g.sub(size, &one); // (1, 1, 1, 3, 1, 1): size − 1 per level
             let lo = g.op("Max", &[&coord, &zero], vec![]);
             let clamped = g.op("Min", &[&lo, &hi], vec![]);
             let inside = g.op("Equal", &[&clamped, &coord], vec![]);
@@ -185,38 +250,76 @@ impl Graph<'_> {
             let weight = g.mul(&weight, &inside);
             (clamped, weight)
         };
-        let wm1: Vec<f32> = (0..nl).map(|l| lv.grid(l).1 as f32 - 1.0).collect();
-        let hm1: Vec<f32> = (0..nl).map(|l| lv.grid(l).0 as f32 - 1.0).collect();
-        let (cx, wx) = tap(self, &x0, &fx, &dx, &wm1);
-        let (cy, wy) = tap(self, &y0, &fy, &dy, &hm1);
+        let (cx, wx) = tap(self, &x0, &fx, &dx, widths);
+        let (cy, wy) = tap(self, &y0, &fy, &dy, heights);
         let wxy = self.mul(&wx, &wy);
         let a = self.unsqueeze(aw, 5); // (B, Lq, M, L, P, 1)
         let weight = self.mul(&wxy, &a); // (B, Lq, M, L, P, 4)
-        let weight = self.reshape(&weight, &[b, lq, m, 1, nl * p * 4]); // (B, Lq, M, 1, K)
+        let k = nl * p * 4;
+        let weight = self.reshape_to(&weight, &[lv.b.clone(), lq.clone(), m.into(), 1.into(), k.into()]); // (B, Lq, M, 1, K)
         // Flat row index into value viewed as (B·Lin·M, D): ((b·Lin + tok)·M + m).
-        let widths: Vec<f32> = (0..nl).map(|l| lv.grid(l).1 as f32).collect();
-        let starts: Vec<f32> = (0..nl).map(|l| lv.start(l) as f32).collect();
-        let wc = self.const_f32(&[1, 1, 1, 3, 1, 1], &widths);
-        let sc = self.const_f32(&[1, 1, 1, 3, 1, 1], &starts);
-        let row = self.mul(&cy, &wc);
+        let row = self.mul(&cy, widths);
         let tok = self.add(&row, &cx);
-        let tok = self.add(&tok, &sc);
+        let tok = self.add(&tok, starts);
         let tok = self.op("Cast", &[&tok], vec![attr_i("to", 7)]); // int64 token index
         let mc = self.const_i64_shaped(&[], &[m as i64]);
         let tok = self.mul(&tok, &mc);
-        let mut base = Vec::with_capacity(b * m);
-        for bi in 0..b {
-            for mi in 0..m {
-                base.push((bi * lin * m + mi) as i64);
-            }
-        }
-        let basec = self.const_i64_shaped(&[b, 1, m, 1, 1, 1], &base);
+        let basec = self.gather_base(lv, m); // (B, 1, M, 1, 1, 1)
         let idx = self.add(&tok, &basec); // (B, Lq, M, L, P, 4)
-        let idx = self.reshape(&idx, &[b, lq, m, nl * p * 4]); // (B, Lq, M, K)
-        let flat = self.reshape(value, &[b * lin * m, d]); // (B·Lin·M, D)
+        let idx = self.reshape_to(&idx, &[lv.b.clone(), lq.clone(), m.into(), k.into()]); // (B, Lq, M, K)
+        let rows = self.dim_mul(&lv.b, &lq);
+        let rows = self.dim_mul(&rows, &m.into());
+        let flat = self.reshape_to(value, &[rows, d.into()]); // (B·Lin·M, D)
         let taps = self.op("Gather", &[&flat, &idx], vec![attr_i("axis", 0)]); // (B, Lq, M, K, D)
         let out = self.matmul(&weight, &taps); // (B, Lq, M, 1, D)
-        self.reshape(&out, &[b, lq, m * d]) // (B, Lq, M·D)
+        Ok(self.reshape_to(&out, &[lv.b.clone(), lq, (m * d).into()])) // (B, Lq, M·D)
+    }
+
+    /// The first flat value row of each (batch, head): b·Lin·M + m, shaped (B, 1, M, 1, 1, 1).
+    fn gather_base(&mut self, lv: &Levels, m: usize) -> String {
+        let lin = lv.total();
+        if let (Some(b), Some(lin)) = (lv.b.fixed(), lin.fixed()) {
+            let mut base = Vec::with_capacity(b * m);
+            for bi in 0..b {
+                for mi in 0..m {
+                    base.push((bi * lin * m + mi) as i64);
+                }
+            }
+            return self.const_i64_shaped(&[b, 1, m, 1, 1, 1], &base);
+        }
+        let stride = self.dim_mul(&lin, &m.into());
+        let stride = self.dim_tensor(&stride);
+        let bs = self.range(&lv.b); // (B,)
+        let bs = self.mul(&bs, &stride);
+        let bs = self.reshape_i64(&bs, &[-1, 1, 1, 1, 1, 1]); // (B, 1, 1, 1, 1, 1)
+        let ms = self.range(&m.into()); // (M,)
+        let ms = self.reshape_i64(&ms, &[1, 1, -1, 1, 1, 1]); // (1, 1, M, 1, 1, 1)
+        self.add(&bs, &ms)
+    }
+
+    /// `0 .. n−1` as an int64 (n,) tensor.
+    pub fn range(&mut self, n: &Dim) -> String {
+        let limit = match n {
+            Dim::Fixed(v) => self.const_i64_shaped(&[], &[*v as i64]),
+            Dim::Sym(s) => {
+                let axes = self.const_i64(&[0]);
+                self.op("Squeeze", &[s, &axes], vec![]) // [1] → []
+            }
+        };
+        let zero = self.const_i64_shaped(&[], &[0]);
+        let one = self.const_i64_shaped(&[], &[1]);
+        self.op("Range", &[&zero, &limit, &one], vec![])
+    }
+
+    /// The float32 values of `dims` in a tensor of `shape` (a constant when all are fixed).
+    fn floats_of(&mut self, dims: &[Dim], shape: &[usize]) -> String {
+        if let Some(v) = dims.iter().map(Dim::fixed).collect::<Option<Vec<usize>>>() {
+            let f: Vec<f32> = v.iter().map(|&x| x as f32).collect();
+            return self.const_f32(shape, &f);
+        }
+        let t = self.shape_tensor(dims);
+        let t = self.op("Cast", &[&t], vec![attr_i("to", super::proto::data_type::FLOAT as i64)]);
+        self.reshape(&t, shape)
     }
 }
 
@@ -226,8 +329,8 @@ mod tests {
 
     #[test]
     fn reference_points_are_pixel_centres() {
-        let lv = Levels { b: 1, h: 2, w: 2 };
-        let r = reference_points(lv);
+        let lv = Levels::fixed(1, 2, 2);
+        let r = reference_points(&lv);
         assert_eq!(r.len(), 21 * 2);
         assert_eq!(&r[..4], &[0.125, 0.125, 0.375, 0.125]);
         assert_eq!(&r[r.len() - 2..], &[0.5, 0.5]);

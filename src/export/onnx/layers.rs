@@ -1,37 +1,76 @@
 //! Standard-op building blocks: Linear, LayerNorm, GELU (erf), Conv/BatchNorm, bilinear
 //! resize, token ↔ map reshapes, and the ConvFFN/MRFP modules of upstream's
 //! `comer_modules.py` (`ConvFFN`, `DWConv`, `MRFP`/`MultiConvFFN`, `MultiDWConv`).
-//! Shapes are static: every reshape target is known at export time.
+//! Sizes that depend on the input are [`Dim`]s: fixed for a fixed-size export, computed in
+//! the graph for `--dynamic`.
 
 use super::OnnxError;
 use super::builder::{Graph, attr_f, attr_i, attr_ints, attr_s};
+use super::dims::Dim;
 
-/// Token counts and grids of the three stride-8/16/32 levels for a patch grid `h`×`w`.
-#[derive(Debug, Clone, Copy)]
+/// Batch, token counts and grids of the three stride-8/16/32 levels for a patch grid
+/// `h`×`w`, each computed once (in the graph, when symbolic).
+#[derive(Debug, Clone)]
 pub struct Levels {
-    pub b: usize,
-    pub h: usize,
-    pub w: usize,
+    pub b: Dim,
+    pub h: Dim,
+    pub w: Dim,
+    grids: [(Dim, Dim); 3],
+    lens: [Dim; 3],
+    starts: [Dim; 4],
 }
 
 impl Levels {
-    /// (height, width) of level `l` (0: stride 8, 1: stride 16, 2: stride 32).
-    pub fn grid(&self, l: usize) -> (usize, usize) {
-        match l {
-            0 => (self.h * 2, self.w * 2),
-            1 => (self.h, self.w),
-            _ => (self.h / 2, self.w / 2),
+    /// The levels of batch `b` over a `h`×`w` patch grid (ViT-CoMer's inputs are multiples
+    /// of 32, so `h`, `w` are even).
+    pub fn new(g: &mut Graph, b: Dim, h: Dim, w: Dim) -> Levels {
+        let two = Dim::Fixed(2);
+        let grids = [
+            (g.dim_mul(&h, &two), g.dim_mul(&w, &two)),
+            (h.clone(), w.clone()),
+            (g.dim_div(&h, 2), g.dim_div(&w, 2)),
+        ];
+        let lens = [0, 1, 2].map(|l| g.dim_mul(&grids[l].0, &grids[l].1));
+        let s2 = g.dim_add(&lens[0], &lens[1]);
+        let s3 = g.dim_add(&s2, &lens[2]);
+        let starts = [Dim::Fixed(0), lens[0].clone(), s2, s3];
+        Levels { b, h, w, grids, lens, starts }
+    }
+
+    /// Fixed sizes: batch `b`, patch grid `h`×`w`.
+    pub fn fixed(b: usize, h: usize, w: usize) -> Levels {
+        let grids = [(2 * h, 2 * w), (h, w), (h / 2, w / 2)];
+        let lens = grids.map(|(gh, gw)| gh * gw);
+        let starts = [0, lens[0], lens[0] + lens[1], lens[0] + lens[1] + lens[2]];
+        Levels {
+            b: b.into(),
+            h: h.into(),
+            w: w.into(),
+            grids: grids.map(|(gh, gw)| (gh.into(), gw.into())),
+            lens: lens.map(Dim::from),
+            starts: starts.map(Dim::from),
         }
     }
-    pub fn len(&self, l: usize) -> usize {
-        let (h, w) = self.grid(l);
-        h * w
+
+    /// (height, width) of level `l` (0: stride 8, 1: stride 16, 2: stride 32).
+    pub fn grid(&self, l: usize) -> (Dim, Dim) {
+        self.grids[l].clone()
     }
-    pub fn start(&self, l: usize) -> usize {
-        (0..l).map(|i| self.len(i)).sum()
+    /// Tokens of level `l`.
+    pub fn len(&self, l: usize) -> Dim {
+        self.lens[l].clone()
     }
-    pub fn total(&self) -> usize {
+    /// First token of level `l` in the concatenated (B, Ltot, C) layout; `start(3)` is Ltot.
+    pub fn start(&self, l: usize) -> Dim {
+        self.starts[l].clone()
+    }
+    /// All tokens of the three levels.
+    pub fn total(&self) -> Dim {
         self.start(3)
+    }
+    /// Tokens of the stride-16 (ViT) grid.
+    pub fn n(&self) -> Dim {
+        self.len(1)
     }
 }
 
@@ -59,18 +98,16 @@ impl Graph<'_> {
         let s = self.const_i64(&i64s(shape));
         self.op("Reshape", &[x, &s], vec![])
     }
+    /// `x.reshape(shape)` with ONNX's `-1` (inferred) allowed.
+    pub fn reshape_i64(&mut self, x: &str, shape: &[i64]) -> String {
+        let s = self.const_i64(shape);
+        self.op("Reshape", &[x, &s], vec![])
+    }
     pub fn transpose(&mut self, x: &str, perm: &[i64]) -> String {
         self.op("Transpose", &[x], vec![attr_ints("perm", perm)])
     }
     pub fn concat(&mut self, xs: &[&str], axis: i64) -> String {
         self.op("Concat", xs, vec![attr_i("axis", axis)])
-    }
-    /// `x[start:end]` along `axis`.
-    pub fn slice(&mut self, x: &str, axis: i64, start: usize, end: usize) -> String {
-        let s = self.const_i64(&[start as i64]);
-        let e = self.const_i64(&[end as i64]);
-        let a = self.const_i64(&[axis]);
-        self.op("Slice", &[x, &s, &e, &a], vec![])
     }
     /// `x[..., i, ...]` along `axis` (drops the axis).
     pub fn pick(&mut self, x: &str, axis: i64, i: i64) -> String {
@@ -197,8 +234,8 @@ impl Graph<'_> {
     }
 
     /// `F.interpolate(mode='bilinear', align_corners=False)` to an exact integer ratio.
-    pub fn resize_bilinear(&mut self, x: &str, out: [usize; 4]) -> String {
-        let sizes = self.const_i64(&i64s(&out));
+    pub fn resize_bilinear(&mut self, x: &str, out: [Dim; 4]) -> String {
+        let sizes = self.shape_tensor(&out);
         self.op(
             "Resize",
             &[x, "", "", &sizes],
@@ -210,36 +247,36 @@ impl Graph<'_> {
     }
 
     /// (B, N, C) tokens → (B, C, h, w) map.
-    pub fn tokens_to_map(&mut self, x: &str, b: usize, c: usize, h: usize, w: usize) -> String {
+    pub fn tokens_to_map(&mut self, x: &str, b: &Dim, c: usize, h: &Dim, w: &Dim) -> String {
         let t = self.transpose(x, &[0, 2, 1]); // (B, C, N)
-        self.reshape(&t, &[b, c, h, w]) // (B, C, h, w)
+        self.reshape_to(&t, &[b.clone(), c.into(), h.clone(), w.clone()]) // (B, C, h, w)
     }
 
     /// (B, C, h, w) map → (B, h·w, C) tokens.
-    pub fn map_to_tokens(&mut self, x: &str, b: usize, c: usize, n: usize) -> String {
-        let r = self.reshape(x, &[b, c, n]); // (B, C, N)
+    pub fn map_to_tokens(&mut self, x: &str, b: &Dim, c: usize, n: &Dim) -> String {
+        let r = self.reshape_to(x, &[b.clone(), c.into(), n.clone()]); // (B, C, N)
         self.transpose(&r, &[0, 2, 1]) // (B, N, C)
     }
 
     /// `DWConv`: one depthwise 3×3 conv applied to each of the three levels of the
     /// concatenated (B, 21·n, C) tokens.
-    pub fn dwconv_levels(&mut self, x: &str, key: &str, lv: Levels, c: usize) -> Result<String, OnnxError> {
+    pub fn dwconv_levels(&mut self, x: &str, key: &str, lv: &Levels, c: usize) -> Result<String, OnnxError> {
         let (shape, w) = self.weights.get(&format!("{key}.weight"), None)?;
         let bias = self.weights.get(&format!("{key}.bias"), Some(&shape[..1]))?.1;
         let mut outs = Vec::new();
         for l in 0..3 {
             let (h, wd) = lv.grid(l);
-            let t = self.slice(x, 1, lv.start(l), lv.start(l) + lv.len(l));
-            let m = self.tokens_to_map(&t, lv.b, c, h, wd);
+            let t = self.slice_to(x, 1, &lv.start(l), &lv.start(l + 1));
+            let m = self.tokens_to_map(&t, &lv.b, c, &h, &wd);
             let y = self.conv_with(&m, key, &shape, &w, Some(&bias), 1, shape[2] / 2, c);
-            outs.push(self.map_to_tokens(&y, lv.b, c, h * wd));
+            outs.push(self.map_to_tokens(&y, &lv.b, c, &lv.len(l)));
         }
         let refs: Vec<&str> = outs.iter().map(|s| s.as_str()).collect();
         Ok(self.concat(&refs, 1))
     }
 
     /// `ConvFFN`: fc1 → DWConv → GELU → fc2.
-    pub fn conv_ffn(&mut self, x: &str, key: &str, lv: Levels) -> Result<String, OnnxError> {
+    pub fn conv_ffn(&mut self, x: &str, key: &str, lv: &Levels) -> Result<String, OnnxError> {
         let hidden = self.weights.get(&format!("{key}.fc1.bias"), None)?.0[0];
         let y = self.linear(x, &format!("{key}.fc1"))?;
         let y = self.dwconv_levels(&y, &format!("{key}.dwconv.dwconv"), lv, hidden)?;
@@ -250,7 +287,7 @@ impl Graph<'_> {
     /// `MRFP` / `MultiConvFFN`: fc1 → per level a 3×3 depthwise conv on the first half of
     /// the channels and a 5×5 on the second (merged here into one 5×5 depthwise conv with the
     /// 3×3 kernel zero-padded), BatchNorm, GELU — then MRFP's own GELU again → fc2.
-    pub fn mrfp(&mut self, x: &str, key: &str, lv: Levels) -> Result<String, OnnxError> {
+    pub fn mrfp(&mut self, x: &str, key: &str, lv: &Levels) -> Result<String, OnnxError> {
         let hidden = self.weights.get(&format!("{key}.fc1.bias"), None)?.0[0];
         let half = hidden / 2;
         let y = self.linear(x, &format!("{key}.fc1"))?;
@@ -273,13 +310,13 @@ impl Graph<'_> {
             w[half * 25..].copy_from_slice(&w5);
             let b: Vec<f32> = b3.iter().chain(&b5).copied().collect();
             let (h, wd) = lv.grid(l);
-            let t = self.slice(&y, 1, lv.start(l), lv.start(l) + lv.len(l));
-            let m = self.tokens_to_map(&t, lv.b, hidden, h, wd);
+            let t = self.slice_to(&y, 1, &lv.start(l), &lv.start(l + 1));
+            let m = self.tokens_to_map(&t, &lv.b, hidden, &h, &wd);
             let merged = format!("{key}.dwconv.level{l}_merged");
             let cv = self.conv_with(&m, &merged, &[hidden, 1, 5, 5], &w, Some(&b), 1, 2, hidden);
             let bn = self.batch_norm(&cv, &format!("{key}.dwconv.bn{}", l + 1))?;
             let g = self.gelu(&bn);
-            outs.push(self.map_to_tokens(&g, lv.b, hidden, h * wd));
+            outs.push(self.map_to_tokens(&g, &lv.b, hidden, &lv.len(l)));
         }
         let refs: Vec<&str> = outs.iter().map(|s| s.as_str()).collect();
         let y = self.concat(&refs, 1);

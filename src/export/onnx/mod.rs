@@ -1,18 +1,22 @@
 //! `export/onnx/`: the whole ViT-CoMer backbone as one standard-op ONNX graph (opset 17)
-//! that ONNX Runtime runs — upstream's `vit_comer.py` / `beit_comer.py` forwards with every
+//! that ONNX Runtime runs — upstream's `vit_comer.py` / `beit_comer.py` forwards. Every
 //! input-size-dependent quantity (position-embedding resize, deformable-attention reference
-//! points, spatial shapes, level start indices, window padding, relative position bias)
-//! computed here at export time. Weights become initializers; past [`EXTERNAL_DEFAULT`] they
+//! points, spatial shapes, level start indices, window padding) is computed here at export
+//! time for a fixed size, or in the graph from the input's shape for `--dynamic` (symbolic
+//! batch, height and width; `dims`). The relative position bias is always gathered in the
+//! graph from its table. Weights become initializers; past [`EXTERNAL_DEFAULT`] they
 //! are streamed into a side `<model>.onnx.data` file (ONNX external data) as the graph is
 //! built. float32, or float16 with the numerically sensitive parts in float32 ([`Precision`]).
 //!
-//! Layout: `proto` (the ONNX messages), `builder` (graph + weights), `layers` (Linear,
-//! LayerNorm, Conv, ConvFFN, MRFP), `deform` (MSDeformAttn, GridSample or Gather),
+//! Layout: `proto` (the ONNX messages), `builder` (graph + weights), `dims` (sizes fixed or
+//! computed in the graph), `layers` (Linear, LayerNorm, Conv, ConvFFN, MRFP), `deform`
+//! (MSDeformAttn, GridSample or Gather),
 //! `backbone` (the three flavours; its pos-embed resize is `model::resize`).
 
 pub(crate) mod backbone;
 pub(crate) mod builder;
 pub(crate) mod deform;
+pub(crate) mod dims;
 pub(crate) mod layers;
 pub mod proto;
 
@@ -136,12 +140,15 @@ impl Precision {
 /// What to export.
 #[derive(Debug, Clone)]
 pub struct ExportOptions {
-    /// Fixed input height in pixels (a multiple of 32).
+    /// Fixed input height in pixels (a multiple of 32); unused when `dynamic`.
     pub height: usize,
-    /// Fixed input width in pixels (a multiple of 32).
+    /// Fixed input width in pixels (a multiple of 32); unused when `dynamic`.
     pub width: usize,
-    /// Fixed batch size (at least 1).
+    /// Fixed batch size (at least 1); unused when `dynamic`.
     pub batch: usize,
+    /// Symbolic batch, height and width: the graph computes every size-dependent quantity
+    /// from its input's shape (height and width multiples of 32).
+    pub dynamic: bool,
     /// How deformable attention samples its values.
     pub deform: Deform,
     /// `metadata_props` `source`: where the weights came from.
@@ -160,6 +167,7 @@ impl ExportOptions {
             height,
             width,
             batch: 1,
+            dynamic: false,
             // The faster formulation in ONNX Runtime: ViT-CoMer-S seg at 512, ORT 1.32 CPU,
             // 2 threads, 7 alternated runs: GridSample 1.939 s, Gather 2.144 s (docs/performance.md).
             deform: Deform::GridSample,
@@ -167,6 +175,17 @@ impl ExportOptions {
             external_threshold: EXTERNAL_DEFAULT,
             dtype: Precision::F32,
         }
+    }
+
+    /// Export for any batch and any height × width (multiples of 32), `GridSample`
+    /// sampling, external data past [`EXTERNAL_DEFAULT`].
+    pub fn dynamic() -> ExportOptions {
+        ExportOptions { dynamic: true, ..ExportOptions::new(32, 32) }
+    }
+
+    /// The input size as the metadata and the CLI name it: `HxW`, or `dynamic`.
+    pub fn size_name(&self) -> String {
+        if self.dynamic { "dynamic".to_string() } else { format!("{}x{}", self.height, self.width) }
     }
 }
 
@@ -199,19 +218,25 @@ pub fn check_batch(batch: usize) -> Result<(), OnnxError> {
     Ok(())
 }
 
-fn value_info(name: &str, shape: &[usize]) -> ValueInfoProto {
+/// A float32 graph input/output of the given dimensions.
+fn value_info(name: &str, shape: Vec<Dimension>) -> ValueInfoProto {
     ValueInfoProto {
         name: name.into(),
         r#type: Some(TypeProto {
-            tensor_type: Some(TypeProtoTensor {
-                elem_type: data_type::FLOAT,
-                shape: Some(TensorShapeProto {
-                    dim: shape.iter().map(|&d| Dimension { dim_value: d as i64 }).collect(),
-                }),
-            }),
+            tensor_type: Some(TypeProtoTensor { elem_type: data_type::FLOAT, shape: Some(TensorShapeProto { dim: shape }) }),
         }),
         doc_string: String::new(),
     }
+}
+
+/// A fixed dimension.
+fn dim(v: usize) -> Dimension {
+    Dimension { dim_value: v as i64, dim_param: String::new() }
+}
+
+/// A symbolic dimension named `name`.
+fn sym(name: &str) -> Dimension {
+    Dimension { dim_value: 0, dim_param: name.into() }
 }
 
 /// Build the model in memory (initializers inline).
@@ -226,31 +251,58 @@ fn build_with(
     opts: &ExportOptions,
     sink: Option<ExternalSink>,
 ) -> Result<(ModelProto, Option<ExternalSink>), OnnxError> {
-    check_input_size(opts.height, opts.width)?;
-    check_batch(opts.batch)?;
+    if !opts.dynamic {
+        check_input_size(opts.height, opts.width)?;
+        check_batch(opts.batch)?;
+    }
     cfg.validate()?;
     let weights = Weights::new(tensors);
     let mut g = Graph::new(&weights);
     g.sink = sink;
     g.half = opts.dtype == Precision::F16;
-    let lv = layers::Levels { b: opts.batch, h: opts.height / 16, w: opts.width / 16 };
-    let cx = backbone::Ctx { cfg, lv, deform: opts.deform };
-    let outputs = backbone::build(&mut g, &cx)?;
-    let (b, d, h, w) = (lv.b, cfg.embed_dim, lv.h, lv.w);
+    let image = g.input("image");
+    let lv = if opts.dynamic {
+        // (B, 3, H, W) → batch B and the 16-pixel patch grid (H/16, W/16).
+        let b = g.shape_at(&image, 0);
+        let (h, w) = (g.shape_at(&image, 2), g.shape_at(&image, 3));
+        let (h, w) = (g.dim_div(&h, 16), g.dim_div(&w, 16));
+        layers::Levels::new(&mut g, b, h, w)
+    } else {
+        layers::Levels::fixed(opts.batch, opts.height / 16, opts.width / 16)
+    };
+    let at = deform::Sampling::new(&mut g, &lv, opts.deform);
+    let cx = backbone::Ctx { cfg, lv, deform: opts.deform, at };
+    let outputs = backbone::build(&mut g, &image, &cx)?;
+    let d = dim(cfg.embed_dim);
+    // The batch, and (height, width) of a map at `stride` pixels (1: the input).
+    let (b, hw): (Dimension, Box<dyn Fn(usize) -> [Dimension; 2]>) = if opts.dynamic {
+        let name = |side: &str, stride: usize| if stride == 1 { side.to_string() } else { format!("{side}/{stride}") };
+        (sym("batch"), Box::new(move |s| [sym(&name("height", s)), sym(&name("width", s))]))
+    } else {
+        let (h, w) = (opts.height, opts.width);
+        (dim(opts.batch), Box::new(move |s| [dim(h / s), dim(w / s)]))
+    };
     let out_info = outputs
         .iter()
         .map(|n| {
-            let shape = match n.as_str() {
-                "x" if cfg.add_vit_feature => vec![b, d, h, w],
-                "x" => vec![b, h * w, d],
-                "f1" => vec![b, d, 4 * h, 4 * w],
-                "f2" => vec![b, d, 2 * h, 2 * w],
-                "f3" => vec![b, d, h, w],
-                _ => vec![b, d, h / 2, w / 2],
+            // Output strides: f1 4, f2 8, f3 (and x) 16, f4 32 pixels.
+            let [oh, ow] = match n.as_str() {
+                "f1" => hw(4),
+                "f2" => hw(8),
+                "f4" => hw(32),
+                _ => hw(16),
             };
-            value_info(n, &shape)
+            let shape = match n.as_str() {
+                "x" if !cfg.add_vit_feature => {
+                    let tokens = if opts.dynamic { sym("height*width/256") } else { dim(opts.height * opts.width / 256) };
+                    vec![b.clone(), tokens, d.clone()]
+                }
+                _ => vec![b.clone(), d.clone(), oh, ow],
+            };
+            value_info(n, shape)
         })
         .collect();
+    let [ih, iw] = hw(1);
     let config_json = cfg.to_case_json().to_string();
     let meta = [
         ("source", opts.source.clone()),
@@ -259,7 +311,7 @@ fn build_with(
         ("comer_port.flavor", cfg.flavor.name().to_string()),
         ("comer_port.deform", opts.deform.name().to_string()),
         ("comer_port.dtype", opts.dtype.name().to_string()),
-        ("comer_port.input_size", format!("{}x{}", opts.height, opts.width)),
+        ("comer_port.input_size", opts.size_name()),
     ];
     let sink = g.sink.take();
     let model = ModelProto {
@@ -274,7 +326,7 @@ fn build_with(
             name: cfg.flavor.name().replace('-', "_"),
             initializer: g.initializers,
             doc_string: String::new(),
-            input: vec![value_info("image", &[b, cfg.in_chans, opts.height, opts.width])],
+            input: vec![value_info("image", vec![b, dim(cfg.in_chans), ih, iw])],
             output: out_info,
         }),
         opset_import: vec![OperatorSetIdProto { domain: String::new(), version: OPSET }],

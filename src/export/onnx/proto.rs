@@ -130,9 +130,12 @@ pub struct TensorProto {
 /// One dimension of a shape.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Dimension {
-    /// Its fixed size.
+    /// Its fixed size (0, not written, when symbolic).
     #[prost(int64, tag = "1")]
     pub dim_value: i64,
+    /// Its name when symbolic (`batch`, `height/4`), else empty (not written).
+    #[prost(string, tag = "2")]
+    pub dim_param: String,
 }
 
 /// A tensor shape.
