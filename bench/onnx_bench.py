@@ -2,24 +2,29 @@
 float32 vs `--dtype f16` graphs.
 
 Usage: onnx_bench.py ARTIFACT --preset NAME [--size 512x512] [--runs 5] [--threads 2]
-       [--deform grid-sample gather] [--dtype f32 f16] [--dynamic]
+       [--deform grid-sample gather] [--dtype f32 f16] [--dynamic] [--write docs/performance.md]
 Exports every (formulation, dtype) with target/release/comer-port into bench/out/, then runs each in
 ONNX Runtime (CPU, intra_op_num_threads=THREADS, inter_op 1, sequential) on one random image:
 one warm-up run each, then RUNS rounds that alternate the formulations (so load changes on a
 shared machine hit both alike); prints median/min per formulation and their ratio.
 With --dynamic, each formulation is also exported with `--dynamic` (symbolic batch, height and
-width) and run on the same image beside its fixed-size graph; their outputs are compared.
+width) and run on the same image beside its fixed-size graph; their outputs are compared, and
+with --write the table goes between this script's markers in that file.
 """
 import argparse
+import datetime
 import os
 import statistics
 import subprocess
+import sys
 import time
 
 import numpy as np
 import onnxruntime as ort
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+BEGIN = "<!-- onnx-bench:begin (bench/onnx_bench.py writes this section) -->"
+END = "<!-- onnx-bench:end -->"
 BIN = os.environ.get("COMER_PORT_BIN", os.path.join(ROOT, "target", "release", "comer-port"))
 
 
@@ -33,6 +38,7 @@ def main():
     ap.add_argument("--deform", nargs="+", default=["grid-sample", "gather"])
     ap.add_argument("--dtype", nargs="+", default=["f32"])
     ap.add_argument("--dynamic", action="store_true", help="also time each graph exported with --dynamic")
+    ap.add_argument("--write", help="markdown file to write the table into")
     a = ap.parse_args()
     h, w = (int(v) for v in a.size.split("x"))
     os.makedirs(os.path.join(ROOT, "bench", "out"), exist_ok=True)
@@ -85,6 +91,24 @@ def main():
         gs, ga = (statistics.median(results[k]) for k in ("grid-sample", "gather"))
         print(f"gather / grid-sample median ratio: {ga / gs:.3f}")
     print(f"ort {ort.__version__}, threads {a.threads}, image {h}x{w}")
+    if a.write:
+        base = {k: statistics.median(v) for k, v in results.items()}
+        rows = ["| graph | ORT median | min | against the first graph | max \\|out − first\\| / max(1, max \\|first\\|) |",
+                "|---|---|---|---|---|"]
+        first = next(iter(results))
+        for k, times in results.items():
+            rel = max(float(np.abs(p - q).max()) / max(1.0, float(np.abs(q).max())) for p, q in zip(outputs[k], outputs[first]))
+            rows.append(f"| {k} | {base[k]:.3f} s | {min(times):.3f} s | {base[k] / base[first]:.3f}× | {rel:.1e} |")
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+        when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        head = (f"`{os.path.basename(a.artifact)}` at {h}×{w}, ONNX Runtime {ort.__version__} CPU, {a.threads} intra-op "
+                f"threads, median of {a.runs} alternated runs after one warm-up each, {when}, commit {commit}, "
+                f"`python bench/onnx_bench.py {os.path.basename(a.artifact)} --size {a.size} --runs {a.runs} "
+                f"--deform {' '.join(a.deform)} --dtype {' '.join(a.dtype)}{' --dynamic' if a.dynamic else ''}`:\n\n")
+        sys.path.insert(0, os.path.join(ROOT, "bench"))
+        from doc_section import write_section
+        write_section(a.write, BEGIN, END, head + "\n".join(rows) + "\n")
+        print(f"wrote the table into {a.write}")
 
 
 if __name__ == "__main__":

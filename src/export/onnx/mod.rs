@@ -239,6 +239,16 @@ fn sym(name: &str) -> Dimension {
     Dimension { dim_value: 0, dim_param: name.into() }
 }
 
+/// (height, width) of a map at `stride` pixels of the input (1: the input itself).
+fn side_dims(opts: &ExportOptions, stride: usize) -> [Dimension; 2] {
+    if opts.dynamic {
+        let name = |side: &str| if stride == 1 { side.to_string() } else { format!("{side}/{stride}") };
+        [sym(&name("height")), sym(&name("width"))]
+    } else {
+        [dim(opts.height / stride), dim(opts.width / stride)]
+    }
+}
+
 /// Build the model in memory (initializers inline).
 pub fn build_model(tensors: Vec<(String, &TensorView)>, cfg: &ComerConfig, opts: &ExportOptions) -> Result<ModelProto, OnnxError> {
     build_with(tensors, cfg, opts, None).map(|(m, _)| m)
@@ -274,14 +284,8 @@ fn build_with(
     let cx = backbone::Ctx { cfg, lv, deform: opts.deform, at };
     let outputs = backbone::build(&mut g, &image, &cx)?;
     let d = dim(cfg.embed_dim);
-    // The batch, and (height, width) of a map at `stride` pixels (1: the input).
-    let (b, hw): (Dimension, Box<dyn Fn(usize) -> [Dimension; 2]>) = if opts.dynamic {
-        let name = |side: &str, stride: usize| if stride == 1 { side.to_string() } else { format!("{side}/{stride}") };
-        (sym("batch"), Box::new(move |s| [sym(&name("height", s)), sym(&name("width", s))]))
-    } else {
-        let (h, w) = (opts.height, opts.width);
-        (dim(opts.batch), Box::new(move |s| [dim(h / s), dim(w / s)]))
-    };
+    let b = if opts.dynamic { sym("batch") } else { dim(opts.batch) };
+    let hw = |stride| side_dims(opts, stride);
     let out_info = outputs
         .iter()
         .map(|n| {
