@@ -51,8 +51,9 @@ pub struct OnnxArgs {
     pub batch: usize,
     /// Any batch and any input size (height and width multiples of 32): the graph computes
     /// the position-table resize, reference points, window padding and level sizes from its
-    /// input's shape. Configs with a global-attention BEiT block (its relative-position
-    /// table fixes the grid) are refused.
+    /// input's shape; another size fails in the runtime at the node named
+    /// `image_height_and_width_must_be_multiples_of_32`. Configs with a global-attention
+    /// BEiT block (its relative-position table fixes the grid) are refused.
     #[arg(long)]
     pub dynamic: bool,
     /// Config JSON (case.json shape) when the artifact carries none.

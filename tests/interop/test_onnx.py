@@ -104,6 +104,9 @@ def test_dynamic_graph_at_every_size(case_dir, deform, tmp_path):
         fx_in = load_file(os.path.join(case_dir, "inputs.safetensors"))
         fx_out = load_file(os.path.join(case_dir, "expected.safetensors"))
         checks += [(f"fixture {n}", img, {k: fx_out[f"{n}.out.{k}"] for k in keys}) for n, img in fx_in.items()]
+    # An input whose sides are not multiples of 32 fails, naming the guard node.
+    with pytest.raises(Exception, match="multiples_of_32"):
+        sess.run(None, {"image": np.zeros((1, 3, 64, 80), np.float32)})
     for name, img, expected in checks:
         got = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {"image": img})))
         for k in keys:

@@ -189,6 +189,10 @@ impl ExportOptions {
     }
 }
 
+/// The scope of a `--dynamic` graph's first node, which fails (ONNX Runtime names it in its
+/// error) on an input whose height or width is not a multiple of 32.
+pub const DYNAMIC_SIZE_GUARD: &str = "image_height_and_width_must_be_multiples_of_32";
+
 /// The largest input side an export takes, in pixels: the graph's constants (the resized
 /// position table, reference points, window paddings) grow with the input's area.
 pub const MAX_INPUT_SIDE: usize = 4096;
@@ -270,11 +274,18 @@ fn build_with(
     let mut g = Graph::new(&weights);
     g.sink = sink;
     g.half = opts.dtype == Precision::F16;
-    let image = g.input("image");
+    let mut image = g.input("image");
     let lv = if opts.dynamic {
         // (B, 3, H, W) → batch B and the 16-pixel patch grid (H/16, W/16).
         let b = g.shape_at(&image, 0);
         let (h, w) = (g.shape_at(&image, 2), g.shape_at(&image, 3));
+        // A guard: the image reshaped to (B, 3, ⌊H/32⌋·32, ⌊W/32⌋·32) fails, naming this
+        // node, unless H and W are multiples of 32 (ONNX has no assertion op).
+        image = g.scoped(DYNAMIC_SIZE_GUARD, |g| {
+            let (h32, w32) = (g.dim_div(&h, 32), g.dim_div(&w, 32));
+            let (h32, w32) = (g.dim_mul(&h32, &32.into()), g.dim_mul(&w32, &32.into()));
+            g.reshape_to(&image, &[b.clone(), cfg.in_chans.into(), h32, w32])
+        });
         let (h, w) = (g.dim_div(&h, 16), g.dim_div(&w, 16));
         layers::Levels::new(&mut g, b, h, w)
     } else {
