@@ -63,6 +63,37 @@ pub unsafe fn par_written(n: usize, chunk: usize, f: impl Fn(usize, &mut [MaybeU
     v
 }
 
+/// [`par_written`] for `k` outputs of `n` values each: chunk `i` of every output is
+/// written by one call `f(i, chunks)`, `chunks[j]` being chunk `i` of output `j`.
+///
+/// # Safety
+///
+/// `f` must initialise every element of every chunk it is given before it returns.
+pub unsafe fn par_written_many(
+    k: usize,
+    n: usize,
+    chunk: usize,
+    f: impl Fn(usize, &mut [&mut [MaybeUninit<f32>]]) + Sync + Send,
+) -> Vec<Vec<f32>> {
+    let chunk = chunk.max(1);
+    let mut outs: Vec<Vec<f32>> = (0..k).map(|_| Vec::with_capacity(n)).collect();
+    // per chunk index: that chunk of each output, in output order
+    let mut per_chunk: Vec<Vec<&mut [MaybeUninit<f32>]>> = (0..n.div_ceil(chunk)).map(|_| Vec::with_capacity(k)).collect();
+    for o in outs.iter_mut() {
+        for (i, c) in o.spare_capacity_mut()[..n].chunks_mut(chunk).enumerate() {
+            per_chunk[i].push(c);
+        }
+    }
+    per_chunk.into_par_iter().enumerate().for_each(|(i, mut cs)| f(i, &mut cs));
+    for o in outs.iter_mut() {
+        // SAFETY: the capacity is n, the chunks cover the first n values of every output,
+        // and the caller guarantees `f` initialised all of each; a panic in `f`
+        // propagates before this line and the Vecs drop with length 0.
+        unsafe { o.set_len(n) };
+    }
+    outs
+}
+
 /// Write zeros into `c` and view it as initialised.
 fn zeroed(c: &mut [MaybeUninit<f32>]) -> &mut [f32] {
     c.fill(MaybeUninit::new(0.0));
@@ -96,5 +127,24 @@ mod tests {
             })
         };
         assert_eq!(v, (0..10).map(|x| x as f32).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn written_many_chunks_cover_every_output() {
+        // SAFETY: the closure writes every element of each chunk of each output.
+        let v = unsafe {
+            par_written_many(3, 10, 4, |i, cs| {
+                assert_eq!(cs.len(), 3);
+                for (j, c) in cs.iter_mut().enumerate() {
+                    for (t, x) in c.iter_mut().enumerate() {
+                        x.write((100 * j + i * 4 + t) as f32);
+                    }
+                }
+            })
+        };
+        for (j, o) in v.iter().enumerate() {
+            assert_eq!(*o, (0..10).map(|x| (100 * j + x) as f32).collect::<Vec<_>>());
+        }
+        assert!(unsafe { par_written_many(2, 0, 4, |_, _| unreachable!("no chunk")) }.iter().all(|o| o.is_empty()));
     }
 }

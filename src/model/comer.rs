@@ -23,8 +23,10 @@ use super::weights::Vb;
 
 /// `MSDeformAttn` with three levels (every use in ViT-CoMer has n_levels = 3).
 pub struct MsDeformAttn {
-    sampling_offsets: Linear,
-    attention_weights: Linear,
+    /// `sampling_offsets` (2n outputs) and `attention_weights` (n) as one Linear of 3n
+    /// outputs (n = heads·levels·points): one GEMM over the query, rows read by
+    /// [`ops::ms_deform_attn_rows`].
+    sampling: Linear,
     value_proj: Linear,
     output_proj: Linear,
     heads: usize,
@@ -39,9 +41,13 @@ impl MsDeformAttn {
         let d = cfg.embed_dim;
         let (m, p) = (cfg.deform_num_heads, cfg.n_points);
         let dv = (d as f64 * cfg.deform_ratio) as usize;
+        let n = m * N_LEVELS * p;
+        let (so, aw) = (vb.pp("sampling_offsets"), vb.pp("attention_weights"));
+        // (2n, D) over (n, D) → (3n, D); biases likewise
+        let weight = Tensor::cat(&[so.get("weight", &[2 * n, d])?, aw.get("weight", &[n, d])?], 0)?;
+        let bias = Tensor::cat(&[so.get("bias", &[2 * n])?, aw.get("bias", &[n])?], 0)?;
         Ok(MsDeformAttn {
-            sampling_offsets: Linear::new(&vb.pp("sampling_offsets"), d, m * N_LEVELS * p * 2, true)?,
-            attention_weights: Linear::new(&vb.pp("attention_weights"), d, m * N_LEVELS * p, true)?,
+            sampling: Linear::from_parts(weight, Some(bias))?,
             value_proj: Linear::new(&vb.pp("value_proj"), d, dv, true)?,
             output_proj: Linear::new(&vb.pp("output_proj"), dv, d, true)?,
             heads: m,
@@ -63,10 +69,13 @@ impl MsDeformAttn {
         let (b, lq, _) = query.dims3()?;
         let len_in = feat.dim(1)?;
         let value = with_values(feat, |v| self.value_proj.forward_values(v))?;
-        let (offsets, logits) =
-            with_values(query, |q| (self.sampling_offsets.forward_values(q), self.attention_weights.forward_values(q)))?;
+        // (B·Lq, 3n): each query's 2n offsets, then its n logits
+        let sampling = with_values(query, |q| self.sampling.forward_values(q))?;
+        let n = self.sampling.out_dim / 3;
         let s = DeformShape { batch: b, len_in, heads: self.heads, head_dim: self.head_dim, points: self.points };
-        let out = super::profile::timed("msdeform core", || ops::ms_deform_attn(&value, levels, refs, &offsets, &logits, s));
+        let out = super::profile::timed("msdeform core", || {
+            ops::ms_deform_attn_rows(&value, levels, refs, (&sampling, 3 * n), (&sampling[2 * n..], 3 * n), s)
+        });
         let d = self.output_proj.out_dim;
         let y = match residual {
             Some(r) => with_values(r, |r| self.output_proj.forward_values_residual(&out, r))?,
@@ -230,9 +239,13 @@ impl CfInter {
         })
     }
 
-    fn forward(&self, query: &Tensor, feat: &Tensor, g: &Geometry) -> Result<Tensor> {
+    /// `c` normed by the outer module's `query_norm` and `feat_norm` before it comes here,
+    /// all four norms in one pass over `c`.
+    fn forward(&self, c: &Tensor, outer: (&LayerNorm, &LayerNorm), g: &Geometry) -> Result<Tensor> {
+        let (qn, fnorm) = outer;
+        let [query, q, f] = LayerNorm::chains(c, [&[qn], &[qn, &self.query_norm], &[fnorm, &self.feat_norm]])?;
         // query + attn(…), then q + ffn(…): each residual added by the GEMM before it
-        let mut q = self.attn.forward(&self.query_norm.forward(query)?, &g.refs, &self.feat_norm.forward(feat)?, &g.levels, Some(query))?;
+        let mut q = self.attn.forward(&q, &g.refs, &f, &g.levels, Some(&query))?;
         if let Some((norm, ffn)) = &self.ffn {
             q = ffn.forward(&norm.forward(&q)?, g.h, g.w, &q)?;
         }
@@ -266,7 +279,8 @@ impl CtiToV {
     }
 
     fn forward(&self, x: &Tensor, c: &Tensor, g: &Geometry) -> Result<Tensor> {
-        let c1 = self.attn.forward(&self.query_norm.forward(c)?, &g.refs, &self.feat_norm.forward(c)?, &g.levels, None)?;
+        let [q, f] = LayerNorm::chains(c, [&[&self.query_norm], &[&self.feat_norm]])?;
+        let c1 = self.attn.forward(&q, &g.refs, &f, &g.levels, None)?;
         let c1 = self.ffn.forward(&self.ffn_norm.forward(&c1)?, g.h, g.w, &c1)?;
         let (b, n, d) = c1.dims3()?;
         let (h, w) = (g.h, g.w);
@@ -324,7 +338,7 @@ impl CtiToC {
             c = ffn.forward(&norm.forward(&c)?, g.h, g.w, &c)?;
         }
         if let Some(cf) = &self.cfinter {
-            c = cf.forward(&self.query_norm.forward(&c)?, &self.feat_norm.forward(&c)?, g)?;
+            c = cf.forward(&c, (&self.query_norm, &self.feat_norm), g)?;
         }
         Ok(c)
     }

@@ -124,6 +124,18 @@ impl Linear {
         Ok(Linear { weight: values(&weight)?, bias, in_dim, out_dim })
     }
 
+    /// Scale output `j` by `gamma[j]` (its weight row and bias): `self(x)·γ` afterwards,
+    /// so a layer scale rides in the GEMM instead of a pass of its own.
+    pub fn scale_outputs(&mut self, gamma: &[f32]) {
+        assert_eq!(gamma.len(), self.out_dim, "one scale per output");
+        for (row, g) in self.weight.chunks_mut(self.in_dim).zip(gamma) {
+            row.iter_mut().for_each(|w| *w *= g);
+        }
+        if let Some(b) = &mut self.bias {
+            b.iter_mut().zip(gamma).for_each(|(b, g)| *b *= g);
+        }
+    }
+
     /// Rows of `x` (rows, in) → (rows, out) values.
     pub fn forward_values(&self, x: &[f32]) -> Vec<f32> {
         super::profile::timed("linear", || self.forward_values_untimed(x))
@@ -179,6 +191,12 @@ impl Linear {
         self.output_tensor(x, y)
     }
 
+    /// `r + self(x)` on tensors (…, in) and (…, out) ([`Linear::forward_values_residual`]).
+    pub fn forward_residual(&self, x: &Tensor, r: &Tensor) -> Result<Tensor> {
+        let y = with_values(x, |v| with_values(r, |r| self.forward_values_residual(v, r)))??;
+        self.output_tensor(x, y)
+    }
+
     /// `GELU(self(x))`, the activation fused after the GEMM.
     pub fn forward_gelu(&self, x: &Tensor) -> Result<Tensor> {
         let mut y = with_values(x, |v| self.forward_values(v))?;
@@ -211,6 +229,20 @@ impl LayerNorm {
         super::profile::timed("layernorm", || {
             let v = with_values(x, |x| ops::layer_norm_rows(x, c, &self.weight, &self.bias, LN_EPS))?;
             tensor(v, x.dims())
+        })
+    }
+
+    /// Chains of norms over the same input in one pass over it: output `j` is the norms of
+    /// `chains[j]` applied in order, each exactly as [`LayerNorm::forward`] computes it.
+    pub fn chains<const K: usize>(x: &Tensor, chains: [&[&LayerNorm]; K]) -> Result<[Tensor; K]> {
+        let c = x.dim(candle_core::D::Minus1)?;
+        let pairs: Vec<Vec<(&[f32], &[f32])>> =
+            chains.iter().map(|ch| ch.iter().map(|n| (&n.weight[..], &n.bias[..])).collect()).collect();
+        let pairs: Vec<&[(&[f32], &[f32])]> = pairs.iter().map(|p| &p[..]).collect();
+        super::profile::timed("layernorm", || {
+            let outs = with_values(x, |v| ops::layer_norm_chains(v, c, &pairs, LN_EPS))?;
+            let outs: Vec<Tensor> = outs.into_iter().map(|v| tensor(v, x.dims())).collect::<Result<_>>()?;
+            Ok(outs.try_into().unwrap_or_else(|_| unreachable!("one output per chain")))
         })
     }
 }

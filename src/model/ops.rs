@@ -14,7 +14,7 @@
 
 use std::mem::MaybeUninit;
 
-use super::buffer::{par_filled, par_filled_with, par_written};
+use super::buffer::{par_filled, par_filled_with, par_written_many};
 use super::kernels::{Path, exp_fast, lane_sum, multiversion};
 
 /// Depthwise `k×k` convolution, stride 1, zero padding `k/2`, with bias, on channels
@@ -64,28 +64,64 @@ pub fn dwconv_row(
     })
 }
 
+/// Mean and 1/std of one LayerNorm row: two passes in f32 lane sums (mean, then the
+/// variance around it).
+#[inline(always)]
+fn row_stats(r: &[f32], eps: f32) -> (f32, f32) {
+    let c = r.len() as f32;
+    let mean = lane_sum(r, |v| v) / c;
+    let var = lane_sum(r, |v| (v - mean) * (v - mean)) / c;
+    (mean, 1.0 / (var + eps).sqrt())
+}
+
 /// LayerNorm over the last axis (length `c`) of every row: two passes in f32 lane sums
 /// (mean, then the variance around it).
 pub fn layer_norm_rows(x: &[f32], c: usize, weight: &[f32], bias: &[f32], eps: f32) -> Vec<f32> {
+    let mut outs = layer_norm_chains(x, c, &[&[(weight, bias)]], eps);
+    outs.pop().expect("one chain, one output")
+}
+
+/// Several chains of LayerNorms over the same rows in one pass: output `j` is the norms of
+/// `chains[j]` applied in order (each a (weight, bias) pair of length `c`), every norm
+/// computed as a lone LayerNorm computes it (the same bits), while `x` is read once and a
+/// chain's inner links stay in a scratch row. CTI's query and feature norms of one input.
+pub fn layer_norm_chains(x: &[f32], c: usize, chains: &[&[(&[f32], &[f32])]], eps: f32) -> Vec<Vec<f32>> {
     const ROWS: usize = 16;
     assert!(c > 0 && x.len().is_multiple_of(c), "LayerNorm input is whole rows of {c}");
-    let (weight, bias) = (&weight[..c], &bias[..c]);
-    let rows = |i: usize, out: &mut [MaybeUninit<f32>]| {
-        let src = &x[i * ROWS * c..][..out.len()];
+    assert!(chains.iter().all(|ch| !ch.is_empty()), "a chain has at least one norm");
+    assert!(chains.iter().flat_map(|ch| ch.iter()).all(|(w, b)| w.len() == c && b.len() == c), "norms of width {c}");
+    let rows = |i: usize, outs: &mut [&mut [MaybeUninit<f32>]]| {
+        let n = outs[0].len();
+        let src = &x[i * ROWS * c..][..n];
+        // a chain's inner links write `b` from `a` (or from the input row), then swap
+        let (mut a, mut b) = (vec![0f32; c], vec![0f32; c]);
         multiversion!(Path::Best, {
-            for (o, r) in out.chunks_mut(c).zip(src.chunks(c)) {
-                let mean = lane_sum(r, |v| v) / c as f32;
-                let var = lane_sum(r, |v| (v - mean) * (v - mean)) / c as f32;
-                let rstd = 1.0 / (var + eps).sqrt();
-                for i in 0..c {
-                    o[i].write((r[i] - mean) * rstd * weight[i] + bias[i]);
+            for (t, r) in src.chunks_exact(c).enumerate() {
+                for (chain, out) in chains.iter().zip(outs.iter_mut()) {
+                    let (last, inner) = chain.split_last().expect("non-empty chain");
+                    let mut linked = false;
+                    for (w, bn) in inner.iter() {
+                        let input: &[f32] = if linked { &a } else { r };
+                        let (mean, rstd) = row_stats(input, eps);
+                        for (((o, &v), &w), &bn) in b.iter_mut().zip(input).zip(*w).zip(*bn) {
+                            *o = (v - mean) * rstd * w + bn;
+                        }
+                        std::mem::swap(&mut a, &mut b);
+                        linked = true;
+                    }
+                    let input: &[f32] = if linked { &a } else { r };
+                    let (mean, rstd) = row_stats(input, eps);
+                    let o = &mut out[t * c..][..c];
+                    for (((o, &v), &w), &bn) in o.iter_mut().zip(input).zip(last.0).zip(last.1) {
+                        o.write((v - mean) * rstd * w + bn);
+                    }
                 }
             }
         })
     };
-    // SAFETY: every chunk is whole rows of c values (a multiple of c, asserted above), and
-    // `rows` writes o[i] for every i < c of every row.
-    unsafe { par_written(x.len(), ROWS * c, rows) }
+    // SAFETY: every chunk is whole rows of c values (x is, asserted above), and `rows`
+    // writes every value of every row of every output.
+    unsafe { par_written_many(chains.len(), x.len(), ROWS * c, rows) }
 }
 
 /// Softmax in place over one row.
@@ -165,6 +201,22 @@ pub fn ms_deform_attn(
     logits: &[f32],
     s: DeformShape,
 ) -> Vec<f32> {
+    let n = s.heads * levels.len() * s.points;
+    ms_deform_attn_rows(value, levels, refs, (offsets, 2 * n), (logits, n), s)
+}
+
+/// [`ms_deform_attn`] with each query's offsets and logits read from rows of the given
+/// strides: query `q`'s 2n offsets start at `offsets.0[q·offsets.1]` and its n logits at
+/// `logits.0[q·logits.1]` (n = heads·levels·points). One GEMM's (B·Lq, 3n) output serves
+/// both: (its values, 3n) and (its values from column 2n on, 3n).
+pub fn ms_deform_attn_rows(
+    value: &[f32],
+    levels: &[Level],
+    refs: &[[f32; 2]],
+    (offsets, off_stride): (&[f32], usize),
+    (logits, logit_stride): (&[f32], usize),
+    s: DeformShape,
+) -> Vec<f32> {
     let lq = refs.len();
     let lp = levels.len() * s.points;
     // sampling points per query, k = (head, level, point), in blocks of PTS lanes
@@ -189,10 +241,10 @@ pub fn ms_deform_attn(
         let vbase = (row / lq) * s.len_in * tok_stride;
         let QueryScratch { aw, off, corners } = st;
         // this query's offsets; the padding points keep offset 0 and weight 0
-        off[..2 * n].copy_from_slice(&offsets[row * 2 * n..(row + 1) * 2 * n]);
+        off[..2 * n].copy_from_slice(&offsets[row * off_stride..][..2 * n]);
         // softmax over level×point, per head: the shifted exponentials in lanes over all
         // points, then each head's sum in order
-        let lg = &logits[row * n..(row + 1) * n];
+        let lg = &logits[row * logit_stride..][..n];
         for (a, l) in aw.chunks_mut(lp).zip(lg.chunks(lp)) {
             a.fill(l.iter().copied().fold(f32::NEG_INFINITY, f32::max));
         }
@@ -476,6 +528,38 @@ mod tests {
         close(&s, &[0.2, 0.2, 0.6]);
     }
 
+    /// A LayerNorm in f64, one row at a time.
+    fn layer_norm_reference(x: &[f32], w: &[f32], b: &[f32], eps: f64) -> Vec<f32> {
+        let c = w.len();
+        x.chunks(c)
+            .flat_map(|r| {
+                let mean = r.iter().map(|&v| v as f64).sum::<f64>() / c as f64;
+                let var = r.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / c as f64;
+                (0..c).map(move |i| ((r[i] as f64 - mean) / (var + eps).sqrt() * w[i] as f64 + b[i] as f64) as f32)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn layer_norm_chains_equal_lone_norms_bit_for_bit() {
+        // 37 rows of 40 (a partial chunk of rows, a partial lane block per row)
+        let c = 40;
+        let val = |i: usize, k: usize| ((i * 7919 + k * 104_729) % 1000) as f32 / 100.0 - 5.0;
+        let x: Vec<f32> = (0..37 * c).map(|i| val(i, 1) * (1.0 + (i / c) as f32)).collect();
+        let (wa, ba): (Vec<f32>, Vec<f32>) = ((0..c).map(|i| val(i, 2)).collect(), (0..c).map(|i| val(i, 3)).collect());
+        let (wb, bb): (Vec<f32>, Vec<f32>) = ((0..c).map(|i| val(i, 4)).collect(), (0..c).map(|i| val(i, 5)).collect());
+        let (a, b) = ((&wa[..], &ba[..]), (&wb[..], &bb[..]));
+        let outs = layer_norm_chains(&x, c, &[&[a], &[a, b], &[b, a, b]], 1e-6);
+        let lone = |x: &[f32], (w, bias): (&[f32], &[f32])| layer_norm_rows(x, c, w, bias, 1e-6);
+        assert_eq!(outs[0], lone(&x, a));
+        assert_eq!(outs[1], lone(&lone(&x, a), b));
+        assert_eq!(outs[2], lone(&lone(&lone(&x, b), a), b));
+        let want = layer_norm_reference(&layer_norm_reference(&x, &wa, &ba, 1e-6), &wb, &bb, 1e-6);
+        for (g, w) in outs[1].iter().zip(&want) {
+            assert!((g - w).abs() <= 1e-5 * w.abs().max(1.0), "{g} vs {w}");
+        }
+    }
+
     /// `ms_deform_attn` written out plainly, one tap at a time (upstream's
     /// `ms_deform_attn_core_pytorch` with `grid_sample`'s zero padding).
     fn deform_reference(value: &[f32], levels: &[Level], refs: &[[f32; 2]], offsets: &[f32], logits: &[f32], s: DeformShape) -> Vec<f32> {
@@ -547,6 +631,11 @@ mod tests {
             let got = ms_deform_attn(&value, &levels, &refs, &offsets, &logits, s);
             let want = deform_reference(&value, &levels, &refs, &offsets, &logits, s);
             assert_eq!(got.len(), want.len());
+            // the same offsets and logits as rows (2n offsets, n logits) of one buffer
+            let per = heads * 12;
+            let rows: Vec<f32> = offsets.chunks(2 * per).zip(logits.chunks(per)).flat_map(|(o, l)| o.iter().chain(l)).copied().collect();
+            let strided = ms_deform_attn_rows(&value, &levels, &refs, (&rows, 3 * per), (&rows[2 * per..], 3 * per), s);
+            assert_eq!(strided, got, "rows of one buffer read as the two buffers");
             for (i, (g, w)) in got.iter().zip(&want).enumerate() {
                 assert!((g - w).abs() <= 1e-5 * w.abs().max(1.0), "heads {heads} × {head_dim}: [{i}] {g} vs {w}");
             }

@@ -17,7 +17,7 @@ use candle_core::Tensor;
 use super::config::{ComerConfig, Flavor};
 use super::error::ModelError;
 use super::kernels::{self, AttnShape, Path};
-use super::nn::{LayerNorm, Linear, Result, add_scaled, tensor, with_values};
+use super::nn::{LayerNorm, Linear, Result, tensor, with_values};
 use super::weights::Vb;
 
 /// BEiT's `relative_position_index` for a `w×w` window, (w², w²) row-major: for tokens
@@ -151,8 +151,9 @@ impl Attention {
         kernels::attention(qkv, bias, live, s, Path::Best)
     }
 
-    /// (B, N, C) → (B, N, C) on an `h×w` token grid.
-    pub fn forward(&self, x: &Tensor, h: usize, w: usize) -> Result<Tensor> {
+    /// `residual + self(x)`, (B, N, C) → (B, N, C) on an `h×w` token grid; the residual
+    /// is added by the output projection's GEMM.
+    pub fn forward(&self, x: &Tensor, h: usize, w: usize, residual: &Tensor) -> Result<Tensor> {
         let (b, n, c) = x.dims3()?;
         let qkv = with_values(x, |v| self.qkv.forward_values(v))?;
         let out = match self.window {
@@ -173,7 +174,7 @@ impl Attention {
         };
         // (B, N, C)
         let out = tensor(out, &[b, n, c])?;
-        self.proj.forward(&out)
+        self.proj.forward_residual(&out, residual)
     }
 }
 
@@ -214,15 +215,16 @@ fn scatter_windows(x: &[f32], dims: (usize, usize, usize, usize), win: usize, ny
     out
 }
 
-/// One transformer block (pre-norm attention + MLP, optional layer scale).
+/// One transformer block (pre-norm attention + MLP, optional layer scale). The layer
+/// scales `gamma1/gamma2` are folded into `attn.proj` and `fc2` at load (`x + γ·(aWᵀ + b)`
+/// computed as `(x + γb) + a(γW)ᵀ`, the same terms rounded in another order), and both
+/// residuals are added by those GEMMs.
 pub struct Block {
     norm1: LayerNorm,
     attn: Attention,
     norm2: LayerNorm,
     fc1: Linear,
     fc2: Linear,
-    gamma1: Option<Vec<f32>>,
-    gamma2: Option<Vec<f32>>,
 }
 
 impl Block {
@@ -231,25 +233,27 @@ impl Block {
         let hidden = (d as f64 * cfg.mlp_ratio) as usize;
         let [g1, g2] = cfg.flavor.names().layer_scale;
         let has_ls = if cfg.flavor == Flavor::Beit { cfg.init_values.is_some() } else { cfg.layer_scale };
-        let (gamma1, gamma2) = if has_ls { (Some(vb.vec(g1, &[d])?), Some(vb.vec(g2, &[d])?)) } else { (None, None) };
+        let mut attn = Attention::new(&vb.pp("attn"), cfg, i)?;
+        let mut fc2 = Linear::new(&vb.pp("mlp").pp("fc2"), hidden, d, true)?;
+        if has_ls {
+            attn.proj.scale_outputs(&vb.vec(g1, &[d])?);
+            fc2.scale_outputs(&vb.vec(g2, &[d])?);
+        }
         Ok(Block {
             norm1: LayerNorm::new(&vb.pp("norm1"), d)?,
-            attn: Attention::new(&vb.pp("attn"), cfg, i)?,
+            attn,
             norm2: LayerNorm::new(&vb.pp("norm2"), d)?,
             fc1: Linear::new(&vb.pp("mlp").pp("fc1"), d, hidden, true)?,
-            fc2: Linear::new(&vb.pp("mlp").pp("fc2"), hidden, d, true)?,
-            gamma1,
-            gamma2,
+            fc2,
         })
     }
 
     /// (B, N, C) → (B, N, C)
     pub fn forward(&self, x: &Tensor, h: usize, w: usize) -> Result<Tensor> {
-        let a = super::profile::timed("attention", || self.attn.forward(&self.norm1.forward(x)?, h, w))?;
-        let x = add_scaled(x, self.gamma1.as_deref(), &a, 0)?;
+        // x + γ1·attn(norm1(x)), then x + γ2·mlp(norm2(x)): γ folded, residuals in the GEMMs
+        let x = super::profile::timed("attention", || self.attn.forward(&self.norm1.forward(x)?, h, w, x))?;
         let h1 = super::profile::timed("mlp fc1", || self.fc1.forward_gelu(&self.norm2.forward(&x)?))?;
-        let m = super::profile::timed("mlp fc2", || self.fc2.forward(&h1))?;
-        add_scaled(&x, self.gamma2.as_deref(), &m, 0)
+        super::profile::timed("mlp fc2", || self.fc2.forward_residual(&h1, &x))
     }
 }
 
