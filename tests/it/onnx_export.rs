@@ -15,18 +15,25 @@ fn tmp(name: &str) -> PathBuf {
     dir.join(name)
 }
 
-fn export(case: &str, size: &str, out: &Path, extra: &[&str]) -> std::process::Output {
+/// `export onnx` of a fixture case with its config, `sizing` (`--input-size HxW` or
+/// `--dynamic`) and `extra` flags.
+fn export_with(case: &str, sizing: &[&str], out: &Path, extra: &[&str]) -> std::process::Output {
     let dir = fixture(&format!("forward/{case}"));
     bin()
         .args(["export", "onnx"])
         .arg(dir.join("weights.safetensors"))
         .arg("-o")
         .arg(out)
-        .args(["--input-size", size, "--config"])
+        .args(sizing)
+        .arg("--config")
         .arg(dir.join("case.json"))
         .args(extra)
         .output()
         .expect("run comer-port")
+}
+
+fn export(case: &str, size: &str, out: &Path, extra: &[&str]) -> std::process::Output {
+    export_with(case, &["--input-size", size], out, extra)
 }
 
 fn decode(path: &Path) -> ModelProto {
@@ -231,17 +238,7 @@ fn f16_export_has_half_weights_and_float_io() {
 }
 
 fn export_dynamic(case: &str, out: &Path, extra: &[&str]) -> std::process::Output {
-    let dir = fixture(&format!("forward/{case}"));
-    bin()
-        .args(["export", "onnx"])
-        .arg(dir.join("weights.safetensors"))
-        .arg("-o")
-        .arg(out)
-        .args(["--dynamic", "--force", "--config"])
-        .arg(dir.join("case.json"))
-        .args(extra)
-        .output()
-        .expect("run comer-port")
+    export_with(case, &["--dynamic", "--force"], out, extra)
 }
 
 /// (dim_value, dim_param) of each dimension of a graph input or output.
