@@ -10,7 +10,6 @@ process's own peak RSS (`wait4`).
 """
 
 import argparse
-import datetime
 import json
 import os
 import statistics
@@ -20,7 +19,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "bench"))
-from doc_section import write_section  # noqa: E402
+from doc_section import commit, publish, utc_now  # noqa: E402
 BEGIN = "<!-- beit-l-896:begin (bench/beit_l_896.py writes this section) -->"
 END = "<!-- beit-l-896:end -->"
 
@@ -62,19 +61,16 @@ def main():
                   f"({time.perf_counter() - t:.0f} s wall)", file=sys.stderr)
     med = lambda xs: statistics.median(x["median_s"] for x in xs)
     peak = lambda xs: max(x["peak_rss_bytes"] for x in xs)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     text = (
         f"BEiT-comer-L (`beit-comer-l-codetr`) forward at {a.size}×{a.size}, {a.threads} threads, seeded random weights, "
         f"{a.rounds} alternated rounds × {a.runs} timed forward(s) after one warm-up, "
-        f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, commit {commit}, `python bench/beit_l_896.py`:\n\n"
+        f"{utc_now()}, commit {commit()}, `python bench/beit_l_896.py`:\n\n"
         "| runner | forward (median) | peak RSS | ratio |\n|---|---|---|---|\n"
         f"| PyTorch eager {torch[0].get('torch', '')} (`bench/torch_ref.py`) | {med(torch):.2f} s | {peak(torch) / 2**20:,.0f} MiB | 1.00× |\n"
         f"| comer-port (`comer-port bench`) | {med(rust):.2f} s | {peak(rust) / 2**20:,.0f} MiB | "
         f"{med(torch) / med(rust):.2f}× faster, {peak(rust) / peak(torch):.2f}× the memory |\n"
     )
-    print(text)
-    if a.write:
-        write_section(a.write, BEGIN, END, text)
+    publish(text, a.write, BEGIN, END)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ width) and run on the same image beside its fixed-size graph; their outputs are 
 with --write the table goes between this script's markers in that file.
 """
 import argparse
-import datetime
 import os
 import statistics
 import subprocess
@@ -23,6 +22,8 @@ import numpy as np
 import onnxruntime as ort
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+sys.path.insert(0, os.path.join(ROOT, "bench"))
+from doc_section import commit, publish, utc_now  # noqa: E402
 BEGIN = "<!-- onnx-bench:begin (bench/onnx_bench.py writes this section) -->"
 END = "<!-- onnx-bench:end -->"
 BIN = os.environ.get("COMER_PORT_BIN", os.path.join(ROOT, "target", "release", "comer-port"))
@@ -99,16 +100,11 @@ def main():
         for k, times in results.items():
             rel = max(float(np.abs(p - q).max()) / max(1.0, float(np.abs(q).max())) for p, q in zip(outputs[k], outputs[first]))
             rows.append(f"| {k} | {base[k]:.3f} s | {min(times):.3f} s | {base[k] / base[first]:.3f}× | {rel:.1e} |")
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-        when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         head = (f"`{os.path.basename(a.artifact)}` at {h}×{w}, ONNX Runtime {ort.__version__} CPU, {a.threads} intra-op "
-                f"threads, median of {a.runs} alternated runs after one warm-up each, {when}, commit {commit}, "
+                f"threads, median of {a.runs} alternated runs after one warm-up each, {utc_now()}, commit {commit()}, "
                 f"`python bench/onnx_bench.py {os.path.basename(a.artifact)} --size {a.size} --runs {a.runs} "
                 f"--deform {' '.join(a.deform)} --dtype {' '.join(a.dtype)}{' --dynamic' if a.dynamic else ''}`:\n\n")
-        sys.path.insert(0, os.path.join(ROOT, "bench"))
-        from doc_section import write_section
-        write_section(a.write, BEGIN, END, head + "\n".join(rows) + "\n")
-        print(f"wrote the table into {a.write}")
+        publish(head + "\n".join(rows) + "\n", a.write, BEGIN, END)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ difference between the two graphs' outputs (relative to max |output|) are printe
 Needs torch, onnxscript (the dynamo exporter), onnxruntime, safetensors, numpy.
 """
 import argparse
-import datetime
 import json
 import os
 import statistics
@@ -30,7 +29,7 @@ from safetensors.torch import load_file
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.join(ROOT, "bench"))
 import torch_ref  # noqa: E402
-from doc_section import write_section  # noqa: E402
+from doc_section import commit, publish, utc_now  # noqa: E402
 
 BIN = os.environ.get("COMER_PORT_BIN", os.path.join(os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")), "release", "comer-port"))
 BEGIN = "<!-- onnx-dynamo:begin (bench/onnx_dynamo.py writes this section) -->"
@@ -101,21 +100,18 @@ def main():
             s.run(None, feeds[k])
             times[k].append(time.perf_counter() - t)
     med = {k: statistics.median(v) for k, v in times.items()}
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     text = (
         f"{meta['flavor']} ({os.path.basename(a.layout)}) at {a.size}×{a.size}, the artifact `{os.path.basename(a.artifact)}`'s "
         f"weights in both graphs, ONNX Runtime {ort.__version__} CPU, {a.threads} intra-op threads, median of {a.runs} "
         f"alternated runs after one warm-up each, torch {torch.__version__}, "
-        f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, commit {commit}, `python bench/onnx_dynamo.py`:\n\n"
+        f"{utc_now()}, commit {commit()}, `python bench/onnx_dynamo.py`:\n\n"
         "| graph | ORT median | min | ratio |\n|---|---|---|---|\n"
         f"| `torch.onnx.export(dynamo=True)` of `bench/torch_ref.py` | {med['dynamo']:.3f} s | {min(times['dynamo']):.3f} s | 1.00× |\n"
         f"| `comer-port export onnx` (GridSample default) | {med['comer-port']:.3f} s | {min(times['comer-port']):.3f} s | "
         f"{med['dynamo'] / med['comer-port']:.2f}× faster |\n\n"
         f"The two graphs' f1–f4 agree to {diff:.1e} of max |output|.\n"
     )
-    print(text)
-    if a.write:
-        write_section(a.write, BEGIN, END, text)
+    publish(text, a.write, BEGIN, END)
 
 
 if __name__ == "__main__":

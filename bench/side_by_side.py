@@ -20,7 +20,6 @@ Usage (torch must import in --python; the Rust binary must be built with --relea
 """
 
 import argparse
-import datetime
 import json
 import os
 import platform
@@ -32,6 +31,8 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "bench"))
+import doc_section  # noqa: E402
 BEGIN = "<!-- side-by-side:begin (bench/side_by_side.py writes this section) -->"
 END = "<!-- side-by-side:end -->"
 
@@ -105,8 +106,7 @@ def main():
     if probe.returncode != 0:
         sys.exit(f"{a.python}: torch and safetensors must import there (pip install torch safetensors numpy)")
     torch_version = probe.stdout.strip()
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    started = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    commit, started = doc_section.commit(), doc_section.utc_now()
     load_before = load()
     rows = []
 
