@@ -297,20 +297,6 @@ impl Graph<'_> {
         self.add(&bs, &ms)
     }
 
-    /// `0 .. n−1` as an int64 (n,) tensor.
-    pub fn range(&mut self, n: &Dim) -> String {
-        let limit = match n {
-            Dim::Fixed(v) => self.const_i64_shaped(&[], &[*v as i64]),
-            Dim::Sym(s) => {
-                let axes = self.const_i64(&[0]);
-                self.op("Squeeze", &[s, &axes], vec![]) // [1] → []
-            }
-        };
-        let zero = self.const_i64_shaped(&[], &[0]);
-        let one = self.const_i64_shaped(&[], &[1]);
-        self.op("Range", &[&zero, &limit, &one], vec![])
-    }
-
     /// The float32 values of `dims` in a tensor of `shape` (a constant when all are fixed).
     fn floats_of(&mut self, dims: &[Dim], shape: &[usize]) -> String {
         if let Some(v) = dims.iter().map(Dim::fixed).collect::<Option<Vec<usize>>>() {

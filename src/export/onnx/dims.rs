@@ -41,17 +41,35 @@ impl Graph<'_> {
         }
     }
 
+    /// `d` as an int64 scalar (rank 0).
+    fn dim_scalar(&mut self, d: &Dim) -> String {
+        match d {
+            Dim::Fixed(v) => self.const_i64_shaped(&[], &[*v as i64]),
+            Dim::Sym(s) => {
+                let axes = self.const_i64(&[0]);
+                self.op("Squeeze", &[s, &axes], vec![]) // [1] → []
+            }
+        }
+    }
+
     /// `d` as a float32 scalar (rank 0), for normalising coordinates; built inside a
     /// float32 region ([`Graph::enter_f32`]) of a float16 graph.
     pub fn dim_f32(&mut self, d: &Dim) -> String {
         match d {
             Dim::Fixed(v) => self.scalar(*v as f32),
-            Dim::Sym(s) => {
-                let axes = self.const_i64(&[0]);
-                let s = self.op("Squeeze", &[s, &axes], vec![]); // [1] → []
+            Dim::Sym(_) => {
+                let s = self.dim_scalar(d);
                 self.op("Cast", &[&s], vec![attr_i("to", super::proto::data_type::FLOAT as i64)])
             }
         }
+    }
+
+    /// `0 .. n−1` as an int64 (n,) tensor.
+    pub fn range(&mut self, n: &Dim) -> String {
+        let limit = self.dim_scalar(n);
+        let zero = self.const_i64_shaped(&[], &[0]);
+        let one = self.const_i64_shaped(&[], &[1]);
+        self.op("Range", &[&zero, &limit, &one], vec![])
     }
 
     fn dim_op(&mut self, op: &str, a: &Dim, b: &Dim, fixed: impl Fn(usize, usize) -> usize) -> Dim {
