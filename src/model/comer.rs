@@ -15,7 +15,7 @@ use super::buffer::par_filled;
 use super::config::{ComerConfig, Flavor};
 use super::error::ModelError;
 use super::kernels::{self, Path};
-use super::nn::{BatchNorm, Conv2d, ConvNhwc, DwConv, LayerNorm, Linear, Result, add_scaled, tensor, values, with_values};
+use super::nn::{BatchNorm, Conv2d, ConvNhwc, DwConv, LayerNorm, Linear, Result, add_at, tensor, values, with_values};
 use super::ops::{self, DeformShape, Level};
 use super::resize;
 use super::vit::Block;
@@ -333,7 +333,7 @@ impl CtiToC {
     }
 
     fn forward(&self, c: &Tensor, x: &Tensor, g: &Geometry) -> Result<Tensor> {
-        let mut c = add_scaled(c, None, x, g.levels[1].start)?;
+        let mut c = add_at(c, x, g.levels[1].start)?;
         if let Some((norm, ffn)) = &self.ffn {
             c = ffn.forward(&norm.forward(&c)?, g.h, g.w, &c)?;
         }
@@ -380,7 +380,7 @@ impl Interaction {
             if let Some(m) = &self.mrfp {
                 c = super::profile::timed("mrfp", || m.forward(&c, g.h, g.w))?;
             }
-            c = add_scaled(&c, None, &x, g.levels[1].start)?;
+            c = add_at(&c, &x, g.levels[1].start)?;
             x = super::profile::timed("cti_tov", || tov.forward(&x, &c, g))?;
         }
         for blk in blocks {

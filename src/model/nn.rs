@@ -453,23 +453,23 @@ impl DwConv {
     }
 }
 
-/// `x + gamma·y` (gamma over channels, or 1) on (B, N_x, C) and (B, N_y, C), with `y`
-/// added at tokens `at..at+N_y` of every image of `x`: residual adds and the level-2 add
-/// of the CTI modules in one elementwise pass, no broadcast tensors.
-pub fn add_scaled(x: &Tensor, gamma: Option<&[f32]>, y: &Tensor, at: usize) -> Result<Tensor> {
-    super::profile::timed("add", || add_scaled_untimed(x, gamma, y, at))
+/// `x + y` on (B, N_x, C) and (B, N_y, C), with `y` added at tokens `at..at+N_y` of every
+/// image of `x`: the level-2 add of the CTI modules in one elementwise pass, no broadcast
+/// tensors.
+pub fn add_at(x: &Tensor, y: &Tensor, at: usize) -> Result<Tensor> {
+    super::profile::timed("add", || add_at_untimed(x, y, at))
 }
 
-fn add_scaled_untimed(x: &Tensor, gamma: Option<&[f32]>, y: &Tensor, at: usize) -> Result<Tensor> {
+fn add_at_untimed(x: &Tensor, y: &Tensor, at: usize) -> Result<Tensor> {
     let (b, nx, c) = x.dims3()?;
     let ny = y.dim(1)?;
-    assert!(at + ny <= nx && y.dim(0)? == b && y.dim(2)? == c, "add_scaled: y does not fit x");
+    assert!(at + ny <= nx && y.dim(0)? == b && y.dim(2)? == c, "add_at: y does not fit x");
     let out = with_values(x, |xv| {
         with_values(y, |yv| {
             // one task per 64 tokens; token t of image bi takes y's token t − at when inside
             // SAFETY: each chunk is whole tokens of c values; every token is either copied
-            // whole from x or written element by element over its c values (xs, ys and
-            // g all have c).
+            // whole from x or written element by element over its c values (xs and ys
+            // both have c).
             unsafe {
                 par_written(xv.len(), 64 * c, |i, o| {
                     let xs = &xv[i * 64 * c..][..o.len()];
@@ -481,14 +481,9 @@ fn add_scaled_untimed(x: &Tensor, gamma: Option<&[f32]>, y: &Tensor, at: usize) 
                             continue;
                         }
                         let ys = &yv[(bi * ny + ti - at) * c..][..c];
-                        match gamma {
-                            Some(g) => o.iter_mut().zip(xs).zip(ys).zip(&g[..c]).for_each(|(((o, x), y), g)| {
-                                o.write(x + y * g);
-                            }),
-                            None => o.iter_mut().zip(xs).zip(ys).for_each(|((o, x), y)| {
-                                o.write(x + y);
-                            }),
-                        }
+                        o.iter_mut().zip(xs).zip(ys).for_each(|((o, x), y)| {
+                            o.write(x + y);
+                        });
                     }
                 })
             }
