@@ -59,7 +59,7 @@ def main():
     step("ORT: comer-port's graph beside upstream's dynamo graph",
          [a.python, "bench/onnx_dynamo.py", artifact, "--layout", LAYOUT, "--runs", "2" if q else "7"] + ([] if q else ["--write", DOC]), env)
     step("ORT: formulations, f16 and --dynamic",
-         [a.python, "bench/onnx_bench.py", artifact, "--runs", "2" if q else "7", "--deform", "grid-sample", "gather",
+         [a.python, "bench/onnx_bench.py", artifact, "--runs", "2" if q else "7", "--deform", "deform-conv", "grid-sample", "gather",
           "--dtype", "f32", "f16", "--dynamic"] + ([] if q else ["--write", DOC]), env)
 
 

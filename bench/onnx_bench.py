@@ -1,8 +1,8 @@
-"""ONNX Runtime CPU latency of an exported backbone: GridSample vs Gather deformable sampling,
+"""ONNX Runtime CPU latency of an exported backbone: DeformConv, GridSample and Gather deformable sampling,
 float32 vs `--dtype f16` graphs.
 
 Usage: onnx_bench.py ARTIFACT --preset NAME [--size 512x512] [--runs 5] [--threads 2]
-       [--deform grid-sample gather] [--dtype f32 f16] [--dynamic] [--write docs/performance.md]
+       [--deform deform-conv grid-sample gather] [--dtype f32 f16] [--dynamic] [--write docs/performance.md]
 Exports every (formulation, dtype) with target/release/comer-port into bench/out/, then runs each in
 ONNX Runtime (CPU, intra_op_num_threads=THREADS, inter_op 1, sequential) on one random image:
 one warm-up run each, then RUNS rounds that alternate the formulations (so load changes on a
@@ -36,7 +36,7 @@ def main():
     ap.add_argument("--size", default="512x512")
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--deform", nargs="+", default=["grid-sample", "gather"])
+    ap.add_argument("--deform", nargs="+", default=["deform-conv", "grid-sample", "gather"])
     ap.add_argument("--dtype", nargs="+", default=["f32"])
     ap.add_argument("--dynamic", action="store_true", help="also time each graph exported with --dynamic")
     ap.add_argument("--write", help="markdown file to write the table into")

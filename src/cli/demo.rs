@@ -50,7 +50,7 @@ const ONNX: &str = "deit_tiny.comer.onnx";
 2. import   remap it into vit-comer-det (seed 0): .safetensors, .pth, .config.json, report\n  \
 3. verify   round trips, mapping parity with the source, backbone checks (the verdict table)\n  \
 4. run      the forward on a seeded 64x64 PNG: pyramid.safetensors and the PCA view pyramid.png\n  \
-5. export   ONNX (opset 17) at the config's image size\n\n\
+5. export   ONNX (opset 19, DeformConv sampling) at the config's image size\n\n\
 The folder is always kept (--keep is implied) and its path printed: a fresh one under the system \
 temp folder, or --dir DIR. Nothing is ever overwritten without --force.\n\n\
 Examples:\n  comer-port demo\n  comer-port demo --dir demo-out\n  comer-port demo --dir demo-out --force --json\n\n\
@@ -290,13 +290,13 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         "export",
         format!(
             "ONNX opset {}, input 1x3x{h}x{w}: {} nodes, {} initializers, {} deformable sampling",
-            onnx::OPSET,
+            deform.opset(),
             written.nodes,
             written.initializers,
             deform.name()
         ),
         serde_json::json!({
-            "opset": onnx::OPSET,
+            "opset": deform.opset(),
             "input": [1, 3, h, w],
             "nodes": written.nodes,
             "initializers": written.initializers,

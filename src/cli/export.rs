@@ -15,6 +15,7 @@ const EXAMPLES: &str = "Examples:\n  comer-port export onnx comer.safetensors --
 comer-port export onnx comer.safetensors --input-size 640x480 --batch 2 -o comer.onnx --force\n  \
 comer-port export onnx comer.safetensors --input-size 512x512 --dtype f16 -o comer-f16.onnx\n  \
 comer-port export onnx comer.safetensors --dynamic -o comer-any-size.onnx\n  \
+comer-port export onnx comer.safetensors --input-size 512x512 --deform grid-sample -o comer-opset17.onnx\n  \
 comer-port export onnx weights.safetensors --preset vit-comer-s-seg --input-size 512x512 -o comer.onnx\n\n\
 The config is the artifact's recorded one unless --config or --preset is given. An artifact whose recorded \
 verification is not 'passed' (failed, not run, or none recorded) is exported, with a warning on stderr.\n\n\
@@ -30,7 +31,8 @@ pub struct Args {
 
 #[derive(clap::Subcommand, Debug)]
 pub enum Target {
-    /// The whole backbone as a standard-op ONNX graph (opset 17) for ONNX Runtime.
+    /// The whole backbone as a standard-op ONNX graph (opset 19; 17 with --deform
+    /// grid-sample or gather) for ONNX Runtime.
     Onnx(OnnxArgs),
 }
 
@@ -65,9 +67,10 @@ pub struct OnnxArgs {
     /// Overwrite existing outputs.
     #[arg(long)]
     pub force: bool,
-    /// How deformable attention samples its values (grid-sample: ONNX Runtime's faster,
-    /// upstream's own formulation; gather: for runtimes without GridSample).
-    #[arg(long, value_enum, default_value_t = Deform::GridSample)]
+    /// How deformable attention samples its values (deform-conv: ONNX's DeformConv, opset
+    /// 19, the fastest in ONNX Runtime; grid-sample: upstream's own formulation, opset 17;
+    /// gather: opset 17, for runtimes without GridSample).
+    #[arg(long, value_enum, default_value_t = Deform::DeformConv)]
     pub deform: Deform,
     /// Float type of the graph: f16 halves the weights and computes MatMul/Conv/GELU in
     /// float16, keeping LayerNorm, softmax, BatchNorm and the deformable sampling in float32;
@@ -139,7 +142,7 @@ fn run_onnx(a: OnnxArgs) -> anyhow::Result<i32> {
         written.model_bytes,
         written.nodes,
         written.initializers,
-        onnx::OPSET,
+        a.deform.opset(),
         a.dtype.name(),
         a.deform.name(),
     );

@@ -2,7 +2,7 @@
 
 For each case and input: export with the case's config and weights, `onnx.checker` passes,
 and ONNX Runtime CPU reproduces upstream's f1..f4 (and x for beit-comer) within
-max|got - exp| <= 1e-4 * max(1, max|exp|) (5e-3 for `--dtype f16` graphs). Both
+max|got - exp| <= 1e-4 * max(1, max|exp|) (5e-3 for `--dtype f16` graphs). All three
 deformable-attention formulations are run. `--dynamic` graphs are checked at every fixture
 input and at three more sizes (one of batch 2) against the Rust forward.
 """
@@ -22,7 +22,7 @@ from check_case import BIN, ROOT, TOL, compare
 CASES = sorted(glob.glob(os.path.join(ROOT, "fixtures", "forward", "*")))
 
 
-@pytest.mark.parametrize("deform", ["gather", "grid-sample"])
+@pytest.mark.parametrize("deform", ["gather", "grid-sample", "deform-conv"])
 @pytest.mark.parametrize("case_dir", CASES, ids=[os.path.basename(c) for c in CASES])
 def test_forward_case(case_dir, deform, tmp_path):
     rows = list(compare(case_dir, deform, str(tmp_path)))
@@ -33,7 +33,7 @@ def test_forward_case(case_dir, deform, tmp_path):
     assert not bad, f"outputs outside tolerance: {bad}"
 
 
-@pytest.mark.parametrize("deform", ["gather", "grid-sample"])
+@pytest.mark.parametrize("deform", ["gather", "grid-sample", "deform-conv"])
 @pytest.mark.parametrize("case_dir", CASES, ids=[os.path.basename(c) for c in CASES])
 def test_forward_case_f16(case_dir, deform, tmp_path):
     """`--dtype f16`: float16 weights and activations, LayerNorm/softmax/BatchNorm/sampling in
@@ -75,7 +75,7 @@ def dynamic_case(case_dir, tmp):
     return weights, config, case
 
 
-@pytest.mark.parametrize("deform", ["gather", "grid-sample"])
+@pytest.mark.parametrize("deform", ["gather", "grid-sample", "deform-conv"])
 @pytest.mark.parametrize("case_dir", CASES, ids=[os.path.basename(c) for c in CASES])
 def test_dynamic_graph_at_every_size(case_dir, deform, tmp_path):
     tmp = str(tmp_path)

@@ -48,7 +48,9 @@ fn beit_model_has_opset_io_and_metadata() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let m = decode(&out);
     assert_eq!(m.opset_import.len(), 1);
-    assert_eq!(m.opset_import[0].version, 17);
+    // The default sampling is DeformConv, which came in opset 19 (IR version 9).
+    assert_eq!(m.opset_import[0].version, 19);
+    assert_eq!(m.ir_version, 9);
     let g = m.graph.expect("graph");
     let outs: Vec<&str> = g.output.iter().map(|v| v.name.as_str()).collect();
     assert_eq!(outs, ["x", "f1", "f2", "f3", "f4"]);
@@ -93,17 +95,29 @@ fn beit_relative_position_bias_is_gathered_not_expanded() {
 }
 
 #[test]
-fn det_model_has_four_outputs_and_both_deform_formulations() {
-    for (deform, op) in [("grid-sample", "GridSample"), ("gather", "Gather")] {
+fn det_model_has_four_outputs_and_every_deform_formulation() {
+    for (deform, op, opset) in [("grid-sample", "GridSample", 17), ("gather", "Gather", 17), ("deform-conv", "DeformConv", 19)] {
         let out = tmp(&format!("det-{deform}.onnx"));
         let o = export("det_tiny", "96x128", &out, &["--force", "--deform", deform]);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        let g = decode(&out).graph.expect("graph");
+        let m = decode(&out);
+        assert_eq!(m.opset_import[0].version, opset, "{deform}");
+        let g = m.graph.expect("graph");
         let outs: Vec<&str> = g.output.iter().map(|v| v.name.as_str()).collect();
         assert_eq!(outs, ["f1", "f2", "f3", "f4"]);
         assert!(g.node.iter().any(|n| n.op_type == op));
-        if deform == "gather" {
+        if deform != "grid-sample" {
             assert!(!g.node.iter().any(|n| n.op_type == "GridSample"));
+        }
+        if deform == "deform-conv" {
+            // One depthwise DeformConv per level of every deformable attention, the heads as
+            // offset groups, and no per-element location arithmetic left in the graph.
+            let convs: Vec<_> = g.node.iter().filter(|n| n.op_type == "DeformConv").collect();
+            let attns = g.initializer.iter().filter(|t| t.name.ends_with("sampling_offsets.weight_by_level")).count();
+            assert!(attns > 0 && convs.len() == 3 * attns, "{} DeformConv for {attns} attentions", convs.len());
+            let attr = |n: &comer_port::export::onnx::proto::NodeProto, k: &str| n.attribute.iter().find(|a| a.name == k).map(|a| a.i);
+            assert!(convs.iter().all(|n| attr(n, "offset_group").is_some() && attr(n, "group") > attr(n, "offset_group")));
+            assert!(!g.initializer.iter().any(|t| t.name.ends_with("sampling_offsets.weight")), "offsets only by level");
         }
     }
 }

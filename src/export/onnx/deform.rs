@@ -6,7 +6,11 @@
 //!   level, exactly upstream's pure-PyTorch path;
 //! - `Gather`: the four bilinear taps of every sampling point computed with Floor, clamped
 //!   flat indices and validity masks, one `Gather` of value rows for all levels, and one
-//!   batched MatMul with the attention × bilinear weights.
+//!   batched MatMul with the attention × bilinear weights;
+//! - `DeformConv` (opset 19): per level one depthwise `DeformConv` whose kernel is the P
+//!   points of every head (weight 1, offset group = head, mask = the attention weights),
+//!   the queries laid out on a (OH, OW) output grid; ONNX Runtime's CPU kernel computes
+//!   each point's bilinear weights once for all the head's channels.
 //!
 //! Every ViT-CoMer deformable attention reads the three stride-8/16/32 levels with the
 //! queries' own positions as reference points, so the reference points, spatial shapes and
@@ -14,7 +18,7 @@
 //! from the input's shape for `--dynamic` (upstream's `deform_inputs`).
 
 use super::OnnxError;
-use super::builder::{Graph, attr_i, attr_s};
+use super::builder::{Graph, attr_i, attr_ints, attr_s};
 use super::dims::Dim;
 use super::layers::Levels;
 
@@ -25,6 +29,8 @@ pub enum Deform {
     GridSample,
     /// Floor/Gather/weights: the four bilinear taps as one flat `Gather` + MatMul.
     Gather,
+    /// One depthwise `DeformConv` per level (opset 19), the attention weights as its mask.
+    DeformConv,
 }
 
 impl Deform {
@@ -33,6 +39,15 @@ impl Deform {
         match self {
             Deform::GridSample => "grid-sample",
             Deform::Gather => "gather",
+            Deform::DeformConv => "deform-conv",
+        }
+    }
+
+    /// The opset a graph with this sampling needs: `DeformConv` came in opset 19.
+    pub fn opset(self) -> i64 {
+        match self {
+            Deform::DeformConv => 19,
+            Deform::GridSample | Deform::Gather => 17,
         }
     }
 }
@@ -55,6 +70,25 @@ pub struct Sampling {
     /// Per level width, height and first token, (1, 1, 1, 3, 1, 1) each: the `Gather`
     /// formulation's.
     levels: Option<[String; 3]>,
+    /// The `DeformConv` formulation's query grid and base positions.
+    conv: Option<ConvGrid>,
+}
+
+/// Where `DeformConv` puts the queries: query q is output pixel (q / OW, q % OW) of an
+/// OH × OW grid (OH = the stride-8 level's height, so every level's map fits under it
+/// with zero padding; the last row is padded), and kernel point k of that pixel samples
+/// at (oy, ox + k) plus its offset. The offsets are the pixel locations grid_sample
+/// would use minus those bases.
+struct ConvGrid {
+    oh: Dim,
+    ow: Dim,
+    /// OH·OW − Lq padded query rows.
+    pad: Dim,
+    /// (L·M·P·2, Lq): what turns a query's sampling offsets (rows ordered level, head,
+    /// point, (y, x)) into `DeformConv` offsets, ref·size − 0.5 − (ox + k, oy). Upstream
+    /// samples at pixel loc·size − 0.5 with loc = ref + offset / size (grid_sample,
+    /// align_corners=False): the same point.
+    shift: String,
 }
 
 /// Reference points of `get_reference_points` for the three levels: (Lq, 2) as (x, y).
@@ -75,7 +109,7 @@ fn reference_points(lv: &Levels) -> Vec<f32> {
 
 impl Sampling {
     /// The shared tensors of `lv` for sampling `how`: constants when its sizes are fixed.
-    pub fn new(g: &mut Graph, lv: &Levels, how: Deform) -> Sampling {
+    pub fn new(g: &mut Graph, lv: &Levels, how: Deform, heads: usize, points: usize) -> Sampling {
         g.in_f32(|g| {
             let refp = if lv.total().fixed().is_some() {
                 let pts = reference_points(lv);
@@ -96,9 +130,67 @@ impl Sampling {
                 let starts = g.floats_of(&(0..3).map(|l| lv.start(l)).collect::<Vec<_>>(), &level);
                 [widths, heights, starts]
             });
-            Sampling { refp, normc, levels }
+            let conv = (how == Deform::DeformConv).then(|| conv_grid(g, lv, &refp, &normc, heads, points));
+            Sampling { refp, normc, levels, conv }
         })
     }
+}
+
+/// The `DeformConv` query grid of `lv`: OH = 2h (the stride-8 level's height) and
+/// OW = ⌈Lq / OH⌉ = ⌈21w/8⌉, since Lq = 4hw + hw + hw/4 (h, w: the stride-16 grid).
+fn conv_grid(g: &mut Graph, lv: &Levels, refp: &str, normc: &str, m: usize, p: usize) -> ConvGrid {
+    let (oh, _) = lv.grid(0);
+    let (_, w) = lv.grid(1);
+    let w21 = g.dim_mul(&w, &21.into());
+    let w21 = g.dim_add(&w21, &7.into());
+    let ow = g.dim_div(&w21, 8);
+    let lq = lv.total();
+    let all = g.dim_mul(&oh, &ow);
+    let pad = g.dim_sub(&all, &lq);
+    let base = match (lq.fixed(), ow.fixed()) {
+        (Some(lq), Some(ow)) => {
+            let mut v = Vec::with_capacity(lq * p * 2);
+            for q in 0..lq {
+                for k in 0..p {
+                    v.push(((q % ow + k) as f64 + 0.5) as f32);
+                    v.push(((q / ow) as f64 + 0.5) as f32);
+                }
+            }
+            g.const_f32(&[1, lq, 1, 1, p, 2], &v)
+        }
+        _ => {
+            let q = g.range(&lq); // (Lq,) int64
+            let owt = g.dim_tensor(&ow);
+            let oy = g.op("Div", &[&q, &owt], vec![]);
+            let ox = g.op("Mod", &[&q, &owt], vec![]);
+            let to_f = |g: &mut Graph, t: &str| {
+                let t = g.op("Cast", &[t], vec![attr_i("to", super::proto::data_type::FLOAT as i64)]);
+                g.reshape_i64(&t, &[-1, 1]) // (Lq, 1)
+            };
+            let (oy, ox) = (to_f(g, &oy), to_f(g, &ox));
+            let ks: Vec<f32> = (0..p).map(|k| k as f32 + 0.5).collect();
+            let ks = g.const_f32(&[1, p], &ks);
+            let x = g.add(&ox, &ks); // (Lq, P)
+            let half = g.scalar(0.5);
+            let y = g.add(&oy, &half); // (Lq, 1)
+            let lqp = g.shape_tensor(&[lq.clone(), p.into()]);
+            let y = g.op("Expand", &[&y, &lqp], vec![]); // (Lq, P)
+            let x = g.unsqueeze(&x, 2);
+            let y = g.unsqueeze(&y, 2);
+            let xy = g.concat(&[&x, &y], 2); // (Lq, P, 2)
+            g.reshape_i64(&xy, &[1, -1, 1, 1, p as i64, 2]) // (1, Lq, 1, 1, P, 2)
+        }
+    }; // (1, Lq, 1, 1, P, 2): (ox + k, oy) + 0.5 as (x, y)
+    let at = g.mul(refp, normc); // (1, Lq, 1, L, 1, 2): the reference point in pixels
+    let shift = g.sub(&at, &base); // (1, Lq, 1, L, P, 2)
+    let yx = g.const_i64(&[1, 0]);
+    let shift = g.op("Gather", &[&shift, &yx], vec![attr_i("axis", 5)]); // (y, x): DeformConv's order
+    let shift = g.reshape_to(&shift, &[lq.clone(), 3.into(), 1.into(), p.into(), 2.into()]); // (Lq, L, 1, P, 2)
+    let shift = g.transpose(&shift, &[1, 2, 3, 4, 0]); // (L, 1, P, 2, Lq)
+    let full = g.shape_tensor(&[3.into(), m.into(), p.into(), 2.into(), lq.clone()]);
+    let shift = g.op("Expand", &[&shift, &full], vec![]); // (L, M, P, 2, Lq)
+    let shift = g.reshape_to(&shift, &[(3 * m * p * 2).into(), lq]); // (L·M·P·2, Lq)
+    ConvGrid { oh, ow, pad, shift }
 }
 
 /// Reference points of level `l` computed in the graph: (h·w, 2) rows ((j + 0.5)/w,
@@ -145,6 +237,10 @@ impl Graph<'_> {
             ));
         }
         let value = self.linear(feat, &format!("{key}.value_proj"))?; // (B, Lin, M·D)
+        if how == Deform::DeformConv {
+            let out = self.deform_conv_attn(query, &value, key, s, d)?; // (B, Lq, M·D)
+            return self.linear(&out, &format!("{key}.output_proj"));
+        }
         let off = self.linear(query, &format!("{key}.sampling_offsets"))?;
         let aw = self.linear(query, &format!("{key}.attention_weights"))?;
         // The sampling (locations, softmax, bilinear taps, weighted sum) in float32 whatever
@@ -165,6 +261,7 @@ impl Graph<'_> {
         let out = match how {
             Deform::GridSample => self.sample_grid_sample(&value, &grid, &aw, s, d),
             Deform::Gather => self.sample_gather(&value, &grid, &aw, s, d)?,
+            Deform::DeformConv => unreachable!("DeformConv returns before the locations"),
         }; // (B, Lq, M·D)
         let out = self.leave_f32(&out);
         self.linear(&out, &format!("{key}.output_proj"))
@@ -202,6 +299,122 @@ impl Graph<'_> {
         let summed = self.op("Sum", &refs, vec![]); // (B·M, D, Lq)
         let o = self.reshape_to(&summed, &[lv.b.clone(), (m * d).into(), lq]); // (B, M·D, Lq)
         self.transpose(&o, &[0, 2, 1]) // (B, Lq, M·D)
+    }
+
+    /// `{key}` (a Linear of K outputs) applied to `x` (B, Lq, D) with its output rows taken in
+    /// `order` (row i is the weight's row order[i]) and the queries on the last axis:
+    /// (B, K, Lq), one Gemm W·xᵀ + b (no transpose of the result for one image).
+    fn linear_by_rows(&mut self, x: &str, key: &str, order: &[usize], b: &Dim, lq: &Dim) -> Result<String, OnnxError> {
+        let k = order.len();
+        let (shape, w) = self.weights.get(&format!("{key}.weight"), None)?;
+        let din = shape[1];
+        if shape[0] != k {
+            return Err(self.node_error("Gemm", format!("{key}.weight has {} rows, expected {k}", shape[0])));
+        }
+        let (_, bias) = self.weights.get(&format!("{key}.bias"), Some(&[k]))?;
+        let wp: Vec<f32> = order.iter().flat_map(|&r| w[r * din..][..din].iter().copied()).collect();
+        let bp: Vec<f32> = order.iter().map(|&r| bias[r]).collect();
+        let wn = self.init_f32(&format!("{key}.weight_by_level"), &[k, din], &wp);
+        let bn = self.init_f32(&format!("{key}.bias_by_level"), &[k, 1], &bp);
+        let rows = self.dim_mul(b, lq);
+        let x2 = self.reshape_to(x, &[rows, din.into()]); // (B·Lq, D)
+        let y = self.op("Gemm", &[&wn, &x2, &bn], vec![attr_i("transB", 1)]); // (K, B·Lq)
+        if b.fixed() == Some(1) {
+            return Ok(self.reshape_to(&y, &[1.into(), k.into(), lq.clone()])); // (1, K, Lq)
+        }
+        let y = self.reshape_to(&y, &[k.into(), b.clone(), lq.clone()]); // (K, B, Lq)
+        Ok(self.transpose(&y, &[1, 0, 2])) // (B, K, Lq)
+    }
+
+    /// The `DeformConv` formulation of `MSDeformAttn`'s sampling: `value` (B, Lin, M·D) →
+    /// (B, Lq, M·D), in the graph's dtype, before `output_proj`.
+    fn deform_conv_attn(&mut self, query: &str, value: &str, key: &str, s: &DeformSpec, d: usize) -> Result<String, OnnxError> {
+        let lv = s.levels;
+        let Some(cg) = &s.at.conv else {
+            return Err(self.node_error("DeformConv", "the graph's sampling tensors were not built for DeformConv".into()));
+        };
+        let (m, p, nl) = (s.heads, s.points, 3usize);
+        let (b, lq, c) = (lv.b.clone(), lv.total(), m * d);
+        // Offsets with rows (level, head, point, (y, x)) from upstream's (head, level, point,
+        // (x, y)); attention logits in upstream's (head, level, point).
+        let mut order = Vec::with_capacity(nl * m * p * 2);
+        for l in 0..nl {
+            for mi in 0..m {
+                for k in 0..p {
+                    for yx in 0..2 {
+                        order.push(((mi * nl + l) * p + k) * 2 + (1 - yx));
+                    }
+                }
+            }
+        }
+        let off = self.linear_by_rows(query, &format!("{key}.sampling_offsets"), &order, &b, &lq)?; // (B, L·M·P·2, Lq)
+        let ident: Vec<usize> = (0..m * nl * p).collect();
+        let aw = self.linear_by_rows(query, &format!("{key}.attention_weights"), &ident, &b, &lq)?; // (B, M·L·P, Lq)
+        // The sampling (offsets, softmax, taps) in float32 whatever the graph's dtype.
+        let [value, off, aw]: [String; 3] = self.enter_f32(&[value, &off, &aw]).try_into().expect("three inputs");
+        let off = self.add(&off, &cg.shift); // DeformConv's offsets
+        let aw = self.reshape_to(&aw, &[b.clone(), m.into(), (nl * p).into(), lq.clone()]); // (B, M, L·P, Lq)
+        let aw = self.op("Softmax", &[&aw], vec![attr_i("axis", 2)]);
+        let aw = self.reshape_to(&aw, &[b.clone(), m.into(), nl.into(), p.into(), lq.clone()]); // (B, M, L, P, Lq)
+        let aw = self.transpose(&aw, &[0, 2, 1, 3, 4]); // (B, L, M, P, Lq)
+        // Query columns padded to OH·OW, then made the OH × OW grid.
+        let grid = |g: &mut Self, x: &str, ch: usize| -> String {
+            let x = if cg.pad.fixed() == Some(0) {
+                x.to_string()
+            } else {
+                let z: Dim = 0.into();
+                let pads = g.shape_tensor(&[z.clone(), z.clone(), z.clone(), z.clone(), z, cg.pad.clone()]);
+                let x = g.reshape_to(x, &[b.clone(), ch.into(), lq.clone()]);
+                g.op("Pad", &[&x, &pads], vec![])
+            };
+            g.reshape_to(&x, &[b.clone(), ch.into(), cg.oh.clone(), cg.ow.clone()]) // (B, ch, OH, OW)
+        };
+        let off = grid(self, &off, nl * m * p * 2); // (B, L·M·P·2, OH, OW)
+        let mask = grid(self, &aw, nl * m * p); // (B, L·M·P, OH, OW)
+        // Depthwise: every channel its own group with weight 1 at each of the P points.
+        let ones = self.init_f32(&format!("deform_conv_ones_{c}x{p}"), &[c, 1, 1, p], &vec![1.0; c * p]);
+        let mut per_level = Vec::new();
+        for l in 0..nl {
+            let (h, w) = lv.grid(l);
+            let v = self.slice_to(&value, 1, &lv.start(l), &lv.start(l + 1)); // (B, HW, C)
+            let v = self.transpose(&v, &[0, 2, 1]); // (B, C, HW)
+            let v = self.reshape_to(&v, &[b.clone(), c.into(), h.clone(), w.clone()]); // (B, C, H, W)
+            // The map zero-padded below and right to (OH, OW + P − 1), so the output grid is
+            // OH × OW: in the node's pads when the sizes are known, else by a Pad.
+            let wide = self.dim_add(&cg.ow, &(p - 1).into());
+            let bottom = self.dim_sub(&cg.oh, &h);
+            let right = self.dim_sub(&wide, &w);
+            let (v, pads) = match (bottom.fixed(), right.fixed()) {
+                (Some(pb), Some(pr)) => (v, vec![0, 0, pb as i64, pr as i64]),
+                _ => {
+                    let z: Dim = 0.into();
+                    let pads = self.shape_tensor(&[z.clone(), z.clone(), z.clone(), z.clone(), z.clone(), z, bottom, right]);
+                    (self.op("Pad", &[&v, &pads], vec![]), vec![0, 0, 0, 0])
+                }
+            };
+            let (o0, o1) = (l * m * p * 2, (l + 1) * m * p * 2);
+            let off_l = self.slice_to(&off, 1, &o0.into(), &o1.into()); // (B, M·P·2, OH, OW)
+            let mask_l = self.slice_to(&mask, 1, &(l * m * p).into(), &((l + 1) * m * p).into()); // (B, M·P, OH, OW)
+            per_level.push(self.op(
+                "DeformConv",
+                &[&v, &ones, &off_l, "", &mask_l],
+                vec![
+                    attr_ints("kernel_shape", &[1, p as i64]),
+                    attr_i("group", c as i64),
+                    attr_i("offset_group", m as i64),
+                    attr_ints("pads", &pads),
+                    attr_ints("strides", &[1, 1]),
+                    attr_ints("dilations", &[1, 1]),
+                ],
+            )); // (B, C, OH, OW)
+        }
+        let refs: Vec<&str> = per_level.iter().map(|x| x.as_str()).collect();
+        let summed = self.op("Sum", &refs, vec![]); // (B, C, OH, OW)
+        let all = self.dim_mul(&cg.oh, &cg.ow);
+        let o = self.reshape_to(&summed, &[b, c.into(), all]); // (B, C, OH·OW)
+        let o = if cg.pad.fixed() == Some(0) { o } else { self.slice_to(&o, 2, &0.into(), &lq) }; // (B, C, Lq)
+        let o = self.transpose(&o, &[0, 2, 1]); // (B, Lq, C)
+        Ok(self.leave_f32(&o))
     }
 
     fn sample_gather(&mut self, value: &str, grid: &str, aw: &str, s: &DeformSpec, d: usize) -> Result<String, OnnxError> {

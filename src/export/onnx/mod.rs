@@ -1,4 +1,5 @@
-//! `export/onnx/`: the whole ViT-CoMer backbone as one standard-op ONNX graph (opset 17)
+//! `export/onnx/`: the whole ViT-CoMer backbone as one standard-op ONNX graph (opset 19, or
+//! 17 without `DeformConv`)
 //! that ONNX Runtime runs — upstream's `vit_comer.py` / `beit_comer.py` forwards. Every
 //! input-size-dependent quantity (position-embedding resize, deformable-attention reference
 //! points, spatial shapes, level start indices, window padding) is computed here at export
@@ -10,7 +11,7 @@
 //!
 //! Layout: `proto` (the ONNX messages), `builder` (graph + weights), `dims` (sizes fixed or
 //! computed in the graph), `layers` (Linear, LayerNorm, Conv, ConvFFN, MRFP), `deform`
-//! (MSDeformAttn, GridSample or Gather),
+//! (MSDeformAttn: DeformConv, GridSample or Gather),
 //! `backbone` (the three flavours; its pos-embed resize is `model::resize`).
 
 pub(crate) mod backbone;
@@ -36,10 +37,16 @@ use proto::{
     TypeProtoTensor, ValueInfoProto, data_type,
 };
 
-/// ONNX opset written (17: `LayerNormalization`, `GridSample`).
+/// ONNX opset of the `GridSample` and `Gather` graphs (17: `LayerNormalization`,
+/// `GridSample`); the default `DeformConv` graphs are opset 19 ([`Deform::opset`]).
 pub const OPSET: i64 = 17;
 /// IR version matching opset 17.
 pub const IR_VERSION: i64 = 8;
+
+/// The IR version an opset needs (ONNX's table: opset 17 → 8, 19 → 9).
+pub fn ir_version(opset: i64) -> i64 {
+    if opset >= 19 { 9 } else { IR_VERSION }
+}
 /// Protobuf's hard message limit; past it weights go to external data.
 pub const PROTO_LIMIT: usize = 2_000_000_000;
 /// The default [`ExportOptions::external_threshold`]: weights of more than 512 MiB go to
@@ -160,7 +167,7 @@ pub struct ExportOptions {
 }
 
 impl ExportOptions {
-    /// Export at `height`×`width`, batch 1, `GridSample` sampling, external data past
+    /// Export at `height`×`width`, batch 1, `DeformConv` sampling, external data past
     /// [`EXTERNAL_DEFAULT`].
     pub fn new(height: usize, width: usize) -> ExportOptions {
         ExportOptions {
@@ -168,9 +175,10 @@ impl ExportOptions {
             width,
             batch: 1,
             dynamic: false,
-            // The faster formulation in ONNX Runtime: ViT-CoMer-S seg at 512, ORT 1.32 CPU,
-            // 2 threads, 7 alternated runs: GridSample 1.939 s, Gather 2.144 s (docs/performance.md).
-            deform: Deform::GridSample,
+            // The fastest formulation in ONNX Runtime: ViT-CoMer-S seg at 512, ORT 1.32 CPU,
+            // 2 threads, alternated runs: DeformConv 1.43x GridSample, GridSample 1.11x Gather
+            // (docs/performance.md).
+            deform: Deform::DeformConv,
             source: String::new(),
             external_threshold: EXTERNAL_DEFAULT,
             dtype: Precision::F32,
@@ -291,7 +299,7 @@ fn build_with(
     } else {
         layers::Levels::fixed(opts.batch, opts.height / 16, opts.width / 16)
     };
-    let at = deform::Sampling::new(&mut g, &lv, opts.deform);
+    let at = deform::Sampling::new(&mut g, &lv, opts.deform, cfg.deform_num_heads, cfg.n_points);
     let cx = backbone::Ctx { cfg, lv, deform: opts.deform, at };
     let outputs = backbone::build(&mut g, &image, &cx)?;
     let d = dim(cfg.embed_dim);
@@ -330,7 +338,7 @@ fn build_with(
     ];
     let sink = g.sink.take();
     let model = ModelProto {
-        ir_version: IR_VERSION,
+        ir_version: ir_version(opts.deform.opset()),
         producer_name: "comer-port".into(),
         producer_version: env!("CARGO_PKG_VERSION").into(),
         domain: String::new(),
@@ -344,7 +352,7 @@ fn build_with(
             input: vec![value_info("image", vec![b, dim(cfg.in_chans), ih, iw])],
             output: out_info,
         }),
-        opset_import: vec![OperatorSetIdProto { domain: String::new(), version: OPSET }],
+        opset_import: vec![OperatorSetIdProto { domain: String::new(), version: opts.deform.opset() }],
         metadata_props: meta
             .into_iter()
             .map(|(k, v)| StringStringEntryProto { key: k.into(), value: v })
