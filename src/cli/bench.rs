@@ -111,18 +111,24 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     model.forward(&img, "bench")?;
     comer_port::model::profile::enable(args.profile);
     let mut times = Vec::new();
+    let cpu0 = comer_port::model::profile::process_cpu();
     for _ in 0..args.runs.max(1) {
         let t = Instant::now();
         model.forward(&img, "bench")?;
         times.push(t.elapsed().as_secs_f64());
     }
+    let (wall, cpu) = (times.iter().sum::<f64>(), comer_port::model::profile::process_cpu() - cpu0);
     times.sort_by(f64::total_cmp);
     let median = times[times.len() / 2];
     let rss = peak_rss_bytes();
     if args.profile {
-        for (stage, secs, calls) in comer_port::model::profile::report() {
-            eprintln!("  {stage:<14} {:>8.3} s/run  ({calls} calls)", secs / times.len() as f64);
+        // CPU/wall: how many of the worker threads the stage kept busy on average.
+        for (stage, secs, cpu_s, calls) in comer_port::model::profile::report() {
+            let busy = if secs > 0.0 { cpu_s / secs } else { 0.0 };
+            eprintln!("  {stage:<14} {:>8.3} s/run  {busy:>4.2} cores busy  ({calls} calls)", secs / times.len() as f64);
         }
+        let busy = if wall > 0.0 { cpu / wall } else { 0.0 };
+        eprintln!("  {:<14} {:>8.3} s/run  {busy:>4.2} cores busy", "whole forward", wall / times.len() as f64);
     }
     if args.json {
         let v = serde_json::json!({
