@@ -236,11 +236,19 @@ impl Graph<'_> {
                 format!("sampling_offsets has {off_rows} rows, expected heads·levels·points·2 = {}", m * nl * p * 2),
             ));
         }
-        let value = self.linear(feat, &format!("{key}.value_proj"))?; // (B, Lin, M·D)
         if how == Deform::DeformConv {
-            let out = self.deform_conv_attn(query, &value, key, s, d)?; // (B, Lq, M·D)
+            if lv.b.fixed() == Some(1) {
+                // One image: value channels first straight from its Gemm, and output_proj
+                // reading the sampled channels-first result in place.
+                let value = self.linear_to_channels(feat, &format!("{key}.value_proj"), &lq)?; // (1, M·D, Lin)
+                let out = self.deform_conv_attn(query, &value, key, s, d, true)?; // (1, M·D, Lq)
+                return self.linear_from_channels(&out, &format!("{key}.output_proj"), &lq);
+            }
+            let value = self.linear(feat, &format!("{key}.value_proj"))?; // (B, Lin, M·D)
+            let out = self.deform_conv_attn(query, &value, key, s, d, false)?; // (B, Lq, M·D)
             return self.linear(&out, &format!("{key}.output_proj"));
         }
+        let value = self.linear(feat, &format!("{key}.value_proj"))?; // (B, Lin, M·D)
         let off = self.linear(query, &format!("{key}.sampling_offsets"))?;
         let aw = self.linear(query, &format!("{key}.attention_weights"))?;
         // The sampling (locations, softmax, bilinear taps, weighted sum) in float32 whatever
@@ -327,8 +335,9 @@ impl Graph<'_> {
     }
 
     /// The `DeformConv` formulation of `MSDeformAttn`'s sampling: `value` (B, Lin, M·D) →
-    /// (B, Lq, M·D), in the graph's dtype, before `output_proj`.
-    fn deform_conv_attn(&mut self, query: &str, value: &str, key: &str, s: &DeformSpec, d: usize) -> Result<String, OnnxError> {
+    /// (B, Lq, M·D), or with `channels_first` (one image) (1, M·D, Lin) → (1, M·D, Lq); in
+    /// the graph's dtype, before `output_proj`.
+    fn deform_conv_attn(&mut self, query: &str, value: &str, key: &str, s: &DeformSpec, d: usize, channels_first: bool) -> Result<String, OnnxError> {
         let lv = s.levels;
         let Some(cg) = &s.at.conv else {
             return Err(self.node_error("DeformConv", "the graph's sampling tensors were not built for DeformConv".into()));
@@ -376,8 +385,12 @@ impl Graph<'_> {
         let mut per_level = Vec::new();
         for l in 0..nl {
             let (h, w) = lv.grid(l);
-            let v = self.slice_to(&value, 1, &lv.start(l), &lv.start(l + 1)); // (B, HW, C)
-            let v = self.transpose(&v, &[0, 2, 1]); // (B, C, HW)
+            let v = if channels_first {
+                self.slice_to(&value, 2, &lv.start(l), &lv.start(l + 1)) // (1, C, HW)
+            } else {
+                let v = self.slice_to(&value, 1, &lv.start(l), &lv.start(l + 1)); // (B, HW, C)
+                self.transpose(&v, &[0, 2, 1]) // (B, C, HW)
+            };
             let v = self.reshape_to(&v, &[b.clone(), c.into(), h.clone(), w.clone()]); // (B, C, H, W)
             // The map zero-padded below and right to (OH, OW + P − 1), so the output grid is
             // OH × OW: in the node's pads when the sizes are known, else by a Pad.
@@ -413,7 +426,7 @@ impl Graph<'_> {
         let all = self.dim_mul(&cg.oh, &cg.ow);
         let o = self.reshape_to(&summed, &[b, c.into(), all]); // (B, C, OH·OW)
         let o = if cg.pad.fixed() == Some(0) { o } else { self.slice_to(&o, 2, &0.into(), &lq) }; // (B, C, Lq)
-        let o = self.transpose(&o, &[0, 2, 1]); // (B, Lq, C)
+        let o = if channels_first { o } else { self.transpose(&o, &[0, 2, 1]) }; // (B, Lq, C)
         Ok(self.leave_f32(&o))
     }
 

@@ -133,6 +133,32 @@ impl Graph<'_> {
         self.linear_with(x, key, &shape, &w, bias.as_deref())
     }
 
+    /// One image's tokens (1, N, in) → (1, out, N), channels first: one Gemm W·xᵀ + b with
+    /// the weight as stored, so a depthwise conv or `DeformConv` reads it without a Transpose.
+    pub fn linear_to_channels(&mut self, x: &str, key: &str, n: &Dim) -> Result<String, OnnxError> {
+        let (shape, w) = self.weights.get(&format!("{key}.weight"), None)?;
+        let (out, inp) = (shape[0], shape[1]);
+        let (_, b) = self.weights.get(&format!("{key}.bias"), Some(&[out]))?;
+        let wn = self.init_f32(&format!("{key}.weight"), &[out, inp], &w);
+        let bn = self.init_f32(&format!("{key}.bias_column"), &[out, 1], &b);
+        let x2 = self.reshape_to(x, &[n.clone(), inp.into()]); // (N, in)
+        let y = self.op("Gemm", &[&wn, &x2, &bn], vec![attr_i("transB", 1)]); // (out, N)
+        Ok(self.reshape_to(&y, &[1.into(), out.into(), n.clone()])) // (1, out, N)
+    }
+
+    /// One image's channels-first (1, in, N) → tokens (1, N, out): one Gemm xᵀ·Wᵀ + b (ONNX
+    /// Runtime reads both operands transposed in place).
+    pub fn linear_from_channels(&mut self, x: &str, key: &str, n: &Dim) -> Result<String, OnnxError> {
+        let (shape, w) = self.weights.get(&format!("{key}.weight"), None)?;
+        let (out, inp) = (shape[0], shape[1]);
+        let (_, b) = self.weights.get(&format!("{key}.bias"), Some(&[out]))?;
+        let wn = self.init_f32(&format!("{key}.weight"), &[out, inp], &w);
+        let bn = self.init_f32(&format!("{key}.bias"), &[out], &b);
+        let x2 = self.reshape_to(x, &[inp.into(), n.clone()]); // (in, N)
+        let y = self.op("Gemm", &[&x2, &wn, &bn], vec![attr_i("transA", 1), attr_i("transB", 1)]); // (N, out)
+        Ok(self.reshape_to(&y, &[1.into(), n.clone(), out.into()])) // (1, N, out)
+    }
+
     /// A Linear from explicit weight (out, in) and optional bias values.
     pub fn linear_with(&mut self, x: &str, key: &str, shape: &[usize], w: &[f32], bias: Option<&[f32]>) -> Result<String, OnnxError> {
         let (out, inp) = (shape[0], shape[1]);
@@ -278,6 +304,27 @@ impl Graph<'_> {
     /// `ConvFFN`: fc1 → DWConv → GELU → fc2.
     pub fn conv_ffn(&mut self, x: &str, key: &str, lv: &Levels) -> Result<String, OnnxError> {
         let hidden = self.weights.get(&format!("{key}.fc1.bias"), None)?.0[0];
+        if lv.b.fixed() == Some(1) {
+            // One image: fc1 straight to channels first, the convs on its level slices, fc2
+            // back from channels first — no token/map Transposes.
+            let n = lv.total();
+            let y = self.linear_to_channels(x, &format!("{key}.fc1"), &n)?; // (1, hidden, N)
+            let key_dw = format!("{key}.dwconv.dwconv");
+            let (shape, w) = self.weights.get(&format!("{key_dw}.weight"), None)?;
+            let bias = self.weights.get(&format!("{key_dw}.bias"), Some(&shape[..1]))?.1;
+            let mut outs = Vec::new();
+            for l in 0..3 {
+                let (h, wd) = lv.grid(l);
+                let t = self.slice_to(&y, 2, &lv.start(l), &lv.start(l + 1)); // (1, hidden, h·w)
+                let m = self.reshape_to(&t, &[1.into(), hidden.into(), h, wd]); // (1, hidden, h, w)
+                let c = self.conv_with(&m, &key_dw, &shape, &w, Some(&bias), 1, shape[2] / 2, hidden);
+                outs.push(self.reshape_to(&c, &[1.into(), hidden.into(), lv.len(l)])); // (1, hidden, h·w)
+            }
+            let refs: Vec<&str> = outs.iter().map(|s| s.as_str()).collect();
+            let y = self.concat(&refs, 2); // (1, hidden, N)
+            let y = self.gelu(&y);
+            return self.linear_from_channels(&y, &format!("{key}.fc2"), &n);
+        }
         let y = self.linear(x, &format!("{key}.fc1"))?;
         let y = self.dwconv_levels(&y, &format!("{key}.dwconv.dwconv"), lv, hidden)?;
         let y = self.gelu(&y);
@@ -290,7 +337,9 @@ impl Graph<'_> {
     pub fn mrfp(&mut self, x: &str, key: &str, lv: &Levels) -> Result<String, OnnxError> {
         let hidden = self.weights.get(&format!("{key}.fc1.bias"), None)?.0[0];
         let half = hidden / 2;
-        let y = self.linear(x, &format!("{key}.fc1"))?;
+        // One image: channels first from fc1 to fc2 (see `conv_ffn`).
+        let cf = lv.b.fixed() == Some(1);
+        let y = if cf { self.linear_to_channels(x, &format!("{key}.fc1"), &lv.total())? } else { self.linear(x, &format!("{key}.fc1"))? };
         let mut outs = Vec::new();
         for l in 0..3 {
             let k3 = format!("{key}.dwconv.dwconv{}", 2 * l + 1);
@@ -310,18 +359,30 @@ impl Graph<'_> {
             w[half * 25..].copy_from_slice(&w5);
             let b: Vec<f32> = b3.iter().chain(&b5).copied().collect();
             let (h, wd) = lv.grid(l);
-            let t = self.slice_to(&y, 1, &lv.start(l), &lv.start(l + 1));
-            let m = self.tokens_to_map(&t, &lv.b, hidden, &h, &wd);
+            let m = if cf {
+                let t = self.slice_to(&y, 2, &lv.start(l), &lv.start(l + 1)); // (1, hidden, h·w)
+                self.reshape_to(&t, &[1.into(), hidden.into(), h, wd]) // (1, hidden, h, w)
+            } else {
+                let t = self.slice_to(&y, 1, &lv.start(l), &lv.start(l + 1));
+                self.tokens_to_map(&t, &lv.b, hidden, &h, &wd)
+            };
             let merged = format!("{key}.dwconv.level{l}_merged");
             let cv = self.conv_with(&m, &merged, &[hidden, 1, 5, 5], &w, Some(&b), 1, 2, hidden);
             let bn = self.batch_norm(&cv, &format!("{key}.dwconv.bn{}", l + 1))?;
             let g = self.gelu(&bn);
-            outs.push(self.map_to_tokens(&g, &lv.b, hidden, &lv.len(l)));
+            outs.push(if cf {
+                self.reshape_to(&g, &[1.into(), hidden.into(), lv.len(l)]) // (1, hidden, h·w)
+            } else {
+                self.map_to_tokens(&g, &lv.b, hidden, &lv.len(l))
+            });
         }
         let refs: Vec<&str> = outs.iter().map(|s| s.as_str()).collect();
-        let y = self.concat(&refs, 1);
+        let y = self.concat(&refs, if cf { 2 } else { 1 });
         // MRFP.forward applies its own GELU after MultiDWConv's per-level GELU.
         let y = self.gelu(&y);
+        if cf {
+            return self.linear_from_channels(&y, &format!("{key}.fc2"), &lv.total());
+        }
         self.linear(&y, &format!("{key}.fc2"))
     }
 }
