@@ -67,9 +67,11 @@ pub struct OnnxArgs {
     /// Overwrite existing outputs.
     #[arg(long)]
     pub force: bool,
-    /// How deformable attention samples its values (deform-conv: ONNX's DeformConv, opset
-    /// 19, the fastest in ONNX Runtime; grid-sample: upstream's own formulation, opset 17;
-    /// gather: opset 17, for runtimes without GridSample).
+    /// How deformable attention samples its values. deform-conv: ONNX's DeformConv (opset
+    /// 19), the fastest in ONNX Runtime, which gained that kernel in February 2026
+    /// (microsoft/onnxruntime#27393; 1.32 tested): older runtimes answer NOT_IMPLEMENTED.
+    /// grid-sample: upstream's own formulation (opset 17), for those. gather: opset 17,
+    /// for runtimes without GridSample.
     #[arg(long, value_enum, default_value_t = Deform::DeformConv)]
     pub deform: Deform,
     /// Float type of the graph: f16 halves the weights and computes MatMul/Conv/GELU in
