@@ -71,7 +71,7 @@ pub struct Sampling {
     /// Per level width, height and first token, (1, 1, 1, 3, 1, 1) each: the `Gather`
     /// formulation's.
     levels: Option<[String; 3]>,
-    /// The `DeformConv` formulation's query grid and base positions.
+    /// The `DeformConv` formulation's query grid and offset shift.
     conv: Option<ConvGrid>,
 }
 
