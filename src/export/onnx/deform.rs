@@ -222,9 +222,7 @@ impl Graph<'_> {
     /// `MSDeformAttn(query, reference_points, feat, ...)` under weight prefix `key`, for
     /// query and feat both of the three-level token layout (B, Ltot, C).
     pub fn ms_deform_attn(&mut self, query: &str, feat: &str, key: &str, s: &DeformSpec, how: Deform) -> Result<String, OnnxError> {
-        let lv = s.levels;
-        let (b, m, p, nl) = (lv.b.clone(), s.heads, s.points, 3usize);
-        let lq = lv.total();
+        let (m, p, nl) = (s.heads, s.points, 3usize);
         let vdim = self.weights.get(&format!("{key}.value_proj.bias"), None)?.0[0];
         if vdim % m != 0 {
             return Err(self.node_error("Reshape", format!("value dim {vdim} is not a multiple of {m} heads")));
@@ -237,18 +235,34 @@ impl Graph<'_> {
                 format!("sampling_offsets has {off_rows} rows, expected heads·levels·points·2 = {}", m * nl * p * 2),
             ));
         }
-        if how == Deform::DeformConv {
-            if lv.b.fixed() == Some(1) {
-                // One image: value channels first straight from its Gemm, and output_proj
-                // reading the sampled channels-first result in place.
-                let value = self.linear_to_channels(feat, &format!("{key}.value_proj"), &lq)?; // (1, M·D, Lin)
-                let out = self.deform_conv_attn(query, &value, key, s, d, true)?; // (1, M·D, Lq)
-                return self.linear_from_channels(&out, &format!("{key}.output_proj"), &lq);
-            }
-            let value = self.linear(feat, &format!("{key}.value_proj"))?; // (B, Lin, M·D)
-            let out = self.deform_conv_attn(query, &value, key, s, d, false)?; // (B, Lq, M·D)
-            return self.linear(&out, &format!("{key}.output_proj"));
+        match how {
+            Deform::DeformConv => self.attn_by_deform_conv(query, feat, key, s, d),
+            Deform::GridSample => self.attn_by_locations(query, feat, key, s, d, false),
+            Deform::Gather => self.attn_by_locations(query, feat, key, s, d, true),
         }
+    }
+
+    /// The `DeformConv` formulation, value projection to output projection.
+    fn attn_by_deform_conv(&mut self, query: &str, feat: &str, key: &str, s: &DeformSpec, d: usize) -> Result<String, OnnxError> {
+        let (b, lq) = (&s.levels.b, s.levels.total());
+        if b.fixed() == Some(1) {
+            // One image: value channels first straight from its Gemm, and output_proj
+            // reading the sampled channels-first result in place.
+            let value = self.linear_to_channels(feat, &format!("{key}.value_proj"), None, b, &lq)?; // (1, M·D, Lin)
+            let out = self.deform_conv_attn(query, &value, key, s, d, true)?; // (1, M·D, Lq)
+            return self.linear_from_channels(&out, &format!("{key}.output_proj"), &lq);
+        }
+        let value = self.linear(feat, &format!("{key}.value_proj"))?; // (B, Lin, M·D)
+        let out = self.deform_conv_attn(query, &value, key, s, d, false)?; // (B, Lq, M·D)
+        self.linear(&out, &format!("{key}.output_proj"))
+    }
+
+    /// The `GridSample` and (with `gather`) `Gather` formulations: upstream's sampling
+    /// locations in [0, 1], then the taps.
+    fn attn_by_locations(&mut self, query: &str, feat: &str, key: &str, s: &DeformSpec, d: usize, gather: bool) -> Result<String, OnnxError> {
+        let lv = s.levels;
+        let (b, m, p, nl) = (lv.b.clone(), s.heads, s.points, 3usize);
+        let lq = lv.total();
         let value = self.linear(feat, &format!("{key}.value_proj"))?; // (B, Lin, M·D)
         let off = self.linear(query, &format!("{key}.sampling_offsets"))?;
         let aw = self.linear(query, &format!("{key}.attention_weights"))?;
@@ -267,10 +281,10 @@ impl Graph<'_> {
         let g2 = self.mul(&loc, &two);
         let grid = self.sub(&g2, &one); // grid_sample coordinates in [-1, 1]
 
-        let out = match how {
-            Deform::GridSample => self.sample_grid_sample(&value, &grid, &aw, s, d),
-            Deform::Gather => self.sample_gather(&value, &grid, &aw, s, d)?,
-            Deform::DeformConv => unreachable!("DeformConv returns before the locations"),
+        let out = if gather {
+            self.sample_gather(&value, &grid, &aw, s, d)?
+        } else {
+            self.sample_grid_sample(&value, &grid, &aw, s, d)
         }; // (B, Lq, M·D)
         let out = self.leave_f32(&out);
         self.linear(&out, &format!("{key}.output_proj"))
@@ -310,31 +324,6 @@ impl Graph<'_> {
         self.transpose(&o, &[0, 2, 1]) // (B, Lq, M·D)
     }
 
-    /// `{key}` (a Linear of K outputs) applied to `x` (B, Lq, D) with its output rows taken in
-    /// `order` (row i is the weight's row order[i]) and the queries on the last axis:
-    /// (B, K, Lq), one Gemm W·xᵀ + b (no transpose of the result for one image).
-    fn linear_by_rows(&mut self, x: &str, key: &str, order: &[usize], b: &Dim, lq: &Dim) -> Result<String, OnnxError> {
-        let k = order.len();
-        let (shape, w) = self.weights.get(&format!("{key}.weight"), None)?;
-        let din = shape[1];
-        if shape[0] != k {
-            return Err(self.node_error("Gemm", format!("{key}.weight has {} rows, expected {k}", shape[0])));
-        }
-        let (_, bias) = self.weights.get(&format!("{key}.bias"), Some(&[k]))?;
-        let wp: Vec<f32> = order.iter().flat_map(|&r| w[r * din..][..din].iter().copied()).collect();
-        let bp: Vec<f32> = order.iter().map(|&r| bias[r]).collect();
-        let wn = self.init_f32(&format!("{key}.weight_by_level"), &[k, din], &wp);
-        let bn = self.init_f32(&format!("{key}.bias_by_level"), &[k, 1], &bp);
-        let rows = self.dim_mul(b, lq);
-        let x2 = self.reshape_to(x, &[rows, din.into()]); // (B·Lq, D)
-        let y = self.op("Gemm", &[&wn, &x2, &bn], vec![attr_i("transB", 1)]); // (K, B·Lq)
-        if b.fixed() == Some(1) {
-            return Ok(self.reshape_to(&y, &[1.into(), k.into(), lq.clone()])); // (1, K, Lq)
-        }
-        let y = self.reshape_to(&y, &[k.into(), b.clone(), lq.clone()]); // (K, B, Lq)
-        Ok(self.transpose(&y, &[1, 0, 2])) // (B, K, Lq)
-    }
-
     /// The `DeformConv` formulation of `MSDeformAttn`'s sampling: `value` (B, Lin, M·D) →
     /// (B, Lq, M·D), or with `channels_first` (one image) (1, M·D, Lin) → (1, M·D, Lq); in
     /// the graph's dtype, before `output_proj`.
@@ -357,9 +346,8 @@ impl Graph<'_> {
                 }
             }
         }
-        let off = self.linear_by_rows(query, &format!("{key}.sampling_offsets"), &order, &b, &lq)?; // (B, L·M·P·2, Lq)
-        let ident: Vec<usize> = (0..m * nl * p).collect();
-        let aw = self.linear_by_rows(query, &format!("{key}.attention_weights"), &ident, &b, &lq)?; // (B, M·L·P, Lq)
+        let off = self.linear_to_channels(query, &format!("{key}.sampling_offsets"), Some(&order), &b, &lq)?; // (B, L·M·P·2, Lq)
+        let aw = self.linear_to_channels(query, &format!("{key}.attention_weights"), None, &b, &lq)?; // (B, M·L·P, Lq)
         // The sampling (offsets, softmax, taps) in float32 whatever the graph's dtype.
         let [value, off, aw]: [String; 3] = self.enter_f32(&[value, &off, &aw]).try_into().expect("three inputs");
         let off = self.add(&off, &cg.shift); // DeformConv's offsets
@@ -386,13 +374,7 @@ impl Graph<'_> {
         let mut per_level = Vec::new();
         for l in 0..nl {
             let (h, w) = lv.grid(l);
-            let v = if channels_first {
-                self.slice_to(&value, 2, &lv.start(l), &lv.start(l + 1)) // (1, C, HW)
-            } else {
-                let v = self.slice_to(&value, 1, &lv.start(l), &lv.start(l + 1)); // (B, HW, C)
-                self.transpose(&v, &[0, 2, 1]) // (B, C, HW)
-            };
-            let v = self.reshape_to(&v, &[b.clone(), c.into(), h.clone(), w.clone()]); // (B, C, H, W)
+            let v = self.level_map(&value, lv, l, c, channels_first); // (B, C, H, W)
             // The map zero-padded below and right to (OH, OW + P − 1), so the output grid is
             // OH × OW: in the node's pads when the sizes are known, else by a Pad.
             let wide = self.dim_add(&cg.ow, &(p - 1).into());

@@ -133,17 +133,34 @@ impl Graph<'_> {
         self.linear_with(x, key, &shape, &w, bias.as_deref())
     }
 
-    /// One image's tokens (1, N, in) → (1, out, N), channels first: one Gemm W·xᵀ + b with
-    /// the weight as stored, so a depthwise conv or `DeformConv` reads it without a Transpose.
-    pub fn linear_to_channels(&mut self, x: &str, key: &str, n: &Dim) -> Result<String, OnnxError> {
+    /// Tokens (B, N, in) → channels first (B, out, N): one Gemm W·xᵀ + b with the queries on
+    /// the last axis, so a depthwise conv or `DeformConv` reads it without a Transpose (for
+    /// one image; more images take one (out, B, N) → (B, out, N) Transpose). `rows`, when
+    /// given, reorders the outputs (row i is the weight's row `rows[i]`; deformable
+    /// attention's level-major order), stored as `{key}.weight_by_level`.
+    pub fn linear_to_channels(&mut self, x: &str, key: &str, rows: Option<&[usize]>, b: &Dim, n: &Dim) -> Result<String, OnnxError> {
         let (shape, w) = self.weights.get(&format!("{key}.weight"), None)?;
         let (out, inp) = (shape[0], shape[1]);
-        let (_, b) = self.weights.get(&format!("{key}.bias"), Some(&[out]))?;
-        let wn = self.init_f32(&format!("{key}.weight"), &[out, inp], &w);
-        let bn = self.init_f32(&format!("{key}.bias_column"), &[out, 1], &b);
-        let x2 = self.reshape_to(x, &[n.clone(), inp.into()]); // (N, in)
-        let y = self.op("Gemm", &[&wn, &x2, &bn], vec![attr_i("transB", 1)]); // (out, N)
-        Ok(self.reshape_to(&y, &[1.into(), out.into(), n.clone()])) // (1, out, N)
+        let (_, bias) = self.weights.get(&format!("{key}.bias"), Some(&[out]))?;
+        let (wn, bn) = match rows {
+            None => (self.init_f32(&format!("{key}.weight"), &[out, inp], &w), self.init_f32(&format!("{key}.bias_column"), &[out, 1], &bias)),
+            Some(order) => {
+                if order.len() != out {
+                    return Err(self.node_error("Gemm", format!("{key}.weight has {out} rows, expected {}", order.len())));
+                }
+                let wp: Vec<f32> = order.iter().flat_map(|&r| w[r * inp..][..inp].iter().copied()).collect();
+                let bp: Vec<f32> = order.iter().map(|&r| bias[r]).collect();
+                (self.init_f32(&format!("{key}.weight_by_level"), &[out, inp], &wp), self.init_f32(&format!("{key}.bias_by_level"), &[out, 1], &bp))
+            }
+        };
+        let all = self.dim_mul(b, n);
+        let x2 = self.reshape_to(x, &[all, inp.into()]); // (B·N, in)
+        let y = self.op("Gemm", &[&wn, &x2, &bn], vec![attr_i("transB", 1)]); // (out, B·N)
+        if b.fixed() == Some(1) {
+            return Ok(self.reshape_to(&y, &[1.into(), out.into(), n.clone()])); // (1, out, N)
+        }
+        let y = self.reshape_to(&y, &[out.into(), b.clone(), n.clone()]); // (out, B, N)
+        Ok(self.transpose(&y, &[1, 0, 2])) // (B, out, N)
     }
 
     /// One image's channels-first (1, in, N) → tokens (1, N, out): one Gemm xᵀ·Wᵀ + b (ONNX
@@ -284,51 +301,66 @@ impl Graph<'_> {
         self.transpose(&r, &[0, 2, 1]) // (B, N, C)
     }
 
-    /// `DWConv`: one depthwise 3×3 conv applied to each of the three levels of the
-    /// concatenated (B, 21·n, C) tokens.
-    pub fn dwconv_levels(&mut self, x: &str, key: &str, lv: &Levels, c: usize) -> Result<String, OnnxError> {
-        let (shape, w) = self.weights.get(&format!("{key}.weight"), None)?;
-        let bias = self.weights.get(&format!("{key}.bias"), Some(&shape[..1]))?.1;
+    /// Level `l` of three-level features as a (B, C, h, w) map: from tokens (B, N, C), or
+    /// from one image's channels first (1, C, N) without a Transpose.
+    pub fn level_map(&mut self, x: &str, lv: &Levels, l: usize, c: usize, channels_first: bool) -> String {
+        let (h, w) = lv.grid(l);
+        if channels_first {
+            let t = self.slice_to(x, 2, &lv.start(l), &lv.start(l + 1)); // (1, C, h·w)
+            return self.reshape_to(&t, &[1.into(), c.into(), h, w]); // (1, C, h, w)
+        }
+        let t = self.slice_to(x, 1, &lv.start(l), &lv.start(l + 1)); // (B, h·w, C)
+        self.tokens_to_map(&t, &lv.b, c, &h, &w)
+    }
+
+    /// The three level maps (B, C, h, w) joined back into the layout [`Graph::level_map`]
+    /// took them from: tokens (B, N, C), or channels first (1, C, N).
+    pub fn join_levels(&mut self, maps: &[String], lv: &Levels, c: usize, channels_first: bool) -> String {
         let mut outs = Vec::new();
-        for l in 0..3 {
-            let (h, wd) = lv.grid(l);
-            let t = self.slice_to(x, 1, &lv.start(l), &lv.start(l + 1));
-            let m = self.tokens_to_map(&t, &lv.b, c, &h, &wd);
-            let y = self.conv_with(&m, key, &shape, &w, Some(&bias), 1, shape[2] / 2, c);
-            outs.push(self.map_to_tokens(&y, &lv.b, c, &lv.len(l)));
+        for (l, m) in maps.iter().enumerate() {
+            outs.push(if channels_first {
+                self.reshape_to(m, &[1.into(), c.into(), lv.len(l)]) // (1, C, h·w)
+            } else {
+                self.map_to_tokens(m, &lv.b, c, &lv.len(l)) // (B, h·w, C)
+            });
         }
         let refs: Vec<&str> = outs.iter().map(|s| s.as_str()).collect();
-        Ok(self.concat(&refs, 1))
+        self.concat(&refs, if channels_first { 2 } else { 1 })
+    }
+
+    /// fc1 of ConvFFN / MRFP: tokens → tokens, or for one image straight to channels first,
+    /// where its level convs and fc2 ([`Graph::fc_out`]) read it without Transposes.
+    fn fc_in(&mut self, x: &str, key: &str, lv: &Levels, channels_first: bool) -> Result<String, OnnxError> {
+        if channels_first { self.linear_to_channels(x, key, None, &lv.b, &lv.total()) } else { self.linear(x, key) }
+    }
+
+    /// fc2 of ConvFFN / MRFP, back to tokens from the layout [`Graph::fc_in`] made.
+    fn fc_out(&mut self, x: &str, key: &str, lv: &Levels, channels_first: bool) -> Result<String, OnnxError> {
+        if channels_first { self.linear_from_channels(x, key, &lv.total()) } else { self.linear(x, key) }
+    }
+
+    /// `DWConv`: one depthwise 3×3 conv applied to each of the three levels of the
+    /// concatenated features (tokens (B, 21·n, C), or channels first for one image).
+    pub fn dwconv_levels(&mut self, x: &str, key: &str, lv: &Levels, c: usize, channels_first: bool) -> Result<String, OnnxError> {
+        let (shape, w) = self.weights.get(&format!("{key}.weight"), None)?;
+        let bias = self.weights.get(&format!("{key}.bias"), Some(&shape[..1]))?.1;
+        let mut maps = Vec::new();
+        for l in 0..3 {
+            let m = self.level_map(x, lv, l, c, channels_first);
+            maps.push(self.conv_with(&m, key, &shape, &w, Some(&bias), 1, shape[2] / 2, c));
+        }
+        Ok(self.join_levels(&maps, lv, c, channels_first))
     }
 
     /// `ConvFFN`: fc1 → DWConv → GELU → fc2.
     pub fn conv_ffn(&mut self, x: &str, key: &str, lv: &Levels) -> Result<String, OnnxError> {
         let hidden = self.weights.get(&format!("{key}.fc1.bias"), None)?.0[0];
-        if lv.b.fixed() == Some(1) {
-            // One image: fc1 straight to channels first, the convs on its level slices, fc2
-            // back from channels first — no token/map Transposes.
-            let n = lv.total();
-            let y = self.linear_to_channels(x, &format!("{key}.fc1"), &n)?; // (1, hidden, N)
-            let key_dw = format!("{key}.dwconv.dwconv");
-            let (shape, w) = self.weights.get(&format!("{key_dw}.weight"), None)?;
-            let bias = self.weights.get(&format!("{key_dw}.bias"), Some(&shape[..1]))?.1;
-            let mut outs = Vec::new();
-            for l in 0..3 {
-                let (h, wd) = lv.grid(l);
-                let t = self.slice_to(&y, 2, &lv.start(l), &lv.start(l + 1)); // (1, hidden, h·w)
-                let m = self.reshape_to(&t, &[1.into(), hidden.into(), h, wd]); // (1, hidden, h, w)
-                let c = self.conv_with(&m, &key_dw, &shape, &w, Some(&bias), 1, shape[2] / 2, hidden);
-                outs.push(self.reshape_to(&c, &[1.into(), hidden.into(), lv.len(l)])); // (1, hidden, h·w)
-            }
-            let refs: Vec<&str> = outs.iter().map(|s| s.as_str()).collect();
-            let y = self.concat(&refs, 2); // (1, hidden, N)
-            let y = self.gelu(&y);
-            return self.linear_from_channels(&y, &format!("{key}.fc2"), &n);
-        }
-        let y = self.linear(x, &format!("{key}.fc1"))?;
-        let y = self.dwconv_levels(&y, &format!("{key}.dwconv.dwconv"), lv, hidden)?;
+        // One image: channels first from fc1 to fc2, no token/map Transposes.
+        let cf = lv.b.fixed() == Some(1);
+        let y = self.fc_in(x, &format!("{key}.fc1"), lv, cf)?;
+        let y = self.dwconv_levels(&y, &format!("{key}.dwconv.dwconv"), lv, hidden, cf)?;
         let y = self.gelu(&y);
-        self.linear(&y, &format!("{key}.fc2"))
+        self.fc_out(&y, &format!("{key}.fc2"), lv, cf)
     }
 
     /// `MRFP` / `MultiConvFFN`: fc1 → per level a 3×3 depthwise conv on the first half of
@@ -339,8 +371,8 @@ impl Graph<'_> {
         let half = hidden / 2;
         // One image: channels first from fc1 to fc2 (see `conv_ffn`).
         let cf = lv.b.fixed() == Some(1);
-        let y = if cf { self.linear_to_channels(x, &format!("{key}.fc1"), &lv.total())? } else { self.linear(x, &format!("{key}.fc1"))? };
-        let mut outs = Vec::new();
+        let y = self.fc_in(x, &format!("{key}.fc1"), lv, cf)?;
+        let mut maps = Vec::new();
         for l in 0..3 {
             let k3 = format!("{key}.dwconv.dwconv{}", 2 * l + 1);
             let k5 = format!("{key}.dwconv.dwconv{}", 2 * l + 2);
@@ -358,31 +390,15 @@ impl Graph<'_> {
             }
             w[half * 25..].copy_from_slice(&w5);
             let b: Vec<f32> = b3.iter().chain(&b5).copied().collect();
-            let (h, wd) = lv.grid(l);
-            let m = if cf {
-                let t = self.slice_to(&y, 2, &lv.start(l), &lv.start(l + 1)); // (1, hidden, h·w)
-                self.reshape_to(&t, &[1.into(), hidden.into(), h, wd]) // (1, hidden, h, w)
-            } else {
-                let t = self.slice_to(&y, 1, &lv.start(l), &lv.start(l + 1));
-                self.tokens_to_map(&t, &lv.b, hidden, &h, &wd)
-            };
+            let m = self.level_map(&y, lv, l, hidden, cf);
             let merged = format!("{key}.dwconv.level{l}_merged");
             let cv = self.conv_with(&m, &merged, &[hidden, 1, 5, 5], &w, Some(&b), 1, 2, hidden);
             let bn = self.batch_norm(&cv, &format!("{key}.dwconv.bn{}", l + 1))?;
-            let g = self.gelu(&bn);
-            outs.push(if cf {
-                self.reshape_to(&g, &[1.into(), hidden.into(), lv.len(l)]) // (1, hidden, h·w)
-            } else {
-                self.map_to_tokens(&g, &lv.b, hidden, &lv.len(l))
-            });
+            maps.push(self.gelu(&bn));
         }
-        let refs: Vec<&str> = outs.iter().map(|s| s.as_str()).collect();
-        let y = self.concat(&refs, if cf { 2 } else { 1 });
+        let y = self.join_levels(&maps, lv, hidden, cf);
         // MRFP.forward applies its own GELU after MultiDWConv's per-level GELU.
         let y = self.gelu(&y);
-        if cf {
-            return self.linear_from_channels(&y, &format!("{key}.fc2"), &lv.total());
-        }
-        self.linear(&y, &format!("{key}.fc2"))
+        self.fc_out(&y, &format!("{key}.fc2"), lv, cf)
     }
 }
