@@ -46,6 +46,26 @@ pub fn tensor(v: Vec<f32>, shape: &[usize]) -> Result<Tensor> {
     Ok(Tensor::from_vec(v, shape, &Device::Cpu)?)
 }
 
+/// `a` (rows, cols) row-major → (cols, rows) row-major. In parallel over bands of 32
+/// output rows, each filled in 32×32 tiles (both sides of a tile stay in cache).
+pub fn transposed(a: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    assert_eq!(a.len(), rows * cols, "transposed: a is (rows, cols)");
+    const T: usize = 32;
+    // band i: output rows (= columns of a) i·T .. i·T + T
+    par_filled(a.len(), T * rows.max(1), |i, band| {
+        let c0 = i * T;
+        let width = band.len() / rows.max(1);
+        for r0 in (0..rows).step_by(T) {
+            for r in r0..(r0 + T).min(rows) {
+                let src = &a[r * cols + c0..][..width];
+                for (c, &v) in src.iter().enumerate() {
+                    band[c * rows + r] = v;
+                }
+            }
+        }
+    })
+}
+
 /// `bias` repeated for `rows` rows, filled in parallel.
 pub fn repeat_rows(bias: &[f32], rows: usize) -> Vec<f32> {
     let n = bias.len().max(1);
@@ -101,8 +121,11 @@ fn gemm_acc_in(y: &mut [f32], accumulate: bool, x: &[f32], k: usize, w: &[f32], 
 
 /// `nn.Linear`: weight (out, in), run as one GEMM with the bias preloaded in the output.
 pub struct Linear {
-    /// (out, in), row-major.
-    weight: Vec<f32>,
+    /// Wᵀ: (in, out), row-major — transposed once at load. The `gemm` crate packs an
+    /// operand whose rows are contiguous with plain copies; read in place from (out, in) it
+    /// gathers with stride `in`: the forward's GEMM shapes ran 2–40 % slower that way, the
+    /// S@512 forward about 8 % (docs/performance.md).
+    weight_t: Vec<f32>,
     bias: Option<Vec<f32>>,
     pub in_dim: usize,
     pub out_dim: usize,
@@ -121,15 +144,17 @@ impl Linear {
             Some(b) => Some(values(&b)?),
             None => None,
         };
-        Ok(Linear { weight: values(&weight)?, bias, in_dim, out_dim })
+        // transposed straight from the tensor's storage: one copy, as `values` would make
+        let weight_t = with_values(&weight, |w| transposed(w, out_dim, in_dim))?;
+        Ok(Linear { weight_t, bias, in_dim, out_dim })
     }
 
     /// Scale output `j` by `gamma[j]` (its weight row and bias): `self(x)·γ` afterwards,
     /// so a layer scale rides in the GEMM instead of a pass of its own.
     pub fn scale_outputs(&mut self, gamma: &[f32]) {
         assert_eq!(gamma.len(), self.out_dim, "one scale per output");
-        for (row, g) in self.weight.chunks_mut(self.in_dim).zip(gamma) {
-            row.iter_mut().for_each(|w| *w *= g);
+        for row in self.weight_t.chunks_mut(self.out_dim) {
+            row.iter_mut().zip(gamma).for_each(|(w, g)| *w *= g);
         }
         if let Some(b) = &mut self.bias {
             b.iter_mut().zip(gamma).for_each(|(b, g)| *b *= g);
@@ -148,8 +173,7 @@ impl Linear {
             Some(b) => repeat_rows(b, rows),
             None => par_filled(rows * self.out_dim, 64 * self.out_dim, |_, _| {}),
         };
-        // Wᵀ (in, out) read in place from W (out, in): row stride 1, column stride in.
-        gemm_acc(&mut y, self.bias.is_some(), x, self.in_dim, &self.weight, (1, self.in_dim));
+        gemm_acc(&mut y, self.bias.is_some(), x, self.in_dim, &self.weight_t, (self.out_dim, 1));
         y
     }
 
@@ -180,7 +204,7 @@ impl Linear {
                     }
                 })
             };
-            gemm_acc(&mut y, true, x, self.in_dim, &self.weight, (1, self.in_dim));
+            gemm_acc(&mut y, true, x, self.in_dim, &self.weight_t, (self.out_dim, 1));
             y
         })
     }
@@ -492,3 +516,35 @@ fn add_at_untimed(x: &Tensor, y: &Tensor, at: usize) -> Result<Tensor> {
     tensor(out, &[b, nx, c])
 }
 
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Odd sizes straddle the 32×32 tiles; a Linear on the transposed weight gives what
+    /// `x Wᵀ + b` gives, and `scale_outputs` scales output columns.
+    #[test]
+    fn transposed_weights_compute_x_w_t_plus_b() {
+        let (rows, cols) = (37, 70);
+        let a: Vec<f32> = (0..rows * cols).map(|i| i as f32).collect();
+        let t = transposed(&a, rows, cols);
+        for r in 0..rows {
+            for c in 0..cols {
+                assert_eq!(t[c * rows + r], a[r * cols + c]);
+            }
+        }
+        let (n_in, n_out, n) = (5, 3, 4);
+        let w: Vec<f32> = (0..n_out * n_in).map(|i| (i % 7) as f32 - 3.0).collect();
+        let b = vec![0.5, -1.0, 2.0];
+        let x: Vec<f32> = (0..n * n_in).map(|i| (i % 5) as f32 * 0.25).collect();
+        let mut lin = Linear::from_parts(tensor(w.clone(), &[n_out, n_in]).unwrap(), Some(tensor(b.clone(), &[n_out]).unwrap())).unwrap();
+        lin.scale_outputs(&[1.0, 2.0, -1.0]);
+        let y = lin.forward_values(&x);
+        for i in 0..n {
+            for (o, g) in [1.0f32, 2.0, -1.0].iter().enumerate() {
+                let want = g * ((0..n_in).map(|k| x[i * n_in + k] * w[o * n_in + k]).sum::<f32>() + b[o]);
+                assert_eq!(y[i * n_out + o], want, "row {i} output {o}");
+            }
+        }
+    }
+}
