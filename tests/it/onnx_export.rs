@@ -10,7 +10,7 @@ use prost::Message;
 use crate::util::{bin, fixture};
 
 fn tmp(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("comer-it-onnx-{}", std::process::id()));
+    let dir = crate::util::scratch_root().join("onnx");
     std::fs::create_dir_all(&dir).ok();
     dir.join(name)
 }

@@ -5,7 +5,7 @@ use candle_core::Device;
 use crate::util::{bin, fixture};
 
 fn scratch(name: &str) -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("comer-port-it-{}-{name}", std::process::id()));
+    let d = crate::util::scratch_root().join(format!("cli-{name}"));
     std::fs::create_dir_all(&d).unwrap();
     d
 }

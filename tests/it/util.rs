@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Path under the project's own `fixtures/` folder.
@@ -18,14 +19,34 @@ pub fn bin() -> Command {
 
 static N: AtomicUsize = AtomicUsize::new(0);
 
-/// A fresh empty folder under the system temp dir, unique per call.
+/// This test process's scratch folder, `target/tmp/it-<pid>` (Cargo's
+/// `CARGO_TARGET_TMPDIR`, so nothing lands in the system temp dir). Created on first use,
+/// which also removes the folders of earlier runs whose process has ended (on Linux, where
+/// `/proc` tells): at most the last run's scratch is kept, to look at after a failure.
+pub fn scratch_root() -> &'static Path {
+    static ROOT: OnceLock<PathBuf> = OnceLock::new();
+    ROOT.get_or_init(|| {
+        let base = Path::new(env!("CARGO_TARGET_TMPDIR"));
+        let proc_fs = Path::new("/proc/self").exists();
+        for e in std::fs::read_dir(base).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let ended = name.strip_prefix("it-").and_then(|pid| pid.parse::<u32>().ok()).is_some_and(|pid| {
+                proc_fs && pid != std::process::id() && !Path::new("/proc").join(pid.to_string()).exists()
+            });
+            if ended {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+        let root = base.join(format!("it-{}", std::process::id()));
+        std::fs::create_dir_all(&root).expect("create the tests' scratch folder");
+        root
+    })
+}
+
+/// A fresh empty folder under [`scratch_root`], unique per call.
 #[allow(dead_code)]
 pub fn tmpdir() -> PathBuf {
-    let d = std::env::temp_dir().join(format!(
-        "comer-port-it-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::SeqCst)
-    ));
+    let d = scratch_root().join(N.fetch_add(1, Ordering::SeqCst).to_string());
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).expect("create temp dir");
     d
