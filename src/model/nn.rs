@@ -46,26 +46,6 @@ pub fn tensor(v: Vec<f32>, shape: &[usize]) -> Result<Tensor> {
     Ok(Tensor::from_vec(v, shape, &Device::Cpu)?)
 }
 
-/// `a` (rows, cols) row-major → (cols, rows) row-major. In parallel over bands of 32
-/// output rows, each filled in 32×32 tiles (both sides of a tile stay in cache).
-pub fn transposed(a: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    assert_eq!(a.len(), rows * cols, "transposed: a is (rows, cols)");
-    const T: usize = 32;
-    // band i: output rows (= columns of a) i·T .. i·T + T
-    par_filled(a.len(), T * rows.max(1), |i, band| {
-        let c0 = i * T;
-        let width = band.len() / rows.max(1);
-        for r0 in (0..rows).step_by(T) {
-            for r in r0..(r0 + T).min(rows) {
-                let src = &a[r * cols + c0..][..width];
-                for (c, &v) in src.iter().enumerate() {
-                    band[c * rows + r] = v;
-                }
-            }
-        }
-    })
-}
-
 /// `bias` repeated for `rows` rows, filled in parallel.
 pub fn repeat_rows(bias: &[f32], rows: usize) -> Vec<f32> {
     let n = bias.len().max(1);
@@ -144,8 +124,9 @@ impl Linear {
             Some(b) => Some(values(&b)?),
             None => None,
         };
-        // transposed straight from the tensor's storage: one copy, as `values` would make
-        let weight_t = with_values(&weight, |w| transposed(w, out_dim, in_dim))?;
+        // (out, in) → (in, out) straight from the tensor's storage, one copy as `values`
+        // would make: the (B, HW, C) → (B, C, HW) transpose with B = 1, HW = out, C = in
+        let weight_t = with_values(&weight, |w| ops::nhwc_to_nchw(w, 1, out_dim, in_dim, None))?;
         Ok(Linear { weight_t, bias, in_dim, out_dim })
     }
 
@@ -516,23 +497,14 @@ fn add_at_untimed(x: &Tensor, y: &Tensor, at: usize) -> Result<Tensor> {
     tensor(out, &[b, nx, c])
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// Odd sizes straddle the 32×32 tiles; a Linear on the transposed weight gives what
-    /// `x Wᵀ + b` gives, and `scale_outputs` scales output columns.
+    /// A Linear on its transposed weight gives what `x Wᵀ + b` gives, and `scale_outputs`
+    /// scales output columns.
     #[test]
     fn transposed_weights_compute_x_w_t_plus_b() {
-        let (rows, cols) = (37, 70);
-        let a: Vec<f32> = (0..rows * cols).map(|i| i as f32).collect();
-        let t = transposed(&a, rows, cols);
-        for r in 0..rows {
-            for c in 0..cols {
-                assert_eq!(t[c * rows + r], a[r * cols + c]);
-            }
-        }
         let (n_in, n_out, n) = (5, 3, 4);
         let w: Vec<f32> = (0..n_out * n_in).map(|i| (i % 7) as f32 - 3.0).collect();
         let b = vec![0.5, -1.0, 2.0];
